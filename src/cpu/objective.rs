@@ -1,0 +1,222 @@
+//! Semi-dual S_k and dual D_k of sparsity-constrained OT (SPEC §2), evaluated column by column.
+//!
+//! One column kernel serves the objective, its gradient and the plan: for column j it selects
+//! TopK(α − c_j) (tie rule of SPEC §3.1) and computes the plan column t_j on it:
+//!
+//! * semi-dual: t_j = b_j · SparseProj_k((α − c_j)/(γ b_j)), i.e. t = [(α − c_j)/γ − θ_j]_+ on the top-k with
+//!   θ_j chosen so that Σ t = b_j; the column's term is t·(α − c_j) − (γ/2)‖t‖² (= b_j val_j);
+//! * dual: t = [α + β_j − c_j]_+/γ on the top-k; the column's term is (γ/2)‖t‖² (= δ_k).
+//!
+//! Columns are processed in parallel in fixed chunks; each chunk accumulates its own partial row sums and
+//! the partials are added in chunk order, so results do not depend on the thread count or scheduling.
+
+use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
+
+use crate::ops::{simplex_threshold, top_k_into};
+use crate::Formulation;
+
+/// Columns per parallel chunk (fixed, for deterministic summation).
+const CHUNK: usize = 32;
+
+/// The data of a sparse (semi-)dual: cost stored column by column, marginals, k, γ.
+pub(crate) struct SparseDual<'p> {
+    /// Cᵀ, n × m contiguous: row j is column c_j of the cost.
+    cost_t: Array2<f64>,
+    a: &'p [f64],
+    b: &'p [f64],
+    k: usize,
+    gamma: f64,
+    formulation: Formulation,
+    chunks: Vec<Chunk>,
+}
+
+/// Per-chunk scratch and partial results.
+struct Chunk {
+    first: usize,
+    len: usize,
+    s: Vec<f64>,
+    idx: Vec<usize>,
+    rowsum: Vec<f64>,
+    term: f64,
+}
+
+/// One column's plan: selected rows and their (possibly zero) masses; θ (semi-dual) as the implied β.
+pub(crate) struct ColumnPlan<'a> {
+    pub rows: &'a [usize],
+    pub s: &'a [f64],
+    /// Threshold in plan units (semi-dual), so that t_i = [s_i/γ − θ]_+; for the dual, −β_j/γ.
+    pub theta: f64,
+}
+
+impl<'p> SparseDual<'p> {
+    pub(crate) fn new(
+        cost: ArrayView2<f64>,
+        a: &'p [f64],
+        b: &'p [f64],
+        k: usize,
+        gamma: f64,
+        formulation: Formulation,
+    ) -> Self {
+        let (m, n) = cost.dim();
+        let cost_t = cost.t().as_standard_layout().into_owned();
+        let chunks = (0..n)
+            .step_by(CHUNK)
+            .map(|first| Chunk {
+                first,
+                len: CHUNK.min(n - first),
+                s: vec![0.0; m],
+                idx: Vec::with_capacity(m),
+                rowsum: vec![0.0; m],
+                term: 0.0,
+            })
+            .collect();
+        Self {
+            cost_t,
+            a,
+            b,
+            k,
+            gamma,
+            formulation,
+            chunks,
+        }
+    }
+
+    pub(crate) fn m(&self) -> usize {
+        self.a.len()
+    }
+
+    pub(crate) fn n(&self) -> usize {
+        self.b.len()
+    }
+
+    /// Number of variables: m (semi-dual) or m + n (dual).
+    pub(crate) fn dim(&self) -> usize {
+        match self.formulation {
+            Formulation::SemiDual => self.m(),
+            Formulation::Dual => self.m() + self.n(),
+        }
+    }
+
+    /// Computes column j's support and threshold into the scratch `s`, `idx`. `beta_j` is used by the dual.
+    fn column<'s>(
+        cost_t: &Array2<f64>,
+        k: usize,
+        gamma: f64,
+        formulation: Formulation,
+        b_j: f64,
+        alpha: &[f64],
+        beta_j: f64,
+        j: usize,
+        s: &'s mut [f64],
+        idx: &'s mut Vec<usize>,
+    ) -> ColumnPlan<'s> {
+        let c = cost_t.row(j);
+        let c = c.as_slice().expect("standard layout");
+        for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
+            *si = ai - ci;
+        }
+        top_k_into(s, k, idx);
+        let theta = match formulation {
+            Formulation::SemiDual => simplex_threshold(idx.iter().map(|&i| s[i] / gamma), b_j).0,
+            Formulation::Dual => -beta_j / gamma,
+        };
+        ColumnPlan {
+            rows: idx,
+            s,
+            theta,
+        }
+    }
+
+    /// Evaluates the objective (to maximise) at x = α (semi-dual) or x = (α, β) (dual); writes its gradient.
+    pub(crate) fn value_and_gradient(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
+        let m = self.m();
+        let (alpha, beta) = x.split_at(m);
+        let (ga, gb) = grad.split_at_mut(m);
+        let (cost_t, k, gamma, f, b) = (&self.cost_t, self.k, self.gamma, self.formulation, self.b);
+        // Column sums go straight into the β-gradient: chunks own disjoint column ranges.
+        let mut gb_chunks: Vec<&mut [f64]> = match f {
+            Formulation::Dual => gb.chunks_mut(CHUNK).collect(),
+            Formulation::SemiDual => Vec::new(),
+        };
+        let work = |(ch, gbc): (&mut Chunk, Option<&mut &mut [f64]>)| {
+            ch.rowsum.iter_mut().for_each(|r| *r = 0.0);
+            let mut term = 0.0;
+            let mut gbc = gbc;
+            for (off, j) in (ch.first..ch.first + ch.len).enumerate() {
+                let beta_j = if f == Formulation::Dual { beta[j] } else { 0.0 };
+                let col = Self::column(cost_t, k, gamma, f, b[j], alpha, beta_j, j, &mut ch.s, &mut ch.idx);
+                let mut colsum = 0.0;
+                let mut sq = 0.0;
+                let mut lin = 0.0;
+                for &i in col.rows {
+                    let t = (col.s[i] / gamma - col.theta).max(0.0);
+                    ch.rowsum[i] += t;
+                    colsum += t;
+                    sq += t * t;
+                    lin += t * col.s[i];
+                }
+                term += match f {
+                    Formulation::SemiDual => lin - 0.5 * gamma * sq,
+                    Formulation::Dual => 0.5 * gamma * sq,
+                };
+                if let Some(g) = gbc.as_mut() {
+                    g[off] = b[j] - colsum;
+                }
+            }
+            ch.term = term;
+        };
+        if f == Formulation::Dual {
+            self.chunks.par_iter_mut().zip(gb_chunks.par_iter_mut().map(Some)).for_each(work);
+        } else {
+            self.chunks.par_iter_mut().map(|c| (c, None)).for_each(work);
+        }
+        // Deterministic reduction in chunk order.
+        ga.copy_from_slice(self.a);
+        let mut total = 0.0;
+        for ch in &self.chunks {
+            for (g, r) in ga.iter_mut().zip(&ch.rowsum) {
+                *g -= r;
+            }
+            total += ch.term;
+        }
+        let lin_a: f64 = alpha.iter().zip(self.a).map(|(x, y)| x * y).sum();
+        match f {
+            Formulation::SemiDual => lin_a - total,
+            Formulation::Dual => lin_a + beta.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() - total,
+        }
+    }
+
+    /// Calls `emit(j, rows, values, beta_j)` with the plan column j at the given potentials (values may be 0).
+    /// For the semi-dual, `beta_j` is the implied dual potential −γ θ_j; for the dual it is β_j itself.
+    pub(crate) fn for_each_column(
+        &mut self,
+        alpha: &[f64],
+        beta: Option<&[f64]>,
+        mut emit: impl FnMut(usize, &[usize], &mut dyn Iterator<Item = f64>, f64),
+    ) {
+        let m = self.m();
+        let mut s = vec![0.0; m];
+        let mut idx = Vec::with_capacity(m);
+        for j in 0..self.n() {
+            let beta_j = beta.map_or(0.0, |b| b[j]);
+            let col = Self::column(
+                &self.cost_t,
+                self.k,
+                self.gamma,
+                self.formulation,
+                self.b[j],
+                alpha,
+                beta_j,
+                j,
+                &mut s,
+                &mut idx,
+            );
+            let gamma = self.gamma;
+            let theta = col.theta;
+            let sv = col.s;
+            let mut vals = col.rows.iter().map(|&i| (sv[i] / gamma - theta).max(0.0));
+            emit(j, col.rows, &mut vals, -gamma * theta);
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The one error type of the crate.
+//!
+//! Every fallible entry point returns [`Result<T>`]. Errors are raised for input that cannot be solved as
+//! given; running out of iterations or stalling is *not* an error but a [`crate::Termination`] status.
+
+use std::fmt;
+
+/// Shorthand for `std::result::Result<T, sparse_ot::Error>`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Where in an input an offending value sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// Entry `i` of a vector.
+    Vector(usize),
+    /// Entry `(i, j)` of a matrix.
+    Matrix(usize, usize),
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Vector(i) => write!(f, "[{i}]"),
+            Position::Matrix(i, j) => write!(f, "[{i}, {j}]"),
+        }
+    }
+}
+
+/// Everything that can go wrong before or while solving.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An input has no entries.
+    #[error("{what} is empty: every input needs at least one entry")]
+    Empty {
+        /// Which input (`"a"`, `"b"`, `"cost"`, …).
+        what: &'static str,
+    },
+    /// Two inputs disagree about a dimension.
+    #[error("shape mismatch: {what} has {found} but must have {expected}")]
+    ShapeMismatch {
+        /// What is being compared, e.g. `"cost rows"`.
+        what: &'static str,
+        /// The size required by the other inputs.
+        expected: usize,
+        /// The size found.
+        found: usize,
+    },
+    /// NaN or ±infinity in an input.
+    #[error("{what}{position} is {value}: inputs must be finite")]
+    NonFinite {
+        /// Which input.
+        what: &'static str,
+        /// Where the value sits.
+        position: Position,
+        /// The value (NaN or ±inf).
+        value: f64,
+    },
+    /// A marginal has a negative entry.
+    #[error("{what}{position} = {value} is negative: marginals must be nonnegative")]
+    NegativeMass {
+        /// Which marginal.
+        what: &'static str,
+        /// Where the value sits.
+        position: Position,
+        /// The negative value.
+        value: f64,
+    },
+    /// A marginal entry is zero where the chosen solver divides by it or takes its logarithm.
+    #[error("{what}{position} is zero, but {solver} needs every entry of {what} to be positive ({reason})")]
+    ZeroMass {
+        /// Which marginal.
+        what: &'static str,
+        /// Where the zero sits.
+        position: Position,
+        /// The solver that cannot accept it.
+        solver: &'static str,
+        /// Why (e.g. "it divides by b_j").
+        reason: &'static str,
+    },
+    /// The marginals carry different total mass.
+    #[error(
+        "total masses differ: sum(a) = {sum_a}, sum(b) = {sum_b}, relative difference {relative:.3e} \
+         exceeds the tolerance {tolerance:.1e}"
+    )]
+    MassMismatch {
+        /// Σa.
+        sum_a: f64,
+        /// Σb.
+        sum_b: f64,
+        /// |Σa − Σb| / max(Σa, Σb).
+        relative: f64,
+        /// The tolerance that was exceeded.
+        tolerance: f64,
+    },
+    /// The total mass is zero: there is nothing to transport.
+    #[error("total mass is zero: at least one entry of each marginal must be positive")]
+    ZeroTotalMass,
+    /// The sparsity level k is 0 or exceeds the number of rows.
+    #[error("k = {k} is out of range: it must satisfy 1 <= k <= {max} (the number of {axis})")]
+    InvalidK {
+        /// The k requested.
+        k: usize,
+        /// The largest valid k.
+        max: usize,
+        /// `"rows"` for column sparsity, `"columns"` for row sparsity.
+        axis: &'static str,
+    },
+    /// A scalar parameter is out of its domain.
+    #[error("{name} = {value} is invalid: {requirement}")]
+    InvalidParameter {
+        /// Parameter name (`"gamma"`, `"epsilon"`, `"tol"`, …).
+        name: &'static str,
+        /// The value given.
+        value: f64,
+        /// What the parameter must satisfy.
+        requirement: &'static str,
+    },
+    /// A warm start does not match the problem.
+    #[error("warm start {what} has length {found} but the problem needs {expected}")]
+    WarmStartMismatch {
+        /// Which potential.
+        what: &'static str,
+        /// Required length.
+        expected: usize,
+        /// Length given.
+        found: usize,
+    },
+    /// A requested feature is not available in this build or on this machine.
+    #[error("{what} is not available: {why}")]
+    Unavailable {
+        /// What was asked for.
+        what: &'static str,
+        /// Why it cannot be provided.
+        why: String,
+    },
+}
+
+/// Checks a strictly positive finite parameter.
+pub(crate) fn positive(name: &'static str, value: f64) -> Result<f64> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(Error::InvalidParameter {
+            name,
+            value,
+            requirement: "must be finite and > 0",
+        })
+    }
+}
+
+/// Checks a nonnegative finite parameter.
+pub(crate) fn nonnegative(name: &'static str, value: f64) -> Result<f64> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(Error::InvalidParameter {
+            name,
+            value,
+            requirement: "must be finite and >= 0",
+        })
+    }
+}

@@ -1,0 +1,369 @@
+//! L-BFGS with a strong-Wolfe line search, written as a backend-agnostic state machine.
+//!
+//! The driver holds only scalars: it decides *what* to do next (evaluate at x + t·d, accept the last trial,
+//! compute a new direction, restart with steepest descent, stop). A backend owns the vectors (host `Vec`s
+//! on the CPU, buffers on the GPU) and does it. This keeps the logic of stopping, restarting and line
+//! searching identical across devices, and lets a batch of problems run one driver each in lockstep.
+//!
+//! The objective is *minimised* (the solvers pass −S or −D). The line search is Nocedal & Wright's
+//! Algorithm 3.5/3.6 (bracketing, then zoom by safeguarded cubic interpolation).
+
+use crate::solution::{Criterion, Termination};
+
+/// Settings of one L-BFGS run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    /// Stop when the gradient's max-norm is at most this (0 disables the test).
+    pub tol: f64,
+    /// Iteration limit (accepted steps).
+    pub max_iter: usize,
+    /// Sufficient-decrease constant.
+    pub c1: f64,
+    /// Curvature constant.
+    pub c2: f64,
+    /// Evaluations per line search before it is declared failed.
+    pub max_evals: usize,
+    /// Consecutive iterations with negligible decrease after which the run counts as stalled.
+    pub stall_window: usize,
+}
+
+impl Settings {
+    pub(crate) fn new(tol: f64, max_iter: usize) -> Self {
+        Self {
+            tol,
+            max_iter,
+            c1: 1e-4,
+            c2: 0.9,
+            max_evals: 30,
+            stall_window: 10,
+        }
+    }
+}
+
+/// What the backend reports after evaluating at a trial point x + t·d.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Eval {
+    /// Objective (to minimise).
+    pub value: f64,
+    /// Directional derivative ∇f(x + t d) · d.
+    pub slope: f64,
+    /// Max-norm of the gradient at the trial point.
+    pub grad_norm: f64,
+}
+
+/// What the driver asks the backend to do next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Action {
+    /// Evaluate at x + t·d and call [`Driver::on_eval`].
+    Evaluate(f64),
+    /// Make the last trial point the iterate (updating the memory), then call [`Driver::on_accept`].
+    Accept,
+    /// Compute d = −H·g from the memory and call [`Driver::on_direction`] with g·d.
+    Direction,
+    /// Clear the memory, set d = −g and call [`Driver::on_direction`] with g·d.
+    Steepest,
+    /// Stop.
+    Finish(Termination),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Start,
+    /// Bracketing phase: `prev` is the previous trial (t, f, slope).
+    Bracket { prev: (f64, f64, f64), evals: usize },
+    /// Zoom phase between `lo` (best, satisfies sufficient decrease) and `hi`.
+    Zoom { lo: (f64, f64, f64), hi: (f64, f64, f64), evals: usize },
+    /// Re-evaluating the best point of a failed search, to accept it.
+    Reevaluate,
+    Idle,
+}
+
+/// The L-BFGS state machine for one problem.
+#[derive(Debug, Clone)]
+pub(crate) struct Driver {
+    s: Settings,
+    phase: Phase,
+    /// f and slope at t = 0 of the current line search.
+    f0: f64,
+    slope0: f64,
+    /// Objective and gradient norm at the current iterate.
+    pub value: f64,
+    pub grad_norm: f64,
+    /// Accepted iterations.
+    pub iterations: usize,
+    last_trial: Option<Eval>,
+    last_t: f64,
+    steepest: bool,
+    small_steps: usize,
+    starting: bool,
+    best_grad: f64,
+}
+
+impl Driver {
+    pub(crate) fn new(s: Settings) -> Self {
+        Self {
+            s,
+            phase: Phase::Start,
+            f0: 0.0,
+            slope0: 0.0,
+            value: f64::NAN,
+            grad_norm: f64::NAN,
+            iterations: 0,
+            last_trial: None,
+            last_t: 0.0,
+            steepest: false,
+            small_steps: 0,
+            starting: false,
+            best_grad: f64::INFINITY,
+        }
+    }
+
+    /// The first request: evaluate at the starting point.
+    pub(crate) fn start(&self) -> Action {
+        Action::Evaluate(0.0)
+    }
+
+    fn converged(&self, g: f64) -> bool {
+        self.s.tol > 0.0 && g <= self.s.tol
+    }
+
+    fn after_iterate(&mut self) -> Action {
+        if self.converged(self.grad_norm) {
+            return Action::Finish(Termination::Converged(Criterion::MarginalError { tol: self.s.tol }));
+        }
+        if self.iterations >= self.s.max_iter {
+            return Action::Finish(Termination::MaxIterations);
+        }
+        if self.s.tol > 0.0 && self.small_steps >= self.s.stall_window {
+            return Action::Finish(Termination::Stalled);
+        }
+        Action::Direction
+    }
+
+    /// Feed the evaluation requested by the last [`Action::Evaluate`].
+    pub(crate) fn on_eval(&mut self, e: Eval) -> Action {
+        let t = self.last_t;
+        self.last_trial = Some(e);
+        match self.phase {
+            Phase::Start => {
+                // The starting point becomes the iterate without a step.
+                self.phase = Phase::Idle;
+                self.starting = true;
+                Action::Accept
+            }
+            Phase::Bracket { prev, evals } => {
+                let cur = (t, e.value, e.slope);
+                let evals = evals + 1;
+                if !self.armijo(t, &e) || (evals > 1 && self.not_better(&e, prev.1)) {
+                    return self.zoom(prev, cur, evals);
+                }
+                if e.slope.abs() <= -self.s.c2 * self.slope0 {
+                    return self.accept();
+                }
+                if e.slope >= 0.0 {
+                    return self.zoom(cur, prev, evals);
+                }
+                if evals >= self.s.max_evals {
+                    return self.fail();
+                }
+                let next = t * 4.0;
+                self.phase = Phase::Bracket { prev: cur, evals };
+                self.request(next)
+            }
+            Phase::Zoom { lo, hi, evals } => {
+                let cur = (t, e.value, e.slope);
+                let evals = evals + 1;
+                if !self.armijo(t, &e) || self.not_better(&e, lo.1) {
+                    return self.zoom(lo, cur, evals);
+                }
+                if e.slope.abs() <= -self.s.c2 * self.slope0 {
+                    return self.accept();
+                }
+                let hi = if e.slope * (hi.0 - lo.0) >= 0.0 { lo } else { hi };
+                self.zoom(cur, hi, evals)
+            }
+            Phase::Reevaluate => self.accept(),
+            Phase::Idle => Action::Finish(Termination::Stalled),
+        }
+    }
+
+    /// Rounding noise of objective values near f0: below it, values cannot be compared, but slopes still can.
+    fn noise(&self) -> f64 {
+        1e-14 * self.f0.abs().max(f64::MIN_POSITIVE)
+    }
+
+    /// Sufficient decrease. Within rounding noise of f0, a still-negative slope proves decrease, since the
+    /// objectives minimised here are convex along lines.
+    fn armijo(&self, t: f64, e: &Eval) -> bool {
+        e.value.is_finite()
+            && (e.value <= self.f0 + self.s.c1 * t * self.slope0
+                || (e.value <= self.f0 + self.noise() && e.slope <= 0.0))
+    }
+
+    /// `e` is no better than a point of value `f_ref` (values within noise are told apart by the slope).
+    fn not_better(&self, e: &Eval, f_ref: f64) -> bool {
+        let noise = self.noise();
+        e.value > f_ref + noise || (e.value >= f_ref - noise && e.slope > 0.0)
+    }
+
+    fn request(&mut self, t: f64) -> Action {
+        self.last_t = t;
+        Action::Evaluate(t)
+    }
+
+    /// Next trial inside [lo, hi] by safeguarded cubic interpolation.
+    fn zoom(&mut self, lo: (f64, f64, f64), hi: (f64, f64, f64), evals: usize) -> Action {
+        if evals >= self.s.max_evals || (hi.0 - lo.0).abs() <= 1e-16 * lo.0.abs().max(hi.0.abs()).max(1e-300) {
+            // Accept the best point if it decreased the objective at all; otherwise the search failed.
+            if lo.0 > 0.0 && lo.1 < self.f0 {
+                return self.request_accept(lo);
+            }
+            return self.fail();
+        }
+        let t = cubic_min(lo, hi);
+        let (a, b) = if lo.0 < hi.0 { (lo.0, hi.0) } else { (hi.0, lo.0) };
+        let w = b - a;
+        let t = if t.is_finite() && t > a + 0.1 * w && t < b - 0.1 * w { t } else { 0.5 * (a + b) };
+        self.phase = Phase::Zoom { lo, hi, evals };
+        self.request(t)
+    }
+
+    /// The best point of a failed zoom is not the last evaluated one: re-evaluate it, then accept it.
+    fn request_accept(&mut self, lo: (f64, f64, f64)) -> Action {
+        self.phase = Phase::Reevaluate;
+        self.request(lo.0)
+    }
+
+    fn accept(&mut self) -> Action {
+        self.phase = Phase::Idle;
+        Action::Accept
+    }
+
+    fn fail(&mut self) -> Action {
+        self.phase = Phase::Idle;
+        if !self.steepest {
+            // Discard the curvature memory and retry along the steepest descent.
+            return Action::Steepest;
+        }
+        if self.s.tol == 0.0 {
+            // A fixed iteration budget was asked for: count the iteration without a move.
+            self.iterations += 1;
+            return self.after_iterate();
+        }
+        Action::Finish(Termination::Stalled)
+    }
+
+    /// Call after the backend accepted the last trial point.
+    pub(crate) fn on_accept(&mut self) -> Action {
+        let Some(e) = self.last_trial else {
+            return Action::Finish(Termination::Stalled);
+        };
+        if self.starting {
+            self.starting = false;
+            self.best_grad = e.grad_norm;
+            self.value = e.value;
+            self.grad_norm = e.grad_norm;
+            if !e.value.is_finite() {
+                return Action::Finish(Termination::Stalled);
+            }
+            if self.converged(e.grad_norm) {
+                return Action::Finish(Termination::Converged(Criterion::MarginalError { tol: self.s.tol }));
+            }
+            if self.s.max_iter == 0 {
+                return Action::Finish(Termination::MaxIterations);
+            }
+            return Action::Direction;
+        }
+        // No progress: neither the objective (beyond rounding) nor the gradient's best max-norm improved.
+        let decrease = self.value - e.value;
+        if decrease <= 1e-15 * self.value.abs().max(1e-300) && e.grad_norm >= self.best_grad {
+            self.small_steps += 1;
+        } else {
+            self.small_steps = 0;
+        }
+        self.best_grad = self.best_grad.min(e.grad_norm);
+        self.value = e.value;
+        self.grad_norm = e.grad_norm;
+        self.iterations += 1;
+        self.steepest = false;
+        self.after_iterate()
+    }
+
+    /// Call with g·d after [`Action::Direction`] or [`Action::Steepest`]. `steepest` tells which it was.
+    pub(crate) fn on_direction(&mut self, slope: f64, steepest: bool, initial_step: f64) -> Action {
+        self.steepest = steepest;
+        if !(slope < 0.0) {
+            if steepest {
+                // Zero gradient (or NaN): nothing more to do.
+                return if slope == 0.0 {
+                    Action::Finish(Termination::Converged(Criterion::MarginalError { tol: self.s.tol }))
+                } else {
+                    Action::Finish(Termination::Stalled)
+                };
+            }
+            return Action::Steepest;
+        }
+        self.f0 = self.value;
+        self.slope0 = slope;
+        self.phase = Phase::Bracket { prev: (0.0, self.value, slope), evals: 0 };
+        self.request(initial_step)
+    }
+}
+
+/// Minimiser of the cubic interpolating (t, f, f') at two points; NaN if it does not exist.
+fn cubic_min(p: (f64, f64, f64), q: (f64, f64, f64)) -> f64 {
+    let (t0, f0, g0) = p;
+    let (t1, f1, g1) = q;
+    let d1 = g0 + g1 - 3.0 * (f0 - f1) / (t0 - t1);
+    let disc = d1 * d1 - g0 * g1;
+    if disc < 0.0 {
+        return f64::NAN;
+    }
+    let d2 = (t1 - t0).signum() * disc.sqrt();
+    t1 - (t1 - t0) * (g1 + d2 - d1) / (g1 - g0 + 2.0 * d2)
+}
+
+/// The vector side of L-BFGS: owns x, g, d, the trial point and the curvature memory.
+pub(crate) trait Backend {
+    /// Evaluate the objective (to minimise) at x + t·d; keep the trial point and its gradient.
+    fn evaluate(&mut self, t: f64) -> Eval;
+    /// Make the last trial the iterate and push (s, y) into the memory (skipping pairs with s·y ≤ 0).
+    fn accept(&mut self);
+    /// d = −H g by the two-loop recursion; returns (g·d, suggested first step).
+    fn direction(&mut self) -> (f64, f64);
+    /// Clear the memory and set d = −g scaled; returns (g·d, suggested first step).
+    fn steepest(&mut self) -> (f64, f64);
+}
+
+/// Runs one driver against one backend to the end; `observe` sees (driver) after every accepted step.
+pub(crate) fn run<B: Backend>(
+    settings: Settings,
+    backend: &mut B,
+    mut observe: impl FnMut(&Driver),
+) -> (Termination, Driver) {
+    let mut driver = Driver::new(settings);
+    let mut action = driver.start();
+    loop {
+        action = match action {
+            Action::Evaluate(t) => {
+                let e = backend.evaluate(t);
+                driver.on_eval(e)
+            }
+            Action::Accept => {
+                backend.accept();
+                let next = driver.on_accept();
+                observe(&driver);
+                next
+            }
+            Action::Direction => {
+                let (slope, t0) = backend.direction();
+                driver.on_direction(slope, false, t0)
+            }
+            Action::Steepest => {
+                let (slope, t0) = backend.steepest();
+                driver.on_direction(slope, true, t0)
+            }
+            Action::Finish(t) => return (t, driver),
+        };
+    }
+}

@@ -1,0 +1,54 @@
+//! # sparse-ot
+//!
+//! Optimal transport with **sparsity constraints** (Liu, Puigcerver & Blondel, ICLR 2023): transport plans
+//! with at most k nonzeros per column (or per row), used as a matching layer, a loss or a mixture-of-experts
+//! router. Beside it: quadratically-regularised OT (k = m) and entropic OT by log-domain Sinkhorn.
+//!
+//! ## Design
+//!
+//! * **Inputs are validated once.** [`Problem`] copies the marginals and cost into f64 and rejects empty
+//!   shapes, mismatched shapes, NaN/inf, negative mass and unequal total masses with a typed [`Error`].
+//!   Solver settings are validated by their builders ([`SparseOt`], [`Sinkhorn`]); k is checked against the
+//!   problem when solving. Nothing panics on user input and nothing is silently clamped.
+//! * **Not converging is a status, not an error.** Every solver returns a [`Solution`] whose
+//!   [`Termination`] says whether it converged (and on which criterion), hit the iteration limit or stalled.
+//!   The solution's `value` is always the objective of the formulation solved, *evaluated at the returned
+//!   potentials*, and the plan's transport cost and marginal errors are measured on the returned plan.
+//! * **The CPU path is the f64 reference.** The sparse solvers maximise the concave semi-dual or dual with an
+//!   L-BFGS of our own ([`lbfgs`](crate::lbfgs) is a device-agnostic state machine; the vectors live in a
+//!   backend). Columns are evaluated in parallel in fixed chunks and reduced in a fixed order, so results are
+//!   bitwise reproducible whatever the thread count.
+//! * **Operators are public** ([`ops`]): top-k mask with the tie rule of `jax.lax.top_k` (larger value first,
+//!   then lower index), the top-k conjugate δ_k and its gradient, and the sparse projection onto the simplex.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use sparse_ot::{golden_problem, Formulation, SparseOt};
+//!
+//! let problem = golden_problem(); // the 8 × 6 problem of the specification
+//! let sol = SparseOt::new(2, 0.1)?          // at most 2 nonzeros per column, gamma = 0.1
+//!     .formulation(Formulation::Dual)
+//!     .solve(&problem)?;
+//! println!("{sol}");
+//! if let sparse_ot::Plan::Sparse(plan) = &sol.plan {
+//!     assert!(plan.max_lane_nnz() <= 2);
+//! }
+//! # Ok::<(), sparse_ot::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod config;
+mod cpu;
+mod error;
+pub(crate) mod lbfgs;
+pub mod ops;
+mod problem;
+mod solution;
+
+pub use config::{
+    Formulation, Observer, Sinkhorn, SparseOt, DEFAULT_MAX_ITER, DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
+};
+pub use error::{Error, Position, Result};
+pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE};
+pub use solution::{Criterion, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination};

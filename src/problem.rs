@@ -1,0 +1,238 @@
+//! The OT problem: marginals and cost, validated once.
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+
+use crate::error::{Error, Position, Result};
+
+/// Relative tolerance on |Σa − Σb| / max(Σa, Σb) used by [`Problem::new`].
+///
+/// Loose enough for marginals that were produced in f32 (about 1e-7 relative rounding per entry) and tight
+/// enough that a real mismatch, which makes the problem infeasible, is caught.
+pub const DEFAULT_MASS_TOLERANCE: f64 = 1e-6;
+
+/// A validated optimal-transport problem: source marginal `a` (m), target marginal `b` (n), cost (m × n).
+///
+/// Rows are sources, columns are targets. Masses need not sum to 1, but both marginals must carry the same
+/// total. The data are stored in f64, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    a: Array1<f64>,
+    b: Array1<f64>,
+    cost: Array2<f64>,
+}
+
+impl Problem {
+    /// Validates and copies the inputs, with the mass tolerance [`DEFAULT_MASS_TOLERANCE`].
+    ///
+    /// Errors: empty input, shape mismatch, NaN/inf anywhere, negative mass, zero total mass, or
+    /// total masses that differ by more than the tolerance.
+    pub fn new(a: ArrayView1<f64>, b: ArrayView1<f64>, cost: ArrayView2<f64>) -> Result<Self> {
+        Self::with_mass_tolerance(a, b, cost, DEFAULT_MASS_TOLERANCE)
+    }
+
+    /// Like [`Problem::new`] for f32 inputs, which are widened to f64.
+    pub fn from_f32(a: ArrayView1<f32>, b: ArrayView1<f32>, cost: ArrayView2<f32>) -> Result<Self> {
+        Self::new(
+            a.mapv(f64::from).view(),
+            b.mapv(f64::from).view(),
+            cost.mapv(f64::from).view(),
+        )
+    }
+
+    /// Like [`Problem::new`] with a caller-chosen relative tolerance on the difference of total masses.
+    pub fn with_mass_tolerance(
+        a: ArrayView1<f64>,
+        b: ArrayView1<f64>,
+        cost: ArrayView2<f64>,
+        mass_tolerance: f64,
+    ) -> Result<Self> {
+        crate::error::nonnegative("mass_tolerance", mass_tolerance)?;
+        validate_shapes(a.len(), b.len(), cost.dim())?;
+        check_vector("a", a)?;
+        check_vector("b", b)?;
+        if let Some(((i, j), &v)) = cost.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "cost",
+                position: Position::Matrix(i, j),
+                value: v,
+            });
+        }
+        check_mass(a.sum(), b.sum(), mass_tolerance)?;
+        Ok(Self {
+            a: a.to_owned(),
+            b: b.to_owned(),
+            cost: cost.as_standard_layout().into_owned(),
+        })
+    }
+
+    /// Number of sources (rows).
+    pub fn m(&self) -> usize {
+        self.a.len()
+    }
+
+    /// Number of targets (columns).
+    pub fn n(&self) -> usize {
+        self.b.len()
+    }
+
+    /// Source marginal (length m).
+    pub fn a(&self) -> ArrayView1<'_, f64> {
+        self.a.view()
+    }
+
+    /// Target marginal (length n).
+    pub fn b(&self) -> ArrayView1<'_, f64> {
+        self.b.view()
+    }
+
+    /// Cost matrix (m × n), row-major.
+    pub fn cost(&self) -> ArrayView2<'_, f64> {
+        self.cost.view()
+    }
+
+    /// The transposed problem (Cᵀ, b, a): row sparsity of this problem is column sparsity of that one.
+    pub fn transposed(&self) -> Problem {
+        Problem {
+            a: self.b.clone(),
+            b: self.a.clone(),
+            cost: self.cost.t().as_standard_layout().into_owned(),
+        }
+    }
+
+    /// Source marginal as a slice.
+    pub(crate) fn a_slice(&self) -> &[f64] {
+        self.a.as_slice().expect("owned standard layout")
+    }
+
+    /// Target marginal as a slice.
+    pub(crate) fn b_slice(&self) -> &[f64] {
+        self.b.as_slice().expect("owned standard layout")
+    }
+
+    /// Cost as a row-major slice (m·n).
+    pub(crate) fn cost_slice(&self) -> &[f64] {
+        self.cost.as_slice().expect("owned standard layout")
+    }
+
+    /// Total mass Σa (= Σb within the tolerance).
+    pub fn mass(&self) -> f64 {
+        self.a.sum()
+    }
+
+    /// Fails with [`Error::ZeroMass`] if `b` has a zero entry (for solvers that divide by b_j).
+    pub(crate) fn require_positive_b(&self, solver: &'static str, reason: &'static str) -> Result<()> {
+        require_positive("b", self.b.view(), solver, reason)
+    }
+
+    /// Fails with [`Error::ZeroMass`] if `a` has a zero entry.
+    pub(crate) fn require_positive_a(&self, solver: &'static str, reason: &'static str) -> Result<()> {
+        require_positive("a", self.a.view(), solver, reason)
+    }
+}
+
+/// Checks that `a` (m), `b` (n) and a cost of shape `cost` agree and are nonempty.
+pub(crate) fn validate_shapes(m: usize, n: usize, cost: (usize, usize)) -> Result<()> {
+    if m == 0 {
+        return Err(Error::Empty { what: "a" });
+    }
+    if n == 0 {
+        return Err(Error::Empty { what: "b" });
+    }
+    if cost.0 != m {
+        return Err(Error::ShapeMismatch {
+            what: "cost rows (must equal len(a))",
+            expected: m,
+            found: cost.0,
+        });
+    }
+    if cost.1 != n {
+        return Err(Error::ShapeMismatch {
+            what: "cost columns (must equal len(b))",
+            expected: n,
+            found: cost.1,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a vector is finite.
+pub(crate) fn check_vector_finite(what: &'static str, v: ArrayView1<f64>) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(Error::NonFinite {
+            what,
+            position: Position::Vector(i),
+            value: v[i],
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks that a marginal is finite and nonnegative.
+pub(crate) fn check_vector(what: &'static str, v: ArrayView1<f64>) -> Result<()> {
+    for (i, &x) in v.iter().enumerate() {
+        if !x.is_finite() {
+            return Err(Error::NonFinite {
+                what,
+                position: Position::Vector(i),
+                value: x,
+            });
+        }
+        if x < 0.0 {
+            return Err(Error::NegativeMass {
+                what,
+                position: Position::Vector(i),
+                value: x,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that two total masses are positive and agree within `tolerance` (relative).
+pub(crate) fn check_mass(sum_a: f64, sum_b: f64, tolerance: f64) -> Result<()> {
+    let scale = sum_a.max(sum_b);
+    if scale <= 0.0 {
+        return Err(Error::ZeroTotalMass);
+    }
+    let relative = (sum_a - sum_b).abs() / scale;
+    if relative > tolerance {
+        return Err(Error::MassMismatch {
+            sum_a,
+            sum_b,
+            relative,
+            tolerance,
+        });
+    }
+    Ok(())
+}
+
+fn require_positive(
+    what: &'static str,
+    v: ArrayView1<f64>,
+    solver: &'static str,
+    reason: &'static str,
+) -> Result<()> {
+    match v.iter().position(|&x| x == 0.0) {
+        Some(i) => Err(Error::ZeroMass {
+            what,
+            position: Position::Vector(i),
+            solver,
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The deterministic 8 × 6 problem of the specification (§8), used in tests, examples and docs.
+///
+/// x_i = i/7, y_j = (j/5)², C_ij = (x_i − y_j)², a_i = (i+1)/36, b_j = (6−j)/21.
+pub fn golden_problem() -> Problem {
+    let a = Array1::from_shape_fn(8, |i| (i as f64 + 1.0) / 36.0);
+    let b = Array1::from_shape_fn(6, |j| (6.0 - j as f64) / 21.0);
+    let cost = Array2::from_shape_fn((8, 6), |(i, j)| {
+        let x = i as f64 / 7.0;
+        let y = (j as f64 / 5.0).powi(2);
+        (x - y) * (x - y)
+    });
+    Problem::new(a.view(), b.view(), cost.view()).expect("the golden problem is valid")
+}

@@ -1,0 +1,368 @@
+//! What every solver returns: plan, potentials, values, marginal errors and a typed termination status.
+
+use std::fmt;
+
+use ndarray::{Array1, Array2, ArrayView2};
+
+/// Which way the sparse plan is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lanes {
+    /// One lane per column (target): at most k nonzero rows in each column.
+    Columns,
+    /// One lane per row (source): at most k nonzero columns in each row.
+    Rows,
+}
+
+/// A sparse transport plan stored lane by lane (compressed columns, or compressed rows for row sparsity).
+///
+/// Lane `l` holds `indices[ptr[l]..ptr[l+1]]` (row indices for column lanes, column indices for row lanes)
+/// and the matching `values`. Only strictly positive entries are stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparsePlan {
+    shape: (usize, usize),
+    lanes: Lanes,
+    ptr: Vec<usize>,
+    indices: Vec<usize>,
+    values: Vec<f64>,
+}
+
+impl SparsePlan {
+    /// Builds a plan from its parts. `ptr` has one more entry than there are lanes.
+    pub(crate) fn from_parts(
+        shape: (usize, usize),
+        lanes: Lanes,
+        ptr: Vec<usize>,
+        indices: Vec<usize>,
+        values: Vec<f64>,
+    ) -> Self {
+        debug_assert_eq!(
+            ptr.len(),
+            1 + match lanes {
+                Lanes::Columns => shape.1,
+                Lanes::Rows => shape.0,
+            }
+        );
+        debug_assert_eq!(indices.len(), values.len());
+        Self {
+            shape,
+            lanes,
+            ptr,
+            indices,
+            values,
+        }
+    }
+
+    /// (m, n): rows and columns of the dense plan.
+    pub fn shape(&self) -> (usize, usize) {
+        self.shape
+    }
+
+    /// Whether lanes are columns or rows.
+    pub fn lanes(&self) -> Lanes {
+        self.lanes
+    }
+
+    /// Number of lanes (n for column lanes, m for row lanes).
+    pub fn num_lanes(&self) -> usize {
+        self.ptr.len() - 1
+    }
+
+    /// The indices and values of lane `l` (panics if `l` is out of range, like slice indexing).
+    pub fn lane(&self, l: usize) -> (&[usize], &[f64]) {
+        let r = self.ptr[l]..self.ptr[l + 1];
+        (&self.indices[r.clone()], &self.values[r])
+    }
+
+    /// Total number of stored nonzeros.
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The largest number of nonzeros in one lane.
+    pub fn max_lane_nnz(&self) -> usize {
+        self.ptr.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+    }
+
+    /// Iterates over `(row, column, value)` of the nonzeros.
+    pub fn triplets(&self) -> impl Iterator<Item = (usize, usize, f64)> + '_ {
+        (0..self.num_lanes()).flat_map(move |l| {
+            let (idx, val) = self.lane(l);
+            idx.iter().zip(val).map(move |(&i, &v)| match self.lanes {
+                Lanes::Columns => (i, l, v),
+                Lanes::Rows => (l, i, v),
+            })
+        })
+    }
+
+    /// The dense m × n plan.
+    pub fn to_dense(&self) -> Array2<f64> {
+        let mut t = Array2::zeros(self.shape);
+        for (i, j, v) in self.triplets() {
+            t[[i, j]] = v;
+        }
+        t
+    }
+
+    /// The same plan seen as the plan of the transposed problem (columns become rows).
+    pub(crate) fn transposed(self) -> Self {
+        Self {
+            shape: (self.shape.1, self.shape.0),
+            lanes: match self.lanes {
+                Lanes::Columns => Lanes::Rows,
+                Lanes::Rows => Lanes::Columns,
+            },
+            ..self
+        }
+    }
+}
+
+/// A transport plan: sparse for the sparsity-constrained, quadratic and exact solvers, dense for Sinkhorn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Nonzeros stored lane by lane.
+    Sparse(SparsePlan),
+    /// A dense m × n matrix.
+    Dense(Array2<f64>),
+}
+
+impl Plan {
+    /// The dense m × n plan (a copy).
+    pub fn to_dense(&self) -> Array2<f64> {
+        match self {
+            Plan::Sparse(p) => p.to_dense(),
+            Plan::Dense(t) => t.clone(),
+        }
+    }
+
+    /// Number of entries > 0.
+    pub fn nnz(&self) -> usize {
+        match self {
+            Plan::Sparse(p) => p.nnz(),
+            Plan::Dense(t) => t.iter().filter(|&&v| v > 0.0).count(),
+        }
+    }
+
+    /// (m, n).
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Plan::Sparse(p) => p.shape(),
+            Plan::Dense(t) => t.dim(),
+        }
+    }
+
+    /// Iterates over `(row, column, value)` of the entries > 0.
+    pub fn triplets(&self) -> Box<dyn Iterator<Item = (usize, usize, f64)> + '_> {
+        match self {
+            Plan::Sparse(p) => Box::new(p.triplets()),
+            Plan::Dense(t) => Box::new(
+                t.indexed_iter()
+                    .filter(|(_, &v)| v > 0.0)
+                    .map(|((i, j), &v)| (i, j, v)),
+            ),
+        }
+    }
+}
+
+/// The criterion on which a solver declared convergence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Criterion {
+    /// The max-norm of the gradient — the marginal violation — fell to `tol` or below.
+    MarginalError {
+        /// The tolerance met.
+        tol: f64,
+    },
+    /// The optimality certificate of the nonsmooth finish held: a feasible mixed plan of the convex relaxation
+    /// matches the objective within `gap`.
+    DualityGap {
+        /// Bound on (relaxed primal − dual objective) at the returned potentials.
+        gap: f64,
+    },
+    /// The problem was solved exactly (network simplex: all reduced costs nonnegative).
+    Exact,
+}
+
+/// Why a solver stopped. Running out of iterations or stalling is reported here, never silently.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Termination {
+    /// Converged on the given criterion.
+    Converged(Criterion),
+    /// Reached the iteration limit before the tolerance.
+    MaxIterations,
+    /// Could not make further progress (line search failed, or the objective stopped improving)
+    /// while the marginal error was still above the tolerance.
+    Stalled,
+}
+
+impl Termination {
+    /// `true` for [`Termination::Converged`].
+    pub fn converged(&self) -> bool {
+        matches!(self, Termination::Converged(_))
+    }
+}
+
+impl fmt::Display for Termination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Termination::Converged(Criterion::MarginalError { tol }) => {
+                write!(f, "converged (marginal error <= {tol:.1e})")
+            }
+            Termination::Converged(Criterion::DualityGap { gap }) => {
+                write!(f, "converged (duality gap <= {gap:.1e})")
+            }
+            Termination::Converged(Criterion::Exact) => write!(f, "solved exactly"),
+            Termination::MaxIterations => write!(f, "NOT converged: iteration limit reached"),
+            Termination::Stalled => write!(f, "NOT converged: stalled (no further progress)"),
+        }
+    }
+}
+
+/// Which problem a solution solves, for reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Method {
+    /// Sparsity-constrained OT (k < m) or quadratic OT (k = None).
+    Sparse {
+        /// Max nonzeros per lane, `None` for quadratic OT.
+        k: Option<usize>,
+        /// γ.
+        gamma: f64,
+        /// Dual or semi-dual.
+        formulation: crate::Formulation,
+        /// Columns or rows carry the k limit.
+        lanes: Lanes,
+    },
+    /// Entropic OT by log-domain Sinkhorn.
+    Sinkhorn {
+        /// ε.
+        epsilon: f64,
+    },
+    /// Unregularised OT by network simplex.
+    Exact,
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Method::Sparse {
+                k: Some(k),
+                gamma,
+                formulation,
+                lanes,
+            } => {
+                let lane = match lanes {
+                    Lanes::Columns => "column",
+                    Lanes::Rows => "row",
+                };
+                write!(
+                    f,
+                    "sparsity-constrained OT ({formulation}, k = {k} per {lane}, gamma = {gamma})"
+                )
+            }
+            Method::Sparse {
+                k: None,
+                gamma,
+                formulation,
+                ..
+            } => write!(f, "quadratic OT ({formulation}, gamma = {gamma})"),
+            Method::Sinkhorn { epsilon } => write!(f, "entropic OT (log-domain Sinkhorn, epsilon = {epsilon})"),
+            Method::Exact => write!(f, "exact OT (network simplex)"),
+        }
+    }
+}
+
+/// The result of a solve.
+#[derive(Debug, Clone)]
+pub struct Solution {
+    /// What was solved.
+    pub method: Method,
+    /// Where it was solved (`"cpu"`, or the GPU adapter's name).
+    pub device: String,
+    /// The transport plan.
+    pub plan: Plan,
+    /// Source potential α (length m).
+    pub alpha: Array1<f64>,
+    /// Target potential β (length n). For the semi-dual it is the maximiser of the dual in β at the returned
+    /// α, so that D(α, β) = S(α).
+    pub beta: Array1<f64>,
+    /// Objective of the formulation solved, evaluated at the returned potentials (maximised).
+    pub value: f64,
+    /// ⟨T, C⟩ of the returned plan.
+    pub transport_cost: f64,
+    /// max_i |(T 1)_i − a_i|.
+    pub marginal_error_rows: f64,
+    /// max_j |(Tᵀ 1)_j − b_j|.
+    pub marginal_error_cols: f64,
+    /// Iterations performed (all stages together).
+    pub iterations: usize,
+    /// Why the solver stopped.
+    pub termination: Termination,
+}
+
+impl Solution {
+    /// `true` when the solver converged.
+    pub fn converged(&self) -> bool {
+        self.termination.converged()
+    }
+
+    /// The dense plan (a copy).
+    pub fn dense_plan(&self) -> Array2<f64> {
+        self.plan.to_dense()
+    }
+}
+
+impl fmt::Display for Solution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (m, n) = self.plan.shape();
+        writeln!(f, "{} on {m} x {n} [{}]", self.method, self.device)?;
+        writeln!(f, "  status          {} after {} iterations", self.termination, self.iterations)?;
+        writeln!(f, "  objective       {:.10}", self.value)?;
+        writeln!(f, "  transport cost  {:.10}", self.transport_cost)?;
+        writeln!(
+            f,
+            "  marginal error  rows {:.2e}, columns {:.2e}",
+            self.marginal_error_rows, self.marginal_error_cols
+        )?;
+        match &self.plan {
+            Plan::Sparse(p) => write!(
+                f,
+                "  plan            {} nonzeros, at most {} per {}",
+                p.nnz(),
+                p.max_lane_nnz(),
+                if p.lanes() == Lanes::Columns { "column" } else { "row" }
+            ),
+            Plan::Dense(t) => write!(f, "  plan            dense, {} entries > 0", t.iter().filter(|&&v| v > 0.0).count()),
+        }
+    }
+}
+
+/// A snapshot of a running solve, handed to the progress observer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Iterations done so far (all stages together).
+    pub iteration: usize,
+    /// Current objective of the formulation being solved (for Sinkhorn: NaN between error checks).
+    pub value: f64,
+    /// Current max-norm marginal violation (the gradient's max-norm).
+    pub marginal_error: f64,
+    /// A short name of the current stage (`"lbfgs"`, `"finish"`, `"sinkhorn eps=0.05"`, …).
+    pub stage: &'static str,
+}
+
+/// Transport cost ⟨T, C⟩ and marginal errors of a plan given as triplets.
+pub(crate) fn plan_metrics(
+    triplets: impl Iterator<Item = (usize, usize, f64)>,
+    cost: ArrayView2<f64>,
+    a: &[f64],
+    b: &[f64],
+) -> (f64, f64, f64) {
+    let mut rows = vec![0.0; a.len()];
+    let mut cols = vec![0.0; b.len()];
+    let mut tc = 0.0;
+    for (i, j, v) in triplets {
+        rows[i] += v;
+        cols[j] += v;
+        tc += v * cost[[i, j]];
+    }
+    let err = |s: &[f64], t: &[f64]| s.iter().zip(t).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    (tc, err(&rows, a), err(&cols, b))
+}
