@@ -41,14 +41,17 @@
 mod config;
 mod cpu;
 mod error;
+mod exact;
 pub(crate) mod lbfgs;
 pub mod ops;
 mod problem;
 mod solution;
 
 pub use config::{
-    Formulation, Observer, Sinkhorn, SparseOt, DEFAULT_MAX_ITER, DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
+    Formulation, Observer, Sinkhorn, SparseOt, DEFAULT_MAX_ITER, DEFAULT_SINKHORN_MAX_ITER,
+    DEFAULT_TOL,
 };
 pub use error::{Error, Position, Result};
+pub use exact::{ExactOt, DEFAULT_EXACT_MAX_ITER};
 pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE};
 pub use solution::{Criterion, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination};
