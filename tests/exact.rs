@@ -70,12 +70,12 @@ fn assert_certificate(p: &Problem, sol: &Solution, tol: f64) -> f64 {
             "complementary slackness at ({i}, {j}): slack {slack:e}"
         );
     }
-    for i in 0..m {
-        let d = (rows[i] - p.a()[i]).abs();
+    for (i, (r, a)) in rows.iter().zip(p.a()).enumerate() {
+        let d = (r - a).abs();
         assert!(d <= tol, "row {i}: marginal error {d:e}");
     }
-    for j in 0..n {
-        let d = (cols[j] - p.b()[j]).abs();
+    for (j, (c, b)) in cols.iter().zip(p.b()).enumerate() {
+        let d = (c - b).abs();
         assert!(d <= tol, "column {j}: marginal error {d:e}");
     }
     let mut worst: f64 = 0.0;

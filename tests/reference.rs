@@ -129,7 +129,7 @@ fn transport_constraints(pr: &Problem) -> (CscMatrix<f64>, Vec<f64>, Vec<Support
             t.push(eq + x, x, -1.0);
         }
     }
-    rhs.extend(std::iter::repeat_n(0.0, m * n));
+    rhs.resize(rhs.len() + m * n, 0.0);
     (
         t.csc(eq + m * n, m * n),
         rhs,
