@@ -211,31 +211,51 @@ impl<'c> Network<'c> {
     }
 
     /// Block search pricing: the most negative reduced cost in the first block that has a negative one.
+    /// Real arcs are scanned in runs along one row of the cost matrix (contiguous costs and potentials).
     fn find_entering(&mut self) -> Option<usize> {
         let total = self.in_tree.len();
-        let mn = self.m * self.n;
+        let (m, n) = (self.m, self.n);
+        let mn = m * n;
         let mut best = NONE;
         let mut min = -self.tol;
         let mut left = self.block;
         let mut e = self.next_arc;
-        for _ in 0..total {
-            if !self.in_tree[e] {
-                let rc = if e < mn {
-                    let (i, j) = (e / self.n, e % self.n);
-                    self.cost[e] + self.pi[i] - self.pi[self.m + j]
-                } else {
-                    self.reduced_cost(e)
-                };
-                if rc < min {
-                    min = rc;
-                    best = e;
+        let mut scanned = 0;
+        while scanned < total {
+            let run_end = if e < mn { (e / n + 1) * n } else { total };
+            let len = (run_end - e).min(left).min(total - scanned);
+            if e < mn {
+                let i = e / n;
+                let j0 = e - i * n;
+                let pi_i = self.pi[i];
+                let run = self.cost[e..e + len]
+                    .iter()
+                    .zip(&self.pi[m + j0..m + j0 + len])
+                    .zip(&self.in_tree[e..e + len]);
+                for (t, ((&c, &pi_j), &tree)) in run.enumerate() {
+                    let rc = c + pi_i - pi_j;
+                    if rc < min && !tree {
+                        min = rc;
+                        best = e + t;
+                    }
+                }
+            } else {
+                for x in e..e + len {
+                    if !self.in_tree[x] {
+                        let rc = self.reduced_cost(x);
+                        if rc < min {
+                            min = rc;
+                            best = x;
+                        }
+                    }
                 }
             }
-            e += 1;
+            e += len;
             if e == total {
                 e = 0;
             }
-            left -= 1;
+            scanned += len;
+            left -= len;
             if left == 0 {
                 if best != NONE {
                     break;
