@@ -23,7 +23,7 @@
 
 use ndarray::Array1;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exact::ExactOt;
 use crate::problem::Problem;
 use crate::solution::{
@@ -38,7 +38,16 @@ pub(crate) fn solve(cfg: &ExactOt, problem: &Problem) -> Result<Solution> {
     let a = problem.a_slice();
     let b = problem.b_slice();
     let b_balanced = balanced_targets(a, b);
-    let mut net = Network::new(m, n, problem.cost_slice(), a, &b_balanced);
+    let cost = problem.cost_slice();
+    let cmax = cost.iter().fold(0.0_f64, |acc, c| acc.max(c.abs()));
+    if !(artificial_cost(cmax, m + n + 1) * 4.0).is_finite() {
+        return Err(Error::InvalidParameter {
+            name: "cost",
+            value: cmax,
+            requirement: "max |C| times 8 (m + n + 1) must be finite for the network simplex",
+        });
+    }
+    let mut net = Network::new(m, n, cost, cmax, a, &b_balanced);
     let (iterations, optimal) = net.run(cfg.max_iter);
     net.recompute_flows();
     let (alpha, beta) = net.reported_potentials();
@@ -73,6 +82,15 @@ fn balanced_targets(a: &[f64], b: &[f64]) -> Vec<f64> {
     } else {
         let r = sa / sb;
         b.iter().map(|&x| x * r).collect()
+    }
+}
+
+/// Cost M of the artificial arcs: longer than any simple path of real arcs, M > (m + n) · max|C|.
+fn artificial_cost(cmax: f64, nodes: usize) -> f64 {
+    if cmax > 0.0 {
+        2.0 * nodes as f64 * cmax
+    } else {
+        1.0
     }
 }
 
@@ -112,16 +130,10 @@ struct Network<'c> {
 }
 
 impl<'c> Network<'c> {
-    fn new(m: usize, n: usize, cost: &'c [f64], a: &[f64], b: &[f64]) -> Self {
+    fn new(m: usize, n: usize, cost: &'c [f64], cmax: f64, a: &[f64], b: &[f64]) -> Self {
         let nodes = m + n + 1;
         let root = m + n;
-        let cmax = cost.iter().fold(0.0_f64, |acc, c| acc.max(c.abs()));
-        // Longer than any simple path of real arcs: M > (m + n) · max|C|.
-        let big = if cmax > 0.0 {
-            2.0 * nodes as f64 * cmax
-        } else {
-            1.0
-        };
+        let big = artificial_cost(cmax, nodes);
         let arcs = m * n + m + n;
         let mut net = Self {
             m,
