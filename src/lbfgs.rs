@@ -292,7 +292,7 @@ impl Driver {
     /// Call with g·d after [`Action::Direction`] or [`Action::Steepest`]. `steepest` tells which it was.
     pub(crate) fn on_direction(&mut self, slope: f64, steepest: bool, initial_step: f64) -> Action {
         self.steepest = steepest;
-        if !(slope < 0.0) {
+        if slope.is_nan() || slope >= 0.0 {
             if steepest {
                 // Zero gradient (or NaN): nothing more to do.
                 return if slope == 0.0 {

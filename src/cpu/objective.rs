@@ -22,12 +22,12 @@ const CHUNK: usize = 32;
 /// The data of a sparse (semi-)dual: cost stored column by column, marginals, k, γ.
 pub(crate) struct SparseDual<'p> {
     /// Cᵀ, n × m contiguous: row j is column c_j of the cost.
-    cost_t: Array2<f64>,
-    a: &'p [f64],
-    b: &'p [f64],
-    k: usize,
-    gamma: f64,
-    formulation: Formulation,
+    pub(crate) cost_t: Array2<f64>,
+    pub(crate) a: &'p [f64],
+    pub(crate) b: &'p [f64],
+    pub(crate) k: usize,
+    pub(crate) gamma: f64,
+    pub(crate) formulation: Formulation,
     chunks: Vec<Chunk>,
 }
 
@@ -39,6 +39,45 @@ struct Chunk {
     idx: Vec<usize>,
     rowsum: Vec<f64>,
     term: f64,
+}
+
+/// The read-only data of the column kernel.
+#[derive(Clone, Copy)]
+struct Kernel<'a> {
+    cost_t: &'a Array2<f64>,
+    b: &'a [f64],
+    k: usize,
+    gamma: f64,
+    formulation: Formulation,
+}
+
+impl Kernel<'_> {
+    /// Computes column j's support and threshold into the scratch `s`, `idx`. `beta_j` is used by the dual.
+    fn column<'s>(
+        &self,
+        alpha: &[f64],
+        beta_j: f64,
+        j: usize,
+        s: &'s mut [f64],
+        idx: &'s mut Vec<usize>,
+    ) -> ColumnPlan<'s> {
+        let c = self.cost_t.row(j);
+        let c = c.as_slice().expect("standard layout");
+        for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
+            *si = ai - ci;
+        }
+        top_k_into(s, self.k, idx);
+        let gamma = self.gamma;
+        let theta = match self.formulation {
+            Formulation::SemiDual => simplex_threshold(idx.iter().map(|&i| s[i] / gamma), self.b[j]).0,
+            Formulation::Dual => -beta_j / gamma,
+        };
+        ColumnPlan {
+            rows: idx,
+            s,
+            theta,
+        }
+    }
 }
 
 /// One column's plan: selected rows and their (possibly zero) masses; θ (semi-dual) as the implied β.
@@ -98,33 +137,14 @@ impl<'p> SparseDual<'p> {
         }
     }
 
-    /// Computes column j's support and threshold into the scratch `s`, `idx`. `beta_j` is used by the dual.
-    fn column<'s>(
-        cost_t: &Array2<f64>,
-        k: usize,
-        gamma: f64,
-        formulation: Formulation,
-        b_j: f64,
-        alpha: &[f64],
-        beta_j: f64,
-        j: usize,
-        s: &'s mut [f64],
-        idx: &'s mut Vec<usize>,
-    ) -> ColumnPlan<'s> {
-        let c = cost_t.row(j);
-        let c = c.as_slice().expect("standard layout");
-        for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
-            *si = ai - ci;
-        }
-        top_k_into(s, k, idx);
-        let theta = match formulation {
-            Formulation::SemiDual => simplex_threshold(idx.iter().map(|&i| s[i] / gamma), b_j).0,
-            Formulation::Dual => -beta_j / gamma,
-        };
-        ColumnPlan {
-            rows: idx,
-            s,
-            theta,
+    /// The read-only data the column kernel needs.
+    fn kernel(&self) -> Kernel<'_> {
+        Kernel {
+            cost_t: &self.cost_t,
+            b: self.b,
+            k: self.k,
+            gamma: self.gamma,
+            formulation: self.formulation,
         }
     }
 
@@ -133,7 +153,14 @@ impl<'p> SparseDual<'p> {
         let m = self.m();
         let (alpha, beta) = x.split_at(m);
         let (ga, gb) = grad.split_at_mut(m);
-        let (cost_t, k, gamma, f, b) = (&self.cost_t, self.k, self.gamma, self.formulation, self.b);
+        let kernel = Kernel {
+            cost_t: &self.cost_t,
+            b: self.b,
+            k: self.k,
+            gamma: self.gamma,
+            formulation: self.formulation,
+        };
+        let (gamma, f, b) = (self.gamma, self.formulation, self.b);
         // Column sums go straight into the β-gradient: chunks own disjoint column ranges.
         let mut gb_chunks: Vec<&mut [f64]> = match f {
             Formulation::Dual => gb.chunks_mut(CHUNK).collect(),
@@ -145,7 +172,7 @@ impl<'p> SparseDual<'p> {
             let mut gbc = gbc;
             for (off, j) in (ch.first..ch.first + ch.len).enumerate() {
                 let beta_j = if f == Formulation::Dual { beta[j] } else { 0.0 };
-                let col = Self::column(cost_t, k, gamma, f, b[j], alpha, beta_j, j, &mut ch.s, &mut ch.idx);
+                let col = kernel.column(alpha, beta_j, j, &mut ch.s, &mut ch.idx);
                 let mut colsum = 0.0;
                 let mut sq = 0.0;
                 let mut lin = 0.0;
@@ -200,18 +227,7 @@ impl<'p> SparseDual<'p> {
         let mut idx = Vec::with_capacity(m);
         for j in 0..self.n() {
             let beta_j = beta.map_or(0.0, |b| b[j]);
-            let col = Self::column(
-                &self.cost_t,
-                self.k,
-                self.gamma,
-                self.formulation,
-                self.b[j],
-                alpha,
-                beta_j,
-                j,
-                &mut s,
-                &mut idx,
-            );
+            let col = self.kernel().column(alpha, beta_j, j, &mut s, &mut idx);
             let gamma = self.gamma;
             let theta = col.theta;
             let sv = col.s;
