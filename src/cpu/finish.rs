@@ -162,7 +162,13 @@ fn smooth_column(s: &[f64], k: usize, gamma: f64, mu: f64, idx: &mut Vec<usize>,
 }
 
 impl<'a> Smoothed<'a> {
-    pub(crate) fn new(cost_t: &'a Array2<f64>, a: &'a [f64], b: &'a [f64], k: usize, gamma: f64) -> Self {
+    pub(crate) fn new(
+        cost_t: &'a Array2<f64>,
+        a: &'a [f64],
+        b: &'a [f64],
+        k: usize,
+        gamma: f64,
+    ) -> Self {
         Self {
             cost_t,
             a,
@@ -292,26 +298,54 @@ impl<'a> Smoothed<'a> {
         }
     }
 
-    /// The tie structure at the last evaluation: per column, (U_j, F_j, r_j).
-    fn structure(&self) -> Vec<(Vec<usize>, Vec<usize>, f64)> {
+    /// The tie structure at the last evaluation: per column, (U_j, F_j, r_j); `None` if some column is not
+    /// a mixture of k-sparse columns (a non-binding column with more than k weighted entries, possible
+    /// while μ is large).
+    fn structure(&self) -> Option<Vec<(Vec<usize>, Vec<usize>, f64)>> {
         self.cols
             .iter()
             .map(|c| {
                 if !c.binding {
                     // Nothing competes for slots: every entry with z > 0 is simply selected.
-                    return (c.entries.iter().map(|e| e.i).collect(), Vec::new(), 0.0);
+                    return (c.entries.len() <= self.k)
+                        .then(|| (c.entries.iter().map(|e| e.i).collect(), Vec::new(), 0.0));
                 }
                 let full: Vec<usize> = c.entries.iter().filter(|e| !e.frac).map(|e| e.i).collect();
                 let tied: Vec<usize> = c.entries.iter().filter(|e| e.frac).map(|e| e.i).collect();
                 let slots = self.k as f64 - full.len() as f64;
-                (full, tied, slots)
+                Some((full, tied, slots))
             })
             .collect()
+    }
+
+    /// Upper bound on D_k* from the mixed plan T̃ = z ∘ [s]_+/γ of the last evaluation:
+    /// ⟨T̃, C⟩ + (γ/2) Σ_j Σ_i z_ij g_ij², valid when every column is a mixture of k-sparse columns (Σz over
+    /// a tie is the integer number of free slots); +∞ otherwise. T̃'s marginals are off by the last
+    /// gradient's max-norm.
+    pub(crate) fn primal_bound(&self) -> f64 {
+        if self.structure().is_none() {
+            return f64::INFINITY;
+        }
+        let mut total = 0.0;
+        for (j, col) in self.cols.iter().enumerate() {
+            for e in &col.entries {
+                total += e.z * e.g * self.cost_t[[j, e.i]] + 0.5 * self.gamma * e.z * e.g * e.g;
+            }
+        }
+        total
     }
 }
 
 /// Preconditioned CG for (H + diag(reg)) d = rhs; returns the number of iterations.
-fn pcg(sm: &Smoothed<'_>, mu: f64, reg: &[f64], diag: &[f64], rhs: &[f64], d: &mut [f64], tol: f64) -> usize {
+fn pcg(
+    sm: &Smoothed<'_>,
+    mu: f64,
+    reg: &[f64],
+    diag: &[f64],
+    rhs: &[f64],
+    d: &mut [f64],
+    tol: f64,
+) -> usize {
     let n = rhs.len();
     let mut r = rhs.to_vec();
     d.iter_mut().for_each(|x| *x = 0.0);
@@ -324,7 +358,10 @@ fn pcg(sm: &Smoothed<'_>, mu: f64, reg: &[f64], diag: &[f64], rhs: &[f64], d: &m
     let max_it = (2 * n).clamp(50, 2000);
     for it in 0..max_it {
         sm.hess_vec(mu, &p, &mut hp);
-        hp.iter_mut().zip(&p).zip(reg).for_each(|((h, p), r)| *h += r * p);
+        hp.iter_mut()
+            .zip(&p)
+            .zip(reg)
+            .for_each(|((h, p), r)| *h += r * p);
         let php: f64 = p.iter().zip(&hp).map(|(a, b)| a * b).sum();
         if php.is_nan() || php <= 0.0 {
             return it;
@@ -336,29 +373,16 @@ fn pcg(sm: &Smoothed<'_>, mu: f64, reg: &[f64], diag: &[f64], rhs: &[f64], d: &m
         if rn <= tol * r0 {
             return it + 1;
         }
-        z.iter_mut().zip(&r).zip(&pre).for_each(|((z, r), p)| *z = r * p);
+        z.iter_mut()
+            .zip(&r)
+            .zip(&pre)
+            .for_each(|((z, r), p)| *z = r * p);
         let rz_new: f64 = r.iter().zip(&z).map(|(a, b)| a * b).sum();
         let beta = rz_new / rz;
         rz = rz_new;
         p.iter_mut().zip(&z).for_each(|(p, z)| *p = z + beta * *p);
     }
     max_it
-}
-
-impl Smoothed<'_> {
-    /// Upper bound on D_k* from the mixed plan T̃ = z ∘ [s]_+/γ of the last evaluation:
-    /// ⟨T̃, C⟩ + (γ/2) Σ_j Σ_i z_ij g_ij². T̃ mixes k-sparse columns with weights z (Σz over a tie is the
-    /// integer number of free slots), so this is the relaxed primal objective of a plan whose marginals are
-    /// off by the last gradient's max-norm.
-    pub(crate) fn primal_bound(&self) -> f64 {
-        let mut total = 0.0;
-        for (j, col) in self.cols.iter().enumerate() {
-            for e in &col.entries {
-                total += e.z * e.g * self.cost_t[[j, e.i]] + 0.5 * self.gamma * e.z * e.g * e.g;
-            }
-        }
-        total
-    }
 }
 
 /// Settings of the finish.
@@ -429,7 +453,11 @@ impl Smoothed<'_> {
             let mut t = 1.0;
             let mut accepted = false;
             for _ in 0..40 {
-                trial.iter_mut().zip(x.iter()).zip(&d).for_each(|((y, x), d)| *y = x + t * d);
+                trial
+                    .iter_mut()
+                    .zip(x.iter())
+                    .zip(&d)
+                    .for_each(|((y, x), d)| *y = x + t * d);
                 let ft = self.eval(&trial, mu, &mut gtrial);
                 let rt = gtrial.iter().fold(0.0f64, |m, g| m.max(g.abs()));
                 if ft <= f + 1e-4 * t * slope || (ft <= f + 1e-13 * f.abs() && rt < residual) {
@@ -475,18 +503,23 @@ pub(crate) fn run(
     let mut steps = 0;
     let mut residual = f64::INFINITY;
     let mut certified = None;
-    // μ from q/10 down to q·1e-10 by factors of 10; polish from q·1e-4 on, stop once certified.
-    for stage in 1..=10 {
+    // μ from 10 q down to q·1e-10 by factors of 10; polish from q·1e-4 on, stop once certified.
+    for stage in -1..=10 {
         let mu = q_scale * 10f64.powi(-stage);
         let budget = settings.max_steps.saturating_sub(steps);
         if budget == 0 {
             break;
         }
-        let (st, r) = sm.newton_stage(&mut x, mu, settings.tol.max(1e-12 * mass_scale), budget.min(50));
+        let (st, r) = sm.newton_stage(
+            &mut x,
+            mu,
+            settings.tol.max(1e-12 * mass_scale),
+            budget.min(50),
+        );
         steps += st;
         residual = r;
         report(steps, residual);
-        if stage >= 4 {
+        if stage >= 0 {
             if let Some(c) = polish(sm, &x, mu) {
                 steps += 1;
                 if c.plan_error <= settings.tol {
@@ -512,7 +545,7 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
     let n = sm.b.len();
     let mut grad = vec![0.0; m + n];
     sm.eval(x, mu, &mut grad);
-    let structure = sm.structure();
+    let structure = sm.structure()?;
     // Tie equations: for each column, (α_i − c_ij) − (α_l − c_lj) = 0 for consecutive tied entries.
     let mut ties: Vec<(usize, usize, usize)> = Vec::new();
     for (j, (_, tied, _)) in structure.iter().enumerate() {
@@ -529,11 +562,20 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
     let gamma = sm.gamma;
     let weights: Vec<f64> = structure
         .iter()
-        .map(|(_, tied, slots)| if tied.is_empty() { 0.0 } else { slots / tied.len() as f64 })
+        .map(|(_, tied, slots)| {
+            if tied.is_empty() {
+                0.0
+            } else {
+                slots / tied.len() as f64
+            }
+        })
         .collect();
     let entries = |j: usize| -> Vec<(usize, f64)> {
         let (full, tied, _) = &structure[j];
-        full.iter().map(|&i| (i, 1.0)).chain(tied.iter().map(|&i| (i, weights[j]))).collect()
+        full.iter()
+            .map(|&i| (i, 1.0))
+            .chain(tied.iter().map(|&i| (i, weights[j])))
+            .collect()
     };
     for _ in 0..6 {
         // Newton–KKT step for min f = −α·a − β·b + Σ_j Σ_i w_ij [s_ij]_+²/(2γ) s.t. the tie equations.
@@ -616,7 +658,10 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
         }
         col_err = col_err.max((colsum - sm.b[j]).abs());
     }
-    let row_err = rows.iter().zip(sm.a).fold(0.0f64, |e, (r, a)| e.max((r - a).abs()));
+    let row_err = rows
+        .iter()
+        .zip(sm.a)
+        .fold(0.0f64, |e, (r, a)| e.max((r - a).abs()));
     Some(Certified {
         x: xk,
         primal,
@@ -628,7 +673,12 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
 fn solve_dense(mut a: Array2<f64>, mut b: Vec<f64>) -> Option<Vec<f64>> {
     let n = b.len();
     for c in 0..n {
-        let p = (c..n).max_by(|&x, &y| a[[x, c]].abs().partial_cmp(&a[[y, c]].abs()).unwrap_or(std::cmp::Ordering::Equal))?;
+        let p = (c..n).max_by(|&x, &y| {
+            a[[x, c]]
+                .abs()
+                .partial_cmp(&a[[y, c]].abs())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })?;
         if a[[p, c]].abs() < 1e-300 {
             return None;
         }

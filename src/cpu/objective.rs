@@ -69,7 +69,9 @@ impl Kernel<'_> {
         top_k_into(s, self.k, idx);
         let gamma = self.gamma;
         let theta = match self.formulation {
-            Formulation::SemiDual => simplex_threshold(idx.iter().map(|&i| s[i] / gamma), self.b[j]).0,
+            Formulation::SemiDual => {
+                simplex_threshold(idx.iter().map(|&i| s[i] / gamma), self.b[j]).0
+            }
             Formulation::Dual => -beta_j / gamma,
         };
         ColumnPlan {
@@ -194,7 +196,10 @@ impl<'p> SparseDual<'p> {
             ch.term = term;
         };
         if f == Formulation::Dual {
-            self.chunks.par_iter_mut().zip(gb_chunks.par_iter_mut().map(Some)).for_each(work);
+            self.chunks
+                .par_iter_mut()
+                .zip(gb_chunks.par_iter_mut().map(Some))
+                .for_each(work);
         } else {
             self.chunks.par_iter_mut().map(|c| (c, None)).for_each(work);
         }
@@ -210,7 +215,9 @@ impl<'p> SparseDual<'p> {
         let lin_a: f64 = alpha.iter().zip(self.a).map(|(x, y)| x * y).sum();
         match f {
             Formulation::SemiDual => lin_a - total,
-            Formulation::Dual => lin_a + beta.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() - total,
+            Formulation::Dual => {
+                lin_a + beta.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() - total
+            }
         }
     }
 

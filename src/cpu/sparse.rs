@@ -4,13 +4,15 @@
 use ndarray::Array1;
 
 use crate::config::{Observer, SparseOt};
-use crate::cpu::lbfgs::{HostLbfgs, Objective};
 use crate::cpu::finish::{self, FinishSettings, Smoothed};
+use crate::cpu::lbfgs::{HostLbfgs, Objective};
 use crate::cpu::objective::SparseDual;
 use crate::error::{Error, Result};
 use crate::lbfgs::{self, Settings};
 use crate::problem::Problem;
-use crate::solution::{plan_metrics, Criterion, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination};
+use crate::solution::{
+    plan_metrics, Criterion, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination,
+};
 use crate::Formulation;
 
 /// Minimisation view of the (semi-)dual: f = −objective.
@@ -135,7 +137,14 @@ fn solve_columns(
     observer: Observer<'_>,
 ) -> Result<Solution> {
     let Resolved { k, x0 } = resolve(cfg, p, axis)?;
-    let mut dual = SparseDual::new(p.cost(), p.a_slice(), p.b_slice(), k, cfg.gamma, cfg.formulation);
+    let mut dual = SparseDual::new(
+        p.cost(),
+        p.a_slice(),
+        p.b_slice(),
+        k,
+        cfg.gamma,
+        cfg.formulation,
+    );
     let settings = Settings::new(cfg.tol, cfg.max_iter);
     let (termination, iterations, x) = {
         let mut neg = Negated(&mut dual);
@@ -217,7 +226,13 @@ fn nonsmooth_finish(
     }
     let iterations = iterations + out.steps;
     // Any near-feasible mixed plan bounds D_k* from above; the best bound certifies the gap.
-    let bound = out.certified.as_ref().map(|c| c.primal).into_iter().chain(smoothed_bound).fold(f64::INFINITY, f64::min);
+    let bound = out
+        .certified
+        .as_ref()
+        .map(|c| c.primal)
+        .into_iter()
+        .chain(smoothed_bound)
+        .fold(f64::INFINITY, f64::min);
     let gap = (bound - best_value).max(0.0);
     let termination = if gap <= cfg.tol.max(1e-12 * best_value.abs()) {
         Termination::Converged(Criterion::DualityGap { gap })
