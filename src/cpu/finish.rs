@@ -69,6 +69,13 @@ struct Column {
     top: f64,
 }
 
+/// A column's structure at a tie: entries fully selected, tied entries and the slots they share.
+struct ColumnStructure {
+    full: Vec<usize>,
+    tied: Vec<usize>,
+    slots: f64,
+}
+
 /// The data of the dual and the per-column state at the last evaluation.
 pub(crate) struct Smoothed<'a> {
     cost_t: &'a Array2<f64>,
@@ -301,19 +308,22 @@ impl<'a> Smoothed<'a> {
     /// The tie structure at the last evaluation: per column, (U_j, F_j, r_j); `None` if some column is not
     /// a mixture of k-sparse columns (a non-binding column with more than k weighted entries, possible
     /// while μ is large).
-    fn structure(&self) -> Option<Vec<(Vec<usize>, Vec<usize>, f64)>> {
+    fn structure(&self) -> Option<Vec<ColumnStructure>> {
         self.cols
             .iter()
             .map(|c| {
                 if !c.binding {
                     // Nothing competes for slots: every entry with z > 0 is simply selected.
-                    return (c.entries.len() <= self.k)
-                        .then(|| (c.entries.iter().map(|e| e.i).collect(), Vec::new(), 0.0));
+                    return (c.entries.len() <= self.k).then(|| ColumnStructure {
+                        full: c.entries.iter().map(|e| e.i).collect(),
+                        tied: Vec::new(),
+                        slots: 0.0,
+                    });
                 }
                 let full: Vec<usize> = c.entries.iter().filter(|e| !e.frac).map(|e| e.i).collect();
                 let tied: Vec<usize> = c.entries.iter().filter(|e| e.frac).map(|e| e.i).collect();
                 let slots = self.k as f64 - full.len() as f64;
-                Some((full, tied, slots))
+                Some(ColumnStructure { full, tied, slots })
             })
             .collect()
     }
@@ -548,8 +558,8 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
     let structure = sm.structure()?;
     // Tie equations: for each column, (α_i − c_ij) − (α_l − c_lj) = 0 for consecutive tied entries.
     let mut ties: Vec<(usize, usize, usize)> = Vec::new();
-    for (j, (_, tied, _)) in structure.iter().enumerate() {
-        for w in tied.windows(2) {
+    for (j, cs) in structure.iter().enumerate() {
+        for w in cs.tied.windows(2) {
             ties.push((j, w[0], w[1]));
         }
     }
@@ -562,19 +572,20 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
     let gamma = sm.gamma;
     let weights: Vec<f64> = structure
         .iter()
-        .map(|(_, tied, slots)| {
-            if tied.is_empty() {
+        .map(|cs| {
+            if cs.tied.is_empty() {
                 0.0
             } else {
-                slots / tied.len() as f64
+                cs.slots / cs.tied.len() as f64
             }
         })
         .collect();
     let entries = |j: usize| -> Vec<(usize, f64)> {
-        let (full, tied, _) = &structure[j];
-        full.iter()
+        let cs = &structure[j];
+        cs.full
+            .iter()
             .map(|&i| (i, 1.0))
-            .chain(tied.iter().map(|&i| (i, weights[j])))
+            .chain(cs.tied.iter().map(|&i| (i, weights[j])))
             .collect()
     };
     for _ in 0..6 {
