@@ -25,7 +25,7 @@ pub(crate) struct Settings {
     pub max_evals: usize,
     /// Consecutive iterations with negligible decrease after which the run counts as stalled.
     pub stall_window: usize,
-    /// The run also counts as stalled when the best gradient max-norm has not halved over this many
+    /// The run also counts as stalled when the best gradient max-norm has not dropped by 20% over this many
     /// iterations (zig-zagging on the kinks of a nonsmooth objective).
     pub progress_window: usize,
 }
@@ -39,7 +39,7 @@ impl Settings {
             c2: 0.9,
             max_evals: 30,
             stall_window: 10,
-            progress_window: 50,
+            progress_window: 100,
         }
     }
 }
@@ -153,7 +153,7 @@ impl Driver {
             return Action::Finish(Termination::Stalled);
         }
         if self.iterations % self.s.progress_window == 0 {
-            if self.s.tol > 0.0 && self.best_grad > 0.5 * self.checkpoint_grad {
+            if self.s.tol > 0.0 && self.best_grad > 0.8 * self.checkpoint_grad {
                 return Action::Finish(Termination::Stalled);
             }
             self.checkpoint_grad = self.best_grad;
