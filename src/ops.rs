@@ -87,7 +87,9 @@ pub(crate) fn simplex_threshold(u: impl Iterator<Item = f64>, mass: f64) -> (f64
     for (r, ur) in u.enumerate() {
         cs += ur;
         let t = (cs - mass) / (r + 1) as f64;
-        if ur - t > 0.0 {
+        // r = 0 always qualifies (u_1 − (u_1 − mass) = mass > 0); testing it in floating point fails for huge
+        // u_1, which would leave θ = NaN and an empty column.
+        if r == 0 || ur - t > 0.0 {
             theta = t;
             rho = r + 1;
         }

@@ -68,16 +68,19 @@ impl Kernel<'_> {
         }
         top_k_into(s, self.k, idx);
         let gamma = self.gamma;
-        let theta = match self.formulation {
+        let (theta, shift) = match self.formulation {
             Formulation::SemiDual => {
-                simplex_threshold(idx.iter().map(|&i| s[i] / gamma), self.b[j]).0
+                let shift = s[idx[0]];
+                let theta = simplex_threshold(idx.iter().map(|&i| (s[i] - shift) / gamma), self.b[j]).0;
+                (theta, shift)
             }
-            Formulation::Dual => -beta_j / gamma,
+            Formulation::Dual => (-beta_j / gamma, 0.0),
         };
         ColumnPlan {
             rows: idx,
             s,
             theta,
+            shift,
         }
     }
 }
@@ -86,8 +89,11 @@ impl Kernel<'_> {
 pub(crate) struct ColumnPlan<'a> {
     pub rows: &'a [usize],
     pub s: &'a [f64],
-    /// Threshold in plan units (semi-dual), so that t_i = [s_i/γ − θ]_+; for the dual, −β_j/γ.
+    /// Threshold in plan units, so that t_i = [(s_i − shift)/γ − θ]_+; for the dual, −β_j/γ.
     pub theta: f64,
+    /// The semi-dual works relative to the column's largest score, so that huge potentials cannot round the
+    /// plan away (s_i/γ − θ cancels catastrophically once s_i/γ exceeds b_j · 2^52); 0 for the dual.
+    pub shift: f64,
 }
 
 impl<'p> SparseDual<'p> {
@@ -179,14 +185,16 @@ impl<'p> SparseDual<'p> {
                 let mut sq = 0.0;
                 let mut lin = 0.0;
                 for &i in col.rows {
-                    let t = (col.s[i] / gamma - col.theta).max(0.0);
+                    let d = col.s[i] - col.shift;
+                    let t = (d / gamma - col.theta).max(0.0);
                     ch.rowsum[i] += t;
                     colsum += t;
                     sq += t * t;
-                    lin += t * col.s[i];
+                    lin += t * d;
                 }
                 term += match f {
-                    Formulation::SemiDual => lin - 0.5 * gamma * sq,
+                    // t·s = t·(s − shift) + shift Σt.
+                    Formulation::SemiDual => lin + col.shift * colsum - 0.5 * gamma * sq,
                     Formulation::Dual => 0.5 * gamma * sq,
                 };
                 if let Some(g) = gbc.as_mut() {
@@ -222,7 +230,7 @@ impl<'p> SparseDual<'p> {
     }
 
     /// Calls `emit(j, rows, values, beta_j)` with the plan column j at the given potentials (values may be 0).
-    /// For the semi-dual, `beta_j` is the implied dual potential −γ θ_j; for the dual it is β_j itself.
+    /// For the semi-dual, `beta_j` is the implied dual potential −shift − γ θ_j; for the dual it is β_j itself.
     pub(crate) fn for_each_column(
         &mut self,
         alpha: &[f64],
@@ -236,10 +244,15 @@ impl<'p> SparseDual<'p> {
             let beta_j = beta.map_or(0.0, |b| b[j]);
             let col = self.kernel().column(alpha, beta_j, j, &mut s, &mut idx);
             let gamma = self.gamma;
-            let theta = col.theta;
+            let (theta, shift) = (col.theta, col.shift);
             let sv = col.s;
-            let mut vals = col.rows.iter().map(|&i| (sv[i] / gamma - theta).max(0.0));
-            emit(j, col.rows, &mut vals, -gamma * theta);
+            let mut vals = col.rows.iter().map(|&i| ((sv[i] - shift) / gamma - theta).max(0.0));
+            // t_i = [(s_i + β_j)/γ]_+ with β_j = −shift − γθ (semi-dual); the dual's β_j is passed back as given.
+            let beta_out = match self.formulation {
+                Formulation::SemiDual => -shift - gamma * theta,
+                Formulation::Dual => beta_j,
+            };
+            emit(j, col.rows, &mut vals, beta_out);
         }
     }
 }

@@ -91,9 +91,56 @@ pub(crate) fn solve(cfg: &SparseOt, problem: &Problem, observer: Observer<'_>) -
             let mut t_cfg = cfg.clone();
             t_cfg.warm_alpha = cfg.warm_beta.clone();
             t_cfg.warm_beta = cfg.warm_alpha.clone();
-            let sol = solve_columns(&t_cfg, &problem.transposed(), "columns", observer)?;
+            let sol = solve_columns(&t_cfg, &problem.transposed(), "columns", observer)
+                .map_err(transpose_error)?;
             Ok(transpose_solution(sol, cfg))
         }
+    }
+}
+
+/// An error of the transposed solve, renamed to the inputs the caller gave: a ↔ b, alpha ↔ beta.
+fn transpose_error(e: Error) -> Error {
+    let swap = |what: &'static str| match what {
+        "a" => "b",
+        "b" => "a",
+        "alpha" => "beta",
+        "beta" => "alpha",
+        other => other,
+    };
+    match e {
+        Error::ZeroMass {
+            what,
+            position,
+            solver,
+            reason,
+        } => Error::ZeroMass {
+            what: swap(what),
+            position,
+            solver,
+            reason: match reason {
+                "it divides by b_j" => "it divides by a_i when the rows carry the k limit",
+                other => other,
+            },
+        },
+        Error::WarmStartMismatch {
+            what,
+            expected,
+            found,
+        } => Error::WarmStartMismatch {
+            what: swap(what),
+            expected,
+            found,
+        },
+        Error::NonFinite {
+            what,
+            position,
+            value,
+        } => Error::NonFinite {
+            what: swap(what),
+            position,
+            value,
+        },
+        other => other,
     }
 }
 
