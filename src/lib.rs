@@ -41,6 +41,7 @@
 mod config;
 mod cpu;
 mod error;
+mod exact;
 pub(crate) mod lbfgs;
 pub mod ops;
 mod problem;
@@ -51,5 +52,6 @@ pub use config::{
     DEFAULT_TOL,
 };
 pub use error::{Error, Position, Result};
+pub use exact::{ExactOt, DEFAULT_EXACT_MAX_ITER};
 pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE};
 pub use solution::{Criterion, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination};
