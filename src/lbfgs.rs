@@ -25,6 +25,9 @@ pub(crate) struct Settings {
     pub max_evals: usize,
     /// Consecutive iterations with negligible decrease after which the run counts as stalled.
     pub stall_window: usize,
+    /// The run also counts as stalled when the best gradient max-norm has not dropped by 20% over this many
+    /// iterations (zig-zagging on the kinks of a nonsmooth objective).
+    pub progress_window: usize,
 }
 
 impl Settings {
@@ -36,6 +39,7 @@ impl Settings {
             c2: 0.9,
             max_evals: 30,
             stall_window: 10,
+            progress_window: 100,
         }
     }
 }
@@ -70,9 +74,16 @@ pub(crate) enum Action {
 enum Phase {
     Start,
     /// Bracketing phase: `prev` is the previous trial (t, f, slope).
-    Bracket { prev: (f64, f64, f64), evals: usize },
+    Bracket {
+        prev: (f64, f64, f64),
+        evals: usize,
+    },
     /// Zoom phase between `lo` (best, satisfies sufficient decrease) and `hi`.
-    Zoom { lo: (f64, f64, f64), hi: (f64, f64, f64), evals: usize },
+    Zoom {
+        lo: (f64, f64, f64),
+        hi: (f64, f64, f64),
+        evals: usize,
+    },
     /// Re-evaluating the best point of a failed search, to accept it.
     Reevaluate,
     Idle,
@@ -97,6 +108,7 @@ pub(crate) struct Driver {
     small_steps: usize,
     starting: bool,
     best_grad: f64,
+    checkpoint_grad: f64,
 }
 
 impl Driver {
@@ -115,6 +127,7 @@ impl Driver {
             small_steps: 0,
             starting: false,
             best_grad: f64::INFINITY,
+            checkpoint_grad: f64::INFINITY,
         }
     }
 
@@ -129,13 +142,21 @@ impl Driver {
 
     fn after_iterate(&mut self) -> Action {
         if self.converged(self.grad_norm) {
-            return Action::Finish(Termination::Converged(Criterion::MarginalError { tol: self.s.tol }));
+            return Action::Finish(Termination::Converged(Criterion::MarginalError {
+                tol: self.s.tol,
+            }));
         }
         if self.iterations >= self.s.max_iter {
             return Action::Finish(Termination::MaxIterations);
         }
         if self.s.tol > 0.0 && self.small_steps >= self.s.stall_window {
             return Action::Finish(Termination::Stalled);
+        }
+        if self.iterations % self.s.progress_window == 0 {
+            if self.s.tol > 0.0 && self.best_grad > 0.8 * self.checkpoint_grad {
+                return Action::Finish(Termination::Stalled);
+            }
+            self.checkpoint_grad = self.best_grad;
         }
         Action::Direction
     }
@@ -179,7 +200,11 @@ impl Driver {
                 if e.slope.abs() <= -self.s.c2 * self.slope0 {
                     return self.accept();
                 }
-                let hi = if e.slope * (hi.0 - lo.0) >= 0.0 { lo } else { hi };
+                let hi = if e.slope * (hi.0 - lo.0) >= 0.0 {
+                    lo
+                } else {
+                    hi
+                };
                 self.zoom(cur, hi, evals)
             }
             Phase::Reevaluate => self.accept(),
@@ -213,7 +238,9 @@ impl Driver {
 
     /// Next trial inside [lo, hi] by safeguarded cubic interpolation.
     fn zoom(&mut self, lo: (f64, f64, f64), hi: (f64, f64, f64), evals: usize) -> Action {
-        if evals >= self.s.max_evals || (hi.0 - lo.0).abs() <= 1e-16 * lo.0.abs().max(hi.0.abs()).max(1e-300) {
+        if evals >= self.s.max_evals
+            || (hi.0 - lo.0).abs() <= 1e-16 * lo.0.abs().max(hi.0.abs()).max(1e-300)
+        {
             // Accept the best point if it decreased the objective at all; otherwise the search failed.
             if lo.0 > 0.0 && lo.1 < self.f0 {
                 return self.request_accept(lo);
@@ -221,9 +248,17 @@ impl Driver {
             return self.fail();
         }
         let t = cubic_min(lo, hi);
-        let (a, b) = if lo.0 < hi.0 { (lo.0, hi.0) } else { (hi.0, lo.0) };
+        let (a, b) = if lo.0 < hi.0 {
+            (lo.0, hi.0)
+        } else {
+            (hi.0, lo.0)
+        };
         let w = b - a;
-        let t = if t.is_finite() && t > a + 0.1 * w && t < b - 0.1 * w { t } else { 0.5 * (a + b) };
+        let t = if t.is_finite() && t > a + 0.1 * w && t < b - 0.1 * w {
+            t
+        } else {
+            0.5 * (a + b)
+        };
         self.phase = Phase::Zoom { lo, hi, evals };
         self.request(t)
     }
@@ -267,7 +302,9 @@ impl Driver {
                 return Action::Finish(Termination::Stalled);
             }
             if self.converged(e.grad_norm) {
-                return Action::Finish(Termination::Converged(Criterion::MarginalError { tol: self.s.tol }));
+                return Action::Finish(Termination::Converged(Criterion::MarginalError {
+                    tol: self.s.tol,
+                }));
             }
             if self.s.max_iter == 0 {
                 return Action::Finish(Termination::MaxIterations);
@@ -292,11 +329,13 @@ impl Driver {
     /// Call with g·d after [`Action::Direction`] or [`Action::Steepest`]. `steepest` tells which it was.
     pub(crate) fn on_direction(&mut self, slope: f64, steepest: bool, initial_step: f64) -> Action {
         self.steepest = steepest;
-        if !(slope < 0.0) {
+        if slope.is_nan() || slope >= 0.0 {
             if steepest {
                 // Zero gradient (or NaN): nothing more to do.
                 return if slope == 0.0 {
-                    Action::Finish(Termination::Converged(Criterion::MarginalError { tol: self.s.tol }))
+                    Action::Finish(Termination::Converged(Criterion::MarginalError {
+                        tol: self.s.tol,
+                    }))
                 } else {
                     Action::Finish(Termination::Stalled)
                 };
@@ -305,7 +344,10 @@ impl Driver {
         }
         self.f0 = self.value;
         self.slope0 = slope;
-        self.phase = Phase::Bracket { prev: (0.0, self.value, slope), evals: 0 };
+        self.phase = Phase::Bracket {
+            prev: (0.0, self.value, slope),
+            evals: 0,
+        };
         self.request(initial_step)
     }
 }
