@@ -383,6 +383,7 @@ fn sparse_solvers_reach_epigraph_optimum() {
                     .solve(&p)
                     .unwrap();
                 let what = format!("{m}x{n} seed {seed} gamma {gamma} k {k} {f}");
+                assert!(sol.converged(), "{what}: {sol}");
                 assert_close(&what, sol.value, reference, 1e-7);
             }
         }
