@@ -38,17 +38,22 @@
 //! ```
 #![deny(missing_docs)]
 
+mod batch;
 mod config;
 mod cpu;
 mod error;
 pub(crate) mod lbfgs;
+pub mod moe;
 pub mod ops;
 mod problem;
 mod solution;
 
+pub use batch::Batch;
 pub use config::{
-    Formulation, Observer, Sinkhorn, SparseOt, DEFAULT_MAX_ITER, DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
+    Formulation, Observer, Sinkhorn, SparseOt, DEFAULT_MAX_ITER, DEFAULT_SINKHORN_MAX_ITER,
+    DEFAULT_TOL,
 };
 pub use error::{Error, Position, Result};
+pub use moe::{greedy_top_k, Router, RouterSolver, Routing, RoutingMode};
 pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE};
 pub use solution::{Criterion, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination};
