@@ -57,16 +57,25 @@ impl Batch {
             return Err(Error::Empty { what: "batch" });
         }
         validate_shapes(m, n, (m, n))?;
-        for (what, found) in [("a (batch size)", a.nrows()), ("b (batch size)", b.nrows())] {
-            if found != nb {
+        let checks = [
+            ("rows of a (must equal the batch size)", nb, a.nrows()),
+            ("rows of b (must equal the batch size)", nb, b.nrows()),
+            ("columns of a (must equal the cost's rows m)", m, a.ncols()),
+            (
+                "columns of b (must equal the cost's columns n)",
+                n,
+                b.ncols(),
+            ),
+        ];
+        for (what, expected, found) in checks {
+            if found != expected {
                 return Err(Error::ShapeMismatch {
                     what,
-                    expected: nb,
+                    expected,
                     found,
                 });
             }
         }
-        validate_shapes(a.ncols(), b.ncols(), (m, n))?;
         Ok(Self {
             a: a.as_standard_layout().into_owned(),
             b: b.as_standard_layout().into_owned(),
