@@ -21,6 +21,11 @@
 //! * **Operators are public** ([`ops`]): top-k mask with the tie rule of `jax.lax.top_k` (larger value first,
 //!   then lower index), the top-k conjugate δ_k and its gradient, and the sparse projection onto the simplex.
 //!
+//! * **Batches and routing.** A [`Batch`] holds B problems of one shape in contiguous B × m × n / B × m /
+//!   B × n arrays; `solve_batch` returns one `Result` per problem, so a bad problem fails alone. [`moe`] turns
+//!   router logits into a capacity-respecting token-to-expert dispatch (experts choose tokens, or tokens
+//!   choose experts) and compares with the greedy top-k router.
+//!
 //! ## Quick start
 //!
 //! ```

@@ -200,6 +200,13 @@ impl Router {
     ) -> Result<Routing> {
         let gates = gates(logits)?;
         let (g, s, e) = gates.dim();
+        if self.mode == RoutingMode::TokensChooseExperts && self.experts_per_token > e {
+            return Err(Error::InvalidK {
+                k: self.experts_per_token,
+                max: e,
+                axis: "experts",
+            });
+        }
         let capacity = self.capacity(s, e);
         let cfg = self.sparse_config(s, e)?;
         let cost = gates.mapv(|x| -x);

@@ -288,7 +288,7 @@ fn bad_input_is_a_typed_error() {
         .unwrap()
         .route(logits(1, 8, 2, 1).view());
     assert!(
-        matches!(too_many, Err(Error::InBatch { index: 0, .. })),
+        matches!(too_many, Err(Error::InvalidK { k: 3, max: 2, .. })),
         "{too_many:?}"
     );
     assert!(matches!(
