@@ -68,7 +68,7 @@ impl SparseOt {
                 axis: "rows",
             });
         }
-        Ok(Self::with_k(Some(k), gamma)?)
+        Self::with_k(Some(k), gamma)
     }
 
     /// Quadratically-regularised OT (SPEC §4): no limit on nonzeros (k = m).

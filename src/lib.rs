@@ -47,6 +47,7 @@ mod batch;
 mod config;
 mod cpu;
 mod error;
+mod exact;
 pub(crate) mod lbfgs;
 pub mod moe;
 pub mod ops;
@@ -59,6 +60,7 @@ pub use config::{
     DEFAULT_TOL,
 };
 pub use error::{Error, Position, Result};
+pub use exact::{ExactOt, DEFAULT_EXACT_MAX_ITER};
 pub use moe::{greedy_top_k, Router, RouterSolver, Routing, RoutingMode};
 pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE};
 pub use solution::{Criterion, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination};

@@ -27,22 +27,46 @@ fn rank_order(values: &[f64], x: usize, y: usize) -> Ordering {
 }
 
 /// Writes into `idx` the indices of the min(k, len) largest entries of `values`, sorted by the tie rule
-/// (largest first, equal values by lower index). `idx` is reused scratch; O(m + k log k).
+/// (largest first, equal values by lower index). `idx` is reused scratch.
+///
+/// For small k (the common case) one pass keeps the best k in a sorted buffer: an entry is compared with the
+/// current k-th value only, and enters if strictly larger (an equal value has a higher index, so it loses
+/// the tie). For large k, selection then sort: O(m + k log k).
 pub(crate) fn top_k_into(values: &[f64], k: usize, idx: &mut Vec<usize>) {
     let m = values.len();
     let k = k.min(m);
     idx.clear();
-    idx.extend(0..m);
     if k == 0 {
-        idx.clear();
         return;
     }
+    if k <= SMALL_K && k < m {
+        idx.extend(0..k);
+        idx.sort_unstable_by(|&x, &y| rank_order(values, x, y));
+        let mut thr = values[idx[k - 1]];
+        for (i, &v) in values.iter().enumerate().skip(k) {
+            if v > thr {
+                // Insert after every kept entry whose value is >= v (they have lower indices).
+                let mut pos = k - 1;
+                while pos > 0 && values[idx[pos - 1]] < v {
+                    idx[pos] = idx[pos - 1];
+                    pos -= 1;
+                }
+                idx[pos] = i;
+                thr = values[idx[k - 1]];
+            }
+        }
+        return;
+    }
+    idx.extend(0..m);
     if k < m {
         idx.select_nth_unstable_by(k - 1, |&x, &y| rank_order(values, x, y));
         idx.truncate(k);
     }
     idx.sort_unstable_by(|&x, &y| rank_order(values, x, y));
 }
+
+/// Up to this k the single-pass buffer is used.
+const SMALL_K: usize = 32;
 
 /// δ_k(s) = (1/2γ) Σ_{i ∈ TopK(s)} [s_i]_+², with `top` the top-k indices of `s`.
 #[inline]
@@ -68,7 +92,9 @@ pub(crate) fn simplex_threshold(u: impl Iterator<Item = f64>, mass: f64) -> (f64
     for (r, ur) in u.enumerate() {
         cs += ur;
         let t = (cs - mass) / (r + 1) as f64;
-        if ur - t > 0.0 {
+        // r = 0 always qualifies (u_1 − (u_1 − mass) = mass > 0); testing it in floating point fails for huge
+        // u_1, which would leave θ = NaN and an empty column.
+        if r == 0 || ur - t > 0.0 {
             theta = t;
             rho = r + 1;
         }
@@ -221,6 +247,31 @@ pub fn sparse_simplex_projection_batch(v: ArrayView3<f64>, k: usize) -> Result<A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The single-pass path and the select-then-sort path agree with a full sort by the tie rule.
+    #[test]
+    fn top_k_matches_full_sort() {
+        let mut state = 7u64;
+        let mut idx = Vec::new();
+        for trial in 0..500 {
+            let m = 1 + trial % 60;
+            let values: Vec<f64> = (0..m)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    // Few distinct values, so ties are frequent.
+                    ((state >> 33) % 7) as f64 - 3.0
+                })
+                .collect();
+            let mut order: Vec<usize> = (0..m).collect();
+            order.sort_by(|&x, &y| rank_order(&values, x, y));
+            for k in [1, 2, 3, 5, m / 2 + 1, m, 40] {
+                top_k_into(&values, k, &mut idx);
+                assert_eq!(idx, order[..k.min(m)].to_vec(), "values {values:?} k {k}");
+            }
+        }
+    }
 
     #[test]
     fn ties_prefer_lower_index() {
