@@ -3,12 +3,17 @@
 //! Each column of the input is one vector `s` (length m). The single-column kernels in this module are the
 //! ones the CPU solvers use, so the operators and the solvers cannot drift apart.
 //!
+//! The `*_batch` forms take a B × m × n array (B independent matrices, e.g. the scores of a [`crate::Batch`]),
+//! apply the 2-D operator to each matrix in parallel and stack the results along the first axis; an invalid
+//! matrix is reported as [`Error::InBatch`] with its index.
+//!
 //! Tie rule (SPEC §3.1): the top-k are the min(k, m) largest entries, larger value first, then lower index
 //! first (the rule of `jax.lax.top_k`).
 
 use std::cmp::Ordering;
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, Axis};
+use rayon::prelude::*;
 
 use crate::error::{positive, Error, Position, Result};
 
@@ -195,6 +200,48 @@ pub fn sparse_simplex_projection(v: ArrayView2<f64>, k: usize) -> Result<Array2<
         }
     }
     Ok(out)
+}
+
+/// Applies a 2-D operator to every matrix of a B × m × n input in parallel and stacks the results.
+fn batched<T: Clone + Send>(
+    input: ArrayView3<f64>,
+    op: impl Fn(ArrayView2<f64>) -> Result<Array2<T>> + Sync,
+) -> Result<Array3<T>> {
+    if input.dim().0 == 0 {
+        return Err(Error::Empty { what: "batch" });
+    }
+    let parts: Vec<Array2<T>> = (0..input.dim().0)
+        .into_par_iter()
+        .map(|index| {
+            op(input.index_axis(Axis(0), index)).map_err(|e| Error::InBatch {
+                index,
+                source: Box::new(e),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    Ok(ndarray::stack(Axis(0), &views).expect("every matrix of a batch has the same shape"))
+}
+
+/// [`top_k_indices`] of every matrix of a B × m × n input: B × k × n.
+///
+/// Errors: an empty batch; otherwise those of [`top_k_indices`], wrapped in [`Error::InBatch`].
+pub fn top_k_indices_batch(scores: ArrayView3<f64>, k: usize) -> Result<Array3<usize>> {
+    batched(scores, |s| top_k_indices(s, k))
+}
+
+/// [`top_k_mask`] of every matrix of a B × m × n input: B × m × n.
+///
+/// Errors: as [`top_k_indices_batch`].
+pub fn top_k_mask_batch(scores: ArrayView3<f64>, k: usize) -> Result<Array3<bool>> {
+    batched(scores, |s| top_k_mask(s, k))
+}
+
+/// [`sparse_simplex_projection`] of every matrix of a B × m × n input (each column projected): B × m × n.
+///
+/// Errors: as [`top_k_indices_batch`].
+pub fn sparse_simplex_projection_batch(v: ArrayView3<f64>, k: usize) -> Result<Array3<f64>> {
+    batched(v, |s| sparse_simplex_projection(s, k))
 }
 
 #[cfg(test)]

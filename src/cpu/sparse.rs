@@ -144,7 +144,7 @@ fn transpose_error(e: Error) -> Error {
     }
 }
 
-fn transpose_solution(sol: Solution, cfg: &SparseOt) -> Solution {
+pub(crate) fn transpose_solution(sol: Solution, cfg: &SparseOt) -> Solution {
     let Solution {
         plan,
         alpha,
