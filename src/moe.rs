@@ -72,10 +72,10 @@ impl RouterSolver {
         steps: 20,
     };
 
-    /// L-BFGS with tolerance 1e-6 and at most 200 iterations.
+    /// L-BFGS (with the nonsmooth finish of [`SparseOt`]) to tolerance 1e-6, at most [`crate::DEFAULT_MAX_ITER`] iterations.
     pub const ACCURATE: RouterSolver = RouterSolver::Accurate {
         tol: 1e-6,
-        max_iter: 200,
+        max_iter: crate::config::DEFAULT_MAX_ITER,
     };
 }
 

@@ -3,7 +3,7 @@
 
 use ndarray::{Array3, Axis};
 use sparse_ot::moe::{gates, GroupReport, LoadMetrics};
-use sparse_ot::{greedy_top_k, Error, Router, RouterSolver};
+use sparse_ot::{greedy_top_k, Criterion, Error, Router, RouterSolver, Termination};
 
 /// Deterministic pseudo-random logits in [-2, 2) (splitmix64).
 fn logits(g: usize, s: usize, e: usize, seed: u64) -> Array3<f64> {
@@ -114,11 +114,12 @@ fn uniform_logits_capacity_2_is_reported_unconverged() {
         assert_eq!(out.capacity, 2);
         assert!(out.load.tokens_per_expert.max <= 2.0, "{name}");
         let g = out.groups[0];
-        // The status is honest: converged only if the token masses are met.
-        assert!(
-            !g.termination.converged() || g.token_mass_error <= 1e-6,
-            "{name}: {g:?}"
-        );
+        // The status is honest: converged on the marginal criterion only if the token masses are met. (The
+        // nonsmooth finish may instead certify the potentials by a duality gap: the optimum is then a mix of
+        // tied plans, and the one plan extracted at the kink can still miss the token masses.)
+        if let Termination::Converged(Criterion::MarginalError { tol }) = g.termination {
+            assert!(g.token_mass_error <= tol, "{name}: {g:?}");
+        }
         if name == "adam" {
             // Measured: tokens 2 and 3 stay unrouted after 20 steps (error 1).
             assert!(
