@@ -18,6 +18,9 @@
 //!   L-BFGS of our own ([`lbfgs`](crate::lbfgs) is a device-agnostic state machine; the vectors live in a
 //!   backend). Columns are evaluated in parallel in fixed chunks and reduced in a fixed order, so results are
 //!   bitwise reproducible whatever the thread count.
+//! * **Exact OT has its own solver.** [`ExactOt`] runs a network simplex (block-search pricing, strongly
+//!   feasible spanning trees against cycling) and returns a basic optimal plan (at most m + n − 1 nonzeros)
+//!   with optimal dual potentials; no LP library is involved.
 //! * **Operators are public** ([`ops`]): top-k mask with the tie rule of `jax.lax.top_k` (larger value first,
 //!   then lower index), the top-k conjugate δ_k and its gradient, and the sparse projection onto the simplex.
 //!

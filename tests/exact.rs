@@ -70,12 +70,12 @@ fn assert_certificate(p: &Problem, sol: &Solution, tol: f64) -> f64 {
             "complementary slackness at ({i}, {j}): slack {slack:e}"
         );
     }
-    for i in 0..m {
-        let d = (rows[i] - p.a()[i]).abs();
+    for (i, (r, a)) in rows.iter().zip(p.a()).enumerate() {
+        let d = (r - a).abs();
         assert!(d <= tol, "row {i}: marginal error {d:e}");
     }
-    for j in 0..n {
-        let d = (cols[j] - p.b()[j]).abs();
+    for (j, (c, b)) in cols.iter().zip(p.b()).enumerate() {
+        let d = (c - b).abs();
         assert!(d <= tol, "column {j}: marginal error {d:e}");
     }
     let mut worst: f64 = 0.0;
@@ -233,11 +233,49 @@ fn small_mass_mismatch_is_balanced() {
     );
 }
 
+#[test]
+fn overflowing_costs_are_rejected() {
+    let p = problem(
+        vec![1.0, 1.0],
+        vec![1.0, 1.0],
+        Array2::from_elem((2, 2), 1e307),
+    );
+    let err = ExactOt::new().solve(&p).unwrap_err();
+    assert!(
+        matches!(err, sparse_ot::Error::InvalidParameter { name: "cost", .. }),
+        "{err}"
+    );
+}
+
+/// Integer masses with zeros and integer costs in {0, 1, 2}: degenerate bases and ties everywhere.
+fn degenerate_problem(m: usize, n: usize, seed: u64) -> Problem {
+    let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut a: Vec<f64> = (0..m).map(|_| (3.0 * r.next()).floor()).collect();
+    let mut b: Vec<f64> = (0..n).map(|_| (3.0 * r.next()).floor()).collect();
+    a[0] += 1.0;
+    b[n - 1] += 1.0;
+    let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
+    if sa > sb {
+        b[0] += sa - sb;
+    } else {
+        a[m - 1] += sb - sa;
+    }
+    let cost = Array2::from_shape_fn((m, n), |_| (3.0 * r.next()).floor());
+    problem(a, b, cost)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn certificate_holds_on_random_shapes(m in 1usize..12, n in 1usize..12, seed in 0u64..1_000_000) {
         let p = random_problem(m, n, seed);
+        let sol = ExactOt::new().solve(&p).unwrap();
+        assert_certificate(&p, &sol, 1e-12);
+    }
+
+    #[test]
+    fn certificate_holds_on_degenerate_problems(m in 1usize..10, n in 1usize..10, seed in 0u64..1_000_000) {
+        let p = degenerate_problem(m, n, seed);
         let sol = ExactOt::new().solve(&p).unwrap();
         assert_certificate(&p, &sol, 1e-12);
     }

@@ -23,7 +23,7 @@
 
 use ndarray::Array1;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exact::ExactOt;
 use crate::problem::Problem;
 use crate::solution::{
@@ -38,7 +38,16 @@ pub(crate) fn solve(cfg: &ExactOt, problem: &Problem) -> Result<Solution> {
     let a = problem.a_slice();
     let b = problem.b_slice();
     let b_balanced = balanced_targets(a, b);
-    let mut net = Network::new(m, n, problem.cost_slice(), a, &b_balanced);
+    let cost = problem.cost_slice();
+    let cmax = cost.iter().fold(0.0_f64, |acc, c| acc.max(c.abs()));
+    if !(artificial_cost(cmax, m + n + 1) * 4.0).is_finite() {
+        return Err(Error::InvalidParameter {
+            name: "cost",
+            value: cmax,
+            requirement: "max |C| times 8 (m + n + 1) must be finite for the network simplex",
+        });
+    }
+    let mut net = Network::new(m, n, cost, cmax, a, &b_balanced);
     let (iterations, optimal) = net.run(cfg.max_iter);
     net.recompute_flows();
     let (alpha, beta) = net.reported_potentials();
@@ -73,6 +82,15 @@ fn balanced_targets(a: &[f64], b: &[f64]) -> Vec<f64> {
     } else {
         let r = sa / sb;
         b.iter().map(|&x| x * r).collect()
+    }
+}
+
+/// Cost M of the artificial arcs: longer than any simple path of real arcs, M > (m + n) · max|C|.
+fn artificial_cost(cmax: f64, nodes: usize) -> f64 {
+    if cmax > 0.0 {
+        2.0 * nodes as f64 * cmax
+    } else {
+        1.0
     }
 }
 
@@ -112,16 +130,10 @@ struct Network<'c> {
 }
 
 impl<'c> Network<'c> {
-    fn new(m: usize, n: usize, cost: &'c [f64], a: &[f64], b: &[f64]) -> Self {
+    fn new(m: usize, n: usize, cost: &'c [f64], cmax: f64, a: &[f64], b: &[f64]) -> Self {
         let nodes = m + n + 1;
         let root = m + n;
-        let cmax = cost.iter().fold(0.0_f64, |acc, c| acc.max(c.abs()));
-        // Longer than any simple path of real arcs: M > (m + n) · max|C|.
-        let big = if cmax > 0.0 {
-            2.0 * nodes as f64 * cmax
-        } else {
-            1.0
-        };
+        let big = artificial_cost(cmax, nodes);
         let arcs = m * n + m + n;
         let mut net = Self {
             m,
@@ -211,31 +223,51 @@ impl<'c> Network<'c> {
     }
 
     /// Block search pricing: the most negative reduced cost in the first block that has a negative one.
+    /// Real arcs are scanned in runs along one row of the cost matrix (contiguous costs and potentials).
     fn find_entering(&mut self) -> Option<usize> {
         let total = self.in_tree.len();
-        let mn = self.m * self.n;
+        let (m, n) = (self.m, self.n);
+        let mn = m * n;
         let mut best = NONE;
         let mut min = -self.tol;
         let mut left = self.block;
         let mut e = self.next_arc;
-        for _ in 0..total {
-            if !self.in_tree[e] {
-                let rc = if e < mn {
-                    let (i, j) = (e / self.n, e % self.n);
-                    self.cost[e] + self.pi[i] - self.pi[self.m + j]
-                } else {
-                    self.reduced_cost(e)
-                };
-                if rc < min {
-                    min = rc;
-                    best = e;
+        let mut scanned = 0;
+        while scanned < total {
+            let run_end = if e < mn { (e / n + 1) * n } else { total };
+            let len = (run_end - e).min(left).min(total - scanned);
+            if e < mn {
+                let i = e / n;
+                let j0 = e - i * n;
+                let pi_i = self.pi[i];
+                let run = self.cost[e..e + len]
+                    .iter()
+                    .zip(&self.pi[m + j0..m + j0 + len])
+                    .zip(&self.in_tree[e..e + len]);
+                for (t, ((&c, &pi_j), &tree)) in run.enumerate() {
+                    let rc = c + pi_i - pi_j;
+                    if rc < min && !tree {
+                        min = rc;
+                        best = e + t;
+                    }
+                }
+            } else {
+                for x in e..e + len {
+                    if !self.in_tree[x] {
+                        let rc = self.reduced_cost(x);
+                        if rc < min {
+                            min = rc;
+                            best = x;
+                        }
+                    }
                 }
             }
-            e += 1;
+            e += len;
             if e == total {
                 e = 0;
             }
-            left -= 1;
+            scanned += len;
+            left -= len;
             if left == 0 {
                 if best != NONE {
                     break;

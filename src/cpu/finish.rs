@@ -552,7 +552,8 @@ pub(crate) fn run(
         steps += st;
         residual = r;
         report(steps, residual);
-        if stage >= 0 {
+        // The polish counts as one step of the budget.
+        if stage >= 0 && steps < settings.max_steps {
             if let Some(c) = polish(sm, &x, mu) {
                 steps += 1;
                 if c.plan_error <= settings.tol {

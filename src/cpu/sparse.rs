@@ -192,6 +192,10 @@ fn solve_columns(
         cfg.gamma,
         cfg.formulation,
     );
+    if k == 1 && p.m() > 1 && cfg.tol > 0.0 && cfg.max_iter > 0 {
+        let (x, termination, iterations) = k1_exact(cfg, p, &mut dual)?;
+        return Ok(finish(cfg, p, &mut dual, &x, termination, iterations));
+    }
     let settings = Settings::new(cfg.tol, cfg.max_iter);
     let (termination, iterations, x) = {
         let mut neg = Negated(&mut dual);
@@ -213,6 +217,43 @@ fn solve_columns(
         (x, termination, iterations)
     };
     Ok(finish(cfg, p, &mut dual, &x, termination, iterations))
+}
+
+/// k = 1 is unregularised OT in disguise (SPEC §2.3): S_1(α) = α·a − Σ_j b_j max_i(α_i − c_ij) + (γ/2)‖b‖²
+/// is the LP semi-dual plus a constant, so the optimal transport potential α of the network simplex is an
+/// exact maximiser, and β_j = γ b_j − max_i(α_i − c_ij) maximises the dual at that α. The exact plan P is
+/// feasible for the relaxed primal, whose objective there is at most ⟨P, C⟩ + (γ/2)‖b‖²: that certifies the
+/// gap. `iterations` counts network-simplex pivots; a warm start is not needed and not used. With
+/// `max_iter(0)` (evaluate the start point) or `tol(0)` (a fixed budget of iterations) the general path runs.
+fn k1_exact(
+    cfg: &SparseOt,
+    p: &Problem,
+    dual: &mut SparseDual<'_>,
+) -> Result<(Vec<f64>, Termination, usize)> {
+    let exact = crate::ExactOt::new().solve(p)?;
+    let mut x = exact.alpha.to_vec();
+    if cfg.formulation == Formulation::Dual {
+        let gamma = cfg.gamma;
+        for (j, c) in dual.cost_t.rows().into_iter().enumerate() {
+            let top = x[..p.m()]
+                .iter()
+                .zip(c)
+                .map(|(a, c)| a - c)
+                .fold(f64::NEG_INFINITY, f64::max);
+            x.push(gamma * p.b()[j] - top);
+        }
+    }
+    let value = objective(dual, &x);
+    let bound = exact.transport_cost + 0.5 * cfg.gamma * p.b().iter().map(|b| b * b).sum::<f64>();
+    let gap = (bound - value).max(0.0);
+    let termination = if exact.converged() && gap <= cfg.tol.max(1e-12 * value.abs()) {
+        Termination::Converged(Criterion::DualityGap { gap })
+    } else if exact.termination == Termination::MaxIterations {
+        Termination::MaxIterations
+    } else {
+        Termination::Stalled
+    };
+    Ok((x, termination, exact.iterations))
 }
 
 /// Objective of the formulation solved at `x` (α, or (α, β)).
