@@ -274,6 +274,10 @@ fn solve_group(cfg: &SparseOt, solver: RouterSolver, p: &Problem) -> Result<Solu
 }
 
 /// How one group's OT problem was solved.
+///
+/// The mass errors are measured on the returned k-sparse plan. When the accurate solver certifies optimality
+/// by a duality gap at a point with ties (e.g. identical gates), the optimum is a mix of tied plans and the
+/// one plan returned can miss the token masses; the capacity (k limit) holds in every case.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GroupReport {
     /// Why the solver stopped.
