@@ -325,3 +325,49 @@ fn bad_input_is_a_typed_error() {
         Err(Error::InvalidParameter { .. })
     ));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// For any logits and capacity factor: no expert over capacity, combine = gate on the dispatch, and the
+        /// load metrics agree with the dispatch.
+        #[test]
+        fn experts_choose_invariants(
+            g in 1usize..4, s in 1usize..24, e in 1usize..6, cf in 0.1f64..3.0, seed in 0u64..1000,
+            q in 1usize..5,
+        ) {
+            let l = logits(g, s, e, seed);
+            let r = Router::experts_choose(cf).unwrap().capacity_multiple(q).unwrap();
+            let out = r.route(l.view()).unwrap();
+            let cap = r.capacity(s, e);
+            prop_assert_eq!(cap % q, 0);
+            let gt = gates(l.view()).unwrap();
+            for grp in 0..g {
+                for x in 0..e {
+                    let n = (0..s).filter(|&t| out.dispatch[[grp, t, x]]).count();
+                    prop_assert!(n <= cap.min(s));
+                }
+            }
+            for ((idx, &d), &c) in out.dispatch.indexed_iter().zip(&out.combine) {
+                prop_assert_eq!(c, if d { gt[idx] } else { 0.0 });
+            }
+            prop_assert_eq!(out.load, LoadMetrics::of(out.dispatch.view(), cap));
+            prop_assert_eq!(out.groups.len(), g);
+        }
+
+        /// Tokens choose: no token routed to more than k experts.
+        #[test]
+        fn tokens_choose_invariants(
+            g in 1usize..4, s in 1usize..24, e in 1usize..6, k in 1usize..4, seed in 0u64..1000,
+        ) {
+            prop_assume!(k <= e);
+            let l = logits(g, s, e, seed);
+            let out = Router::tokens_choose(k).unwrap().route(l.view()).unwrap();
+            prop_assert!(out.load.experts_per_token.max <= k as f64);
+        }
+    }
+}
