@@ -47,7 +47,8 @@ mod problem;
 mod solution;
 
 pub use config::{
-    Formulation, Observer, Sinkhorn, SparseOt, DEFAULT_MAX_ITER, DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
+    Formulation, Observer, Precision, Sinkhorn, SparseOt, DEFAULT_MAX_ITER,
+    DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
 };
 pub use error::{Error, Position, Result};
 pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE};

@@ -1,5 +1,6 @@
 //! The CPU reference path (f64). Every GPU result is tested against it.
 
+pub(crate) mod expsum;
 pub(crate) mod lbfgs;
 pub(crate) mod objective;
 pub(crate) mod sinkhorn;

@@ -5,25 +5,24 @@
 //! `check_every` iterations that error is tested; on convergence the state *before* the f-update is returned,
 //! so its columns are exact and its row error is the one measured. The kernel exp(−C/ε) is never formed.
 
+use std::borrow::Cow;
+
 use ndarray::{Array1, Array2};
 use rayon::prelude::*;
 
-use crate::config::{Observer, Sinkhorn};
+use crate::config::{Observer, Precision, Sinkhorn};
+use crate::cpu::expsum::{Kernels, Real};
 use crate::error::{Error, Result};
 use crate::problem::{check_vector_finite, Problem};
 use crate::solution::{plan_metrics, Criterion, Method, Plan, Progress, Solution, Termination};
 
-/// ε · LSE_l((p_l − c_l)/ε) over one contiguous lane, two passes (max, then sum of exp).
-#[inline]
-fn soft_min(p: &[f64], c: &[f64], eps: f64) -> f64 {
-    let inv = 1.0 / eps;
-    let zmax = p.iter().zip(c).map(|(&p, &c)| p - c).fold(f64::NEG_INFINITY, f64::max);
-    let sum: f64 = p.iter().zip(c).map(|(&p, &c)| ((p - c - zmax) * inv).exp()).sum();
-    zmax + eps * sum.ln()
-}
-
 /// The ε schedule: ε₀ = max(ε, range of C), multiplied by `q` each stage, ending exactly at ε.
-pub(crate) fn epsilon_schedule(eps: f64, scaling: Option<f64>, cost_range: f64, warm: bool) -> Vec<f64> {
+pub(crate) fn epsilon_schedule(
+    eps: f64,
+    scaling: Option<f64>,
+    cost_range: f64,
+    warm: bool,
+) -> Vec<f64> {
     let mut stages = Vec::new();
     if let (Some(q), false) = (scaling, warm) {
         let mut e = cost_range.max(eps);
@@ -59,35 +58,152 @@ pub(crate) fn validate(cfg: &Sinkhorn, p: &Problem) -> Result<(Vec<f64>, Vec<f64
 }
 
 pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Result<Solution> {
-    let (mut f, mut g) = validate(cfg, p)?;
+    let (f, g) = validate(cfg, p)?;
+    let (f, g, iterations, termination) = match cfg.precision {
+        Precision::F64 => iterate::<f64>(cfg, p, f, g, observer),
+        Precision::F32 => iterate::<f32>(cfg, p, f, g, observer),
+    };
+    Ok(assemble(
+        cfg,
+        p,
+        Array1::from(f),
+        Array1::from(g),
+        iterations,
+        termination,
+    ))
+}
+
+/// The cost in the working precision, in both layouts (rows for the f-update, columns for the g-update),
+/// shifted by `offset` (f32 only: it keeps the magnitudes, hence the rounding errors, small).
+struct CostLayouts<'a, F: Real> {
+    rows: Cow<'a, [F]>,
+    cols: Vec<F>,
+    offset: f64,
+}
+
+impl<'a, F: Real> CostLayouts<'a, F> {
+    fn new(p: &'a Problem) -> Self {
+        let (rows, offset) = F::working_cost(p.cost_slice());
+        let cols = transpose(&rows, p.m(), p.n());
+        Self { rows, cols, offset }
+    }
+}
+
+/// Column-major copy of a row-major m × n matrix, in cache-sized tiles.
+fn transpose<F: Real>(rows: &[F], m: usize, n: usize) -> Vec<F> {
+    const TILE: usize = 32;
+    let mut cols = vec![F::from_f64(0.0); m * n];
+    cols.par_chunks_mut(TILE * m)
+        .enumerate()
+        .for_each(|(jt, block)| {
+            let j0 = jt * TILE;
+            let jn = block.len() / m;
+            for i0 in (0..m).step_by(TILE) {
+                for j in j0..j0 + jn {
+                    for i in i0..(i0 + TILE).min(m) {
+                        block[(j - j0) * m + i] = rows[i * n + j];
+                    }
+                }
+            }
+        });
+    cols
+}
+
+/// One half-iteration: for every lane l (a row for the f-update, a column for the g-update),
+///
+/// x_l ← ε log marg_l − ε LSE_k((y_k − C_lk)/ε) = ε log marg_l + x_l − ε ln Σ_k exp((x_l + y_k − C_lk)/ε).
+///
+/// The previous x_l is the stabiliser: after the other half-step the plan's lanes sum to about their
+/// marginals, so the sum needs no max pass; [`Kernels::log_sum_exp`] adds one where it falls outside the safe
+/// range (first iterations, a new ε stage). `y_work` receives y − max y in the working precision.
+#[allow(clippy::too_many_arguments)]
+fn half_step<F: Real>(
+    kernels: &Kernels<F>,
+    x: &mut [f64],
+    y: &[f64],
+    y_work: &mut [F],
+    lanes: &[F],
+    log_marg: &[f64],
+    eps: f64,
+    offset: f64,
+) {
+    let ys = y.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+    for (w, &v) in y_work.iter_mut().zip(y) {
+        *w = F::from_f64(v - ys);
+    }
+    let y_work = &*y_work;
+    let inv = 1.0 / eps;
+    x.par_iter_mut()
+        .zip(log_marg.par_iter())
+        .zip(lanes.par_chunks(y.len()))
+        .with_min_len(8)
+        .for_each(|((xl, &lm), c)| {
+            let w = (*xl + ys - offset) * inv;
+            *xl += eps * (lm - kernels.log_sum_exp(y_work, c, inv, w));
+        });
+}
+
+/// The Sinkhorn iterations over the ε stages; returns (f, g, iterations, termination).
+fn iterate<F: Real>(
+    cfg: &Sinkhorn,
+    p: &Problem,
+    mut f: Vec<f64>,
+    mut g: Vec<f64>,
+    observer: Observer<'_>,
+) -> (Vec<f64>, Vec<f64>, usize, Termination) {
     let (m, n) = (p.m(), p.n());
-    let cost = p.cost_slice();
-    let cost_t = p.cost().t().as_standard_layout().into_owned();
-    let cost_t = cost_t.as_slice().expect("standard layout");
-    let (a, b) = (p.a_slice(), p.b_slice());
+    let kernels = Kernels::<F>::detect();
+    let cost = CostLayouts::<F>::new(p);
+    let a = p.a_slice();
     let log_a: Vec<f64> = a.iter().map(|x| x.ln()).collect();
-    let log_b: Vec<f64> = b.iter().map(|x| x.ln()).collect();
-    let (cmin, cmax) = cost.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+    let log_b: Vec<f64> = p.b_slice().iter().map(|x| x.ln()).collect();
+    let (cmin, cmax) = p
+        .cost_slice()
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| {
+            (lo.min(c), hi.max(c))
+        });
     let stages = epsilon_schedule(cfg.epsilon, cfg.scaling, cmax - cmin, cfg.warm.is_some());
     let amax = a.iter().fold(0.0f64, |x, &y| x.max(y));
     let mut f_new = vec![0.0; m];
+    let mut f_work = vec![F::from_f64(0.0); m];
+    let mut g_work = vec![F::from_f64(0.0); n];
     let mut iterations = 0;
     let mut termination = Termination::MaxIterations;
 
     'stages: for (s, &eps) in stages.iter().enumerate() {
         let last = s + 1 == stages.len();
         // Intermediate stages only need a rough fit before ε shrinks.
-        let stage_tol = if last { cfg.tol } else { cfg.tol.max(1e-2 * amax) };
+        let stage_tol = if last {
+            cfg.tol
+        } else {
+            cfg.tol.max(1e-2 * amax)
+        };
         loop {
             if iterations >= cfg.max_iter {
                 break 'stages;
             }
-            g.par_iter_mut().enumerate().for_each(|(j, gj)| {
-                *gj = eps * log_b[j] - soft_min(&f, &cost_t[j * m..(j + 1) * m], eps);
-            });
-            f_new.par_iter_mut().enumerate().for_each(|(i, fi)| {
-                *fi = eps * log_a[i] - soft_min(&g, &cost[i * n..(i + 1) * n], eps);
-            });
+            half_step(
+                &kernels,
+                &mut g,
+                &f,
+                &mut f_work,
+                &cost.cols,
+                &log_b,
+                eps,
+                cost.offset,
+            );
+            f_new.copy_from_slice(&f);
+            half_step(
+                &kernels,
+                &mut f_new,
+                &g,
+                &mut g_work,
+                &cost.rows,
+                &log_a,
+                eps,
+                cost.offset,
+            );
             iterations += 1;
             if iterations % cfg.check_every == 0 {
                 let err = a
@@ -99,12 +215,17 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Resu
                     iteration: iterations,
                     value: f64::NAN,
                     marginal_error: err,
-                    stage: if last { "sinkhorn" } else { "sinkhorn eps-scaling" },
+                    stage: if last {
+                        "sinkhorn"
+                    } else {
+                        "sinkhorn eps-scaling"
+                    },
                 });
                 if stage_tol > 0.0 && err <= stage_tol {
                     if last {
                         // Keep the state before the f-update: columns exact, row error = err.
-                        termination = Termination::Converged(Criterion::MarginalError { tol: cfg.tol });
+                        termination =
+                            Termination::Converged(Criterion::MarginalError { tol: cfg.tol });
                         break 'stages;
                     }
                     std::mem::swap(&mut f, &mut f_new);
@@ -114,7 +235,7 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Resu
             std::mem::swap(&mut f, &mut f_new);
         }
     }
-    Ok(assemble(cfg, p, Array1::from(f), Array1::from(g), iterations, termination))
+    (f, g, iterations, termination)
 }
 
 /// Dense plan T_ij = exp((f_i + g_j − C_ij)/ε), dual value f·a + g·b − ε ΣT, and metrics.
@@ -131,11 +252,13 @@ pub(crate) fn assemble(
     let cost = p.cost();
     let mut data = vec![0.0; m * n];
     let cs = p.cost_slice();
-    data.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
-        for ((t, &c), &gj) in row.iter_mut().zip(&cs[i * n..(i + 1) * n]).zip(&g) {
-            *t = ((f[i] + gj - c) / eps).exp();
-        }
-    });
+    data.par_chunks_mut(n.max(1))
+        .enumerate()
+        .for_each(|(i, row)| {
+            for ((t, &c), &gj) in row.iter_mut().zip(&cs[i * n..(i + 1) * n]).zip(&g) {
+                *t = ((f[i] + gj - c) / eps).exp();
+            }
+        });
     let plan = Array2::from_shape_vec((m, n), data).expect("m * n entries");
     let mass: f64 = plan.sum();
     let value = f.dot(&p.a()) + g.dot(&p.b()) - eps * mass;
