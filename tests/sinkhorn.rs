@@ -101,9 +101,12 @@ fn golden_transport_costs() {
 
 #[test]
 fn fast_iterations_match_plain_reference() {
-    // n is not a multiple of the SIMD accumulator width; no ε-scaling, fixed iteration count.
-    let p = random_problem(45, 37, 7);
-    for eps in [0.5, 0.05, 0.005] {
+    // Lanes shorter than one SIMD block and longer, with remainders; no ε-scaling, fixed iteration count.
+    for (p, eps) in [0.5, 0.05, 0.005]
+        .into_iter()
+        .map(|eps| (random_problem(45, 37, 7), eps))
+        .chain([(random_problem(300, 270, 8), 0.01)])
+    {
         let iters = 60;
         let sol = Sinkhorn::new(eps)
             .unwrap()
