@@ -34,6 +34,8 @@ pub(crate) trait Real:
     const SAFE_LO: f64;
     /// See [`Real::SAFE_LO`].
     const SAFE_HI: f64;
+    /// Every exponential flushed to 0 by [`Real::exp_poly`] had a true value below this.
+    const FLUSH: f64;
     /// Rounds from f64.
     fn from_f64(x: f64) -> Self;
     /// Widens (exactly) to f64.
@@ -52,6 +54,7 @@ impl Real for f64 {
     const NEG_INFINITY: Self = f64::NEG_INFINITY;
     const SAFE_LO: f64 = 1e-250;
     const SAFE_HI: f64 = 1e250;
+    const FLUSH: f64 = 3.4e-308; // e^-708
 
     fn working_cost(c: &[f64]) -> (Cow<'_, [Self]>, f64) {
         (Cow::Borrowed(c), 0.0)
@@ -80,19 +83,13 @@ impl Real for f64 {
     fn exp_poly<const FMA: bool>(self) -> Self {
         const LOG2E: f64 = std::f64::consts::LOG2_E;
         // ln 2 split so that n · LN2_HI is exact for |n| < 2^11 (fdlibm).
-        const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
-        const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+        const LN2_HI: f64 = 0.693_147_180_369_123_8;
+        const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
         // 1.5 · 2^52: adding it rounds to an integer held in the low mantissa bits.
         const MAGIC: f64 = 6_755_399_441_055_744.0;
         const LO: f64 = -708.0;
         const HI: f64 = 709.0;
-        let x = if self < LO {
-            LO
-        } else if self > HI {
-            HI
-        } else {
-            self
-        };
+        let x = self.clamp(LO, HI);
         let t = Self::madd::<FMA>(x, LOG2E, MAGIC);
         let n = t - MAGIC;
         let r = Self::madd::<FMA>(-n, LN2_LO, Self::madd::<FMA>(-n, LN2_HI, x));
@@ -132,6 +129,7 @@ impl Real for f32 {
     const NEG_INFINITY: Self = f32::NEG_INFINITY;
     const SAFE_LO: f64 = 1e-20;
     const SAFE_HI: f64 = 1e30;
+    const FLUSH: f64 = 1.7e-38; // e^-87
 
     fn working_cost(c: &[f64]) -> (Cow<'_, [Self]>, f64) {
         let cmin = c.iter().fold(f64::INFINITY, |x, &v| x.min(v));
@@ -170,13 +168,7 @@ impl Real for f32 {
         const MAGIC: f32 = 12_582_912.0;
         const LO: f32 = -87.0;
         const HI: f32 = 88.0;
-        let x = if self < LO {
-            LO
-        } else if self > HI {
-            HI
-        } else {
-            self
-        };
+        let x = self.clamp(LO, HI);
         let t = Self::madd::<FMA>(x, LOG2E, MAGIC);
         let n = t - MAGIC;
         let r = Self::madd::<FMA>(-n, LN2_LO, Self::madd::<FMA>(-n, LN2_HI, x));
@@ -212,20 +204,47 @@ const WIDTH: usize = 16;
 /// f64 total (in f32 this keeps the loop at full SIMD width instead of widening every term).
 const BLOCK: usize = 16;
 
-/// Σ_k exp((y_k − c_k)·inv + w), accumulated in f64 per block.
+/// Σ_k exp((y_k − c_k)·inv + w), accumulated in f64 per block; with `STORE` the terms are also written to
+/// `out` (same length as `y`), otherwise `out` is not touched.
 #[inline(always)]
-fn sum_exp_impl<F: Real, const FMA: bool>(y: &[F], c: &[F], inv: F, w: F) -> f64 {
+fn sum_exp_impl<F: Real, const FMA: bool, const STORE: bool>(
+    y: &[F],
+    c: &[F],
+    inv: F,
+    w: F,
+    out: &mut [F],
+) -> f64 {
     debug_assert_eq!(y.len(), c.len());
+    debug_assert!(!STORE || out.len() == y.len());
     let term = |yk: F, ck: F| F::madd::<FMA>(yk - ck, inv, w).exp_poly::<FMA>();
-    let yb = y.chunks_exact(WIDTH * BLOCK);
-    let cb = c.chunks_exact(WIDTH * BLOCK);
-    let (yr, cr) = (yb.remainder(), cb.remainder());
+    let span = WIDTH * BLOCK;
+    let full = y.len() / span * span;
+    let (yh, yt) = y.split_at(full);
+    let (chd, ct) = c.split_at(full);
+    let (oh, ot): (&mut [F], &mut [F]) = if STORE {
+        out.split_at_mut(full)
+    } else {
+        (&mut [], &mut [])
+    };
     let mut acc = [0.0f64; WIDTH];
-    for (yblock, cblock) in yb.zip(cb) {
+    for (b, (yb, cb)) in yh
+        .chunks_exact(span)
+        .zip(chd.chunks_exact(span))
+        .enumerate()
+    {
         let mut part = [F::ZERO; WIDTH];
-        for (yk, ck) in yblock.chunks_exact(WIDTH).zip(cblock.chunks_exact(WIDTH)) {
+        for (k, (yk, ck)) in yb
+            .chunks_exact(WIDTH)
+            .zip(cb.chunks_exact(WIDTH))
+            .enumerate()
+        {
+            let t: [F; WIDTH] = std::array::from_fn(|l| term(yk[l], ck[l]));
+            if STORE {
+                let o = b * span + k * WIDTH;
+                oh[o..o + WIDTH].copy_from_slice(&t);
+            }
             for l in 0..WIDTH {
-                part[l] = part[l] + term(yk[l], ck[l]);
+                part[l] = part[l] + t[l];
             }
         }
         for l in 0..WIDTH {
@@ -236,10 +255,22 @@ fn sum_exp_impl<F: Real, const FMA: bool>(y: &[F], c: &[F], inv: F, w: F) -> f64
     for a in acc {
         s += a;
     }
-    for (&yk, &ck) in yr.iter().zip(cr) {
-        s += term(yk, ck).to_f64();
+    for (k, (&yk, &ck)) in yt.iter().zip(ct).enumerate() {
+        let t = term(yk, ck);
+        if STORE {
+            ot[k] = t;
+        }
+        s += t.to_f64();
     }
     s
+}
+
+/// acc_k += r · e_k.
+#[inline(always)]
+fn axpy_impl<F: Real, const FMA: bool>(acc: &mut [f64], r: f64, e: &[F]) {
+    for (a, &v) in acc.iter_mut().zip(e) {
+        *a = f64::madd::<FMA>(r, v.to_f64(), *a);
+    }
 }
 
 /// max_k (y_k − c_k).
@@ -274,7 +305,20 @@ mod avx2 {
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn sum_exp<F: Real>(y: &[F], c: &[F], inv: F, w: F) -> f64 {
-        super::sum_exp_impl::<F, true>(y, c, inv, w)
+        super::sum_exp_impl::<F, true, false>(y, c, inv, w, &mut [])
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn sum_exp_store<F: Real>(
+        y: &[F],
+        c: &[F],
+        inv: F,
+        w: F,
+        out: &mut [F],
+    ) -> f64 {
+        super::sum_exp_impl::<F, true, true>(y, c, inv, w, out)
     }
 
     /// # Safety
@@ -283,13 +327,25 @@ mod avx2 {
     pub(super) unsafe fn max_diff<F: Real>(y: &[F], c: &[F]) -> F {
         super::max_diff_impl::<F>(y, c)
     }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy<F: Real>(acc: &mut [f64], r: f64, e: &[F]) {
+        super::axpy_impl::<F, true>(acc, r, e)
+    }
 }
+
+/// Σ exp over a lane, writing the terms.
+type SumExpStore<F> = fn(&[F], &[F], F, F, &mut [F]) -> f64;
 
 /// The lane kernels chosen for this CPU.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels<F> {
     sum_exp: fn(&[F], &[F], F, F) -> f64,
+    sum_exp_store: SumExpStore<F>,
     max_diff: fn(&[F], &[F]) -> F,
+    axpy: fn(&mut [f64], f64, &[F]),
 }
 
 impl<F: Real> Kernels<F> {
@@ -300,11 +356,14 @@ impl<F: Real> Kernels<F> {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
+                // SAFETY (all four): both features were detected just above.
                 return Self {
-                    // SAFETY: both features were detected just above.
                     sum_exp: |y, c, inv, w| unsafe { avx2::sum_exp(y, c, inv, w) },
-                    // SAFETY: as above.
+                    sum_exp_store: |y, c, inv, w, out| unsafe {
+                        avx2::sum_exp_store(y, c, inv, w, out)
+                    },
                     max_diff: |y, c| unsafe { avx2::max_diff(y, c) },
+                    axpy: |acc, r, e| unsafe { avx2::axpy(acc, r, e) },
                 };
             }
         }
@@ -315,9 +374,40 @@ impl<F: Real> Kernels<F> {
     pub(crate) fn portable() -> Self {
         const FMA: bool = cfg!(target_arch = "aarch64");
         Self {
-            sum_exp: sum_exp_impl::<F, FMA>,
+            sum_exp: |y, c, inv, w| sum_exp_impl::<F, FMA, false>(y, c, inv, w, &mut []),
+            sum_exp_store: sum_exp_impl::<F, FMA, true>,
             max_diff: max_diff_impl::<F>,
+            axpy: axpy_impl::<F, FMA>,
         }
+    }
+
+    /// acc_k += r · e_k.
+    #[inline]
+    pub(crate) fn axpy(&self, acc: &mut [f64], r: f64, e: &[F]) {
+        (self.axpy)(acc, r, e)
+    }
+
+    /// Like [`Kernels::log_sum_exp`], and writes the terms exp((y_k − c_k)·inv + w − shift) to `out`; returns
+    /// (ln Σ, shift) with shift = 0 unless the one-pass sum left the safe range, so Σ_k out_k = exp(ln Σ − shift).
+    #[inline]
+    pub(crate) fn log_sum_exp_store(
+        &self,
+        y: &[F],
+        c: &[F],
+        inv: f64,
+        w: f64,
+        out: &mut [F],
+    ) -> (f64, f64) {
+        let s = (self.sum_exp_store)(y, c, F::from_f64(inv), F::from_f64(w), out);
+        if s >= F::SAFE_LO && s <= F::SAFE_HI {
+            return (s.ln(), 0.0);
+        }
+        let zmax = (self.max_diff)(y, c).to_f64() * inv + w;
+        if !zmax.is_finite() {
+            return (zmax, 0.0);
+        }
+        let s = (self.sum_exp_store)(y, c, F::from_f64(inv), F::from_f64(w - zmax), out);
+        (zmax + s.ln(), zmax)
     }
 
     /// ln Σ_k exp((y_k − c_k)·inv + w) for `inv` > 0, exact to rounding whatever the range of the exponents:

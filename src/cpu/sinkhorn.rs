@@ -143,6 +143,136 @@ fn half_step<F: Real>(
         });
 }
 
+/// Scratch of [`fused_sweep`], allocated once per solve. Rows are cut into fixed chunks (their size depends on
+/// m only, so results do not depend on the thread count); each chunk keeps one row of terms and its partial
+/// column sums.
+struct Sweep<F> {
+    rows_per_chunk: usize,
+    terms: Vec<F>,
+    partial: Vec<f64>,
+    row_factor: Vec<f64>,
+    col_sums: Vec<f64>,
+}
+
+impl<F: Real> Sweep<F> {
+    fn new(m: usize, n: usize) -> Self {
+        const TARGET_CHUNKS: usize = 64;
+        let rows_per_chunk = m.div_ceil(TARGET_CHUNKS).max(1);
+        let chunks = m.div_ceil(rows_per_chunk);
+        Self {
+            rows_per_chunk,
+            terms: vec![F::ZERO; chunks * n],
+            partial: vec![0.0; chunks * n],
+            row_factor: vec![0.0; m],
+            col_sums: vec![0.0; n],
+        }
+    }
+}
+
+/// The f-update over the row-major cost, fused with the column sums of the next g-update: one exponential
+/// per entry and one pass over the cost per iteration.
+///
+/// Row i gives e_ij = exp((f_i + g_j − C_ij)/ε − shift_i) and f_i' = f_i + ε(log a_i − ln Σ_j e_ij − shift_i).
+/// The next g-update needs S_j = Σ_i exp((f_i' + g_j − C_ij)/ε) = Σ_i r_i e_ij with r_i = a_i / Σ_j e_ij, so the
+/// row's terms, still in cache, are added to the chunk's column sums. `f` holds f on entry and f' on exit.
+#[allow(clippy::too_many_arguments)]
+fn fused_sweep<F: Real>(
+    kernels: &Kernels<F>,
+    f: &mut [f64],
+    g: &[f64],
+    g_work: &mut [F],
+    rows: &[F],
+    log_a: &[f64],
+    eps: f64,
+    offset: f64,
+    sweep: &mut Sweep<F>,
+) {
+    let n = g.len();
+    let gs = g.iter().fold(f64::NEG_INFINITY, |x, &y| x.max(y));
+    for (w, &v) in g_work.iter_mut().zip(g) {
+        *w = F::from_f64(v - gs);
+    }
+    let g_work = &*g_work;
+    let inv = 1.0 / eps;
+    let ch = sweep.rows_per_chunk;
+    f.par_chunks_mut(ch)
+        .zip(sweep.row_factor.par_chunks_mut(ch))
+        .zip(sweep.terms.par_chunks_mut(n))
+        .zip(sweep.partial.par_chunks_mut(n))
+        .enumerate()
+        .for_each(|(c, (((fc, rc), terms), partial))| {
+            partial.fill(0.0);
+            for (l, (fi, ri)) in fc.iter_mut().zip(rc).enumerate() {
+                let i = c * ch + l;
+                let w = (*fi + gs - offset) * inv;
+                let (lse, shift) =
+                    kernels.log_sum_exp_store(g_work, &rows[i * n..(i + 1) * n], inv, w, terms);
+                *fi += eps * (log_a[i] - lse);
+                *ri = (shift + log_a[i] - lse).exp();
+                kernels.axpy(partial, *ri, terms);
+            }
+        });
+    let chunks = sweep.partial.len() / n;
+    let partial = &sweep.partial;
+    sweep
+        .col_sums
+        .par_iter_mut()
+        .enumerate()
+        .with_min_len(64)
+        .for_each(|(j, s)| {
+            *s = (0..chunks).map(|c| partial[c * n + j]).sum();
+        });
+}
+
+/// The g-update from the column sums of [`fused_sweep`]: g_j' = g_j + ε(log b_j − ln S_j). A column whose sum
+/// may have lost terms to underflow (S_j below 10¹² × the flush threshold × Σ_i r_i, which bounds the lost part)
+/// is recomputed directly from the column-major cost.
+#[allow(clippy::too_many_arguments)]
+fn next_columns<F: Real>(
+    kernels: &Kernels<F>,
+    g_next: &mut [f64],
+    g: &[f64],
+    sweep: &Sweep<F>,
+    f: &[f64],
+    f_work: &mut [F],
+    cols: &[F],
+    log_b: &[f64],
+    eps: f64,
+    offset: f64,
+) {
+    let lost = 1e12 * F::FLUSH * sweep.row_factor.iter().sum::<f64>();
+    let trusted = |s: f64| s >= lost && s <= F::SAFE_HI && s > 0.0;
+    let mut all_trusted = true;
+    for ((gn, &gj), (&s, &lb)) in g_next
+        .iter_mut()
+        .zip(g)
+        .zip(sweep.col_sums.iter().zip(log_b))
+    {
+        *gn = gj;
+        if trusted(s) {
+            *gn += eps * (lb - s.ln());
+        } else {
+            all_trusted = false;
+        }
+    }
+    if all_trusted {
+        return;
+    }
+    // Recompute the flagged columns exactly (max-shifted where needed).
+    let fs = f.iter().fold(f64::NEG_INFINITY, |x, &y| x.max(y));
+    for (w, &v) in f_work.iter_mut().zip(f) {
+        *w = F::from_f64(v - fs);
+    }
+    let (m, inv) = (f.len(), 1.0 / eps);
+    for (j, gn) in g_next.iter_mut().enumerate() {
+        if !trusted(sweep.col_sums[j]) {
+            let w = (*gn + fs - offset) * inv;
+            *gn +=
+                eps * (log_b[j] - kernels.log_sum_exp(f_work, &cols[j * m..(j + 1) * m], inv, w));
+        }
+    }
+}
+
 /// The Sinkhorn iterations over the ε stages; returns (f, g, iterations, termination).
 fn iterate<F: Real>(
     cfg: &Sinkhorn,
@@ -168,6 +298,9 @@ fn iterate<F: Real>(
     let mut f_new = vec![0.0; m];
     let mut f_work = vec![F::from_f64(0.0); m];
     let mut g_work = vec![F::from_f64(0.0); n];
+    let mut g_next = vec![0.0; n];
+    let mut g_next_valid = false;
+    let mut sweep = Sweep::<F>::new(m, n);
     let mut iterations = 0;
     let mut termination = Termination::MaxIterations;
 
@@ -183,18 +316,22 @@ fn iterate<F: Real>(
             if iterations >= cfg.max_iter {
                 break 'stages;
             }
-            half_step(
-                &kernels,
-                &mut g,
-                &f,
-                &mut f_work,
-                &cost.cols,
-                &log_b,
-                eps,
-                cost.offset,
-            );
+            if g_next_valid {
+                std::mem::swap(&mut g, &mut g_next);
+            } else {
+                half_step(
+                    &kernels,
+                    &mut g,
+                    &f,
+                    &mut f_work,
+                    &cost.cols,
+                    &log_b,
+                    eps,
+                    cost.offset,
+                );
+            }
             f_new.copy_from_slice(&f);
-            half_step(
+            fused_sweep(
                 &kernels,
                 &mut f_new,
                 &g,
@@ -203,7 +340,21 @@ fn iterate<F: Real>(
                 &log_a,
                 eps,
                 cost.offset,
+                &mut sweep,
             );
+            next_columns(
+                &kernels,
+                &mut g_next,
+                &g,
+                &sweep,
+                &f_new,
+                &mut f_work,
+                &cost.cols,
+                &log_b,
+                eps,
+                cost.offset,
+            );
+            g_next_valid = true;
             iterations += 1;
             if iterations % cfg.check_every == 0 {
                 let err = a
@@ -229,6 +380,8 @@ fn iterate<F: Real>(
                         break 'stages;
                     }
                     std::mem::swap(&mut f, &mut f_new);
+                    // The next stage starts with a g-update at its own ε.
+                    g_next_valid = false;
                     continue 'stages;
                 }
             }
