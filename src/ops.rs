@@ -22,16 +22,55 @@ fn rank_order(values: &[f64], x: usize, y: usize) -> Ordering {
 }
 
 /// Writes into `idx` the indices of the min(k, len) largest entries of `values`, sorted by the tie rule
-/// (largest first, equal values by lower index). `idx` is reused scratch; O(m + k log k).
+/// (largest first, equal values by lower index). `idx` is reused scratch. O(m) with a small sorted buffer for
+/// k ≤ 16 (the usual case), O(m + k log k) by selection otherwise.
 pub(crate) fn top_k_into(values: &[f64], k: usize, idx: &mut Vec<usize>) {
-    let m = values.len();
-    let k = k.min(m);
+    const SMALL_K: usize = 16;
+    let k = k.min(values.len());
     idx.clear();
-    idx.extend(0..m);
     if k == 0 {
-        idx.clear();
         return;
     }
+    if k <= SMALL_K {
+        top_k_small(values, k, idx);
+    } else {
+        top_k_select(values, k, idx);
+    }
+}
+
+/// One pass keeping the best k so far, sorted by the tie rule, in a buffer. Entries are visited by increasing
+/// index, so a newcomer equal to a kept value ranks after it: anything ≤ the k-th kept value is skipped.
+fn top_k_small(values: &[f64], k: usize, idx: &mut Vec<usize>) {
+    let mut kept = [0.0f64; 16];
+    debug_assert!(k <= kept.len());
+    let mut threshold = f64::NEG_INFINITY;
+    for (i, &v) in values.iter().enumerate() {
+        let len = idx.len();
+        if len == k && v <= threshold {
+            continue;
+        }
+        // Insertion position: after every kept value ≥ v.
+        let mut pos = len.min(k - 1);
+        if len < k {
+            idx.push(i);
+        }
+        while pos > 0 && kept[pos - 1] < v {
+            kept[pos] = kept[pos - 1];
+            idx[pos] = idx[pos - 1];
+            pos -= 1;
+        }
+        kept[pos] = v;
+        idx[pos] = i;
+        if idx.len() == k {
+            threshold = kept[k - 1];
+        }
+    }
+}
+
+/// Selection of the k-th by the tie rule, then a sort of the k selected.
+fn top_k_select(values: &[f64], k: usize, idx: &mut Vec<usize>) {
+    let m = values.len();
+    idx.extend(0..m);
     if k < m {
         idx.select_nth_unstable_by(k - 1, |&x, &y| rank_order(values, x, y));
         idx.truncate(k);
@@ -174,6 +213,30 @@ pub fn sparse_simplex_projection(v: ArrayView2<f64>, k: usize) -> Result<Array2<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_k_buffer_matches_selection() {
+        // Values from a small set, so ties are frequent; lengths around and above k.
+        let mut state = 12345u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut fast, mut slow) = (Vec::new(), Vec::new());
+        for trial in 0..2000 {
+            let m = 1 + (next() % 60) as usize;
+            let levels = 1 + (trial % 7) as u64;
+            let values: Vec<f64> = (0..m).map(|_| (next() % levels) as f64 - 2.5).collect();
+            for k in 1..=16 {
+                top_k_into(&values, k, &mut fast);
+                slow.clear();
+                top_k_select(&values, k.min(m), &mut slow);
+                assert_eq!(fast, slow, "values {values:?}, k {k}");
+            }
+        }
+    }
 
     #[test]
     fn ties_prefer_lower_index() {
