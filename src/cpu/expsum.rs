@@ -207,53 +207,34 @@ const BLOCK: usize = 16;
 /// Σ_k exp((y_k − c_k)·inv + w), accumulated in f64 per block; with `STORE` the terms are also written to
 /// `out` (same length as `y`), otherwise `out` is not touched.
 #[inline(always)]
-fn sum_exp_impl<F: Real, const FMA: bool, const STORE: bool>(
-    y: &[F],
-    c: &[F],
-    inv: F,
-    w: F,
-    out: &mut [F],
-) -> f64 {
+fn sum_exp_impl<F: Real, const FMA: bool, const STORE: bool>(y: &[F], c: &[F], inv: F, w: F, out: &mut [F]) -> f64 {
     debug_assert_eq!(y.len(), c.len());
     debug_assert!(!STORE || out.len() == y.len());
     let term = |yk: F, ck: F| F::madd::<FMA>(yk - ck, inv, w).exp_poly::<FMA>();
-    let span = WIDTH * BLOCK;
-    let full = y.len() / span * span;
+    let full = y.len() / WIDTH * WIDTH;
     let (yh, yt) = y.split_at(full);
     let (chd, ct) = c.split_at(full);
-    let (oh, ot): (&mut [F], &mut [F]) = if STORE {
-        out.split_at_mut(full)
-    } else {
-        (&mut [], &mut [])
-    };
+    let (oh, ot): (&mut [F], &mut [F]) = if STORE { out.split_at_mut(full) } else { (&mut [], &mut []) };
     let mut acc = [0.0f64; WIDTH];
-    for (b, (yb, cb)) in yh
-        .chunks_exact(span)
-        .zip(chd.chunks_exact(span))
-        .enumerate()
-    {
-        let mut part = [F::ZERO; WIDTH];
-        for (k, (yk, ck)) in yb
-            .chunks_exact(WIDTH)
-            .zip(cb.chunks_exact(WIDTH))
-            .enumerate()
-        {
-            let t: [F; WIDTH] = std::array::from_fn(|l| term(yk[l], ck[l]));
-            if STORE {
-                let o = b * span + k * WIDTH;
-                oh[o..o + WIDTH].copy_from_slice(&t);
-            }
-            for l in 0..WIDTH {
-                part[l] = part[l] + t[l];
-            }
+    let mut part = [F::ZERO; WIDTH];
+    for (k, (yk, ck)) in yh.chunks_exact(WIDTH).zip(chd.chunks_exact(WIDTH)).enumerate() {
+        let t: [F; WIDTH] = std::array::from_fn(|l| term(yk[l], ck[l]));
+        if STORE {
+            oh[k * WIDTH..(k + 1) * WIDTH].copy_from_slice(&t);
         }
         for l in 0..WIDTH {
-            acc[l] += part[l].to_f64();
+            part[l] = part[l] + t[l];
+        }
+        if k % BLOCK == BLOCK - 1 {
+            for l in 0..WIDTH {
+                acc[l] += part[l].to_f64();
+                part[l] = F::ZERO;
+            }
         }
     }
     let mut s = 0.0;
-    for a in acc {
-        s += a;
+    for l in 0..WIDTH {
+        s += acc[l] + part[l].to_f64();
     }
     for (k, (&yk, &ck)) in yt.iter().zip(ct).enumerate() {
         let t = term(yk, ck);
