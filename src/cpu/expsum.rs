@@ -207,17 +207,31 @@ const BLOCK: usize = 16;
 /// Σ_k exp((y_k − c_k)·inv + w), accumulated in f64 per block; with `STORE` the terms are also written to
 /// `out` (same length as `y`), otherwise `out` is not touched.
 #[inline(always)]
-fn sum_exp_impl<F: Real, const FMA: bool, const STORE: bool>(y: &[F], c: &[F], inv: F, w: F, out: &mut [F]) -> f64 {
+fn sum_exp_impl<F: Real, const FMA: bool, const STORE: bool>(
+    y: &[F],
+    c: &[F],
+    inv: F,
+    w: F,
+    out: &mut [F],
+) -> f64 {
     debug_assert_eq!(y.len(), c.len());
     debug_assert!(!STORE || out.len() == y.len());
     let term = |yk: F, ck: F| F::madd::<FMA>(yk - ck, inv, w).exp_poly::<FMA>();
     let full = y.len() / WIDTH * WIDTH;
     let (yh, yt) = y.split_at(full);
     let (chd, ct) = c.split_at(full);
-    let (oh, ot): (&mut [F], &mut [F]) = if STORE { out.split_at_mut(full) } else { (&mut [], &mut []) };
+    let (oh, ot): (&mut [F], &mut [F]) = if STORE {
+        out.split_at_mut(full)
+    } else {
+        (&mut [], &mut [])
+    };
     let mut acc = [0.0f64; WIDTH];
     let mut part = [F::ZERO; WIDTH];
-    for (k, (yk, ck)) in yh.chunks_exact(WIDTH).zip(chd.chunks_exact(WIDTH)).enumerate() {
+    for (k, (yk, ck)) in yh
+        .chunks_exact(WIDTH)
+        .zip(chd.chunks_exact(WIDTH))
+        .enumerate()
+    {
         let t: [F; WIDTH] = std::array::from_fn(|l| term(yk[l], ck[l]));
         if STORE {
             oh[k * WIDTH..(k + 1) * WIDTH].copy_from_slice(&t);
