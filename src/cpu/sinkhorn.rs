@@ -157,8 +157,8 @@ fn half_step<F: Real>(
 }
 
 /// Scratch of [`fused_sweep`], allocated once per solve. Rows are cut into fixed chunks (their size depends on
-/// m only, so results do not depend on the thread count); each chunk keeps one row of terms and its partial
-/// column sums.
+/// m and n only, so results do not depend on the thread count); each chunk keeps one row of terms and its
+/// partial column sums.
 struct Sweep<F> {
     rows_per_chunk: usize,
     terms: Vec<F>,
@@ -169,8 +169,12 @@ struct Sweep<F> {
 
 impl<F: Real> Sweep<F> {
     fn new(m: usize, n: usize) -> Self {
-        const TARGET_CHUNKS: usize = 64;
-        let rows_per_chunk = m.div_ceil(TARGET_CHUNKS).max(1);
+        // Up to 64 chunks for parallelism, fewer for very wide problems so that the two chunks × n buffers
+        // stay near 2^22 entries each (at least 4 chunks).
+        const MAX_CHUNKS: usize = 64;
+        const SCRATCH_ENTRIES: usize = 1 << 22;
+        let target = (SCRATCH_ENTRIES / n.max(1)).clamp(4, MAX_CHUNKS);
+        let rows_per_chunk = m.div_ceil(target).max(1);
         let chunks = m.div_ceil(rows_per_chunk);
         Self {
             rows_per_chunk,
