@@ -145,18 +145,7 @@ impl<'p> SparseDual<'p> {
             let mut gbc = gbc;
             for (off, j) in (ch.first..ch.first + ch.len).enumerate() {
                 let beta_j = if f == Formulation::Dual { beta[j] } else { 0.0 };
-                let col = Self::column(
-                    cost_t,
-                    k,
-                    gamma,
-                    f,
-                    b[j],
-                    alpha,
-                    beta_j,
-                    j,
-                    &mut ch.s,
-                    &mut ch.idx,
-                );
+                let col = Self::column(cost_t, k, gamma, f, b[j], alpha, beta_j, j, &mut ch.s, &mut ch.idx);
                 let mut colsum = 0.0;
                 let mut sq = 0.0;
                 let mut lin = 0.0;
@@ -178,10 +167,7 @@ impl<'p> SparseDual<'p> {
             ch.term = term;
         };
         if f == Formulation::Dual {
-            self.chunks
-                .par_iter_mut()
-                .zip(gb_chunks.par_iter_mut().map(Some))
-                .for_each(work);
+            self.chunks.par_iter_mut().zip(gb_chunks.par_iter_mut().map(Some)).for_each(work);
         } else {
             self.chunks.par_iter_mut().map(|c| (c, None)).for_each(work);
         }
@@ -197,9 +183,7 @@ impl<'p> SparseDual<'p> {
         let lin_a: f64 = alpha.iter().zip(self.a).map(|(x, y)| x * y).sum();
         match f {
             Formulation::SemiDual => lin_a - total,
-            Formulation::Dual => {
-                lin_a + beta.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() - total
-            }
+            Formulation::Dual => lin_a + beta.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() - total,
         }
     }
 

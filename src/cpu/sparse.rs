@@ -9,9 +9,7 @@ use crate::cpu::objective::SparseDual;
 use crate::error::{Error, Result};
 use crate::lbfgs::{self, Settings};
 use crate::problem::Problem;
-use crate::solution::{
-    plan_metrics, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination,
-};
+use crate::solution::{plan_metrics, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination};
 use crate::Formulation;
 
 /// Minimisation view of the (semi-)dual: f = −objective.
@@ -136,14 +134,7 @@ fn solve_columns(
     observer: Observer<'_>,
 ) -> Result<Solution> {
     let Resolved { k, x0 } = resolve(cfg, p, axis)?;
-    let mut dual = SparseDual::new(
-        p.cost(),
-        p.a_slice(),
-        p.b_slice(),
-        k,
-        cfg.gamma,
-        cfg.formulation,
-    );
+    let mut dual = SparseDual::new(p.cost(), p.a_slice(), p.b_slice(), k, cfg.gamma, cfg.formulation);
     let settings = Settings::new(cfg.tol, cfg.max_iter);
     let (termination, iterations, x) = {
         let mut neg = Negated(&mut dual);
