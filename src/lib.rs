@@ -59,8 +59,8 @@ mod solution;
 
 pub use batch::Batch;
 pub use config::{
-    Formulation, Observer, Sinkhorn, SparseOt, DEFAULT_MAX_ITER, DEFAULT_SINKHORN_MAX_ITER,
-    DEFAULT_TOL,
+    Formulation, Observer, Precision, Sinkhorn, SparseOt, DEFAULT_MAX_ITER,
+    DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
 };
 pub use error::{Error, Position, Result};
 pub use exact::{ExactOt, DEFAULT_EXACT_MAX_ITER};

@@ -27,36 +27,54 @@ fn rank_order(values: &[f64], x: usize, y: usize) -> Ordering {
 }
 
 /// Writes into `idx` the indices of the min(k, len) largest entries of `values`, sorted by the tie rule
-/// (largest first, equal values by lower index). `idx` is reused scratch.
-///
-/// For small k (the common case) one pass keeps the best k in a sorted buffer: an entry is compared with the
-/// current k-th value only, and enters if strictly larger (an equal value has a higher index, so it loses
-/// the tie). For large k, selection then sort: O(m + k log k).
+/// (largest first, equal values by lower index). `idx` is reused scratch. O(m) with a small sorted buffer for
+/// k ≤ 16 (the usual case), O(m + k log k) by selection otherwise.
 pub(crate) fn top_k_into(values: &[f64], k: usize, idx: &mut Vec<usize>) {
-    let m = values.len();
-    let k = k.min(m);
+    const SMALL_K: usize = 16;
+    let k = k.min(values.len());
     idx.clear();
     if k == 0 {
         return;
     }
-    if k <= SMALL_K && k < m {
-        idx.extend(0..k);
-        idx.sort_unstable_by(|&x, &y| rank_order(values, x, y));
-        let mut thr = values[idx[k - 1]];
-        for (i, &v) in values.iter().enumerate().skip(k) {
-            if v > thr {
-                // Insert after every kept entry whose value is >= v (they have lower indices).
-                let mut pos = k - 1;
-                while pos > 0 && values[idx[pos - 1]] < v {
-                    idx[pos] = idx[pos - 1];
-                    pos -= 1;
-                }
-                idx[pos] = i;
-                thr = values[idx[k - 1]];
-            }
-        }
-        return;
+    if k <= SMALL_K {
+        top_k_small(values, k, idx);
+    } else {
+        top_k_select(values, k, idx);
     }
+}
+
+/// One pass keeping the best k so far, sorted by the tie rule, in a buffer. Entries are visited by increasing
+/// index, so a newcomer equal to a kept value ranks after it: anything ≤ the k-th kept value is skipped.
+fn top_k_small(values: &[f64], k: usize, idx: &mut Vec<usize>) {
+    let mut kept = [0.0f64; 16];
+    debug_assert!(k <= kept.len());
+    let mut threshold = f64::NEG_INFINITY;
+    for (i, &v) in values.iter().enumerate() {
+        let len = idx.len();
+        if len == k && v <= threshold {
+            continue;
+        }
+        // Insertion position: after every kept value ≥ v.
+        let mut pos = len.min(k - 1);
+        if len < k {
+            idx.push(i);
+        }
+        while pos > 0 && kept[pos - 1] < v {
+            kept[pos] = kept[pos - 1];
+            idx[pos] = idx[pos - 1];
+            pos -= 1;
+        }
+        kept[pos] = v;
+        idx[pos] = i;
+        if idx.len() == k {
+            threshold = kept[k - 1];
+        }
+    }
+}
+
+/// Selection of the k-th by the tie rule, then a sort of the k selected.
+fn top_k_select(values: &[f64], k: usize, idx: &mut Vec<usize>) {
+    let m = values.len();
     idx.extend(0..m);
     if k < m {
         idx.select_nth_unstable_by(k - 1, |&x, &y| rank_order(values, x, y));
@@ -64,9 +82,6 @@ pub(crate) fn top_k_into(values: &[f64], k: usize, idx: &mut Vec<usize>) {
     }
     idx.sort_unstable_by(|&x, &y| rank_order(values, x, y));
 }
-
-/// Up to this k the single-pass buffer is used.
-const SMALL_K: usize = 32;
 
 /// δ_k(s) = (1/2γ) Σ_{i ∈ TopK(s)} [s_i]_+², with `top` the top-k indices of `s`.
 #[inline]
@@ -269,6 +284,30 @@ mod tests {
             for k in [1, 2, 3, 5, m / 2 + 1, m, 40] {
                 top_k_into(&values, k, &mut idx);
                 assert_eq!(idx, order[..k.min(m)].to_vec(), "values {values:?} k {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn small_k_buffer_matches_selection() {
+        // Values from a small set, so ties are frequent; lengths around and above k.
+        let mut state = 12345u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut fast, mut slow) = (Vec::new(), Vec::new());
+        for trial in 0..2000 {
+            let m = 1 + (next() % 60) as usize;
+            let levels = 1 + (trial % 7) as u64;
+            let values: Vec<f64> = (0..m).map(|_| (next() % levels) as f64 - 2.5).collect();
+            for k in 1..=16 {
+                top_k_into(&values, k, &mut fast);
+                slow.clear();
+                top_k_select(&values, k.min(m), &mut slow);
+                assert_eq!(fast, slow, "values {values:?}, k {k}");
             }
         }
     }

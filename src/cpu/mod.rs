@@ -2,6 +2,7 @@
 
 pub(crate) mod adam;
 pub(crate) mod exact;
+pub(crate) mod expsum;
 pub(crate) mod finish;
 pub(crate) mod lbfgs;
 pub(crate) mod objective;

@@ -4,31 +4,30 @@
 //! row-marginal error of the state it starts from for free: (T1)_i = a_i exp((f_i − f_i')/ε). Every
 //! `check_every` iterations that error is tested; on convergence the state *before* the f-update is returned,
 //! so its columns are exact and its row error is the one measured. The kernel exp(−C/ε) is never formed.
+//!
+//! Speed (same iterates as the textbook two-pass form, up to rounding):
+//! * **Stabilised by the previous potentials.** x_l' = ε log marg_l + x_l − ε ln Σ_k exp((x_l + y_k − C_lk)/ε):
+//!   after the other half-step the plan's lanes sum to about their marginals, so the exponents are ≤ about
+//!   log(max marginal) and one pass suffices. A lane whose sum leaves a safe range (first iterations, a new ε
+//!   stage, a bad warm start) is recomputed with a max shift ([`Kernels::log_sum_exp`]).
+//! * **One exponential per entry, one pass over the cost.** The f-update runs over the row-major cost and keeps
+//!   each row's terms in cache to accumulate the next g-update's column sums ([`fused_sweep`]); the
+//!   column-major copy is read only by the first g-update of each stage and by the column fallback.
+//! * **SIMD exponentials** ([`crate::cpu::expsum`]): a polynomial exp that LLVM vectorises, compiled for
+//!   AVX2 + FMA when the CPU has them, in f64 or, with [`Precision::F32`], in f32 over an f32 cost copy.
+//! * rayon over fixed row chunks with a fixed-order reduction (results independent of the thread count);
+//!   nothing is allocated inside the iteration loop.
+
+use std::borrow::Cow;
 
 use ndarray::{Array1, Array2};
 use rayon::prelude::*;
 
-use crate::config::{Observer, Sinkhorn};
+use crate::config::{Observer, Precision, Sinkhorn};
+use crate::cpu::expsum::{Kernels, Real};
 use crate::error::{Error, Result};
 use crate::problem::{check_vector_finite, Problem};
 use crate::solution::{plan_metrics, Criterion, Method, Plan, Progress, Solution, Termination};
-
-/// ε · LSE_l((p_l − c_l)/ε) over one contiguous lane, two passes (max, then sum of exp).
-#[inline]
-fn soft_min(p: &[f64], c: &[f64], eps: f64) -> f64 {
-    let inv = 1.0 / eps;
-    let zmax = p
-        .iter()
-        .zip(c)
-        .map(|(&p, &c)| p - c)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let sum: f64 = p
-        .iter()
-        .zip(c)
-        .map(|(&p, &c)| ((p - c - zmax) * inv).exp())
-        .sum();
-    zmax + eps * sum.ln()
-}
 
 /// The ε schedule: ε₀ = max(ε, range of C), multiplied by `q` each stage, ending exactly at ε.
 pub(crate) fn epsilon_schedule(
@@ -72,15 +71,241 @@ pub(crate) fn validate(cfg: &Sinkhorn, p: &Problem) -> Result<(Vec<f64>, Vec<f64
 }
 
 pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Result<Solution> {
-    let (mut f, mut g) = validate(cfg, p)?;
+    let (f, g) = validate(cfg, p)?;
+    let (f, g, iterations, termination) = match cfg.precision {
+        Precision::F64 => iterate::<f64>(cfg, p, f, g, observer),
+        Precision::F32 => iterate::<f32>(cfg, p, f, g, observer),
+    };
+    Ok(assemble(
+        cfg,
+        p,
+        Array1::from(f),
+        Array1::from(g),
+        iterations,
+        termination,
+    ))
+}
+
+/// The cost in the working precision, in both layouts (rows for the f-update, columns for the g-update),
+/// shifted by `offset` (f32 only: it keeps the magnitudes, hence the rounding errors, small).
+struct CostLayouts<'a, F: Real> {
+    rows: Cow<'a, [F]>,
+    cols: Vec<F>,
+    offset: f64,
+}
+
+impl<'a, F: Real> CostLayouts<'a, F> {
+    fn new(p: &'a Problem) -> Self {
+        let (rows, offset) = F::working_cost(p.cost_slice());
+        let cols = transpose(&rows, p.m(), p.n());
+        Self { rows, cols, offset }
+    }
+}
+
+/// Column-major copy of a row-major m × n matrix, in cache-sized tiles.
+fn transpose<F: Real>(rows: &[F], m: usize, n: usize) -> Vec<F> {
+    const TILE: usize = 32;
+    let mut cols = vec![F::from_f64(0.0); m * n];
+    cols.par_chunks_mut(TILE * m)
+        .enumerate()
+        .for_each(|(jt, block)| {
+            let j0 = jt * TILE;
+            let jn = block.len() / m;
+            for i0 in (0..m).step_by(TILE) {
+                for j in j0..j0 + jn {
+                    for i in i0..(i0 + TILE).min(m) {
+                        block[(j - j0) * m + i] = rows[i * n + j];
+                    }
+                }
+            }
+        });
+    cols
+}
+
+/// One half-iteration: for every lane l (a row for the f-update, a column for the g-update),
+///
+/// x_l ← ε log marg_l − ε LSE_k((y_k − C_lk)/ε) = ε log marg_l + x_l − ε ln Σ_k exp((x_l + y_k − C_lk)/ε).
+///
+/// The previous x_l is the stabiliser: after the other half-step the plan's lanes sum to about their
+/// marginals, so the sum needs no max pass; [`Kernels::log_sum_exp`] adds one where it falls outside the safe
+/// range (first iterations, a new ε stage). `y_work` receives y − max y in the working precision.
+#[allow(clippy::too_many_arguments)]
+fn half_step<F: Real>(
+    kernels: &Kernels<F>,
+    x: &mut [f64],
+    y: &[f64],
+    y_work: &mut [F],
+    lanes: &[F],
+    log_marg: &[f64],
+    eps: f64,
+    offset: f64,
+) {
+    let ys = y.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+    for (w, &v) in y_work.iter_mut().zip(y) {
+        *w = F::from_f64(v - ys);
+    }
+    let y_work = &*y_work;
+    let inv = 1.0 / eps;
+    x.par_iter_mut()
+        .zip(log_marg.par_iter())
+        .zip(lanes.par_chunks(y.len()))
+        .with_min_len(8)
+        .for_each(|((xl, &lm), c)| {
+            let w = (*xl + ys - offset) * inv;
+            *xl += eps * (lm - kernels.log_sum_exp(y_work, c, inv, w));
+        });
+}
+
+/// Scratch of [`fused_sweep`], allocated once per solve. Rows are cut into fixed chunks (their size depends on
+/// m and n only, so results do not depend on the thread count); each chunk keeps one row of terms and its
+/// partial column sums.
+struct Sweep<F> {
+    rows_per_chunk: usize,
+    terms: Vec<F>,
+    partial: Vec<f64>,
+    row_factor: Vec<f64>,
+    col_sums: Vec<f64>,
+}
+
+impl<F: Real> Sweep<F> {
+    fn new(m: usize, n: usize) -> Self {
+        // Up to 64 chunks for parallelism, fewer for very wide problems so that the two chunks × n buffers
+        // stay near 2^22 entries each (at least 4 chunks).
+        const MAX_CHUNKS: usize = 64;
+        const SCRATCH_ENTRIES: usize = 1 << 22;
+        let target = (SCRATCH_ENTRIES / n.max(1)).clamp(4, MAX_CHUNKS);
+        let rows_per_chunk = m.div_ceil(target).max(1);
+        let chunks = m.div_ceil(rows_per_chunk);
+        Self {
+            rows_per_chunk,
+            terms: vec![F::ZERO; chunks * n],
+            partial: vec![0.0; chunks * n],
+            row_factor: vec![0.0; m],
+            col_sums: vec![0.0; n],
+        }
+    }
+}
+
+/// The f-update over the row-major cost, fused with the column sums of the next g-update: one exponential
+/// per entry and one pass over the cost per iteration.
+///
+/// Row i gives e_ij = exp((f_i + g_j − C_ij)/ε − shift_i) and f_i' = f_i + ε(log a_i − ln Σ_j e_ij − shift_i).
+/// The next g-update needs S_j = Σ_i exp((f_i' + g_j − C_ij)/ε) = Σ_i r_i e_ij with r_i = a_i / Σ_j e_ij, so the
+/// row's terms, still in cache, are added to the chunk's column sums. `f` holds f on entry and f' on exit.
+#[allow(clippy::too_many_arguments)]
+fn fused_sweep<F: Real>(
+    kernels: &Kernels<F>,
+    f: &mut [f64],
+    g: &[f64],
+    g_work: &mut [F],
+    rows: &[F],
+    log_a: &[f64],
+    eps: f64,
+    offset: f64,
+    sweep: &mut Sweep<F>,
+) {
+    let n = g.len();
+    let gs = g.iter().fold(f64::NEG_INFINITY, |x, &y| x.max(y));
+    for (w, &v) in g_work.iter_mut().zip(g) {
+        *w = F::from_f64(v - gs);
+    }
+    let g_work = &*g_work;
+    let inv = 1.0 / eps;
+    let ch = sweep.rows_per_chunk;
+    f.par_chunks_mut(ch)
+        .zip(sweep.row_factor.par_chunks_mut(ch))
+        .zip(sweep.terms.par_chunks_mut(n))
+        .zip(sweep.partial.par_chunks_mut(n))
+        .enumerate()
+        .for_each(|(c, (((fc, rc), terms), partial))| {
+            partial.fill(0.0);
+            for (l, (fi, ri)) in fc.iter_mut().zip(rc).enumerate() {
+                let i = c * ch + l;
+                let w = (*fi + gs - offset) * inv;
+                let (lse, shift) =
+                    kernels.log_sum_exp_store(g_work, &rows[i * n..(i + 1) * n], inv, w, terms);
+                *fi += eps * (log_a[i] - lse);
+                *ri = (shift + log_a[i] - lse).exp();
+                kernels.axpy(partial, *ri, terms);
+            }
+        });
+    let chunks = sweep.partial.len() / n;
+    let partial = &sweep.partial;
+    sweep
+        .col_sums
+        .par_iter_mut()
+        .enumerate()
+        .with_min_len(64)
+        .for_each(|(j, s)| {
+            *s = (0..chunks).map(|c| partial[c * n + j]).sum();
+        });
+}
+
+/// The g-update from the column sums of [`fused_sweep`]: g_j' = g_j + ε(log b_j − ln S_j). A column whose sum
+/// may have lost terms to underflow (S_j below 10¹² × the flush threshold × Σ_i r_i, which bounds the lost part)
+/// is recomputed directly from the column-major cost.
+#[allow(clippy::too_many_arguments)]
+fn next_columns<F: Real>(
+    kernels: &Kernels<F>,
+    g_next: &mut [f64],
+    g: &[f64],
+    sweep: &Sweep<F>,
+    f: &[f64],
+    f_work: &mut [F],
+    cols: &[F],
+    log_b: &[f64],
+    eps: f64,
+    offset: f64,
+) {
+    let lost = 1e12 * F::FLUSH * sweep.row_factor.iter().sum::<f64>();
+    let trusted = |s: f64| s >= lost && s <= F::SAFE_HI && s > 0.0;
+    let mut all_trusted = true;
+    for ((gn, &gj), (&s, &lb)) in g_next
+        .iter_mut()
+        .zip(g)
+        .zip(sweep.col_sums.iter().zip(log_b))
+    {
+        *gn = gj;
+        if trusted(s) {
+            *gn += eps * (lb - s.ln());
+        } else {
+            all_trusted = false;
+        }
+    }
+    if all_trusted {
+        return;
+    }
+    // Recompute the flagged columns exactly (max-shifted where needed).
+    let fs = f.iter().fold(f64::NEG_INFINITY, |x, &y| x.max(y));
+    for (w, &v) in f_work.iter_mut().zip(f) {
+        *w = F::from_f64(v - fs);
+    }
+    let (m, inv) = (f.len(), 1.0 / eps);
+    for (j, gn) in g_next.iter_mut().enumerate() {
+        if !trusted(sweep.col_sums[j]) {
+            let w = (*gn + fs - offset) * inv;
+            *gn +=
+                eps * (log_b[j] - kernels.log_sum_exp(f_work, &cols[j * m..(j + 1) * m], inv, w));
+        }
+    }
+}
+
+/// The Sinkhorn iterations over the ε stages; returns (f, g, iterations, termination).
+fn iterate<F: Real>(
+    cfg: &Sinkhorn,
+    p: &Problem,
+    mut f: Vec<f64>,
+    mut g: Vec<f64>,
+    observer: Observer<'_>,
+) -> (Vec<f64>, Vec<f64>, usize, Termination) {
     let (m, n) = (p.m(), p.n());
-    let cost = p.cost_slice();
-    let cost_t = p.cost().t().as_standard_layout().into_owned();
-    let cost_t = cost_t.as_slice().expect("standard layout");
-    let (a, b) = (p.a_slice(), p.b_slice());
+    let kernels = Kernels::<F>::detect();
+    let cost = CostLayouts::<F>::new(p);
+    let a = p.a_slice();
     let log_a: Vec<f64> = a.iter().map(|x| x.ln()).collect();
-    let log_b: Vec<f64> = b.iter().map(|x| x.ln()).collect();
-    let (cmin, cmax) = cost
+    let log_b: Vec<f64> = p.b_slice().iter().map(|x| x.ln()).collect();
+    let (cmin, cmax) = p
+        .cost_slice()
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| {
             (lo.min(c), hi.max(c))
@@ -88,6 +313,11 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Resu
     let stages = epsilon_schedule(cfg.epsilon, cfg.scaling, cmax - cmin, cfg.warm.is_some());
     let amax = a.iter().fold(0.0f64, |x, &y| x.max(y));
     let mut f_new = vec![0.0; m];
+    let mut f_work = vec![F::from_f64(0.0); m];
+    let mut g_work = vec![F::from_f64(0.0); n];
+    let mut g_next = vec![0.0; n];
+    let mut g_next_valid = false;
+    let mut sweep = Sweep::<F>::new(m, n);
     let mut iterations = 0;
     let mut termination = Termination::MaxIterations;
 
@@ -103,12 +333,45 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Resu
             if iterations >= cfg.max_iter {
                 break 'stages;
             }
-            g.par_iter_mut().enumerate().for_each(|(j, gj)| {
-                *gj = eps * log_b[j] - soft_min(&f, &cost_t[j * m..(j + 1) * m], eps);
-            });
-            f_new.par_iter_mut().enumerate().for_each(|(i, fi)| {
-                *fi = eps * log_a[i] - soft_min(&g, &cost[i * n..(i + 1) * n], eps);
-            });
+            if g_next_valid {
+                std::mem::swap(&mut g, &mut g_next);
+            } else {
+                half_step(
+                    &kernels,
+                    &mut g,
+                    &f,
+                    &mut f_work,
+                    &cost.cols,
+                    &log_b,
+                    eps,
+                    cost.offset,
+                );
+            }
+            f_new.copy_from_slice(&f);
+            fused_sweep(
+                &kernels,
+                &mut f_new,
+                &g,
+                &mut g_work,
+                &cost.rows,
+                &log_a,
+                eps,
+                cost.offset,
+                &mut sweep,
+            );
+            next_columns(
+                &kernels,
+                &mut g_next,
+                &g,
+                &sweep,
+                &f_new,
+                &mut f_work,
+                &cost.cols,
+                &log_b,
+                eps,
+                cost.offset,
+            );
+            g_next_valid = true;
             iterations += 1;
             if iterations % cfg.check_every == 0 {
                 let err = a
@@ -134,20 +397,15 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Resu
                         break 'stages;
                     }
                     std::mem::swap(&mut f, &mut f_new);
+                    // The next stage starts with a g-update at its own ε.
+                    g_next_valid = false;
                     continue 'stages;
                 }
             }
             std::mem::swap(&mut f, &mut f_new);
         }
     }
-    Ok(assemble(
-        cfg,
-        p,
-        Array1::from(f),
-        Array1::from(g),
-        iterations,
-        termination,
-    ))
+    (f, g, iterations, termination)
 }
 
 /// Dense plan T_ij = exp((f_i + g_j − C_ij)/ε), dual value f·a + g·b − ε ΣT, and metrics.
@@ -192,5 +450,95 @@ pub(crate) fn assemble(
         marginal_error_cols,
         iterations,
         termination,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused sweep's g-update equals a direct column half-step, and untrusted column sums are recomputed.
+    #[test]
+    fn fused_columns_match_direct_half_step() {
+        let p = crate::golden_problem();
+        let (m, n) = (p.m(), p.n());
+        let kernels = Kernels::<f64>::detect();
+        let cost = CostLayouts::<f64>::new(&p);
+        let log_a: Vec<f64> = p.a_slice().iter().map(|x| x.ln()).collect();
+        let log_b: Vec<f64> = p.b_slice().iter().map(|x| x.ln()).collect();
+        let eps = 0.05;
+        let (mut f, mut g) = (vec![0.0; m], vec![0.0; n]);
+        let (mut f_work, mut g_work) = (vec![0.0; m], vec![0.0; n]);
+        half_step(
+            &kernels,
+            &mut g,
+            &f,
+            &mut f_work,
+            &cost.cols,
+            &log_b,
+            eps,
+            cost.offset,
+        );
+        let mut sweep = Sweep::<f64>::new(m, n);
+        fused_sweep(
+            &kernels,
+            &mut f,
+            &g,
+            &mut g_work,
+            &cost.rows,
+            &log_a,
+            eps,
+            cost.offset,
+            &mut sweep,
+        );
+        let mut expected = g.clone();
+        half_step(
+            &kernels,
+            &mut expected,
+            &f,
+            &mut f_work,
+            &cost.cols,
+            &log_b,
+            eps,
+            cost.offset,
+        );
+        let check = |got: &[f64], what: &str| {
+            for (j, (x, e)) in got.iter().zip(&expected).enumerate() {
+                assert!(
+                    (x - e).abs() <= 1e-14,
+                    "{what}: g[{j}] = {x:e}, direct {e:e}"
+                );
+            }
+        };
+        let mut fused = vec![0.0; n];
+        next_columns(
+            &kernels,
+            &mut fused,
+            &g,
+            &sweep,
+            &f,
+            &mut f_work,
+            &cost.cols,
+            &log_b,
+            eps,
+            cost.offset,
+        );
+        check(&fused, "trusted sums");
+        sweep.col_sums[1] = 0.0;
+        sweep.col_sums[4] = f64::INFINITY;
+        let mut recomputed = vec![0.0; n];
+        next_columns(
+            &kernels,
+            &mut recomputed,
+            &g,
+            &sweep,
+            &f,
+            &mut f_work,
+            &cost.cols,
+            &log_b,
+            eps,
+            cost.offset,
+        );
+        check(&recomputed, "recomputed columns");
     }
 }
