@@ -25,6 +25,9 @@ pub(crate) struct Settings {
     pub max_evals: usize,
     /// Consecutive iterations with negligible decrease after which the run counts as stalled.
     pub stall_window: usize,
+    /// Relative rounding noise of objective values (1e-14 for f64 evaluations; larger for f32 devices).
+    /// Below it values cannot be compared and line searches decide by the slope.
+    pub value_noise: f64,
 }
 
 impl Settings {
@@ -36,6 +39,7 @@ impl Settings {
             c2: 0.9,
             max_evals: 30,
             stall_window: 10,
+            value_noise: 1e-14,
         }
     }
 }
@@ -189,7 +193,7 @@ impl Driver {
 
     /// Rounding noise of objective values near f0: below it, values cannot be compared, but slopes still can.
     fn noise(&self) -> f64 {
-        1e-14 * self.f0.abs().max(f64::MIN_POSITIVE)
+        self.s.value_noise * self.f0.abs().max(f64::MIN_POSITIVE)
     }
 
     /// Sufficient decrease. Within rounding noise of f0, a still-negative slope proves decrease, since the

@@ -40,7 +40,10 @@
 
 mod config;
 mod cpu;
+mod device;
 mod error;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub(crate) mod lbfgs;
 pub mod ops;
 mod problem;
@@ -49,6 +52,7 @@ mod solution;
 pub use config::{
     Formulation, Observer, Sinkhorn, SparseOt, DEFAULT_MAX_ITER, DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
 };
+pub use device::Device;
 pub use error::{Error, Position, Result};
 pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE};
 pub use solution::{Criterion, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination};

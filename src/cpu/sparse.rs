@@ -94,7 +94,7 @@ pub(crate) fn solve(cfg: &SparseOt, problem: &Problem, observer: Observer<'_>) -
     }
 }
 
-fn transpose_solution(sol: Solution, cfg: &SparseOt) -> Solution {
+pub(crate) fn transpose_solution(sol: Solution, cfg: &SparseOt) -> Solution {
     let Solution {
         plan,
         alpha,
@@ -118,7 +118,7 @@ fn transpose_solution(sol: Solution, cfg: &SparseOt) -> Solution {
     }
 }
 
-fn method(cfg: &SparseOt, lanes: Lanes) -> Method {
+pub(crate) fn method(cfg: &SparseOt, lanes: Lanes) -> Method {
     Method::Sparse {
         k: cfg.k,
         gamma: cfg.gamma,
