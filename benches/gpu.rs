@@ -50,13 +50,21 @@ fn sinkhorn_iteration(c: &mut Criterion) {
     for &(m, n) in &[(256usize, 256usize), (1024, 1024)] {
         let p = problem(m, n);
         for iterations in [1usize, 101] {
-            let cfg = Sinkhorn::new(0.05).unwrap().epsilon_scaling(None).unwrap().max_iter(iterations).tol(0.0).unwrap();
+            let cfg = Sinkhorn::new(0.05)
+                .unwrap()
+                .epsilon_scaling(None)
+                .unwrap()
+                .max_iter(iterations)
+                .tol(0.0)
+                .unwrap();
             group.throughput(Throughput::Elements((iterations * m * n) as u64));
             for (name, device) in &devices {
                 cfg.solve_on(&p, device).unwrap(); // warm-up: pipelines and workspace
                 let id = BenchmarkId::new(format!("{name}/{iterations}it"), format!("{m}x{n}"));
                 group.bench_with_input(id, &p, |bch, p| {
-                    bch.iter_custom(|iters| time_solves(iters, || drop(cfg.solve_on(p, device).unwrap())))
+                    bch.iter_custom(|iters| {
+                        time_solves(iters, || drop(cfg.solve_on(p, device).unwrap()))
+                    })
                 });
             }
         }
@@ -70,12 +78,18 @@ fn sparse_solve(c: &mut Criterion) {
     let devices = devices();
     for &(m, n) in &[(64usize, 64usize), (256, 256)] {
         let p = problem(m, n);
-        let cfg = SparseOt::new(8, 0.1).unwrap().tol(1e-5).unwrap().max_iter(200);
+        let cfg = SparseOt::new(8, 0.1)
+            .unwrap()
+            .tol(1e-5)
+            .unwrap()
+            .max_iter(200);
         group.throughput(Throughput::Elements((m * n) as u64));
         for (name, device) in &devices {
             cfg.solve_on(&p, device).unwrap();
             group.bench_with_input(BenchmarkId::new(*name, format!("{m}x{n}")), &p, |bch, p| {
-                bch.iter_custom(|iters| time_solves(iters, || drop(cfg.solve_on(p, device).unwrap())))
+                bch.iter_custom(|iters| {
+                    time_solves(iters, || drop(cfg.solve_on(p, device).unwrap()))
+                })
             });
         }
     }

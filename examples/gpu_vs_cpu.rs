@@ -22,10 +22,25 @@ fn problem(m: usize, n: usize) -> Problem {
 
 fn compare(what: &str, cpu: &Solution, t_cpu: f64, gpu: &Solution, t_gpu: f64) {
     let (dc, dg) = (cpu.plan.to_dense(), gpu.plan.to_dense());
-    let plan_diff = dc.iter().zip(dg.iter()).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    let plan_diff = dc
+        .iter()
+        .zip(dg.iter())
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
     println!("{what}");
-    println!("  cpu: {:>9.3} ms  value {:.10}  <T,C> {:.10}  {}", 1e3 * t_cpu, cpu.value, cpu.transport_cost, cpu.termination);
-    println!("  gpu: {:>9.3} ms  value {:.10}  <T,C> {:.10}  {}", 1e3 * t_gpu, gpu.value, gpu.transport_cost, gpu.termination);
+    println!(
+        "  cpu: {:>9.3} ms  value {:.10}  <T,C> {:.10}  {}",
+        1e3 * t_cpu,
+        cpu.value,
+        cpu.transport_cost,
+        cpu.termination
+    );
+    println!(
+        "  gpu: {:>9.3} ms  value {:.10}  <T,C> {:.10}  {}",
+        1e3 * t_gpu,
+        gpu.value,
+        gpu.transport_cost,
+        gpu.termination
+    );
     println!(
         "  |value diff| {:.2e}  |<T,C> diff| {:.2e}  max |plan diff| {:.2e}  gpu marginal errors rows {:.2e} cols {:.2e}",
         (cpu.value - gpu.value).abs(),
@@ -43,7 +58,9 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
 }
 
 fn main() -> Result<(), sparse_ot::Error> {
-    let mut args = std::env::args().skip(1).map(|s| s.parse::<usize>().expect("sizes are integers"));
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|s| s.parse::<usize>().expect("sizes are integers"));
     let m = args.next().unwrap_or(256);
     let n = args.next().unwrap_or(192);
     let ctx = match GpuContext::shared() {
@@ -77,6 +94,12 @@ fn main() -> Result<(), sparse_ot::Error> {
     sp.solve_on(&p, &gpu)?;
     let (c, tc) = timed(|| sp.solve_on(&p, &Device::Cpu));
     let (g, tg) = timed(|| sp.solve_on(&p, &gpu));
-    compare(&format!("sparse semi-dual k = {k}, gamma = 0.1, tol 1e-6"), &c?, tc, &g?, tg);
+    compare(
+        &format!("sparse semi-dual k = {k}, gamma = 0.1, tol 1e-6"),
+        &c?,
+        tc,
+        &g?,
+        tg,
+    );
     Ok(())
 }

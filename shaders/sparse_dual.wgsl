@@ -6,7 +6,7 @@
 //   2 storage read            x: trial point, α = x[0..m], β = x[m..m+n] (dual)
 //   3 storage read            a: m          (row_pass, finalize)
 //   4 storage read            b: n          (column_pass, finalize)
-//   5 storage read_write      cols: n × ColState { key, tie, theta, term } (column_pass writes, others read)
+//   5 storage read_write      cols: n × ColState { key, tie, theta, term, shift } (column_pass writes)
 //   6 storage read_write      grad: dim, gradient of the minimised objective −S or −D
 //   7 storage read            d: dim, search direction (finalize)
 //   8 storage read_write      out: finalize: [value, slope, max|grad|]; extract: n×k values
@@ -17,10 +17,12 @@
 // Overrides: WG.
 // Formula: s = α − c_j. TopK(s) by the tie rule of SPEC §3.1 (larger value, then lower index) found without
 //   sorting: the k-th largest order-preserving key by a 32-step bitwise search of counts, then the last
-//   admitted index among keys equal to it. A column's plan is t_i = [s_i/γ − θ_j]_+ on TopK; semi-dual θ_j
-//   solves Σ t = b_j (bisection on [max s/γ − b_j, max s/γ], then exact refinement on the support; SPEC §3.2),
-//   dual θ_j = −β_j/γ. Column term: semi-dual t·s − (γ/2)‖t‖², dual (γ/2)‖t‖². The column state
-//   (key, tie, θ_j) lets row_pass re-apply the same selection to form row sums T1 without float atomics, in a
+//   admitted index among keys equal to it. A column's plan is t_i = [(s_i − σ_j)/γ − θ_j]_+ on TopK, in
+//   coordinates shifted by σ_j so that f32 keeps Σ t = b_j to its unit roundoff even for small γ:
+//   semi-dual σ_j = max_TopK s, θ_j ∈ [−b_j, 0] solves Σ t = b_j (bisection, then exact refinement on the
+//   support; SPEC §3.2), so the SPEC's threshold is σ_j/γ + θ_j and β_j = −(σ_j + γ θ_j); dual σ_j = −β_j,
+//   θ_j = 0. Column term: semi-dual t·s − (γ/2)‖t‖², dual (γ/2)‖t‖². The column state (key, tie, θ_j, σ_j)
+//   lets row_pass re-apply the same selection and entries to form row sums T1 without float atomics, in a
 //   fixed order (deterministic). Objective (minimised): −S = −(α·a − Σ term), −D = −(α·a + β·b − Σ term);
 //   gradient: ∇_α = T1 − a, ∇_β = Tᵀ1 − b.
 
@@ -40,6 +42,10 @@ struct ColState {
     tie: u32,
     theta: f32,
     term: f32,
+    shift: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: SparseParams;
@@ -76,8 +82,8 @@ fn selected(key: u32, i: u32, c: ColState) -> bool {
     return key > c.key || (key == c.key && i <= c.tie);
 }
 
-fn plan_entry(s: f32, theta: f32) -> f32 {
-    return max(s / P.gamma - theta, 0.0);
+fn plan_entry(s: f32, c: ColState) -> f32 {
+    return max((s - c.shift) / P.gamma - c.theta, 0.0);
 }
 
 var<workgroup> wg_tie: u32;
@@ -145,29 +151,29 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         }
     }
     let tie = workgroupUniformLoad(&wg_tie);
-    var state = ColState(th, tie, 0.0, 0.0);
+    var state = ColState(th, tie, 0.0, 0.0, 0.0, 0u, 0u, 0u);
 
-    // 3. θ_j.
-    var theta = 0.0;
+    // 3. σ_j and θ_j.
     let bj = b[j];
     if (P.mode == 0u) {
-        var vmax = NEG_BIG;
+        var smax = NEG_BIG;
         for (var i = tid; i < m; i = i + WG) {
             let s = score(i, j);
             if (selected(order_key(s), i, state)) {
-                vmax = max(vmax, s / P.gamma);
+                smax = max(smax, s);
             }
         }
-        let top = wg_max(tid, vmax);
-        var t_lo = top - bj;
-        var t_hi = top;
+        state.shift = wg_max(tid, smax);
+        var t_lo = -bj;
+        var t_hi = 0.0;
         for (var it = 0u; it < BISECTION_STEPS; it = it + 1u) {
             let mid = 0.5 * (t_lo + t_hi);
+            state.theta = mid;
             var acc = 0.0;
             for (var i = tid; i < m; i = i + WG) {
                 let s = score(i, j);
                 if (selected(order_key(s), i, state)) {
-                    acc = acc + plan_entry(s, mid);
+                    acc = acc + plan_entry(s, state);
                 }
             }
             let total = wg_sum(tid, acc);
@@ -177,14 +183,14 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                 t_hi = mid;
             }
         }
-        theta = t_lo;
+        var theta = t_lo;
         // Exact refinement on the support {v > θ} (Michelot's step; increases θ towards the root).
         for (var it = 0u; it < REFINE_STEPS; it = it + 1u) {
             var cnt = 0u;
             var acc = 0.0;
             for (var i = tid; i < m; i = i + WG) {
                 let s = score(i, j);
-                let v = s / P.gamma;
+                let v = (s - state.shift) / P.gamma;
                 if (selected(order_key(s), i, state) && v > theta) {
                     cnt = cnt + 1u;
                     acc = acc + v;
@@ -196,10 +202,11 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                 theta = (sv - bj) / f32(rho);
             }
         }
+        state.theta = theta;
     } else {
-        theta = -x[m + j] / P.gamma;
+        state.shift = -x[m + j];
+        state.theta = 0.0;
     }
-    state.theta = theta;
 
     // 4. Column term and column sum.
     var lin = 0.0;
@@ -208,7 +215,7 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     for (var i = tid; i < m; i = i + WG) {
         let s = score(i, j);
         if (selected(order_key(s), i, state)) {
-            let t = plan_entry(s, theta);
+            let t = plan_entry(s, state);
             lin = lin + t * s;
             sq = sq + t * t;
             cs = cs + t;
@@ -240,7 +247,7 @@ fn row_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let c = cols[j];
         let s = score(i, j);
         if (selected(order_key(s), i, c)) {
-            acc = acc + plan_entry(s, c.theta);
+            acc = acc + plan_entry(s, c);
         }
     }
     grad[i] = acc - a[i];
@@ -286,7 +293,7 @@ fn extract(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let k = min(P.k, P.m);
     let c = cols[j];
     if (P.mode == 0u) {
-        beta_out[j] = -P.gamma * c.theta;
+        beta_out[j] = -(c.shift + P.gamma * c.theta);
     } else {
         beta_out[j] = x[P.m + j];
     }
@@ -294,7 +301,7 @@ fn extract(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     for (var i = 0u; i < P.m; i = i + 1u) {
         let s = score(i, j);
         if (w < k && selected(order_key(s), i, c)) {
-            let t = plan_entry(s, c.theta);
+            let t = plan_entry(s, c);
             if (t > 0.0) {
                 out[j * k + w] = t;
                 rows_out[j * k + w] = i;

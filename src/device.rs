@@ -65,7 +65,12 @@ impl SparseOt {
     }
 
     /// [`SparseOt::solve_on`] with an observer called after every iteration.
-    pub fn solve_on_observed(&self, problem: &Problem, device: &Device, observer: Observer<'_>) -> Result<Solution> {
+    pub fn solve_on_observed(
+        &self,
+        problem: &Problem,
+        device: &Device,
+        observer: Observer<'_>,
+    ) -> Result<Solution> {
         match device.target() {
             Target::Cpu => crate::cpu::sparse::solve(self, problem, observer),
             #[cfg(feature = "gpu")]
@@ -87,7 +92,12 @@ impl Sinkhorn {
     }
 
     /// [`Sinkhorn::solve_on`] with an observer called at every marginal-error check.
-    pub fn solve_on_observed(&self, problem: &Problem, device: &Device, observer: Observer<'_>) -> Result<Solution> {
+    pub fn solve_on_observed(
+        &self,
+        problem: &Problem,
+        device: &Device,
+        observer: Observer<'_>,
+    ) -> Result<Solution> {
         match device.target() {
             Target::Cpu => crate::cpu::sinkhorn::solve(self, problem, observer),
             #[cfg(feature = "gpu")]

@@ -74,9 +74,16 @@ pub(crate) enum Action {
 enum Phase {
     Start,
     /// Bracketing phase: `prev` is the previous trial (t, f, slope).
-    Bracket { prev: (f64, f64, f64), evals: usize },
+    Bracket {
+        prev: (f64, f64, f64),
+        evals: usize,
+    },
     /// Zoom phase between `lo` (best, satisfies sufficient decrease) and `hi`.
-    Zoom { lo: (f64, f64, f64), hi: (f64, f64, f64), evals: usize },
+    Zoom {
+        lo: (f64, f64, f64),
+        hi: (f64, f64, f64),
+        evals: usize,
+    },
     /// Re-evaluating the best point of a failed search, to accept it.
     Reevaluate,
     Idle,
@@ -133,7 +140,9 @@ impl Driver {
 
     fn after_iterate(&mut self) -> Action {
         if self.converged(self.grad_norm) {
-            return Action::Finish(Termination::Converged(Criterion::MarginalError { tol: self.s.tol }));
+            return Action::Finish(Termination::Converged(Criterion::MarginalError {
+                tol: self.s.tol,
+            }));
         }
         if self.iterations >= self.s.max_iter {
             return Action::Finish(Termination::MaxIterations);
@@ -183,7 +192,11 @@ impl Driver {
                 if e.slope.abs() <= -self.s.c2 * self.slope0 {
                     return self.accept();
                 }
-                let hi = if e.slope * (hi.0 - lo.0) >= 0.0 { lo } else { hi };
+                let hi = if e.slope * (hi.0 - lo.0) >= 0.0 {
+                    lo
+                } else {
+                    hi
+                };
                 self.zoom(cur, hi, evals)
             }
             Phase::Reevaluate => self.accept(),
@@ -217,7 +230,9 @@ impl Driver {
 
     /// Next trial inside [lo, hi] by safeguarded cubic interpolation.
     fn zoom(&mut self, lo: (f64, f64, f64), hi: (f64, f64, f64), evals: usize) -> Action {
-        if evals >= self.s.max_evals || (hi.0 - lo.0).abs() <= 1e-16 * lo.0.abs().max(hi.0.abs()).max(1e-300) {
+        if evals >= self.s.max_evals
+            || (hi.0 - lo.0).abs() <= 1e-16 * lo.0.abs().max(hi.0.abs()).max(1e-300)
+        {
             // Accept the best point if it decreased the objective at all; otherwise the search failed.
             if lo.0 > 0.0 && lo.1 < self.f0 {
                 return self.request_accept(lo);
@@ -225,9 +240,17 @@ impl Driver {
             return self.fail();
         }
         let t = cubic_min(lo, hi);
-        let (a, b) = if lo.0 < hi.0 { (lo.0, hi.0) } else { (hi.0, lo.0) };
+        let (a, b) = if lo.0 < hi.0 {
+            (lo.0, hi.0)
+        } else {
+            (hi.0, lo.0)
+        };
         let w = b - a;
-        let t = if t.is_finite() && t > a + 0.1 * w && t < b - 0.1 * w { t } else { 0.5 * (a + b) };
+        let t = if t.is_finite() && t > a + 0.1 * w && t < b - 0.1 * w {
+            t
+        } else {
+            0.5 * (a + b)
+        };
         self.phase = Phase::Zoom { lo, hi, evals };
         self.request(t)
     }
@@ -271,7 +294,9 @@ impl Driver {
                 return Action::Finish(Termination::Stalled);
             }
             if self.converged(e.grad_norm) {
-                return Action::Finish(Termination::Converged(Criterion::MarginalError { tol: self.s.tol }));
+                return Action::Finish(Termination::Converged(Criterion::MarginalError {
+                    tol: self.s.tol,
+                }));
             }
             if self.s.max_iter == 0 {
                 return Action::Finish(Termination::MaxIterations);
@@ -300,7 +325,9 @@ impl Driver {
             if steepest {
                 // Zero gradient (or NaN): nothing more to do.
                 return if slope == 0.0 {
-                    Action::Finish(Termination::Converged(Criterion::MarginalError { tol: self.s.tol }))
+                    Action::Finish(Termination::Converged(Criterion::MarginalError {
+                        tol: self.s.tol,
+                    }))
                 } else {
                     Action::Finish(Termination::Stalled)
                 };
@@ -309,7 +336,10 @@ impl Driver {
         }
         self.f0 = self.value;
         self.slope0 = slope;
-        self.phase = Phase::Bracket { prev: (0.0, self.value, slope), evals: 0 };
+        self.phase = Phase::Bracket {
+            prev: (0.0, self.value, slope),
+            evals: 0,
+        };
         self.request(initial_step)
     }
 }

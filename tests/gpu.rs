@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2};
 use sparse_ot::gpu::{GpuContext, GpuProblem};
-use sparse_ot::{golden_problem, Device, Error, Formulation, Plan, Problem, Sinkhorn, Solution, SparseOt, Termination};
+use sparse_ot::{
+    golden_problem, Device, Error, Formulation, Plan, Problem, Sinkhorn, Solution, SparseOt,
+    Termination,
+};
 
 /// The shared GPU context, or None (test skipped) when no adapter exists and a GPU is not required.
 fn gpu() -> Option<Arc<GpuContext>> {
@@ -98,9 +101,13 @@ fn dense(sol: &Solution) -> Array2<f64> {
 
 /// A random-looking but deterministic problem: points on a line with a quadratic cost, uneven marginals.
 fn random_problem(m: usize, n: usize, seed: u64) -> Problem {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 11) as f64) / ((1u64 << 53) as f64)
     };
     let x: Vec<f64> = (0..m).map(|_| next()).collect();
@@ -115,12 +122,30 @@ fn random_problem(m: usize, n: usize, seed: u64) -> Problem {
 
 on_both_devices!(sinkhorn_golden, |device: &Device, tol: Tol| {
     for (eps, expected, scale) in [(0.1, 0.2851693482, 1.0), (0.01, 0.2604904747, 10.0)] {
-        let sol = Sinkhorn::new(eps).unwrap().tol(tol.solve).unwrap().solve_on(&golden_problem(), device).unwrap();
+        let sol = Sinkhorn::new(eps)
+            .unwrap()
+            .tol(tol.solve)
+            .unwrap()
+            .solve_on(&golden_problem(), device)
+            .unwrap();
         assert!(sol.converged(), "eps {eps}: {sol}");
         // Plan errors scale with potential error / ε: ×10 at ε = 0.01.
-        assert_close(&format!("<T,C> at eps {eps}"), sol.transport_cost, expected, tol.value * scale);
-        assert!(sol.marginal_error_rows <= tol.solve * 2.0, "row error {}", sol.marginal_error_rows);
-        assert!(sol.marginal_error_cols <= tol.solve * 10.0 * scale, "column error {}", sol.marginal_error_cols);
+        assert_close(
+            &format!("<T,C> at eps {eps}"),
+            sol.transport_cost,
+            expected,
+            tol.value * scale,
+        );
+        assert!(
+            sol.marginal_error_rows <= tol.solve * 2.0,
+            "row error {}",
+            sol.marginal_error_rows
+        );
+        assert!(
+            sol.marginal_error_cols <= tol.solve * 10.0 * scale,
+            "column error {}",
+            sol.marginal_error_cols
+        );
     }
 });
 
@@ -134,13 +159,27 @@ on_both_devices!(sparse_golden_quadratic, |device: &Device, tol: Tol| {
                 .unwrap()
                 .solve_on(&golden_problem(), device)
                 .unwrap();
-            assert_ne!(sol.termination, Termination::MaxIterations, "{formulation} k {k}: {sol}");
+            assert_ne!(
+                sol.termination,
+                Termination::MaxIterations,
+                "{formulation} k {k}: {sol}"
+            );
             // SPEC gives 8 digits.
-            assert_close(&format!("{formulation} k {k} gamma {gamma} value"), sol.value, expected, tol.value.max(1e-8));
-            let Plan::Sparse(plan) = &sol.plan else { panic!("sparse plan expected") };
+            assert_close(
+                &format!("{formulation} k {k} gamma {gamma} value"),
+                sol.value,
+                expected,
+                tol.value.max(1e-8),
+            );
+            let Plan::Sparse(plan) = &sol.plan else {
+                panic!("sparse plan expected")
+            };
             assert!(plan.max_lane_nnz() <= k);
             // Plan entries ~ potentials / γ: the marginal error follows the gradient tolerance, ×(0.1/γ).
-            assert!(sol.marginal_error_rows <= tol.solve * 20.0 * (0.1 / gamma), "{formulation}: {sol}");
+            assert!(
+                sol.marginal_error_rows <= tol.solve * 20.0 * (0.1 / gamma),
+                "{formulation}: {sol}"
+            );
         }
     }
 });
@@ -151,86 +190,189 @@ on_both_devices!(sparse_golden_k_below_m, |device: &Device, tol: Tol| {
     // the quadratic optimum once near S_k*, the stop is reported, the sparsity and column marginals hold.
     let quadratic = 0.26363790;
     for (k, optimum) in [(2, 0.26469768), (3, 0.26401290)] {
-        let sol = SparseOt::new(k, 0.1).unwrap().tol(tol.solve).unwrap().solve_on(&golden_problem(), device).unwrap();
-        assert!(sol.value <= optimum + tol.value, "k {k}: value {} above the optimum {optimum}", sol.value);
-        assert!(sol.value >= quadratic, "k {k}: value {} below the quadratic optimum", sol.value);
-        assert!(sol.value >= optimum - 1e-3, "k {k}: value {} far from the optimum {optimum}", sol.value);
-        assert!(sol.converged() || sol.termination == Termination::Stalled, "k {k}: {sol}");
-        let Plan::Sparse(plan) = &sol.plan else { panic!("sparse plan expected") };
-        assert!(plan.max_lane_nnz() <= k, "k {k}: {} nonzeros in a column", plan.max_lane_nnz());
+        let sol = SparseOt::new(k, 0.1)
+            .unwrap()
+            .tol(tol.solve)
+            .unwrap()
+            .solve_on(&golden_problem(), device)
+            .unwrap();
+        assert!(
+            sol.value <= optimum + tol.value,
+            "k {k}: value {} above the optimum {optimum}",
+            sol.value
+        );
+        assert!(
+            sol.value >= quadratic,
+            "k {k}: value {} below the quadratic optimum",
+            sol.value
+        );
+        assert!(
+            sol.value >= optimum - 1e-3,
+            "k {k}: value {} far from the optimum {optimum}",
+            sol.value
+        );
+        assert!(
+            sol.converged() || sol.termination == Termination::Stalled,
+            "k {k}: {sol}"
+        );
+        let Plan::Sparse(plan) = &sol.plan else {
+            panic!("sparse plan expected")
+        };
+        assert!(
+            plan.max_lane_nnz() <= k,
+            "k {k}: {} nonzeros in a column",
+            plan.max_lane_nnz()
+        );
         // Column marginals hold by construction in the semi-dual (f32 sums of ≤ k entries: ~1e-7).
-        assert!(sol.marginal_error_cols <= 1e-6, "k {k}: column error {}", sol.marginal_error_cols);
+        assert!(
+            sol.marginal_error_cols <= 1e-6,
+            "k {k}: column error {}",
+            sol.marginal_error_cols
+        );
     }
 });
 
-on_both_devices!(sparse_agrees_with_cpu_random, |device: &Device, tol: Tol| {
-    for (m, n, k, seed) in [(20, 15, 20, 1), (33, 50, 33, 2), (7, 64, 7, 3)] {
-        let p = random_problem(m, n, seed);
-        for formulation in [Formulation::SemiDual, Formulation::Dual] {
-            let cfg = SparseOt::new(k, 0.1).unwrap().formulation(formulation);
-            let reference = cfg.clone().tol(1e-10).unwrap().solve(&p).unwrap();
-            let sol = cfg.tol(tol.solve).unwrap().solve_on(&p, device).unwrap();
-            assert_close(&format!("{formulation} {m}x{n} value"), sol.value, reference.value, tol.value);
-            // Quadratic OT (k = m) is strongly convex in the plan: plans agree to the gradient tolerance / γ.
-            assert_matrix_close(&format!("{formulation} {m}x{n} plan"), &dense(&sol), &dense(&reference), tol.plan * 10.0);
+on_both_devices!(
+    sparse_agrees_with_cpu_random,
+    |device: &Device, tol: Tol| {
+        for (m, n, k, seed) in [(20, 15, 20, 1), (33, 50, 33, 2), (7, 64, 7, 3)] {
+            let p = random_problem(m, n, seed);
+            for formulation in [Formulation::SemiDual, Formulation::Dual] {
+                let cfg = SparseOt::new(k, 0.1).unwrap().formulation(formulation);
+                let reference = cfg.clone().tol(1e-10).unwrap().solve(&p).unwrap();
+                let sol = cfg.tol(tol.solve).unwrap().solve_on(&p, device).unwrap();
+                assert_close(
+                    &format!("{formulation} {m}x{n} value"),
+                    sol.value,
+                    reference.value,
+                    tol.value,
+                );
+                // Quadratic OT (k = m) is strongly convex in the plan: plans agree to the gradient tolerance / γ.
+                assert_matrix_close(
+                    &format!("{formulation} {m}x{n} plan"),
+                    &dense(&sol),
+                    &dense(&reference),
+                    tol.plan * 10.0,
+                );
+            }
         }
     }
-});
+);
 
-on_both_devices!(sinkhorn_agrees_with_cpu_random, |device: &Device, tol: Tol| {
-    for (m, n, seed) in [(30, 20, 4), (5, 100, 5), (1, 7, 6)] {
-        let p = random_problem(m, n, seed);
-        let cfg = Sinkhorn::new(0.05).unwrap();
-        let reference = cfg.clone().tol(1e-12).unwrap().solve(&p).unwrap();
-        let sol = cfg.tol(tol.solve).unwrap().solve_on(&p, device).unwrap();
-        assert!(sol.converged(), "{m}x{n}: {sol}");
-        // ε = 0.05: plan relative error ≈ potential error / ε, ×2 over the ε = 0.1 scale.
-        assert_close(&format!("{m}x{n} <T,C>"), sol.transport_cost, reference.transport_cost, tol.value * 2.0);
-        assert_matrix_close(&format!("{m}x{n} plan"), &dense(&sol), &dense(&reference), tol.plan * 2.0);
+on_both_devices!(
+    sinkhorn_agrees_with_cpu_random,
+    |device: &Device, tol: Tol| {
+        for (m, n, seed) in [(30, 20, 4), (5, 100, 5), (1, 7, 6)] {
+            let p = random_problem(m, n, seed);
+            let cfg = Sinkhorn::new(0.05).unwrap();
+            let reference = cfg.clone().tol(1e-12).unwrap().solve(&p).unwrap();
+            let sol = cfg.tol(tol.solve).unwrap().solve_on(&p, device).unwrap();
+            assert!(sol.converged(), "{m}x{n}: {sol}");
+            // ε = 0.05: plan relative error ≈ potential error / ε, ×2 over the ε = 0.1 scale.
+            assert_close(
+                &format!("{m}x{n} <T,C>"),
+                sol.transport_cost,
+                reference.transport_cost,
+                tol.value * 2.0,
+            );
+            assert_matrix_close(
+                &format!("{m}x{n} plan"),
+                &dense(&sol),
+                &dense(&reference),
+                tol.plan * 2.0,
+            );
+        }
     }
-});
+);
 
 on_both_devices!(edge_cases, |device: &Device, tol: Tol| {
     // One source: the plan is b itself, whatever k.
     let p = Problem::new(
         Array1::from(vec![1.0]).view(),
         Array1::from(vec![0.25, 0.75]).view(),
-        Array2::from_shape_vec((1, 2), vec![0.3, 0.1]).unwrap().view(),
+        Array2::from_shape_vec((1, 2), vec![0.3, 0.1])
+            .unwrap()
+            .view(),
     )
     .unwrap();
-    let sol = SparseOt::new(1, 0.5).unwrap().tol(tol.solve).unwrap().solve_on(&p, device).unwrap();
+    let sol = SparseOt::new(1, 0.5)
+        .unwrap()
+        .tol(tol.solve)
+        .unwrap()
+        .solve_on(&p, device)
+        .unwrap();
     let expected = Array2::from_shape_vec((1, 2), vec![0.25, 0.75]).unwrap();
     assert_matrix_close("single source", &dense(&sol), &expected, tol.plan);
     // k = 1 on the golden problem: exactly one nonzero per column, each carrying b_j.
     let g = golden_problem();
-    let sol = SparseOt::new(1, 0.1).unwrap().tol(tol.solve).unwrap().solve_on(&g, device).unwrap();
-    let Plan::Sparse(plan) = &sol.plan else { panic!("sparse plan expected") };
+    let sol = SparseOt::new(1, 0.1)
+        .unwrap()
+        .tol(tol.solve)
+        .unwrap()
+        .solve_on(&g, device)
+        .unwrap();
+    let Plan::Sparse(plan) = &sol.plan else {
+        panic!("sparse plan expected")
+    };
     assert_eq!(plan.nnz(), g.n(), "k = 1 plan has one entry per column");
     // Row sparsity: the transposed problem, transposed back.
-    let sol = SparseOt::new(2, 0.1).unwrap().row_sparsity().tol(tol.solve).unwrap().solve_on(&g, device).unwrap();
+    let sol = SparseOt::new(2, 0.1)
+        .unwrap()
+        .row_sparsity()
+        .tol(tol.solve)
+        .unwrap()
+        .solve_on(&g, device)
+        .unwrap();
     let d = dense(&sol);
     for i in 0..g.m() {
-        assert!(d.row(i).iter().filter(|&&v| v > 0.0).count() <= 2, "row {i} has more than 2 nonzeros");
+        assert!(
+            d.row(i).iter().filter(|&&v| v > 0.0).count() <= 2,
+            "row {i} has more than 2 nonzeros"
+        );
     }
     // Bad input is a typed error on every device.
     let err = SparseOt::new(9, 0.1).unwrap().solve_on(&g, device);
-    assert!(matches!(err, Err(Error::InvalidK { k: 9, max: 8, .. })), "{err:?}");
-    let warm = SparseOt::quadratic(0.1).unwrap().warm_start(Array1::zeros(3), None).solve_on(&g, device);
-    assert!(matches!(warm, Err(Error::WarmStartMismatch { .. })), "{warm:?}");
+    assert!(
+        matches!(err, Err(Error::InvalidK { k: 9, max: 8, .. })),
+        "{err:?}"
+    );
+    let warm = SparseOt::quadratic(0.1)
+        .unwrap()
+        .warm_start(Array1::zeros(3), None)
+        .solve_on(&g, device);
+    assert!(
+        matches!(warm, Err(Error::WarmStartMismatch { .. })),
+        "{warm:?}"
+    );
     let zero_b = Problem::new(
         Array1::from(vec![0.5, 0.5]).view(),
         Array1::from(vec![1.0, 0.0]).view(),
         Array2::zeros((2, 2)).view(),
     )
     .unwrap();
-    assert!(Sinkhorn::new(0.1).unwrap().solve_on(&zero_b, device).is_err());
+    assert!(Sinkhorn::new(0.1)
+        .unwrap()
+        .solve_on(&zero_b, device)
+        .is_err());
 });
 
 on_both_devices!(iteration_limit_is_a_status, |device: &Device, _tol: Tol| {
-    let sol = SparseOt::new(3, 0.01).unwrap().tol(1e-12).unwrap().max_iter(2).solve_on(&golden_problem(), device).unwrap();
+    let sol = SparseOt::new(3, 0.01)
+        .unwrap()
+        .tol(1e-12)
+        .unwrap()
+        .max_iter(2)
+        .solve_on(&golden_problem(), device)
+        .unwrap();
     assert_eq!(sol.termination, Termination::MaxIterations, "{sol}");
     assert_eq!(sol.iterations, 2);
-    let sol = Sinkhorn::new(0.01).unwrap().tol(1e-12).unwrap().max_iter(7).solve_on(&golden_problem(), device).unwrap();
+    let sol = Sinkhorn::new(0.01)
+        .unwrap()
+        .tol(1e-12)
+        .unwrap()
+        .max_iter(7)
+        .solve_on(&golden_problem(), device)
+        .unwrap();
     assert_eq!(sol.termination, Termination::MaxIterations, "{sol}");
     assert_eq!(sol.iterations, 7);
 });
@@ -241,11 +383,18 @@ fn shaders_validate_without_a_device() {
     let sources = sparse_ot::gpu::shader_sources();
     assert_eq!(sources.len(), 4);
     for (file, source) in sources {
-        let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&source)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-            .validate(&module)
+        let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&source)));
-        assert!(source.contains("override WG"), "{file}: workgroup size must be an override");
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&source)));
+        assert!(
+            source.contains("override WG"),
+            "{file}: workgroup size must be an override"
+        );
     }
 }
 
@@ -253,22 +402,36 @@ fn shaders_validate_without_a_device() {
 fn gpu_reuses_pipelines_and_workspaces() {
     let Some(ctx) = gpu() else { return };
     // A private context, so other tests running in parallel do not move its counters.
-    let ctx = Arc::new(GpuContext::from_device(ctx.device().clone(), ctx.queue().clone(), ctx.adapter_name()));
+    let ctx = Arc::new(GpuContext::from_device(
+        ctx.device().clone(),
+        ctx.queue().clone(),
+        ctx.adapter_name(),
+    ));
     let device = Device::Gpu(ctx.clone());
     let cfg = SparseOt::new(3, 0.1).unwrap().tol(1e-6).unwrap();
     let p = random_problem(12, 9, 7);
     let first = cfg.solve_on(&p, &device).unwrap();
     let after_first = ctx.stats();
     let second = cfg.solve_on(&p, &device).unwrap();
-    assert_eq!(ctx.stats(), after_first, "a repeated solve of one shape compiled or allocated");
+    assert_eq!(
+        ctx.stats(),
+        after_first,
+        "a repeated solve of one shape compiled or allocated"
+    );
     // Deterministic kernels: the same input gives the same bits.
     assert_eq!(first.alpha, second.alpha);
     assert_eq!(first.value, second.value);
     // A new shape allocates a workspace but compiles nothing new.
     cfg.solve_on(&random_problem(13, 10, 8), &device).unwrap();
     let after_new_shape = ctx.stats();
-    assert_eq!(after_new_shape.pipelines_compiled, after_first.pipelines_compiled);
-    assert_eq!(after_new_shape.workspaces_created, after_first.workspaces_created + 1);
+    assert_eq!(
+        after_new_shape.pipelines_compiled,
+        after_first.pipelines_compiled
+    );
+    assert_eq!(
+        after_new_shape.workspaces_created,
+        after_first.workspaces_created + 1
+    );
     assert_eq!(first.device, ctx.adapter_name());
 }
 
@@ -278,11 +441,12 @@ fn gpu_buffers_in_buffers_out() {
     use wgpu::util::DeviceExt;
     let p = golden_problem();
     let upload = |label: &str, data: Vec<f32>| {
-        ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::cast_slice(&data),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        })
+        ctx.device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(&data),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
     };
     let a = upload("a", p.a().iter().map(|&x| x as f32).collect());
     let b = upload("b", p.b().iter().map(|&x| x as f32).collect());
@@ -298,7 +462,10 @@ fn gpu_buffers_in_buffers_out() {
     let out = ctx.solve_sparse_buffers(&cfg, &input).unwrap();
     let reference = cfg.solve_on(&p, &Device::Gpu(ctx.clone())).unwrap();
     assert_eq!(out.k, 3);
-    assert_eq!(out.value, reference.value, "same kernels, same input: same value");
+    assert_eq!(
+        out.value, reference.value,
+        "same kernels, same input: same value"
+    );
     let values = read_f32(&ctx, &out.plan_values, p.n() * 3);
     let rows = read_u32(&ctx, &out.plan_rows, p.n() * 3);
     let mut got = Array2::zeros((p.m(), p.n()));
@@ -316,8 +483,14 @@ fn gpu_buffers_in_buffers_out() {
         assert_eq!(x as f64, y, "alpha[{i}]");
     }
     // A cost buffer too small for the shape is refused.
-    let small = GpuProblem { m: p.m() + 1, ..input };
-    assert!(matches!(ctx.solve_sparse_buffers(&cfg, &small), Err(Error::ShapeMismatch { .. })));
+    let small = GpuProblem {
+        m: p.m() + 1,
+        ..input
+    };
+    assert!(matches!(
+        ctx.solve_sparse_buffers(&cfg, &small),
+        Err(Error::ShapeMismatch { .. })
+    ));
 }
 
 #[test]
@@ -326,7 +499,8 @@ fn gpu_refuses_problems_beyond_a_binding() {
         return;
     }
     // A device whose storage bindings hold 1 KiB: a 20 × 20 f32 cost (1600 bytes) does not fit.
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
     let limits = wgpu::Limits {
         max_storage_buffer_binding_size: 1024,
@@ -338,18 +512,39 @@ fn gpu_refuses_problems_beyond_a_binding() {
     }))
     .unwrap();
     let ctx = Arc::new(GpuContext::from_device(device, queue, "limited"));
-    let err = Sinkhorn::new(0.1).unwrap().solve_on(&random_problem(20, 20, 9), &Device::Gpu(ctx)).unwrap_err();
-    assert!(matches!(err, Error::DeviceLimit { limit: 1024, needed: 1600, .. }), "{err}");
+    let err = Sinkhorn::new(0.1)
+        .unwrap()
+        .solve_on(&random_problem(20, 20, 9), &Device::Gpu(ctx))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DeviceLimit {
+                limit: 1024,
+                needed: 1600,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn auto_device_reports_where_it_ran() {
-    let sol = Sinkhorn::new(0.1).unwrap().tol(1e-6).unwrap().solve_on(&golden_problem(), &Device::Auto).unwrap();
+    let sol = Sinkhorn::new(0.1)
+        .unwrap()
+        .tol(1e-6)
+        .unwrap()
+        .solve_on(&golden_problem(), &Device::Auto)
+        .unwrap();
     match gpu() {
         Some(ctx) => assert_eq!(sol.device, ctx.adapter_name()),
         None => assert_eq!(sol.device, "cpu"),
     }
-    let (cfg, p) = (SparseOt::quadratic(0.1).unwrap().tol(1e-6).unwrap(), golden_problem());
+    let (cfg, p) = (
+        SparseOt::quadratic(0.1).unwrap().tol(1e-6).unwrap(),
+        golden_problem(),
+    );
     let sol = pollster::block_on(cfg.solve_on_async(&p, &Device::Auto)).unwrap();
     // 8 digits in SPEC; f32 solve on a GPU (2e-5, see GPU_TOL).
     assert_close("async quadratic value", sol.value, 0.26363790, 2e-5);
@@ -365,8 +560,12 @@ fn read_words(ctx: &GpuContext, buf: &wgpu::Buffer, len: usize) -> Vec<u8> {
     let mut enc = ctx.device().create_command_encoder(&Default::default());
     enc.copy_buffer_to_buffer(buf, 0, &staging, 0, 4 * len as u64);
     ctx.queue().submit([enc.finish()]);
-    staging.slice(..).map_async(wgpu::MapMode::Read, |r| r.unwrap());
-    ctx.device().poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .unwrap();
     let bytes = staging.slice(..).get_mapped_range().unwrap().to_vec();
     staging.unmap();
     bytes

@@ -28,11 +28,12 @@ pub(crate) fn storage(ctx: &GpuContext, label: &str, len_words: usize) -> wgpu::
 }
 
 pub(crate) fn uniform<T: bytemuck::Pod>(ctx: &GpuContext, label: &str, value: &T) -> wgpu::Buffer {
-    ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(label),
-        contents: bytemuck::bytes_of(value),
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-    })
+    ctx.device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
 }
 
 pub(crate) fn staging(ctx: &GpuContext, label: &str, bytes: u64) -> wgpu::Buffer {
@@ -52,7 +53,11 @@ pub(crate) fn upload(ctx: &GpuContext, buf: &wgpu::Buffer, data: &[f32]) {
 }
 
 /// A bind group for `kernel`'s auto layout from (binding, buffer) pairs.
-pub(crate) fn bind(ctx: &GpuContext, kernel: Kernel, entries: &[(u32, &wgpu::Buffer)]) -> Result<wgpu::BindGroup> {
+pub(crate) fn bind(
+    ctx: &GpuContext,
+    kernel: Kernel,
+    entries: &[(u32, &wgpu::Buffer)],
+) -> Result<wgpu::BindGroup> {
     let pipeline = ctx.pipeline(kernel)?;
     let layout = pipeline.get_bind_group_layout(0);
     let entries: Vec<wgpu::BindGroupEntry> = entries
@@ -102,7 +107,11 @@ impl Pass {
     }
 
     /// A single workgroup.
-    pub(crate) fn single(ctx: &GpuContext, kernel: Kernel, entries: &[(u32, &wgpu::Buffer)]) -> Result<Self> {
+    pub(crate) fn single(
+        ctx: &GpuContext,
+        kernel: Kernel,
+        entries: &[(u32, &wgpu::Buffer)],
+    ) -> Result<Self> {
         Self::per_workgroup(ctx, kernel, entries, 1)
     }
 
@@ -116,7 +125,9 @@ impl Pass {
 /// Records `passes` in order into one compute pass of a new encoder (wgpu orders storage accesses between
 /// dispatches).
 pub(crate) fn encode(ctx: &GpuContext, passes: &[&Pass]) -> wgpu::CommandEncoder {
-    let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    let mut enc = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
     {
         let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
@@ -153,7 +164,9 @@ pub(crate) fn read_back<T: bytemuck::Pod>(
         .map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;
     ctx.check_errors()?;
     let out = {
-        let view = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        let view = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
         bytemuck::cast_slice::<u8, T>(&view).to_vec()
     };
     staging.unmap();

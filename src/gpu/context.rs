@@ -43,15 +43,27 @@ pub struct GpuContext {
 
 impl std::fmt::Debug for GpuContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuContext").field("adapter", &self.name).field("backend", &self.backend).finish()
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.name)
+            .field("backend", &self.backend)
+            .finish()
     }
 }
 
 /// Identifies a reusable set of buffers: kind of solver and every size its buffers depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum WorkspaceKey {
-    Sinkhorn { m: usize, n: usize },
-    Sparse { m: usize, n: usize, k: usize, dual: bool, memory: usize },
+    Sinkhorn {
+        m: usize,
+        n: usize,
+    },
+    Sparse {
+        m: usize,
+        n: usize,
+        k: usize,
+        dual: bool,
+        memory: usize,
+    },
 }
 
 impl GpuContext {
@@ -64,10 +76,12 @@ impl GpuContext {
 
     /// Async version of [`GpuContext::new`].
     pub async fn new_async() -> Result<Self> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance),
+                power_preference: wgpu::PowerPreference::from_env()
+                    .unwrap_or(wgpu::PowerPreference::HighPerformance),
                 ..Default::default()
             })
             .await
@@ -83,11 +97,20 @@ impl GpuContext {
             .map_err(|e| Error::NoAdapter {
                 why: format!("adapter {} could not open a device: {e}", info.name),
             })?;
-        let ctx = Self::build(device, queue, info.name.clone(), format!("{:?}", info.backend));
+        let ctx = Self::build(
+            device,
+            queue,
+            info.name.clone(),
+            format!("{:?}", info.backend),
+        );
         let errors = ctx.errors.clone();
-        ctx.device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            errors.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
-        }));
+        ctx.device
+            .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(e.to_string());
+            }));
         Ok(ctx)
     }
 
@@ -118,7 +141,9 @@ impl GpuContext {
     /// when no context is given). The outcome of the first attempt is kept.
     pub fn shared() -> Result<Arc<GpuContext>> {
         static SHARED: OnceLock<std::result::Result<Arc<GpuContext>, Error>> = OnceLock::new();
-        SHARED.get_or_init(|| GpuContext::new().map(Arc::new)).clone()
+        SHARED
+            .get_or_init(|| GpuContext::new().map(Arc::new))
+            .clone()
     }
 
     /// The adapter's name (reported as [`crate::Solution::device`]).
@@ -156,7 +181,7 @@ impl GpuContext {
 
     /// The largest storage binding (and buffer) this device accepts, in bytes.
     pub fn max_binding_bytes(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
     }
 
     /// Refuses a buffer of `bytes` that would not fit one storage binding.
@@ -196,7 +221,12 @@ impl GpuContext {
     /// The cached pipeline of `kernel` (compiled on first use).
     pub(crate) fn pipeline(&self, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
         let key = (kernel, WORKGROUP);
-        if let Some(p) = self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(p.clone());
         }
         let family = kernel.family();
@@ -207,29 +237,39 @@ impl GpuContext {
                 .entry(family)
                 .or_insert_with(|| {
                     let source = family.source();
-                    self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(family.file()),
-                        source: wgpu::ShaderSource::Wgsl(source.into()),
-                    })
+                    self.device
+                        .create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(family.file()),
+                            source: wgpu::ShaderSource::Wgsl(source.into()),
+                        })
                 })
                 .clone()
         };
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.entry()),
-            layout: None,
-            module: &module,
-            entry_point: Some(kernel.entry()),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &[("WG", WORKGROUP as f64)],
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry()),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry()),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[("WG", WORKGROUP as f64)],
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Gpu(format!("compiling {}::{}: {e}", family.file(), kernel.entry())));
+            return Err(Error::Gpu(format!(
+                "compiling {}::{}: {e}",
+                family.file(),
+                kernel.entry()
+            )));
         }
         self.compiled.fetch_add(1, Ordering::Relaxed);
-        self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, pipeline.clone());
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, pipeline.clone());
         Ok(pipeline)
     }
 
@@ -239,14 +279,21 @@ impl GpuContext {
         key: WorkspaceKey,
         make: impl FnOnce() -> Result<W>,
     ) -> Result<W> {
-        let cached = self.workspaces.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&key).and_then(|v| v.pop());
+        let cached = self
+            .workspaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&key)
+            .and_then(|v| v.pop());
         if let Some(w) = cached.and_then(|b| b.downcast::<W>().ok()) {
             return Ok(*w);
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let w = make()?;
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Gpu(format!("allocating a workspace for {key:?}: {e}")));
+            return Err(Error::Gpu(format!(
+                "allocating a workspace for {key:?}: {e}"
+            )));
         }
         self.created.fetch_add(1, Ordering::Relaxed);
         Ok(w)
@@ -254,7 +301,12 @@ impl GpuContext {
 
     /// Returns a workspace to the cache for the next solve of its shape.
     pub(crate) fn put_workspace<W: Any + Send>(&self, key: WorkspaceKey, w: W) {
-        self.workspaces.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().push(Box::new(w));
+        self.workspaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .push(Box::new(w));
     }
 
     /// Fails with the first error the device reported asynchronously since the last check (own devices only).

@@ -16,7 +16,12 @@ pub(crate) enum Family {
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Family {
-    pub(crate) const ALL: [Family; 4] = [Family::Sinkhorn, Family::SparseDual, Family::Lbfgs, Family::Reduce];
+    pub(crate) const ALL: [Family; 4] = [
+        Family::Sinkhorn,
+        Family::SparseDual,
+        Family::Lbfgs,
+        Family::Reduce,
+    ];
 
     /// File name under `shaders/`.
     pub(crate) fn file(self) -> &'static str {

@@ -50,7 +50,10 @@ impl LbfgsBuffers {
                 needed: memory as u64,
             });
         }
-        ctx.check_binding("max_storage_buffer_binding_size (L-BFGS memory, f32)", 8 * (memory * dim) as u64)?;
+        ctx.check_binding(
+            "max_storage_buffer_binding_size (L-BFGS memory, f32)",
+            8 * (memory * dim) as u64,
+        )?;
         let params = buffers::uniform(
             ctx,
             "lbfgs params",
@@ -68,10 +71,32 @@ impl LbfgsBuffers {
         let gt = buffers::storage(ctx, "gt", dim);
         let sy = buffers::storage(ctx, "s/y memory", 2 * memory * dim);
         let state = buffers::storage(ctx, "lbfgs state", STATE_WORDS);
-        let all = [(0, &params), (1, &x), (2, &g), (3, &d), (4, &xt), (5, &gt), (6, &sy), (7, &state)];
-        let trial = Pass::per_thread(ctx, Kernel::Trial, &[(0, &params), (1, &x), (3, &d), (4, &xt)], dim)?;
-        let accept = Pass::single(ctx, Kernel::Accept, &[all[0], all[1], all[2], all[4], all[5], all[6], all[7]])?;
-        let direction = Pass::single(ctx, Kernel::Direction, &[all[0], all[2], all[3], all[6], all[7]])?;
+        let all = [
+            (0, &params),
+            (1, &x),
+            (2, &g),
+            (3, &d),
+            (4, &xt),
+            (5, &gt),
+            (6, &sy),
+            (7, &state),
+        ];
+        let trial = Pass::per_thread(
+            ctx,
+            Kernel::Trial,
+            &[(0, &params), (1, &x), (3, &d), (4, &xt)],
+            dim,
+        )?;
+        let accept = Pass::single(
+            ctx,
+            Kernel::Accept,
+            &[all[0], all[1], all[2], all[4], all[5], all[6], all[7]],
+        )?;
+        let direction = Pass::single(
+            ctx,
+            Kernel::Direction,
+            &[all[0], all[2], all[3], all[6], all[7]],
+        )?;
         let steepest = Pass::single(ctx, Kernel::Steepest, &[all[0], all[2], all[3], all[7]])?;
         Ok(Self {
             dim,
@@ -105,7 +130,8 @@ impl LbfgsBuffers {
             t: t as f32,
             _pad: 0,
         };
-        ctx.queue().write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
+        ctx.queue()
+            .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
     }
 }
 
@@ -141,7 +167,11 @@ impl<O: DeviceObjective> GpuLbfgs<'_, O> {
         let enc = buffers::encode(self.ctx, &[kernel]);
         // out[0..3] of LbfgsState sits after head, len and two pads.
         let [gd, gmax, steepest] = self.read3(enc, &self.buf.state, 16);
-        let t0 = if steepest != 0.0 && gmax > 0.0 { 1.0 / gmax } else { 1.0 };
+        let t0 = if steepest != 0.0 && gmax > 0.0 {
+            1.0 / gmax
+        } else {
+            1.0
+        };
         (gd, t0)
     }
 }

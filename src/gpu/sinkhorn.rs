@@ -53,7 +53,16 @@ pub(crate) struct Workspace {
 
 impl Workspace {
     fn new(ctx: &GpuContext, m: usize, n: usize) -> Result<Self> {
-        let params = buffers::uniform(ctx, "sinkhorn params", &Params { m: m as u32, n: n as u32, eps: 1.0, _pad: 0 });
+        let params = buffers::uniform(
+            ctx,
+            "sinkhorn params",
+            &Params {
+                m: m as u32,
+                n: n as u32,
+                eps: 1.0,
+                _pad: 0,
+            },
+        );
         let reduce_params = buffers::uniform(
             ctx,
             "max_abs params",
@@ -68,25 +77,45 @@ impl Workspace {
         let cost_t = buffers::storage(ctx, "cost_t", m * n);
         let log_a = buffers::storage(ctx, "log a", m);
         let log_b = buffers::storage(ctx, "log b", n);
-        let f = [buffers::storage(ctx, "f0", m), buffers::storage(ctx, "f1", m)];
+        let f = [
+            buffers::storage(ctx, "f0", m),
+            buffers::storage(ctx, "f1", m),
+        ];
         let g = buffers::storage(ctx, "g", n);
         let err = buffers::storage(ctx, "row errors", m);
         let max_err = buffers::storage(ctx, "max row error", 1);
         let staging = buffers::staging(ctx, "sinkhorn readback", buffers::words(m.max(n)));
         let pass_g = |p: usize| {
-            Pass::per_workgroup(ctx, Kernel::SinkhornG, &[(0, &params), (2, &cost_t), (4, &log_b), (5, &f[p]), (6, &g)], n)
+            Pass::per_workgroup(
+                ctx,
+                Kernel::SinkhornG,
+                &[(0, &params), (2, &cost_t), (4, &log_b), (5, &f[p]), (6, &g)],
+                n,
+            )
         };
         let pass_f = |p: usize| {
             Pass::per_workgroup(
                 ctx,
                 Kernel::SinkhornF,
-                &[(0, &params), (1, &cost), (3, &log_a), (5, &f[p]), (6, &g), (7, &f[1 - p]), (8, &err)],
+                &[
+                    (0, &params),
+                    (1, &cost),
+                    (3, &log_a),
+                    (5, &f[p]),
+                    (6, &g),
+                    (7, &f[1 - p]),
+                    (8, &err),
+                ],
                 m,
             )
         };
         let update_g = [pass_g(0)?, pass_g(1)?];
         let update_f = [pass_f(0)?, pass_f(1)?];
-        let reduce = Pass::single(ctx, Kernel::MaxAbs, &[(0, &reduce_params), (1, &err), (2, &max_err)])?;
+        let reduce = Pass::single(
+            ctx,
+            Kernel::MaxAbs,
+            &[(0, &reduce_params), (1, &err), (2, &max_err)],
+        )?;
         Ok(Self {
             params,
             cost,
@@ -108,16 +137,29 @@ fn to_f32(v: impl IntoIterator<Item = f64>) -> Vec<f32> {
     v.into_iter().map(|x| x as f32).collect()
 }
 
-fn read_vec(ctx: &GpuContext, ws: &Workspace, buf: &wgpu::Buffer, len: usize) -> Result<Array1<f64>> {
+fn read_vec(
+    ctx: &GpuContext,
+    ws: &Workspace,
+    buf: &wgpu::Buffer,
+    len: usize,
+) -> Result<Array1<f64>> {
     let enc = ctx.device().create_command_encoder(&Default::default());
     let v: Vec<f32> = buffers::read_back(ctx, enc, buf, 0, buffers::words(len), &ws.staging)?;
     Ok(v[..len].iter().map(|&x| x as f64).collect())
 }
 
-pub(crate) fn solve(ctx: &GpuContext, cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Result<Solution> {
+pub(crate) fn solve(
+    ctx: &GpuContext,
+    cfg: &Sinkhorn,
+    p: &Problem,
+    observer: Observer<'_>,
+) -> Result<Solution> {
     let (f0, g0) = validate(cfg, p)?;
     let (m, n) = (p.m(), p.n());
-    ctx.check_binding("max_storage_buffer_binding_size (cost matrix, f32)", 4 * (m as u64) * (n as u64))?;
+    ctx.check_binding(
+        "max_storage_buffer_binding_size (cost matrix, f32)",
+        4 * (m as u64) * (n as u64),
+    )?;
     ctx.check_lanes("max_compute_workgroups_per_dimension² (rows)", m)?;
     ctx.check_lanes("max_compute_workgroups_per_dimension² (columns)", n)?;
     let key = WorkspaceKey::Sinkhorn { m, n };
@@ -144,7 +186,11 @@ fn run(
     buffers::upload(ctx, &ws.log_b, &to_f32(p.b().iter().map(|x| x.ln())));
     buffers::upload(ctx, &ws.f[0], &to_f32(f0));
     buffers::upload(ctx, &ws.g, &to_f32(g0));
-    let (cmin, cmax) = cost.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+    let (cmin, cmax) = cost
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| {
+            (lo.min(c), hi.max(c))
+        });
     let stages = epsilon_schedule(cfg.epsilon, cfg.scaling, cmax - cmin, cfg.warm.is_some());
     let amax = p.a().iter().fold(0.0f64, |x, &y| x.max(y));
     // f[cur] holds the current potential f.
@@ -154,14 +200,19 @@ fn run(
 
     'stages: for (s, &eps) in stages.iter().enumerate() {
         let last = s + 1 == stages.len();
-        let stage_tol = if last { cfg.tol } else { cfg.tol.max(1e-2 * amax) };
+        let stage_tol = if last {
+            cfg.tol
+        } else {
+            cfg.tol.max(1e-2 * amax)
+        };
         let params = Params {
             m: m as u32,
             n: n as u32,
             eps: eps as f32,
             _pad: 0,
         };
-        ctx.queue().write_buffer(&ws.params, 0, bytemuck::bytes_of(&params));
+        ctx.queue()
+            .write_buffer(&ws.params, 0, bytemuck::bytes_of(&params));
         loop {
             if iterations >= cfg.max_iter {
                 break 'stages;
@@ -184,12 +235,17 @@ fn run(
             }
             passes.push(&ws.reduce);
             let enc = buffers::encode(ctx, &passes);
-            let err = buffers::read_back::<f32>(ctx, enc, &ws.max_err, 0, 4, &ws.staging)?[0] as f64;
+            let err =
+                buffers::read_back::<f32>(ctx, enc, &ws.max_err, 0, 4, &ws.staging)?[0] as f64;
             observer(&Progress {
                 iteration: iterations,
                 value: f64::NAN,
                 marginal_error: err,
-                stage: if last { "sinkhorn" } else { "sinkhorn eps-scaling" },
+                stage: if last {
+                    "sinkhorn"
+                } else {
+                    "sinkhorn eps-scaling"
+                },
             });
             if stage_tol > 0.0 && err <= stage_tol {
                 if last {

@@ -2,7 +2,6 @@
 //! and gradient as device passes, minimised by the shared L-BFGS driver over [`GpuLbfgs`], then the sparse
 //! plan extracted on the device (k row indices and values per column).
 
-
 use crate::config::{Observer, SparseOt};
 use crate::cpu::sparse::{method, resolve, transpose_solution, Resolved};
 use crate::error::{Error, Result};
@@ -39,8 +38,8 @@ struct TransposeParams {
 /// Relative noise of objective values computed in f32 (≈ 16 × f32 unit roundoff).
 const F32_VALUE_NOISE: f64 = 1e-6;
 
-/// Words of one `ColState` (key, tie, θ, term).
-const COL_WORDS: usize = 4;
+/// Words of one `ColState` (key, tie, θ, term, σ, 3 pads).
+const COL_WORDS: usize = 8;
 
 /// Buffers and passes of one (m, n, k, formulation, memory).
 pub(crate) struct Workspace {
@@ -75,7 +74,14 @@ impl DeviceObjective for Workspace {
 }
 
 impl Workspace {
-    fn new(ctx: &GpuContext, m: usize, n: usize, k: usize, dual: bool, memory: usize) -> Result<Self> {
+    fn new(
+        ctx: &GpuContext,
+        m: usize,
+        n: usize,
+        k: usize,
+        dual: bool,
+        memory: usize,
+    ) -> Result<Self> {
         let dim = if dual { m + n } else { m };
         let params = buffers::uniform(
             ctx,
@@ -98,21 +104,65 @@ impl Workspace {
         let plan_values = buffers::storage(ctx, "plan values", n * k);
         let plan_rows = buffers::storage(ctx, "plan rows", n * k);
         let beta = buffers::storage(ctx, "beta", n);
-        let staging = buffers::staging(ctx, "sparse readback", buffers::words((n * k).max(dim).max(COL_WORDS)));
+        let staging = buffers::staging(
+            ctx,
+            "sparse readback",
+            buffers::words((n * k).max(dim).max(COL_WORDS)),
+        );
         let lbfgs = LbfgsBuffers::new(ctx, dim, memory)?;
         let (x, g, d) = (&lbfgs.xt, &lbfgs.gt, &lbfgs.d);
-        let column =
-            Pass::per_workgroup(ctx, Kernel::Column, &[(0, &params), (1, &cost_t), (2, x), (4, &b), (5, &cols), (6, g)], n)?;
-        let row = Pass::per_thread(ctx, Kernel::Row, &[(0, &params), (1, &cost_t), (2, x), (3, &a), (5, &cols), (6, g)], m)?;
+        let column = Pass::per_workgroup(
+            ctx,
+            Kernel::Column,
+            &[
+                (0, &params),
+                (1, &cost_t),
+                (2, x),
+                (4, &b),
+                (5, &cols),
+                (6, g),
+            ],
+            n,
+        )?;
+        let row = Pass::per_thread(
+            ctx,
+            Kernel::Row,
+            &[
+                (0, &params),
+                (1, &cost_t),
+                (2, x),
+                (3, &a),
+                (5, &cols),
+                (6, g),
+            ],
+            m,
+        )?;
         let finalize = Pass::single(
             ctx,
             Kernel::Finalize,
-            &[(0, &params), (2, x), (3, &a), (4, &b), (5, &cols), (6, g), (7, d), (8, &scalars)],
+            &[
+                (0, &params),
+                (2, x),
+                (3, &a),
+                (4, &b),
+                (5, &cols),
+                (6, g),
+                (7, d),
+                (8, &scalars),
+            ],
         )?;
         let extract = Pass::per_thread(
             ctx,
             Kernel::Extract,
-            &[(0, &params), (1, &cost_t), (2, x), (5, &cols), (8, &plan_values), (9, &plan_rows), (10, &beta)],
+            &[
+                (0, &params),
+                (1, &cost_t),
+                (2, x),
+                (5, &cols),
+                (8, &plan_values),
+                (9, &plan_rows),
+                (10, &beta),
+            ],
             n,
         )?;
         Ok(Self {
@@ -147,7 +197,8 @@ impl Workspace {
             dim: self.lbfgs.dim as u32,
             _pad: [0; 2],
         };
-        ctx.queue().write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
+        ctx.queue()
+            .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
     }
 }
 
@@ -160,8 +211,14 @@ struct Run {
 }
 
 fn check_shape(ctx: &GpuContext, m: usize, n: usize, k: usize) -> Result<()> {
-    ctx.check_binding("max_storage_buffer_binding_size (cost matrix, f32)", 4 * (m as u64) * (n as u64))?;
-    ctx.check_binding("max_storage_buffer_binding_size (plan, k per column)", 4 * (n as u64) * (k as u64))?;
+    ctx.check_binding(
+        "max_storage_buffer_binding_size (cost matrix, f32)",
+        4 * (m as u64) * (n as u64),
+    )?;
+    ctx.check_binding(
+        "max_storage_buffer_binding_size (plan, k per column)",
+        4 * (n as u64) * (k as u64),
+    )?;
     ctx.check_lanes("max_compute_workgroups_per_dimension² (columns)", n)
 }
 
@@ -177,7 +234,13 @@ fn workspace_key(cfg: &SparseOt, m: usize, n: usize, k: usize) -> WorkspaceKey {
 
 /// Minimises −S or −D from x0 (already in the workspace) with the shared driver, then re-evaluates at the
 /// returned point and extracts the plan on the device.
-fn run(ctx: &GpuContext, ws: &Workspace, cfg: &SparseOt, x0: &[f32], observer: Observer<'_>) -> Result<Run> {
+fn run(
+    ctx: &GpuContext,
+    ws: &Workspace,
+    cfg: &SparseOt,
+    x0: &[f32],
+    observer: Observer<'_>,
+) -> Result<Run> {
     ws.set_gamma(ctx, cfg.gamma);
     ws.lbfgs.reset(ctx, x0);
     // f32 objective values: sums of O(m + n) terms carry a relative rounding noise of ~16 u.
@@ -213,14 +276,32 @@ fn run(ctx: &GpuContext, ws: &Workspace, cfg: &SparseOt, x0: &[f32], observer: O
     })
 }
 
-fn read<T: bytemuck::Pod>(ctx: &GpuContext, ws: &Workspace, buf: &wgpu::Buffer, offset: usize, len: usize) -> Result<Vec<T>> {
+fn read<T: bytemuck::Pod>(
+    ctx: &GpuContext,
+    ws: &Workspace,
+    buf: &wgpu::Buffer,
+    offset: usize,
+    len: usize,
+) -> Result<Vec<T>> {
     let enc = ctx.device().create_command_encoder(&Default::default());
-    let mut v: Vec<T> = buffers::read_back(ctx, enc, buf, 4 * offset as u64, buffers::words(len), &ws.staging)?;
+    let mut v: Vec<T> = buffers::read_back(
+        ctx,
+        enc,
+        buf,
+        4 * offset as u64,
+        buffers::words(len),
+        &ws.staging,
+    )?;
     v.truncate(len);
     Ok(v)
 }
 
-pub(crate) fn solve(ctx: &GpuContext, cfg: &SparseOt, problem: &Problem, observer: Observer<'_>) -> Result<Solution> {
+pub(crate) fn solve(
+    ctx: &GpuContext,
+    cfg: &SparseOt,
+    problem: &Problem,
+    observer: Observer<'_>,
+) -> Result<Solution> {
     match cfg.lanes {
         Lanes::Columns => solve_columns(ctx, cfg, problem, "rows", observer),
         Lanes::Rows => {
@@ -260,10 +341,20 @@ fn solve_columns(
 }
 
 /// Reads potentials and plan back and builds the [`Solution`]; metrics are measured in f64 on the host.
-fn assemble(ctx: &GpuContext, ws: &Workspace, cfg: &SparseOt, p: &Problem, r: Run) -> Result<Solution> {
+fn assemble(
+    ctx: &GpuContext,
+    ws: &Workspace,
+    cfg: &SparseOt,
+    p: &Problem,
+    r: Run,
+) -> Result<Solution> {
     let (m, n, k) = (ws.m, ws.n, ws.k);
     let alpha: Vec<f32> = read(ctx, ws, &ws.lbfgs.x, 0, m)?;
-    let beta: Vec<f32> = if ws.dual { read(ctx, ws, &ws.lbfgs.x, m, n)? } else { read(ctx, ws, &ws.beta, 0, n)? };
+    let beta: Vec<f32> = if ws.dual {
+        read(ctx, ws, &ws.lbfgs.x, m, n)?
+    } else {
+        read(ctx, ws, &ws.beta, 0, n)?
+    };
     let values: Vec<f32> = read(ctx, ws, &ws.plan_values, 0, n * k)?;
     let rows: Vec<u32> = read(ctx, ws, &ws.plan_rows, 0, n * k)?;
     let mut ptr = Vec::with_capacity(n + 1);
@@ -271,7 +362,10 @@ fn assemble(ctx: &GpuContext, ws: &Workspace, cfg: &SparseOt, p: &Problem, r: Ru
     let mut indices = Vec::new();
     let mut vals = Vec::new();
     for j in 0..n {
-        for (&i, &v) in rows[j * k..(j + 1) * k].iter().zip(&values[j * k..(j + 1) * k]) {
+        for (&i, &v) in rows[j * k..(j + 1) * k]
+            .iter()
+            .zip(&values[j * k..(j + 1) * k])
+        {
             if (i as usize) < m && v > 0.0 {
                 indices.push(i as usize);
                 vals.push(v as f64);
@@ -344,10 +438,16 @@ impl GpuContext {
     ///
     /// Errors: shape/usage mismatches of the buffers, k = 0 or k > m, a warm start of the wrong length,
     /// row sparsity (not supported here; transpose the cost instead), device limits.
-    pub fn solve_sparse_buffers(&self, cfg: &SparseOt, input: &GpuProblem<'_>) -> Result<GpuSparseOutput> {
+    pub fn solve_sparse_buffers(
+        &self,
+        cfg: &SparseOt,
+        input: &GpuProblem<'_>,
+    ) -> Result<GpuSparseOutput> {
         let (m, n) = (input.m, input.n);
         if m == 0 || n == 0 {
-            return Err(Error::Empty { what: if m == 0 { "a" } else { "b" } });
+            return Err(Error::Empty {
+                what: if m == 0 { "a" } else { "b" },
+            });
         }
         if cfg.lanes == Lanes::Rows {
             return Err(Error::Unavailable {
@@ -355,7 +455,11 @@ impl GpuContext {
                 why: "pass the transposed cost and swapped marginals".into(),
             });
         }
-        for (what, buf, len) in [("a buffer", input.a, m), ("b buffer", input.b, n), ("cost buffer", input.cost, m * n)] {
+        for (what, buf, len) in [
+            ("a buffer", input.a, m),
+            ("b buffer", input.b, n),
+            ("cost buffer", input.cost, m * n),
+        ] {
             if buf.size() < 4 * len as u64 {
                 return Err(Error::ShapeMismatch {
                     what,
@@ -365,14 +469,23 @@ impl GpuContext {
             }
         }
         let k = match cfg.k {
-            Some(k) if k == 0 || k > m => return Err(Error::InvalidK { k, max: m, axis: "rows" }),
+            Some(k) if k == 0 || k > m => {
+                return Err(Error::InvalidK {
+                    k,
+                    max: m,
+                    axis: "rows",
+                })
+            }
             Some(k) => k,
             None => m,
         };
         let dual = cfg.formulation == Formulation::Dual;
         let dim = if dual { m + n } else { m };
         let mut x0 = vec![0.0f32; dim];
-        for (what, warm, range) in [("alpha", &cfg.warm_alpha, 0..m), ("beta", &cfg.warm_beta, m..dim)] {
+        for (what, warm, range) in [
+            ("alpha", &cfg.warm_alpha, 0..m),
+            ("beta", &cfg.warm_beta, m..dim),
+        ] {
             if let Some(v) = warm {
                 if range.is_empty() {
                     continue;
@@ -385,7 +498,10 @@ impl GpuContext {
                     });
                 }
                 crate::problem::check_vector_finite(what, v.view())?;
-                x0[range].iter_mut().zip(v.iter()).for_each(|(x, &y)| *x = y as f32);
+                x0[range]
+                    .iter_mut()
+                    .zip(v.iter())
+                    .for_each(|(x, &y)| *x = y as f32);
             }
         }
         check_shape(self, m, n, k)?;
@@ -396,7 +512,13 @@ impl GpuContext {
         out
     }
 
-    fn solve_in(&self, ws: &Workspace, cfg: &SparseOt, input: &GpuProblem<'_>, x0: &[f32]) -> Result<GpuSparseOutput> {
+    fn solve_in(
+        &self,
+        ws: &Workspace,
+        cfg: &SparseOt,
+        input: &GpuProblem<'_>,
+        x0: &[f32],
+    ) -> Result<GpuSparseOutput> {
         let (m, n, k) = (ws.m, ws.n, ws.k);
         let tp = buffers::uniform(
             self,
@@ -408,15 +530,24 @@ impl GpuContext {
                 _pad: 0,
             },
         );
-        let transpose = Pass::per_thread(self, Kernel::Transpose, &[(0, &tp), (1, input.cost), (2, &ws.cost_t)], m * n)?;
+        let transpose = Pass::per_thread(
+            self,
+            Kernel::Transpose,
+            &[(0, &tp), (1, input.cost), (2, &ws.cost_t)],
+            m * n,
+        )?;
         let mut enc = buffers::encode(self, &[&transpose]);
         enc.copy_buffer_to_buffer(input.a, 0, &ws.a, 0, 4 * m as u64);
         enc.copy_buffer_to_buffer(input.b, 0, &ws.b, 0, 4 * n as u64);
         buffers::submit(self, enc);
         let r = run(self, ws, cfg, x0, &mut |_| {})?;
         let out = |label, words| buffers::storage(self, label, words);
-        let (alpha, beta, plan_values, plan_rows) =
-            (out("alpha", m), out("beta", n), out("plan values", n * k), out("plan rows", n * k));
+        let (alpha, beta, plan_values, plan_rows) = (
+            out("alpha", m),
+            out("beta", n),
+            out("plan values", n * k),
+            out("plan rows", n * k),
+        );
         let mut enc = self.device().create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&ws.lbfgs.x, 0, &alpha, 0, 4 * m as u64);
         if ws.dual {
