@@ -68,7 +68,7 @@ impl SparseOt {
                 axis: "rows",
             });
         }
-        Ok(Self::with_k(Some(k), gamma)?)
+        Self::with_k(Some(k), gamma)
     }
 
     /// Quadratically-regularised OT (SPEC §4): no limit on nonzeros (k = m).
@@ -129,7 +129,8 @@ impl SparseOt {
         Ok(self)
     }
 
-    /// Start from these potentials instead of zero (β is used by the dual only). Lengths are checked when
+    /// Start from these potentials instead of zero (β is used by the dual only; k = 1 is solved exactly and
+    /// needs no start). Lengths are checked when
     /// solving. With row sparsity, α is over rows and β over columns of the original problem, as returned.
     pub fn warm_start(mut self, alpha: Array1<f64>, beta: Option<Array1<f64>>) -> Self {
         self.warm_alpha = Some(alpha);

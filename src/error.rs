@@ -126,6 +126,15 @@ pub enum Error {
         /// Length given.
         found: usize,
     },
+    /// Entry `index` of a batch (a problem, a group of router logits, a matrix of a 3-D operator input) is
+    /// invalid; `source` says why.
+    #[error("batch entry {index}: {source}")]
+    InBatch {
+        /// Position of the offending entry in the batch.
+        index: usize,
+        /// What is wrong with it.
+        source: Box<Error>,
+    },
     /// A requested feature is not available in this build or on this machine.
     #[error("{what} is not available: {why}")]
     Unavailable {

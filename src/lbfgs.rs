@@ -25,6 +25,9 @@ pub(crate) struct Settings {
     pub max_evals: usize,
     /// Consecutive iterations with negligible decrease after which the run counts as stalled.
     pub stall_window: usize,
+    /// The run also counts as stalled when the best gradient max-norm has not dropped by 20% over this many
+    /// iterations (zig-zagging on the kinks of a nonsmooth objective).
+    pub progress_window: usize,
     /// Relative rounding noise of objective values (1e-14 for f64 evaluations; larger for f32 devices).
     /// Below it values cannot be compared and line searches decide by the slope.
     pub value_noise: f64,
@@ -39,6 +42,7 @@ impl Settings {
             c2: 0.9,
             max_evals: 30,
             stall_window: 10,
+            progress_window: 100,
             value_noise: 1e-14,
         }
     }
@@ -108,6 +112,7 @@ pub(crate) struct Driver {
     small_steps: usize,
     starting: bool,
     best_grad: f64,
+    checkpoint_grad: f64,
 }
 
 impl Driver {
@@ -126,6 +131,7 @@ impl Driver {
             small_steps: 0,
             starting: false,
             best_grad: f64::INFINITY,
+            checkpoint_grad: f64::INFINITY,
         }
     }
 
@@ -149,6 +155,12 @@ impl Driver {
         }
         if self.s.tol > 0.0 && self.small_steps >= self.s.stall_window {
             return Action::Finish(Termination::Stalled);
+        }
+        if self.iterations % self.s.progress_window == 0 {
+            if self.s.tol > 0.0 && self.best_grad > 0.8 * self.checkpoint_grad {
+                return Action::Finish(Termination::Stalled);
+            }
+            self.checkpoint_grad = self.best_grad;
         }
         Action::Direction
     }
@@ -321,7 +333,7 @@ impl Driver {
     /// Call with g·d after [`Action::Direction`] or [`Action::Steepest`]. `steepest` tells which it was.
     pub(crate) fn on_direction(&mut self, slope: f64, steepest: bool, initial_step: f64) -> Action {
         self.steepest = steepest;
-        if !(slope < 0.0) {
+        if slope.is_nan() || slope >= 0.0 {
             if steepest {
                 // Zero gradient (or NaN): nothing more to do.
                 return if slope == 0.0 {

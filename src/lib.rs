@@ -18,8 +18,16 @@
 //!   L-BFGS of our own ([`lbfgs`](crate::lbfgs) is a device-agnostic state machine; the vectors live in a
 //!   backend). Columns are evaluated in parallel in fixed chunks and reduced in a fixed order, so results are
 //!   bitwise reproducible whatever the thread count.
+//! * **Exact OT has its own solver.** [`ExactOt`] runs a network simplex (block-search pricing, strongly
+//!   feasible spanning trees against cycling) and returns a basic optimal plan (at most m + n − 1 nonzeros)
+//!   with optimal dual potentials; no LP library is involved.
 //! * **Operators are public** ([`ops`]): top-k mask with the tie rule of `jax.lax.top_k` (larger value first,
 //!   then lower index), the top-k conjugate δ_k and its gradient, and the sparse projection onto the simplex.
+//!
+//! * **Batches and routing.** A [`Batch`] holds B problems of one shape in contiguous B × m × n / B × m /
+//!   B × n arrays; `solve_batch` returns one `Result` per problem, so a bad problem fails alone. [`moe`] turns
+//!   router logits into a capacity-respecting token-to-expert dispatch (experts choose tokens, or tokens
+//!   choose experts) and compares with the greedy top-k router.
 //!
 //! ## Quick start
 //!
@@ -38,21 +46,28 @@
 //! ```
 #![deny(missing_docs)]
 
+mod batch;
 mod config;
 mod cpu;
 mod device;
 mod error;
+mod exact;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub(crate) mod lbfgs;
+pub mod moe;
 pub mod ops;
 mod problem;
 mod solution;
 
+pub use batch::Batch;
 pub use config::{
-    Formulation, Observer, Sinkhorn, SparseOt, DEFAULT_MAX_ITER, DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
+    Formulation, Observer, Sinkhorn, SparseOt, DEFAULT_MAX_ITER, DEFAULT_SINKHORN_MAX_ITER,
+    DEFAULT_TOL,
 };
 pub use device::Device;
 pub use error::{Error, Position, Result};
+pub use exact::{ExactOt, DEFAULT_EXACT_MAX_ITER};
+pub use moe::{greedy_top_k, Router, RouterSolver, Routing, RoutingMode};
 pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE};
 pub use solution::{Criterion, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination};

@@ -3,12 +3,17 @@
 //! Each column of the input is one vector `s` (length m). The single-column kernels in this module are the
 //! ones the CPU solvers use, so the operators and the solvers cannot drift apart.
 //!
+//! The `*_batch` forms take a B × m × n array (B independent matrices, e.g. the scores of a [`crate::Batch`]),
+//! apply the 2-D operator to each matrix in parallel and stack the results along the first axis; an invalid
+//! matrix is reported as [`Error::InBatch`] with its index.
+//!
 //! Tie rule (SPEC §3.1): the top-k are the min(k, m) largest entries, larger value first, then lower index
 //! first (the rule of `jax.lax.top_k`).
 
 use std::cmp::Ordering;
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, Axis};
+use rayon::prelude::*;
 
 use crate::error::{positive, Error, Position, Result};
 
@@ -22,22 +27,46 @@ fn rank_order(values: &[f64], x: usize, y: usize) -> Ordering {
 }
 
 /// Writes into `idx` the indices of the min(k, len) largest entries of `values`, sorted by the tie rule
-/// (largest first, equal values by lower index). `idx` is reused scratch; O(m + k log k).
+/// (largest first, equal values by lower index). `idx` is reused scratch.
+///
+/// For small k (the common case) one pass keeps the best k in a sorted buffer: an entry is compared with the
+/// current k-th value only, and enters if strictly larger (an equal value has a higher index, so it loses
+/// the tie). For large k, selection then sort: O(m + k log k).
 pub(crate) fn top_k_into(values: &[f64], k: usize, idx: &mut Vec<usize>) {
     let m = values.len();
     let k = k.min(m);
     idx.clear();
-    idx.extend(0..m);
     if k == 0 {
-        idx.clear();
         return;
     }
+    if k <= SMALL_K && k < m {
+        idx.extend(0..k);
+        idx.sort_unstable_by(|&x, &y| rank_order(values, x, y));
+        let mut thr = values[idx[k - 1]];
+        for (i, &v) in values.iter().enumerate().skip(k) {
+            if v > thr {
+                // Insert after every kept entry whose value is >= v (they have lower indices).
+                let mut pos = k - 1;
+                while pos > 0 && values[idx[pos - 1]] < v {
+                    idx[pos] = idx[pos - 1];
+                    pos -= 1;
+                }
+                idx[pos] = i;
+                thr = values[idx[k - 1]];
+            }
+        }
+        return;
+    }
+    idx.extend(0..m);
     if k < m {
         idx.select_nth_unstable_by(k - 1, |&x, &y| rank_order(values, x, y));
         idx.truncate(k);
     }
     idx.sort_unstable_by(|&x, &y| rank_order(values, x, y));
 }
+
+/// Up to this k the single-pass buffer is used.
+const SMALL_K: usize = 32;
 
 /// δ_k(s) = (1/2γ) Σ_{i ∈ TopK(s)} [s_i]_+², with `top` the top-k indices of `s`.
 #[inline]
@@ -63,7 +92,9 @@ pub(crate) fn simplex_threshold(u: impl Iterator<Item = f64>, mass: f64) -> (f64
     for (r, ur) in u.enumerate() {
         cs += ur;
         let t = (cs - mass) / (r + 1) as f64;
-        if ur - t > 0.0 {
+        // r = 0 always qualifies (u_1 − (u_1 − mass) = mass > 0); testing it in floating point fails for huge
+        // u_1, which would leave θ = NaN and an empty column.
+        if r == 0 || ur - t > 0.0 {
             theta = t;
             rho = r + 1;
         }
@@ -171,9 +202,76 @@ pub fn sparse_simplex_projection(v: ArrayView2<f64>, k: usize) -> Result<Array2<
     Ok(out)
 }
 
+/// Applies a 2-D operator to every matrix of a B × m × n input in parallel and stacks the results.
+fn batched<T: Clone + Send>(
+    input: ArrayView3<f64>,
+    op: impl Fn(ArrayView2<f64>) -> Result<Array2<T>> + Sync,
+) -> Result<Array3<T>> {
+    if input.dim().0 == 0 {
+        return Err(Error::Empty { what: "batch" });
+    }
+    let parts: Vec<Array2<T>> = (0..input.dim().0)
+        .into_par_iter()
+        .map(|index| {
+            op(input.index_axis(Axis(0), index)).map_err(|e| Error::InBatch {
+                index,
+                source: Box::new(e),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    Ok(ndarray::stack(Axis(0), &views).expect("every matrix of a batch has the same shape"))
+}
+
+/// [`top_k_indices`] of every matrix of a B × m × n input: B × k × n.
+///
+/// Errors: an empty batch; otherwise those of [`top_k_indices`], wrapped in [`Error::InBatch`].
+pub fn top_k_indices_batch(scores: ArrayView3<f64>, k: usize) -> Result<Array3<usize>> {
+    batched(scores, |s| top_k_indices(s, k))
+}
+
+/// [`top_k_mask`] of every matrix of a B × m × n input: B × m × n.
+///
+/// Errors: as [`top_k_indices_batch`].
+pub fn top_k_mask_batch(scores: ArrayView3<f64>, k: usize) -> Result<Array3<bool>> {
+    batched(scores, |s| top_k_mask(s, k))
+}
+
+/// [`sparse_simplex_projection`] of every matrix of a B × m × n input (each column projected): B × m × n.
+///
+/// Errors: as [`top_k_indices_batch`].
+pub fn sparse_simplex_projection_batch(v: ArrayView3<f64>, k: usize) -> Result<Array3<f64>> {
+    batched(v, |s| sparse_simplex_projection(s, k))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The single-pass path and the select-then-sort path agree with a full sort by the tie rule.
+    #[test]
+    fn top_k_matches_full_sort() {
+        let mut state = 7u64;
+        let mut idx = Vec::new();
+        for trial in 0..500 {
+            let m = 1 + trial % 60;
+            let values: Vec<f64> = (0..m)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    // Few distinct values, so ties are frequent.
+                    ((state >> 33) % 7) as f64 - 3.0
+                })
+                .collect();
+            let mut order: Vec<usize> = (0..m).collect();
+            order.sort_by(|&x, &y| rank_order(&values, x, y));
+            for k in [1, 2, 3, 5, m / 2 + 1, m, 40] {
+                top_k_into(&values, k, &mut idx);
+                assert_eq!(idx, order[..k.min(m)].to_vec(), "values {values:?} k {k}");
+            }
+        }
+    }
 
     #[test]
     fn ties_prefer_lower_index() {

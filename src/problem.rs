@@ -120,12 +120,20 @@ impl Problem {
     }
 
     /// Fails with [`Error::ZeroMass`] if `b` has a zero entry (for solvers that divide by b_j).
-    pub(crate) fn require_positive_b(&self, solver: &'static str, reason: &'static str) -> Result<()> {
+    pub(crate) fn require_positive_b(
+        &self,
+        solver: &'static str,
+        reason: &'static str,
+    ) -> Result<()> {
         require_positive("b", self.b.view(), solver, reason)
     }
 
     /// Fails with [`Error::ZeroMass`] if `a` has a zero entry.
-    pub(crate) fn require_positive_a(&self, solver: &'static str, reason: &'static str) -> Result<()> {
+    pub(crate) fn require_positive_a(
+        &self,
+        solver: &'static str,
+        reason: &'static str,
+    ) -> Result<()> {
         require_positive("a", self.a.view(), solver, reason)
     }
 }

@@ -264,7 +264,9 @@ impl fmt::Display for Method {
                 formulation,
                 ..
             } => write!(f, "quadratic OT ({formulation}, gamma = {gamma})"),
-            Method::Sinkhorn { epsilon } => write!(f, "entropic OT (log-domain Sinkhorn, epsilon = {epsilon})"),
+            Method::Sinkhorn { epsilon } => {
+                write!(f, "entropic OT (log-domain Sinkhorn, epsilon = {epsilon})")
+            }
             Method::Exact => write!(f, "exact OT (network simplex)"),
         }
     }
@@ -314,7 +316,11 @@ impl fmt::Display for Solution {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (m, n) = self.plan.shape();
         writeln!(f, "{} on {m} x {n} [{}]", self.method, self.device)?;
-        writeln!(f, "  status          {} after {} iterations", self.termination, self.iterations)?;
+        writeln!(
+            f,
+            "  status          {} after {} iterations",
+            self.termination, self.iterations
+        )?;
         writeln!(f, "  objective       {:.10}", self.value)?;
         writeln!(f, "  transport cost  {:.10}", self.transport_cost)?;
         writeln!(
@@ -328,9 +334,17 @@ impl fmt::Display for Solution {
                 "  plan            {} nonzeros, at most {} per {}",
                 p.nnz(),
                 p.max_lane_nnz(),
-                if p.lanes() == Lanes::Columns { "column" } else { "row" }
+                if p.lanes() == Lanes::Columns {
+                    "column"
+                } else {
+                    "row"
+                }
             ),
-            Plan::Dense(t) => write!(f, "  plan            dense, {} entries > 0", t.iter().filter(|&&v| v > 0.0).count()),
+            Plan::Dense(t) => write!(
+                f,
+                "  plan            dense, {} entries > 0",
+                t.iter().filter(|&&v| v > 0.0).count()
+            ),
         }
     }
 }
@@ -363,6 +377,11 @@ pub(crate) fn plan_metrics(
         cols[j] += v;
         tc += v * cost[[i, j]];
     }
-    let err = |s: &[f64], t: &[f64]| s.iter().zip(t).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let err = |s: &[f64], t: &[f64]| {
+        s.iter()
+            .zip(t)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    };
     (tc, err(&rows, a), err(&cols, b))
 }

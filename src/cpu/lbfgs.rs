@@ -114,7 +114,10 @@ impl<O: Objective> Backend for HostLbfgs<'_, O> {
             let i = (self.head + m - k) % m;
             let c = self.rho[i] * dot(&self.s[i], &self.d);
             self.coef[i] = c;
-            self.d.iter_mut().zip(&self.y[i]).for_each(|(d, y)| *d -= c * y);
+            self.d
+                .iter_mut()
+                .zip(&self.y[i])
+                .for_each(|(d, y)| *d -= c * y);
         }
         let h = &self.head;
         let scale = 1.0 / (self.rho[*h] * dot(&self.y[*h], &self.y[*h]));
@@ -124,7 +127,10 @@ impl<O: Objective> Backend for HostLbfgs<'_, O> {
             let i = (self.head + m - k) % m;
             let beta = self.rho[i] * dot(&self.y[i], &self.d);
             let c = self.coef[i] - beta;
-            self.d.iter_mut().zip(&self.s[i]).for_each(|(d, s)| *d += c * s);
+            self.d
+                .iter_mut()
+                .zip(&self.s[i])
+                .for_each(|(d, s)| *d += c * s);
         }
         (dot(&self.g, &self.d), 1.0)
     }

@@ -22,12 +22,12 @@ const CHUNK: usize = 32;
 /// The data of a sparse (semi-)dual: cost stored column by column, marginals, k, γ.
 pub(crate) struct SparseDual<'p> {
     /// Cᵀ, n × m contiguous: row j is column c_j of the cost.
-    cost_t: Array2<f64>,
-    a: &'p [f64],
-    b: &'p [f64],
-    k: usize,
-    gamma: f64,
-    formulation: Formulation,
+    pub(crate) cost_t: Array2<f64>,
+    pub(crate) a: &'p [f64],
+    pub(crate) b: &'p [f64],
+    pub(crate) k: usize,
+    pub(crate) gamma: f64,
+    pub(crate) formulation: Formulation,
     chunks: Vec<Chunk>,
 }
 
@@ -41,12 +41,60 @@ struct Chunk {
     term: f64,
 }
 
+/// The read-only data of the column kernel.
+#[derive(Clone, Copy)]
+struct Kernel<'a> {
+    cost_t: &'a Array2<f64>,
+    b: &'a [f64],
+    k: usize,
+    gamma: f64,
+    formulation: Formulation,
+}
+
+impl Kernel<'_> {
+    /// Computes column j's support and threshold into the scratch `s`, `idx`. `beta_j` is used by the dual.
+    fn column<'s>(
+        &self,
+        alpha: &[f64],
+        beta_j: f64,
+        j: usize,
+        s: &'s mut [f64],
+        idx: &'s mut Vec<usize>,
+    ) -> ColumnPlan<'s> {
+        let c = self.cost_t.row(j);
+        let c = c.as_slice().expect("standard layout");
+        for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
+            *si = ai - ci;
+        }
+        top_k_into(s, self.k, idx);
+        let gamma = self.gamma;
+        let (theta, shift) = match self.formulation {
+            Formulation::SemiDual => {
+                let shift = s[idx[0]];
+                let theta =
+                    simplex_threshold(idx.iter().map(|&i| (s[i] - shift) / gamma), self.b[j]).0;
+                (theta, shift)
+            }
+            Formulation::Dual => (-beta_j / gamma, 0.0),
+        };
+        ColumnPlan {
+            rows: idx,
+            s,
+            theta,
+            shift,
+        }
+    }
+}
+
 /// One column's plan: selected rows and their (possibly zero) masses; θ (semi-dual) as the implied β.
 pub(crate) struct ColumnPlan<'a> {
     pub rows: &'a [usize],
     pub s: &'a [f64],
-    /// Threshold in plan units (semi-dual), so that t_i = [s_i/γ − θ]_+; for the dual, −β_j/γ.
+    /// Threshold in plan units, so that t_i = [(s_i − shift)/γ − θ]_+; for the dual, −β_j/γ.
     pub theta: f64,
+    /// The semi-dual works relative to the column's largest score, so that huge potentials cannot round the
+    /// plan away (s_i/γ − θ cancels catastrophically once s_i/γ exceeds b_j · 2^52); 0 for the dual.
+    pub shift: f64,
 }
 
 impl<'p> SparseDual<'p> {
@@ -98,33 +146,14 @@ impl<'p> SparseDual<'p> {
         }
     }
 
-    /// Computes column j's support and threshold into the scratch `s`, `idx`. `beta_j` is used by the dual.
-    fn column<'s>(
-        cost_t: &Array2<f64>,
-        k: usize,
-        gamma: f64,
-        formulation: Formulation,
-        b_j: f64,
-        alpha: &[f64],
-        beta_j: f64,
-        j: usize,
-        s: &'s mut [f64],
-        idx: &'s mut Vec<usize>,
-    ) -> ColumnPlan<'s> {
-        let c = cost_t.row(j);
-        let c = c.as_slice().expect("standard layout");
-        for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
-            *si = ai - ci;
-        }
-        top_k_into(s, k, idx);
-        let theta = match formulation {
-            Formulation::SemiDual => simplex_threshold(idx.iter().map(|&i| s[i] / gamma), b_j).0,
-            Formulation::Dual => -beta_j / gamma,
-        };
-        ColumnPlan {
-            rows: idx,
-            s,
-            theta,
+    /// The read-only data the column kernel needs.
+    fn kernel(&self) -> Kernel<'_> {
+        Kernel {
+            cost_t: &self.cost_t,
+            b: self.b,
+            k: self.k,
+            gamma: self.gamma,
+            formulation: self.formulation,
         }
     }
 
@@ -133,7 +162,14 @@ impl<'p> SparseDual<'p> {
         let m = self.m();
         let (alpha, beta) = x.split_at(m);
         let (ga, gb) = grad.split_at_mut(m);
-        let (cost_t, k, gamma, f, b) = (&self.cost_t, self.k, self.gamma, self.formulation, self.b);
+        let kernel = Kernel {
+            cost_t: &self.cost_t,
+            b: self.b,
+            k: self.k,
+            gamma: self.gamma,
+            formulation: self.formulation,
+        };
+        let (gamma, f, b) = (self.gamma, self.formulation, self.b);
         // Column sums go straight into the β-gradient: chunks own disjoint column ranges.
         let mut gb_chunks: Vec<&mut [f64]> = match f {
             Formulation::Dual => gb.chunks_mut(CHUNK).collect(),
@@ -145,19 +181,21 @@ impl<'p> SparseDual<'p> {
             let mut gbc = gbc;
             for (off, j) in (ch.first..ch.first + ch.len).enumerate() {
                 let beta_j = if f == Formulation::Dual { beta[j] } else { 0.0 };
-                let col = Self::column(cost_t, k, gamma, f, b[j], alpha, beta_j, j, &mut ch.s, &mut ch.idx);
+                let col = kernel.column(alpha, beta_j, j, &mut ch.s, &mut ch.idx);
                 let mut colsum = 0.0;
                 let mut sq = 0.0;
                 let mut lin = 0.0;
                 for &i in col.rows {
-                    let t = (col.s[i] / gamma - col.theta).max(0.0);
+                    let d = col.s[i] - col.shift;
+                    let t = (d / gamma - col.theta).max(0.0);
                     ch.rowsum[i] += t;
                     colsum += t;
                     sq += t * t;
-                    lin += t * col.s[i];
+                    lin += t * d;
                 }
                 term += match f {
-                    Formulation::SemiDual => lin - 0.5 * gamma * sq,
+                    // t·s = t·(s − shift) + shift Σt.
+                    Formulation::SemiDual => lin + col.shift * colsum - 0.5 * gamma * sq,
                     Formulation::Dual => 0.5 * gamma * sq,
                 };
                 if let Some(g) = gbc.as_mut() {
@@ -167,7 +205,10 @@ impl<'p> SparseDual<'p> {
             ch.term = term;
         };
         if f == Formulation::Dual {
-            self.chunks.par_iter_mut().zip(gb_chunks.par_iter_mut().map(Some)).for_each(work);
+            self.chunks
+                .par_iter_mut()
+                .zip(gb_chunks.par_iter_mut().map(Some))
+                .for_each(work);
         } else {
             self.chunks.par_iter_mut().map(|c| (c, None)).for_each(work);
         }
@@ -183,12 +224,14 @@ impl<'p> SparseDual<'p> {
         let lin_a: f64 = alpha.iter().zip(self.a).map(|(x, y)| x * y).sum();
         match f {
             Formulation::SemiDual => lin_a - total,
-            Formulation::Dual => lin_a + beta.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() - total,
+            Formulation::Dual => {
+                lin_a + beta.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() - total
+            }
         }
     }
 
     /// Calls `emit(j, rows, values, beta_j)` with the plan column j at the given potentials (values may be 0).
-    /// For the semi-dual, `beta_j` is the implied dual potential −γ θ_j; for the dual it is β_j itself.
+    /// For the semi-dual, `beta_j` is the implied dual potential −shift − γ θ_j; for the dual it is β_j itself.
     pub(crate) fn for_each_column(
         &mut self,
         alpha: &[f64],
@@ -200,23 +243,20 @@ impl<'p> SparseDual<'p> {
         let mut idx = Vec::with_capacity(m);
         for j in 0..self.n() {
             let beta_j = beta.map_or(0.0, |b| b[j]);
-            let col = Self::column(
-                &self.cost_t,
-                self.k,
-                self.gamma,
-                self.formulation,
-                self.b[j],
-                alpha,
-                beta_j,
-                j,
-                &mut s,
-                &mut idx,
-            );
+            let col = self.kernel().column(alpha, beta_j, j, &mut s, &mut idx);
             let gamma = self.gamma;
-            let theta = col.theta;
+            let (theta, shift) = (col.theta, col.shift);
             let sv = col.s;
-            let mut vals = col.rows.iter().map(|&i| (sv[i] / gamma - theta).max(0.0));
-            emit(j, col.rows, &mut vals, -gamma * theta);
+            let mut vals = col
+                .rows
+                .iter()
+                .map(|&i| ((sv[i] - shift) / gamma - theta).max(0.0));
+            // t_i = [(s_i + β_j)/γ]_+ with β_j = −shift − γθ (semi-dual); the dual's β_j is passed back as given.
+            let beta_out = match self.formulation {
+                Formulation::SemiDual => -shift - gamma * theta,
+                Formulation::Dual => beta_j,
+            };
+            emit(j, col.rows, &mut vals, beta_out);
         }
     }
 }

@@ -17,13 +17,26 @@ use crate::solution::{plan_metrics, Criterion, Method, Plan, Progress, Solution,
 #[inline]
 fn soft_min(p: &[f64], c: &[f64], eps: f64) -> f64 {
     let inv = 1.0 / eps;
-    let zmax = p.iter().zip(c).map(|(&p, &c)| p - c).fold(f64::NEG_INFINITY, f64::max);
-    let sum: f64 = p.iter().zip(c).map(|(&p, &c)| ((p - c - zmax) * inv).exp()).sum();
+    let zmax = p
+        .iter()
+        .zip(c)
+        .map(|(&p, &c)| p - c)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = p
+        .iter()
+        .zip(c)
+        .map(|(&p, &c)| ((p - c - zmax) * inv).exp())
+        .sum();
     zmax + eps * sum.ln()
 }
 
 /// The ε schedule: ε₀ = max(ε, range of C), multiplied by `q` each stage, ending exactly at ε.
-pub(crate) fn epsilon_schedule(eps: f64, scaling: Option<f64>, cost_range: f64, warm: bool) -> Vec<f64> {
+pub(crate) fn epsilon_schedule(
+    eps: f64,
+    scaling: Option<f64>,
+    cost_range: f64,
+    warm: bool,
+) -> Vec<f64> {
     let mut stages = Vec::new();
     if let (Some(q), false) = (scaling, warm) {
         let mut e = cost_range.max(eps);
@@ -67,7 +80,11 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Resu
     let (a, b) = (p.a_slice(), p.b_slice());
     let log_a: Vec<f64> = a.iter().map(|x| x.ln()).collect();
     let log_b: Vec<f64> = b.iter().map(|x| x.ln()).collect();
-    let (cmin, cmax) = cost.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+    let (cmin, cmax) = cost
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| {
+            (lo.min(c), hi.max(c))
+        });
     let stages = epsilon_schedule(cfg.epsilon, cfg.scaling, cmax - cmin, cfg.warm.is_some());
     let amax = a.iter().fold(0.0f64, |x, &y| x.max(y));
     let mut f_new = vec![0.0; m];
@@ -77,7 +94,11 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Resu
     'stages: for (s, &eps) in stages.iter().enumerate() {
         let last = s + 1 == stages.len();
         // Intermediate stages only need a rough fit before ε shrinks.
-        let stage_tol = if last { cfg.tol } else { cfg.tol.max(1e-2 * amax) };
+        let stage_tol = if last {
+            cfg.tol
+        } else {
+            cfg.tol.max(1e-2 * amax)
+        };
         loop {
             if iterations >= cfg.max_iter {
                 break 'stages;
@@ -99,12 +120,17 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Resu
                     iteration: iterations,
                     value: f64::NAN,
                     marginal_error: err,
-                    stage: if last { "sinkhorn" } else { "sinkhorn eps-scaling" },
+                    stage: if last {
+                        "sinkhorn"
+                    } else {
+                        "sinkhorn eps-scaling"
+                    },
                 });
                 if stage_tol > 0.0 && err <= stage_tol {
                     if last {
                         // Keep the state before the f-update: columns exact, row error = err.
-                        termination = Termination::Converged(Criterion::MarginalError { tol: cfg.tol });
+                        termination =
+                            Termination::Converged(Criterion::MarginalError { tol: cfg.tol });
                         break 'stages;
                     }
                     std::mem::swap(&mut f, &mut f_new);
@@ -114,7 +140,14 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Resu
             std::mem::swap(&mut f, &mut f_new);
         }
     }
-    Ok(assemble(cfg, p, Array1::from(f), Array1::from(g), iterations, termination))
+    Ok(assemble(
+        cfg,
+        p,
+        Array1::from(f),
+        Array1::from(g),
+        iterations,
+        termination,
+    ))
 }
 
 /// Dense plan T_ij = exp((f_i + g_j − C_ij)/ε), dual value f·a + g·b − ε ΣT, and metrics.
@@ -131,11 +164,13 @@ pub(crate) fn assemble(
     let cost = p.cost();
     let mut data = vec![0.0; m * n];
     let cs = p.cost_slice();
-    data.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
-        for ((t, &c), &gj) in row.iter_mut().zip(&cs[i * n..(i + 1) * n]).zip(&g) {
-            *t = ((f[i] + gj - c) / eps).exp();
-        }
-    });
+    data.par_chunks_mut(n.max(1))
+        .enumerate()
+        .for_each(|(i, row)| {
+            for ((t, &c), &gj) in row.iter_mut().zip(&cs[i * n..(i + 1) * n]).zip(&g) {
+                *t = ((f[i] + gj - c) / eps).exp();
+            }
+        });
     let plan = Array2::from_shape_vec((m, n), data).expect("m * n entries");
     let mass: f64 = plan.sum();
     let value = f.dot(&p.a()) + g.dot(&p.b()) - eps * mass;

@@ -4,12 +4,15 @@
 use ndarray::Array1;
 
 use crate::config::{Observer, SparseOt};
+use crate::cpu::finish::{self, FinishSettings, Smoothed};
 use crate::cpu::lbfgs::{HostLbfgs, Objective};
 use crate::cpu::objective::SparseDual;
 use crate::error::{Error, Result};
 use crate::lbfgs::{self, Settings};
 use crate::problem::Problem;
-use crate::solution::{plan_metrics, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination};
+use crate::solution::{
+    plan_metrics, Criterion, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination,
+};
 use crate::Formulation;
 
 /// Minimisation view of the (semi-)dual: f = −objective.
@@ -88,9 +91,56 @@ pub(crate) fn solve(cfg: &SparseOt, problem: &Problem, observer: Observer<'_>) -
             let mut t_cfg = cfg.clone();
             t_cfg.warm_alpha = cfg.warm_beta.clone();
             t_cfg.warm_beta = cfg.warm_alpha.clone();
-            let sol = solve_columns(&t_cfg, &problem.transposed(), "columns", observer)?;
+            let sol = solve_columns(&t_cfg, &problem.transposed(), "columns", observer)
+                .map_err(transpose_error)?;
             Ok(transpose_solution(sol, cfg))
         }
+    }
+}
+
+/// An error of the transposed solve, renamed to the inputs the caller gave: a ↔ b, alpha ↔ beta.
+pub(crate) fn transpose_error(e: Error) -> Error {
+    let swap = |what: &'static str| match what {
+        "a" => "b",
+        "b" => "a",
+        "alpha" => "beta",
+        "beta" => "alpha",
+        other => other,
+    };
+    match e {
+        Error::ZeroMass {
+            what,
+            position,
+            solver,
+            reason,
+        } => Error::ZeroMass {
+            what: swap(what),
+            position,
+            solver,
+            reason: match reason {
+                "it divides by b_j" => "it divides by a_i when the rows carry the k limit",
+                other => other,
+            },
+        },
+        Error::WarmStartMismatch {
+            what,
+            expected,
+            found,
+        } => Error::WarmStartMismatch {
+            what: swap(what),
+            expected,
+            found,
+        },
+        Error::NonFinite {
+            what,
+            position,
+            value,
+        } => Error::NonFinite {
+            what: swap(what),
+            position,
+            value,
+        },
+        other => other,
     }
 }
 
@@ -134,7 +184,18 @@ fn solve_columns(
     observer: Observer<'_>,
 ) -> Result<Solution> {
     let Resolved { k, x0 } = resolve(cfg, p, axis)?;
-    let mut dual = SparseDual::new(p.cost(), p.a_slice(), p.b_slice(), k, cfg.gamma, cfg.formulation);
+    let mut dual = SparseDual::new(
+        p.cost(),
+        p.a_slice(),
+        p.b_slice(),
+        k,
+        cfg.gamma,
+        cfg.formulation,
+    );
+    if k == 1 && p.m() > 1 && cfg.tol > 0.0 && cfg.max_iter > 0 {
+        let (x, termination, iterations) = k1_exact(cfg, p, &mut dual)?;
+        return Ok(finish(cfg, p, &mut dual, &x, termination, iterations));
+    }
     let settings = Settings::new(cfg.tol, cfg.max_iter);
     let (termination, iterations, x) = {
         let mut neg = Negated(&mut dual);
@@ -149,7 +210,126 @@ fn solve_columns(
         });
         (termination, driver.iterations, backend.x)
     };
+    // L-BFGS stalls on the kinks of k < m (and on rounding for tiny γ): hand over to the nonsmooth finish.
+    let (x, termination, iterations) = if termination == Termination::Stalled && cfg.tol > 0.0 {
+        nonsmooth_finish(cfg, &mut dual, x, iterations, observer)
+    } else {
+        (x, termination, iterations)
+    };
     Ok(finish(cfg, p, &mut dual, &x, termination, iterations))
+}
+
+/// k = 1 is unregularised OT in disguise (SPEC §2.3): S_1(α) = α·a − Σ_j b_j max_i(α_i − c_ij) + (γ/2)‖b‖²
+/// is the LP semi-dual plus a constant, so the optimal transport potential α of the network simplex is an
+/// exact maximiser, and β_j = γ b_j − max_i(α_i − c_ij) maximises the dual at that α. The exact plan P is
+/// feasible for the relaxed primal, whose objective there is at most ⟨P, C⟩ + (γ/2)‖b‖²: that certifies the
+/// gap. `iterations` counts network-simplex pivots; a warm start is not needed and not used. With
+/// `max_iter(0)` (evaluate the start point) or `tol(0)` (a fixed budget of iterations) the general path runs.
+fn k1_exact(
+    cfg: &SparseOt,
+    p: &Problem,
+    dual: &mut SparseDual<'_>,
+) -> Result<(Vec<f64>, Termination, usize)> {
+    let exact = crate::ExactOt::new().solve(p)?;
+    let mut x = exact.alpha.to_vec();
+    if cfg.formulation == Formulation::Dual {
+        let gamma = cfg.gamma;
+        for (j, c) in dual.cost_t.rows().into_iter().enumerate() {
+            let top = x[..p.m()]
+                .iter()
+                .zip(c)
+                .map(|(a, c)| a - c)
+                .fold(f64::NEG_INFINITY, f64::max);
+            x.push(gamma * p.b()[j] - top);
+        }
+    }
+    let value = objective(dual, &x);
+    let bound = exact.transport_cost + 0.5 * cfg.gamma * p.b().iter().map(|b| b * b).sum::<f64>();
+    let gap = (bound - value).max(0.0);
+    let termination = if exact.converged() && gap <= cfg.tol.max(1e-12 * value.abs()) {
+        Termination::Converged(Criterion::DualityGap { gap })
+    } else if exact.termination == Termination::MaxIterations {
+        Termination::MaxIterations
+    } else {
+        Termination::Stalled
+    };
+    Ok((x, termination, exact.iterations))
+}
+
+/// Objective of the formulation solved at `x` (α, or (α, β)).
+fn objective(dual: &mut SparseDual<'_>, x: &[f64]) -> f64 {
+    let mut g = vec![0.0; x.len()];
+    dual.value_and_gradient(x, &mut g)
+}
+
+/// Runs [`crate::cpu::finish`] from the L-BFGS point and keeps the potentials with the best true objective.
+fn nonsmooth_finish(
+    cfg: &SparseOt,
+    dual: &mut SparseDual<'_>,
+    x: Vec<f64>,
+    iterations: usize,
+    observer: Observer<'_>,
+) -> (Vec<f64>, Termination, usize) {
+    let m = dual.m();
+    // The finish works on the dual (α, β); the semi-dual's β is its maximiser at α.
+    let mut xd = x[..m].to_vec();
+    if cfg.formulation == Formulation::Dual {
+        xd.extend_from_slice(&x[m..]);
+    } else {
+        let mut beta = vec![0.0; dual.n()];
+        dual.for_each_column(&x[..m], None, |j, _, _, b| beta[j] = b);
+        xd.extend(beta);
+    }
+    let settings = FinishSettings {
+        tol: cfg.tol,
+        max_steps: cfg.max_iter.saturating_sub(iterations),
+    };
+    let (cost_t, a, b, k, gamma) = (&dual.cost_t, dual.a, dual.b, dual.k, dual.gamma);
+    let mut sm = Smoothed::new(cost_t, a, b, k, gamma);
+    let out = finish::run(&mut sm, &xd, &settings, |step, residual| {
+        observer(&Progress {
+            iteration: iterations + step,
+            value: f64::NAN,
+            marginal_error: residual,
+            stage: "smoothing newton",
+        })
+    });
+    let smoothed_bound = (out.residual <= cfg.tol).then(|| sm.primal_bound());
+    let view = |xd: &[f64]| -> Vec<f64> {
+        match cfg.formulation {
+            Formulation::Dual => xd.to_vec(),
+            Formulation::SemiDual => xd[..m].to_vec(),
+        }
+    };
+    let mut best = x;
+    let mut best_value = objective(dual, &best);
+    let certified_x = out.certified.as_ref().map(|c| c.x.clone());
+    for cand in std::iter::once(out.x.clone()).chain(certified_x) {
+        let c = view(&cand);
+        let v = objective(dual, &c);
+        if v > best_value {
+            best = c;
+            best_value = v;
+        }
+    }
+    let iterations = iterations + out.steps;
+    // Any near-feasible mixed plan bounds D_k* from above; the best bound certifies the gap.
+    let bound = out
+        .certified
+        .as_ref()
+        .map(|c| c.primal)
+        .into_iter()
+        .chain(smoothed_bound)
+        .fold(f64::INFINITY, f64::min);
+    let gap = (bound - best_value).max(0.0);
+    let termination = if gap <= cfg.tol.max(1e-12 * best_value.abs()) {
+        Termination::Converged(Criterion::DualityGap { gap })
+    } else if out.steps >= settings.max_steps {
+        Termination::MaxIterations
+    } else {
+        Termination::Stalled
+    };
+    (best, termination, iterations)
 }
 
 /// Builds the solution at potentials `x`: plan, value recomputed at `x`, metrics.

@@ -181,7 +181,9 @@ impl GpuContext {
 
     /// The largest storage binding (and buffer) this device accepts, in bytes.
     pub fn max_binding_bytes(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Refuses a buffer of `bytes` that would not fit one storage binding.

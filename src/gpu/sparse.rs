@@ -3,7 +3,7 @@
 //! plan extracted on the device (k row indices and values per column).
 
 use crate::config::{Observer, SparseOt};
-use crate::cpu::sparse::{method, resolve, transpose_solution, Resolved};
+use crate::cpu::sparse::{method, resolve, transpose_error, transpose_solution, Resolved};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
@@ -308,7 +308,8 @@ pub(crate) fn solve(
             let mut t_cfg = cfg.clone();
             t_cfg.warm_alpha = cfg.warm_beta.clone();
             t_cfg.warm_beta = cfg.warm_alpha.clone();
-            let sol = solve_columns(ctx, &t_cfg, &problem.transposed(), "columns", observer)?;
+            let sol = solve_columns(ctx, &t_cfg, &problem.transposed(), "columns", observer)
+                .map_err(transpose_error)?;
             Ok(transpose_solution(sol, cfg))
         }
     }

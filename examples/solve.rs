@@ -1,0 +1,409 @@
+//! `solve`: solve one OT problem stored as NumPy arrays and write the solution as NumPy arrays.
+//!
+//! ```text
+//! cargo run --release --example solve -- --input P.npz --output S.npz --k 3
+//! ```
+//!
+//! Input `P.npz`: `a` (m), `b` (n), `cost` (m, n), float64 or float32 (float32 is widened to float64).
+//! Output `S.npz`: `plan` (m, n) float64 dense, `alpha` (m), `beta` (n; not for the column semi-dual), and
+//! 0-d arrays `value`, `transport_cost`, `marginal_error_rows`, `marginal_error_cols` (float64),
+//! `iterations`, `converged` (int64, converged is 0 or 1).
+//! stdout: the solution's report, then as its last line one JSON object with the same scalars, the solve
+//! time in seconds (file I/O excluded) and the device. Errors: exit status 1 (2 for malformed command
+//! lines) and one line on stderr.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use ndarray::{arr0, Array2, ArrayD, Ix1, Ix2, IxDyn, OwnedRepr};
+use ndarray_npy::{NpzReader, NpzWriter, ReadNpyError, ReadNpzError};
+use sparse_ot::{
+    Error, Formulation, Problem, Sinkhorn, Solution, SparseOt, DEFAULT_MAX_ITER,
+    DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
+};
+
+const DEFAULT_GAMMA: f64 = 0.1;
+const DEFAULT_EPSILON: f64 = 0.1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SolverKind {
+    /// Sparsity-constrained OT: at most k nonzeros per column (needs --k).
+    Sparse,
+    /// Quadratically-regularised OT (no limit on nonzeros).
+    Quadratic,
+    /// Entropic OT by log-domain Sinkhorn.
+    Sinkhorn,
+    /// Unregularised OT by network simplex.
+    Exact,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormulationArg {
+    /// Maximise the semi-dual S(alpha): column marginals exact.
+    SemiDual,
+    /// Maximise the dual D(alpha, beta).
+    Dual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    /// The best available device (the CPU in this build).
+    Auto,
+    /// The CPU reference solvers (f64).
+    Cpu,
+    /// A GPU through wgpu.
+    Gpu,
+}
+
+/// Solve an optimal-transport problem stored in a .npz file.
+///
+/// Input: arrays `a` (m), `b` (n) and `cost` (m, n), float64 or float32. Output: `plan` (m, n), `alpha` (m),
+/// `beta` (n; written for --formulation dual, sinkhorn and exact, and for the semi-dual with --row-sparsity,
+/// whose variable it is) and 0-d arrays `value`, `transport_cost`, `iterations`, `converged` (0/1),
+/// `marginal_error_rows`, `marginal_error_cols`. The last line of stdout is a JSON object with those
+/// scalars, `seconds` (solve time, file I/O excluded) and `device`.
+#[derive(Debug, Parser)]
+#[command(name = "solve", version)]
+struct Cli {
+    /// Input .npz with arrays a (m), b (n), cost (m, n).
+    #[arg(long, value_name = "P.npz")]
+    input: PathBuf,
+    /// Output .npz (overwritten).
+    #[arg(long, value_name = "S.npz")]
+    output: PathBuf,
+    /// Which problem to solve.
+    #[arg(long, value_enum, default_value_t = SolverKind::Sparse)]
+    solver: SolverKind,
+    /// Sparse and quadratic solvers: which concave program to maximise [default: semi-dual].
+    #[arg(long, value_enum)]
+    formulation: Option<FormulationArg>,
+    /// Sparse solver (required there): at most K nonzeros per column (per row with --row-sparsity).
+    #[arg(long, value_name = "K")]
+    k: Option<usize>,
+    /// Sparse solver: put the K limit on rows (each source uses at most K targets) instead of columns.
+    #[arg(long)]
+    row_sparsity: bool,
+    /// Sparse and quadratic solvers: quadratic regularisation gamma > 0 [default: 0.1].
+    #[arg(long, value_name = "G", allow_hyphen_values = true)]
+    gamma: Option<f64>,
+    /// Sinkhorn: entropic regularisation epsilon > 0, in cost units [default: 0.1].
+    #[arg(long, value_name = "E", allow_hyphen_values = true)]
+    epsilon: Option<f64>,
+    /// Stop when the max-norm marginal violation is at most T; 0 runs exactly --max-iter iterations
+    /// [default: 1e-9].
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    tol: Option<f64>,
+    /// Iteration limit [default: 1000 for sparse and quadratic, 10000 for sinkhorn].
+    #[arg(long, value_name = "N")]
+    max_iter: Option<usize>,
+    /// Where to solve; auto picks the best available device (the CPU in this build).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+}
+
+/// A one-line failure message (without the leading `error: `).
+#[derive(Debug)]
+struct Failure(String);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure(s)
+    }
+}
+
+/// The device a solve runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Device {
+    Cpu,
+}
+
+impl Device {
+    fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+        }
+    }
+}
+
+/// Resolves `--device`: the one place to rewire when the GPU path lands.
+fn resolve_device(requested: DeviceArg) -> Result<Device, Failure> {
+    match requested {
+        DeviceArg::Auto | DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Gpu => Err(Error::Unavailable {
+            what: "--device gpu",
+            why: "this build has no GPU solver yet; use --device cpu (or auto)".into(),
+        }
+        .into()),
+    }
+}
+
+/// A validated solver configuration.
+enum Configured {
+    Sparse(SparseOt),
+    Sinkhorn(Sinkhorn),
+    Exact,
+}
+
+/// Rejects an option that the chosen solver does not use (rather than silently ignoring it).
+fn unused<T>(value: &Option<T>, option: &str, solver: &str) -> Result<(), Failure> {
+    match value {
+        Some(_) => Err(Failure(format!(
+            "{option} does not apply to --solver {solver}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Builds the solver from the command line; the library validates every value.
+fn configure(cli: &Cli) -> Result<Configured, Failure> {
+    let tol = cli.tol.unwrap_or(DEFAULT_TOL);
+    let name = cli
+        .solver
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default();
+    if cli.row_sparsity && cli.solver != SolverKind::Sparse {
+        return Err(Failure(format!(
+            "--row-sparsity does not apply to --solver {name}"
+        )));
+    }
+    match cli.solver {
+        SolverKind::Sparse | SolverKind::Quadratic => {
+            unused(&cli.epsilon, "--epsilon", &name)?;
+            let gamma = cli.gamma.unwrap_or(DEFAULT_GAMMA);
+            let mut cfg = if cli.solver == SolverKind::Sparse {
+                let k = cli.k.ok_or_else(|| {
+                    Failure(
+                        "--solver sparse needs --k K (the most nonzeros per column, per row with --row-sparsity)"
+                            .into(),
+                    )
+                })?;
+                SparseOt::new(k, gamma)?
+            } else {
+                unused(&cli.k, "--k", &name)?;
+                SparseOt::quadratic(gamma)?
+            };
+            cfg = cfg
+                .formulation(match cli.formulation.unwrap_or(FormulationArg::SemiDual) {
+                    FormulationArg::SemiDual => Formulation::SemiDual,
+                    FormulationArg::Dual => Formulation::Dual,
+                })
+                .tol(tol)?
+                .max_iter(cli.max_iter.unwrap_or(DEFAULT_MAX_ITER));
+            if cli.row_sparsity {
+                cfg = cfg.row_sparsity();
+            }
+            Ok(Configured::Sparse(cfg))
+        }
+        SolverKind::Sinkhorn => {
+            unused(&cli.k, "--k", &name)?;
+            unused(&cli.gamma, "--gamma", &name)?;
+            unused(&cli.formulation, "--formulation", &name)?;
+            let cfg = Sinkhorn::new(cli.epsilon.unwrap_or(DEFAULT_EPSILON))?
+                .tol(tol)?
+                .max_iter(cli.max_iter.unwrap_or(DEFAULT_SINKHORN_MAX_ITER));
+            Ok(Configured::Sinkhorn(cfg))
+        }
+        SolverKind::Exact => {
+            unused(&cli.k, "--k", &name)?;
+            unused(&cli.gamma, "--gamma", &name)?;
+            unused(&cli.epsilon, "--epsilon", &name)?;
+            unused(&cli.formulation, "--formulation", &name)?;
+            Ok(Configured::Exact)
+        }
+    }
+}
+
+/// Solves on `device`.
+fn solve(cfg: &Configured, problem: &Problem, device: Device) -> Result<Solution, Failure> {
+    match (cfg, device) {
+        (Configured::Sparse(c), Device::Cpu) => Ok(c.solve(problem)?),
+        (Configured::Sinkhorn(c), Device::Cpu) => Ok(c.solve(problem)?),
+        // Wire the network simplex here once it lands: `Ok(sparse_ot::ExactOt::new().solve(problem)?)`.
+        (Configured::Exact, Device::Cpu) => Err(Error::Unavailable {
+            what: "--solver exact",
+            why: "the network-simplex solver is not in this build yet".into(),
+        }
+        .into()),
+    }
+}
+
+/// Reads one float64 or float32 array of `ndim` dimensions.
+fn read_array(
+    npz: &mut NpzReader<File>,
+    names: &[String],
+    name: &str,
+    ndim: usize,
+) -> Result<ArrayD<f64>, Failure> {
+    if !names.iter().any(|n| n == name) {
+        return Err(Failure(format!(
+            "input has no array `{name}` (it needs a, b and cost; found: {})",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        )));
+    }
+    let bad = |e: ReadNpzError| Failure(format!("cannot read array `{name}`: {e}"));
+    let array = match npz.by_name::<OwnedRepr<f64>, IxDyn>(name) {
+        Ok(x) => x,
+        Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(descr))) => {
+            match npz.by_name::<OwnedRepr<f32>, IxDyn>(name) {
+                Ok(x) => x.mapv(f64::from),
+                Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(_))) => {
+                    return Err(Failure(format!(
+                        "array `{name}` has dtype {descr}: expected float64 or float32 (little-endian)"
+                    )))
+                }
+                Err(e) => return Err(bad(e)),
+            }
+        }
+        Err(e) => return Err(bad(e)),
+    };
+    if array.ndim() != ndim {
+        let expected = if ndim == 1 { "1-D" } else { "2-D" };
+        return Err(Failure(format!(
+            "array `{name}` must be {expected} but has shape {:?}",
+            array.shape()
+        )));
+    }
+    Ok(array)
+}
+
+/// Reads and validates the problem.
+fn read_problem(path: &Path) -> Result<Problem, Failure> {
+    let file =
+        File::open(path).map_err(|e| format!("cannot open input {}: {e}", path.display()))?;
+    let mut npz = NpzReader::new(file)
+        .map_err(|e| format!("input {} is not a .npz file: {e}", path.display()))?;
+    let names = npz
+        .names()
+        .map_err(|e| format!("cannot list the arrays of {}: {e}", path.display()))?;
+    let a = read_array(&mut npz, &names, "a", 1)?;
+    let b = read_array(&mut npz, &names, "b", 1)?;
+    let cost = read_array(&mut npz, &names, "cost", 2)?;
+    let a = a.into_dimensionality::<Ix1>().expect("checked: 1-D");
+    let b = b.into_dimensionality::<Ix1>().expect("checked: 1-D");
+    let cost = cost.into_dimensionality::<Ix2>().expect("checked: 2-D");
+    Ok(Problem::new(a.view(), b.view(), cost.view())?)
+}
+
+/// Whether `beta` is part of the answer (it is not the variable of the column semi-dual).
+fn writes_beta(cli: &Cli) -> bool {
+    match cli.solver {
+        SolverKind::Sparse | SolverKind::Quadratic => {
+            cli.formulation == Some(FormulationArg::Dual) || cli.row_sparsity
+        }
+        SolverKind::Sinkhorn | SolverKind::Exact => true,
+    }
+}
+
+fn write_solution(path: &Path, sol: &Solution, with_beta: bool) -> Result<(), Failure> {
+    let fail =
+        |e: &dyn std::fmt::Display| Failure(format!("cannot write output {}: {e}", path.display()));
+    let file = File::create(path).map_err(|e| fail(&e))?;
+    let mut npz = NpzWriter::new_compressed(file);
+    let plan: Array2<f64> = sol.dense_plan();
+    npz.add_array("plan", &plan).map_err(|e| fail(&e))?;
+    npz.add_array("alpha", &sol.alpha).map_err(|e| fail(&e))?;
+    if with_beta {
+        npz.add_array("beta", &sol.beta).map_err(|e| fail(&e))?;
+    }
+    for (name, v) in [
+        ("value", sol.value),
+        ("transport_cost", sol.transport_cost),
+        ("marginal_error_rows", sol.marginal_error_rows),
+        ("marginal_error_cols", sol.marginal_error_cols),
+    ] {
+        npz.add_array(name, &arr0(v)).map_err(|e| fail(&e))?;
+    }
+    npz.add_array("iterations", &arr0(sol.iterations as i64))
+        .map_err(|e| fail(&e))?;
+    npz.add_array("converged", &arr0(i64::from(sol.converged())))
+        .map_err(|e| fail(&e))?;
+    npz.finish().map_err(|e| fail(&e))?;
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<(), Failure> {
+    let device = resolve_device(cli.device)?;
+    let cfg = configure(cli)?;
+    if let Some(dir) = cli.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(Failure(format!(
+                "output directory {} does not exist",
+                dir.display()
+            )));
+        }
+    }
+    let problem = read_problem(&cli.input)?;
+    let start = Instant::now();
+    let sol = solve(&cfg, &problem, device)?;
+    let seconds = start.elapsed().as_secs_f64();
+    write_solution(&cli.output, &sol, writes_beta(cli))?;
+    println!("{sol}");
+    println!("  wrote           {}", cli.output.display());
+    let summary = serde_json::json!({
+        "value": sol.value,
+        "transport_cost": sol.transport_cost,
+        "iterations": sol.iterations,
+        "converged": sol.converged(),
+        "termination": sol.termination.to_string(),
+        "marginal_error_rows": sol.marginal_error_rows,
+        "marginal_error_cols": sol.marginal_error_cols,
+        "nnz": sol.plan.nnz(),
+        "m": problem.m(),
+        "n": problem.n(),
+        "seconds": seconds,
+        "device": device.name(),
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+/// Flattens clap's multi-line message (error, hints, usage) into one line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn main() -> ExitCode {
+    // A bug must still end in one line on stderr, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("error: internal error: {}", one_line(&info.to_string()))
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version.
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", one_line(&e.to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    match std::panic::catch_unwind(|| run(&cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(Failure(msg))) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+        Err(_) => ExitCode::FAILURE,
+    }
+}

@@ -1,0 +1,802 @@
+//! Nonsmooth finish for sparsity-constrained OT: smoothing continuation + regularised Newton, then an exact
+//! polish on the identified tie structure.
+//!
+//! # Why plain L-BFGS stalls
+//! For k < m the dual D_k(α, β) = α·a + β·b − Σ_j δ_k(α + β_j − c_j) is concave and piecewise quadratic,
+//! but δ_k is not differentiable where the k-th and (k+1)-th largest entries of a column tie. At the
+//! optimum such ties are the rule, not the exception (at k = 1 the optimum is the LP dual, where every column
+//! that splits its mass is tied): the gradient of every piece adjacent to the optimum is far from zero, so a
+//! gradient method zig-zags and its line search fails short of the optimum (SPEC §2.3).
+//!
+//! # Stage 1: smoothing continuation
+//! The top-k selection is a linear program over z ∈ Z = {z ∈ [0,1]^m, Σz ≤ k}:
+//! δ_k(s) = max_{z∈Z} Σ_i z_i q_i with q_i = [s_i]_+²/(2γ). We smooth it with a quadratic penalty,
+//!
+//! ```text
+//! δ^μ(s) = max_{z∈Z} Σ_i z_i q_i − (μ/2)‖z‖²,   z(q) = clip((q − τ)/μ, 0, 1),   τ ≥ 0 with Σz ≤ k (= k if τ > 0).
+//! ```
+//!
+//! δ^μ is C¹ with gradient z ∘ [s]_+/γ and a semismooth Hessian, and δ_k − μk/2 ≤ δ^μ ≤ δ_k, so the smoothed
+//! dual D^μ is within nkμ/2 of D_k everywhere. The fractional z at a tie are exactly the weights with which
+//! the optimal (relaxed) plan mixes the tied supports. We maximise D^μ by Newton's method (Hessian-vector
+//! products are O(nnz), systems solved by Jacobi-preconditioned CG, Levenberg–Marquardt regularisation
+//! proportional to the gradient, Armijo backtracking), for μ decreasing geometrically, each stage
+//! warm-started from the previous one. A damped regularised Newton method on a concave C¹ function with
+//! Lipschitz gradient converges globally, and locally superlinearly once the pieces are identified;
+//! continuation keeps each stage inside the fast region of the next.
+//!
+//! # Stage 2: exact polish
+//! Rounding limits how small μ can usefully get, so the last digits come from the structure instead: from
+//! the smoothed solution we read off, per column, the entries fully selected (z = 1, set U_j) and the tied
+//! ones (0 < z < 1, set F_j, sharing r_j = k − |U_j| slots). On the affine set where the scores
+//! α_i − c_ij are equal across each F_j, D_k coincides with the smooth function
+//! α·a + β·b − Σ_j [Σ_{U_j} q_ij + (r_j/|F_j|) Σ_{F_j} q_ij], so D_k* is its maximum under those linear
+//! equalities. We solve that equality-constrained problem by Newton–KKT steps (dense, for problems up to
+//! [`POLISH_MAX_DIM`] unknowns) and keep the result only if it raises the true objective D_k.
+//!
+//! Whatever happens, the potentials returned are those with the highest true objective seen.
+
+use ndarray::Array2;
+use rayon::prelude::*;
+
+use crate::ops::top_k_into;
+
+/// Largest number of unknowns (m + n + tie equations) for which the dense exact polish is attempted.
+pub(crate) const POLISH_MAX_DIM: usize = 1500;
+
+/// One selected or tied entry of a column at the current point.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    i: usize,
+    /// Selection weight z_i ∈ (0, 1].
+    z: f64,
+    /// [s_i]_+ / γ.
+    g: f64,
+    /// 0 < z < 1 (on the smoothing ramp).
+    frac: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Column {
+    entries: Vec<Entry>,
+    /// τ > 0: the cardinality constraint binds (fractional weights are coupled).
+    binding: bool,
+    nfrac: usize,
+    value: f64,
+    /// The k-th largest score of the column (the level an entry must reach to be selected).
+    kth: f64,
+    /// The largest score of the column.
+    top: f64,
+}
+
+/// A column's structure at a tie: entries fully selected, tied entries and the slots they share.
+struct ColumnStructure {
+    full: Vec<usize>,
+    tied: Vec<usize>,
+    slots: f64,
+}
+
+/// The data of the dual and the per-column state at the last evaluation.
+pub(crate) struct Smoothed<'a> {
+    cost_t: &'a Array2<f64>,
+    a: &'a [f64],
+    b: &'a [f64],
+    k: usize,
+    gamma: f64,
+    cols: Vec<Column>,
+}
+
+/// Smoothed top-k weights of one column: fills `col` from the scores s_i = α_i − c_ij + β_j.
+fn smooth_column(s: &[f64], k: usize, gamma: f64, mu: f64, idx: &mut Vec<usize>, col: &mut Column) {
+    let m = s.len();
+    col.entries.clear();
+    col.binding = false;
+    col.nfrac = 0;
+    col.value = 0.0;
+    let q = |i: usize| {
+        let p = s[i].max(0.0);
+        p * p / (2.0 * gamma)
+    };
+    // Candidates: the top k+1 scores and every entry whose q lies within μ of the (k+1)-th (the only ones
+    // that can get a nonzero weight, since τ ≥ q_{k+1} − μ).
+    top_k_into(s, (k + 1).min(m), idx);
+    col.top = s[idx[0]];
+    col.kth = s[idx[k.min(m) - 1]];
+    if k < m {
+        let cut = q(idx[k]) - mu;
+        for i in 0..m {
+            if q(i) > cut && q(i) > 0.0 {
+                idx.push(i);
+            }
+        }
+        idx.sort_unstable();
+        idx.dedup();
+    }
+    idx.retain(|&i| s[i] > 0.0);
+    if idx.is_empty() {
+        return;
+    }
+    // h(τ) = Σ clip((q_i − τ)/μ, 0, 1) is continuous, piecewise linear and nonincreasing.
+    let h = |tau: f64| -> f64 {
+        idx.iter()
+            .map(|&i| ((q(i) - tau) / mu).clamp(0.0, 1.0))
+            .sum()
+    };
+    let kf = k as f64;
+    let tau = if h(0.0) <= kf {
+        0.0
+    } else {
+        let mut bp: Vec<f64> = idx
+            .iter()
+            .flat_map(|&i| [q(i), (q(i) - mu).max(0.0)])
+            .collect();
+        bp.push(0.0);
+        bp.sort_by(|x, y| x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal));
+        bp.dedup();
+        // Largest breakpoint with h ≥ k, then interpolate linearly to the next one.
+        let (mut lo, mut hi) = (0usize, bp.len() - 1);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if h(bp[mid]) >= kf {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let (h_lo, h_hi) = (h(bp[lo]), h(bp[hi]));
+        if h_lo - h_hi > 0.0 {
+            bp[lo] + (h_lo - kf) / (h_lo - h_hi) * (bp[hi] - bp[lo])
+        } else {
+            bp[lo]
+        }
+    };
+    col.binding = tau > 0.0;
+    for &i in idx.iter() {
+        let qi = q(i);
+        let z = ((qi - tau) / mu).clamp(0.0, 1.0);
+        if z > 0.0 {
+            let frac = z < 1.0;
+            col.nfrac += usize::from(frac);
+            col.value += z * qi - 0.5 * mu * z * z;
+            col.entries.push(Entry {
+                i,
+                z,
+                g: s[i].max(0.0) / gamma,
+                frac,
+            });
+        }
+    }
+}
+
+impl<'a> Smoothed<'a> {
+    pub(crate) fn new(
+        cost_t: &'a Array2<f64>,
+        a: &'a [f64],
+        b: &'a [f64],
+        k: usize,
+        gamma: f64,
+    ) -> Self {
+        Self {
+            cost_t,
+            a,
+            b,
+            k,
+            gamma,
+            cols: vec![Column::default(); b.len()],
+        }
+    }
+
+    fn m(&self) -> usize {
+        self.a.len()
+    }
+
+    /// f = −D^μ(x) and its gradient (x = (α, β)); keeps the column states for Hessian products.
+    pub(crate) fn eval(&mut self, x: &[f64], mu: f64, grad: &mut [f64]) -> f64 {
+        let m = self.m();
+        let (alpha, beta) = x.split_at(m);
+        let (cost_t, k, gamma) = (self.cost_t, self.k, self.gamma);
+        self.cols.par_iter_mut().enumerate().for_each_init(
+            || (vec![0.0; m], Vec::with_capacity(m)),
+            |(s, idx), (j, col)| {
+                let c = cost_t.row(j);
+                for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c.iter()) {
+                    *si = ai - ci + beta[j];
+                }
+                smooth_column(s, k, gamma, mu, idx, col);
+            },
+        );
+        let (ga, gb) = grad.split_at_mut(m);
+        for (g, &ai) in ga.iter_mut().zip(self.a) {
+            *g = -ai;
+        }
+        let mut f = -alpha.iter().zip(self.a).map(|(x, y)| x * y).sum::<f64>()
+            - beta.iter().zip(self.b).map(|(x, y)| x * y).sum::<f64>();
+        for (j, col) in self.cols.iter().enumerate() {
+            let mut colsum = 0.0;
+            for e in &col.entries {
+                let t = e.z * e.g;
+                ga[e.i] += t;
+                colsum += t;
+            }
+            gb[j] = colsum - self.b[j];
+            f += col.value;
+        }
+        f
+    }
+
+    /// out = H v for the Hessian of −D^μ at the last evaluated point.
+    fn hess_vec(&self, mu: f64, v: &[f64], out: &mut [f64]) {
+        let m = self.m();
+        out.iter_mut().for_each(|o| *o = 0.0);
+        let inv_g = 1.0 / self.gamma;
+        for (j, col) in self.cols.iter().enumerate() {
+            let vb = v[m + j];
+            let mean = if col.binding && col.nfrac > 0 {
+                col.entries
+                    .iter()
+                    .filter(|e| e.frac)
+                    .map(|e| e.g * (v[e.i] + vb))
+                    .sum::<f64>()
+                    / col.nfrac as f64
+            } else {
+                0.0
+            };
+            let mut sum = 0.0;
+            for e in &col.entries {
+                let u = v[e.i] + vb;
+                let mut w = e.z * inv_g * u;
+                if e.frac {
+                    w += e.g * (e.g * u - mean) / mu;
+                }
+                out[e.i] += w;
+                sum += w;
+            }
+            out[m + j] += sum;
+        }
+    }
+
+    /// Diagonal of H (for the preconditioner).
+    fn hess_diag(&self, mu: f64, out: &mut [f64]) {
+        let m = self.m();
+        out.iter_mut().for_each(|o| *o = 0.0);
+        let inv_g = 1.0 / self.gamma;
+        for (j, col) in self.cols.iter().enumerate() {
+            let nf = col.nfrac.max(1) as f64;
+            let (mut sum_g, mut sum_g2) = (0.0, 0.0);
+            let mut bb = 0.0;
+            for e in &col.entries {
+                let mut d = e.z * inv_g;
+                if e.frac {
+                    let shrink = if col.binding { 1.0 - 1.0 / nf } else { 1.0 };
+                    d += e.g * e.g * shrink / mu;
+                    sum_g += e.g;
+                    sum_g2 += e.g * e.g;
+                }
+                out[e.i] += d;
+                bb += e.z * inv_g;
+            }
+            bb += (sum_g2 - if col.binding { sum_g * sum_g / nf } else { 0.0 }) / mu;
+            out[m + j] += bb;
+        }
+    }
+
+    /// For coordinates with zero curvature (a row selected nowhere, a column with no positive score) the
+    /// Newton system says nothing about how far to go. Set their regularisation so that the step is the
+    /// distance at which the row (column) enters the selection: d_i = 1.01 · min_j (kth_j − s_ij) for a row,
+    /// d_j = −1.01 · max_i s_ij for a column.
+    fn entry_steps(&self, x: &[f64], grad: &[f64], diag: &[f64], reg: &mut [f64]) {
+        let m = self.m();
+        let (alpha, beta) = x.split_at(m);
+        for i in (0..m).filter(|&i| diag[i] == 0.0 && grad[i] < 0.0) {
+            let gap = self
+                .cols
+                .iter()
+                .enumerate()
+                .map(|(j, c)| c.kth - (alpha[i] - self.cost_t[[j, i]] + beta[j]))
+                .fold(f64::INFINITY, f64::min);
+            if gap.is_finite() && gap > 0.0 {
+                reg[i] = -grad[i] / (1.01 * gap);
+            }
+        }
+        for (j, c) in self.cols.iter().enumerate() {
+            if diag[m + j] == 0.0 && grad[m + j] < 0.0 && c.top < 0.0 {
+                reg[m + j] = -grad[m + j] / (-1.01 * c.top);
+            }
+        }
+    }
+
+    /// The tie structure at the last evaluation: per column, (U_j, F_j, r_j); `None` if some column is not
+    /// a mixture of k-sparse columns (a non-binding column with more than k weighted entries, possible
+    /// while μ is large).
+    fn structure(&self) -> Option<Vec<ColumnStructure>> {
+        self.cols
+            .iter()
+            .map(|c| {
+                if !c.binding {
+                    // Nothing competes for slots: every entry with z > 0 is simply selected.
+                    return (c.entries.len() <= self.k).then(|| ColumnStructure {
+                        full: c.entries.iter().map(|e| e.i).collect(),
+                        tied: Vec::new(),
+                        slots: 0.0,
+                    });
+                }
+                let full: Vec<usize> = c.entries.iter().filter(|e| !e.frac).map(|e| e.i).collect();
+                let tied: Vec<usize> = c.entries.iter().filter(|e| e.frac).map(|e| e.i).collect();
+                let slots = self.k as f64 - full.len() as f64;
+                Some(ColumnStructure { full, tied, slots })
+            })
+            .collect()
+    }
+
+    /// Upper bound on D_k* from the mixed plan T̃ = z ∘ [s]_+/γ of the last evaluation:
+    /// ⟨T̃, C⟩ + (γ/2) Σ_j Σ_i z_ij g_ij², valid when every column is a mixture of k-sparse columns (Σz over
+    /// a tie is the integer number of free slots); +∞ otherwise. T̃'s marginals are off by the last
+    /// gradient's max-norm.
+    pub(crate) fn primal_bound(&self) -> f64 {
+        if self.structure().is_none() {
+            return f64::INFINITY;
+        }
+        let mut total = 0.0;
+        for (j, col) in self.cols.iter().enumerate() {
+            for e in &col.entries {
+                total += e.z * e.g * self.cost_t[[j, e.i]] + 0.5 * self.gamma * e.z * e.g * e.g;
+            }
+        }
+        total
+    }
+}
+
+/// Median of the positive entries (1 if none).
+fn median_positive(v: &[f64], scratch: &mut Vec<f64>) -> f64 {
+    scratch.clear();
+    scratch.extend(v.iter().copied().filter(|&x| x > 0.0));
+    if scratch.is_empty() {
+        return 1.0;
+    }
+    let mid = scratch.len() / 2;
+    *scratch
+        .select_nth_unstable_by(mid, |a, b| {
+            a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .1
+}
+
+/// Preconditioned CG for (H + diag(reg)) d = rhs; returns the number of iterations.
+fn pcg(
+    sm: &Smoothed<'_>,
+    mu: f64,
+    reg: &[f64],
+    diag: &[f64],
+    rhs: &[f64],
+    d: &mut [f64],
+    tol: f64,
+) -> usize {
+    let n = rhs.len();
+    let mut r = rhs.to_vec();
+    d.iter_mut().for_each(|x| *x = 0.0);
+    let pre: Vec<f64> = diag.iter().zip(reg).map(|(h, r)| 1.0 / (h + r)).collect();
+    let mut z: Vec<f64> = r.iter().zip(&pre).map(|(r, p)| r * p).collect();
+    let mut p = z.clone();
+    let mut hp = vec![0.0; n];
+    let mut rz: f64 = r.iter().zip(&z).map(|(a, b)| a * b).sum();
+    let r0 = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let max_it = (2 * n).clamp(50, 2000);
+    for it in 0..max_it {
+        sm.hess_vec(mu, &p, &mut hp);
+        hp.iter_mut()
+            .zip(&p)
+            .zip(reg)
+            .for_each(|((h, p), r)| *h += r * p);
+        let php: f64 = p.iter().zip(&hp).map(|(a, b)| a * b).sum();
+        if php.is_nan() || php <= 0.0 {
+            return it;
+        }
+        let step = rz / php;
+        d.iter_mut().zip(&p).for_each(|(d, p)| *d += step * p);
+        r.iter_mut().zip(&hp).for_each(|(r, h)| *r -= step * h);
+        let rn = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if rn <= tol * r0 {
+            return it + 1;
+        }
+        z.iter_mut()
+            .zip(&r)
+            .zip(&pre)
+            .for_each(|((z, r), p)| *z = r * p);
+        let rz_new: f64 = r.iter().zip(&z).map(|(a, b)| a * b).sum();
+        let beta = rz_new / rz;
+        rz = rz_new;
+        p.iter_mut().zip(&z).for_each(|(p, z)| *p = z + beta * *p);
+    }
+    max_it
+}
+
+/// Settings of the finish.
+pub(crate) struct FinishSettings {
+    pub tol: f64,
+    pub max_steps: usize,
+}
+
+/// A certified point: potentials and the duality gap of the exactly feasible mixed plan built from the
+/// polish's multipliers.
+pub(crate) struct Certified {
+    pub x: Vec<f64>,
+    /// P̃(T̃) − D_k(x) ≥ D_k* − D_k(x).
+    pub primal: f64,
+    /// Max-norm marginal violation of T̃ (rounding of the KKT solve).
+    pub plan_error: f64,
+}
+
+/// Result of the finish.
+pub(crate) struct FinishOutcome {
+    /// Potentials (α, β) of the last smoothed stage.
+    pub x: Vec<f64>,
+    /// Newton steps taken (smoothing stages and polish).
+    pub steps: usize,
+    /// Max-norm of the smoothed gradient at the end (marginal violation of the mixed plan).
+    pub residual: f64,
+    /// The certified polish, when one succeeded.
+    pub certified: Option<Certified>,
+}
+
+impl Smoothed<'_> {
+    /// Newton's method on −D^μ from `x` until the residual is at most `tol` or `cap` steps; returns
+    /// (steps, residual).
+    fn newton_stage(&mut self, x: &mut Vec<f64>, mu: f64, tol: f64, cap: usize) -> (usize, f64) {
+        let dim = x.len();
+        let mut grad = vec![0.0; dim];
+        let mut trial = vec![0.0; dim];
+        let mut gtrial = vec![0.0; dim];
+        let mut d = vec![0.0; dim];
+        let mut diag = vec![0.0; dim];
+        let mut reg = vec![0.0; dim];
+        let mut scratch = Vec::with_capacity(dim);
+        let mass_scale = self.a.iter().chain(self.b).fold(0.0f64, |x, &y| x.max(y));
+        let mut f = self.eval(x, mu, &mut grad);
+        let mut steps = 0;
+        loop {
+            let residual = grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+            if std::env::var_os("SPARSE_OT_DEBUG").is_some() {
+                eprintln!("mu {mu:.3e} step {steps} f {f:.15} residual {residual:.3e}");
+            }
+            if residual <= tol || steps >= cap {
+                return (steps, residual);
+            }
+            self.hess_diag(mu, &mut diag);
+            // Levenberg–Marquardt term: the median curvature of the active coordinates times the squared
+            // relative residual. It keeps far steps sane and vanishes fast enough that the slow (global) modes
+            // of H are not damped near the solution; the line search does the globalisation.
+            let rel = (residual / mass_scale).min(1e-1);
+            let lm = (1e-12 + rel * rel) * median_positive(&diag, &mut scratch);
+            for (r, &h) in reg.iter_mut().zip(&diag) {
+                *r = lm + if h == 0.0 { 1.0 / self.gamma } else { 0.0 };
+            }
+            self.entry_steps(x, &grad, &diag, &mut reg);
+            let rhs: Vec<f64> = grad.iter().map(|g| -g).collect();
+            pcg(self, mu, &reg, &diag, &rhs, &mut d, 1e-10);
+            let slope: f64 = grad.iter().zip(&d).map(|(g, d)| g * d).sum();
+            if slope.is_nan() || slope >= 0.0 {
+                return (steps, residual);
+            }
+            // Armijo backtracking; within rounding noise, accept a step that lowers the residual.
+            let mut t = 1.0;
+            let mut accepted = false;
+            for _ in 0..40 {
+                trial
+                    .iter_mut()
+                    .zip(x.iter())
+                    .zip(&d)
+                    .for_each(|((y, x), d)| *y = x + t * d);
+                let ft = self.eval(&trial, mu, &mut gtrial);
+                let rt = gtrial.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+                // A full step that crosses many kinks can decrease f yet throw the marginals far off; such
+                // a step is shortened too.
+                let sane = rt <= 10.0 * residual;
+                if sane
+                    && (ft <= f + 1e-4 * t * slope || (ft <= f + 1e-13 * f.abs() && rt < residual))
+                {
+                    f = ft;
+                    accepted = true;
+                    break;
+                }
+                t *= 0.5;
+            }
+            if !accepted {
+                self.eval(x, mu, &mut grad);
+                return (steps, residual);
+            }
+            std::mem::swap(x, &mut trial);
+            std::mem::swap(&mut grad, &mut gtrial);
+            steps += 1;
+        }
+    }
+
+    /// Scale of q = [s]_+²/(2γ) over the selected entries at `x`.
+    fn q_scale(&mut self, x: &[f64]) -> f64 {
+        let mut grad = vec![0.0; x.len()];
+        self.eval(x, f64::MIN_POSITIVE.sqrt(), &mut grad);
+        self.cols
+            .iter()
+            .flat_map(|c| c.entries.iter().map(|e| 0.5 * self.gamma * e.g * e.g))
+            .fold(0.0, f64::max)
+            .max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Smoothing continuation from x0 = (α, β), with an exact polish and certificate attempted after each late
+/// stage. `report(steps, residual)` is called after each stage.
+pub(crate) fn run(
+    sm: &mut Smoothed<'_>,
+    x0: &[f64],
+    settings: &FinishSettings,
+    mut report: impl FnMut(usize, f64),
+) -> FinishOutcome {
+    let mut x = x0.to_vec();
+    let q_scale = sm.q_scale(&x);
+    let mass_scale = sm.a.iter().chain(sm.b).fold(0.0f64, |x, &y| x.max(y));
+    let mut steps = 0;
+    let mut residual = f64::INFINITY;
+    let mut certified = None;
+    // μ from 10 q down to q·1e-10 by factors of 10; polish from q·1e-4 on, stop once certified.
+    for stage in -1..=10 {
+        let mu = q_scale * 10f64.powi(-stage);
+        let budget = settings.max_steps.saturating_sub(steps);
+        if budget == 0 {
+            break;
+        }
+        let (st, r) = sm.newton_stage(
+            &mut x,
+            mu,
+            settings.tol.max(1e-12 * mass_scale),
+            budget.min(50),
+        );
+        steps += st;
+        residual = r;
+        report(steps, residual);
+        // The polish counts as one step of the budget.
+        if stage >= 0 && steps < settings.max_steps {
+            if let Some(c) = polish(sm, &x, mu) {
+                steps += 1;
+                if c.plan_error <= settings.tol {
+                    certified = Some(c);
+                    break;
+                }
+            }
+        }
+    }
+    FinishOutcome {
+        x,
+        steps,
+        residual,
+        certified,
+    }
+}
+
+/// Exact polish on the tie structure identified at `x`; see the module docs. Returns the polished (α, β)
+/// with the mixed plan's primal value, or `None` when the system is too large or singular, or the mixing
+/// weights leave [0, 1] (the structure was not the optimal one).
+pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certified> {
+    let m = sm.m();
+    let n = sm.b.len();
+    let mut grad = vec![0.0; m + n];
+    sm.eval(x, mu, &mut grad);
+    let structure = sm.structure()?;
+    // Tie equations: for each column, (α_i − c_ij) − (α_l − c_lj) = 0 for consecutive tied entries.
+    let mut ties: Vec<(usize, usize, usize)> = Vec::new();
+    for (j, cs) in structure.iter().enumerate() {
+        for w in cs.tied.windows(2) {
+            ties.push((j, w[0], w[1]));
+        }
+    }
+    let dim = m + n + ties.len();
+    if dim > POLISH_MAX_DIM {
+        return None;
+    }
+    let mut xk = x.to_vec();
+    let mut lambda = vec![0.0; ties.len()];
+    let gamma = sm.gamma;
+    let weights: Vec<f64> = structure
+        .iter()
+        .map(|cs| {
+            if cs.tied.is_empty() {
+                0.0
+            } else {
+                cs.slots / cs.tied.len() as f64
+            }
+        })
+        .collect();
+    let entries = |j: usize| -> Vec<(usize, f64)> {
+        let cs = &structure[j];
+        cs.full
+            .iter()
+            .map(|&i| (i, 1.0))
+            .chain(cs.tied.iter().map(|&i| (i, weights[j])))
+            .collect()
+    };
+    for _ in 0..6 {
+        // Newton–KKT step for min f = −α·a − β·b + Σ_j Σ_i w_ij [s_ij]_+²/(2γ) s.t. the tie equations.
+        let mut kkt = Array2::<f64>::zeros((dim, dim));
+        let mut rhs = vec![0.0; dim];
+        rhs[..m].copy_from_slice(sm.a);
+        rhs[m..m + n].copy_from_slice(sm.b);
+        for j in 0..n {
+            for (i, w) in entries(j) {
+                let s = xk[i] - sm.cost_t[[j, i]] + xk[m + j];
+                if s <= 0.0 {
+                    continue;
+                }
+                let (t, h) = (w * s / gamma, w / gamma);
+                rhs[i] -= t;
+                rhs[m + j] -= t;
+                kkt[[i, i]] += h;
+                kkt[[i, m + j]] += h;
+                kkt[[m + j, i]] += h;
+                kkt[[m + j, m + j]] += h;
+            }
+        }
+        for (r, &(j, i, l)) in ties.iter().enumerate() {
+            let row = m + n + r;
+            kkt[[row, i]] = 1.0;
+            kkt[[row, l]] = -1.0;
+            kkt[[i, row]] = 1.0;
+            kkt[[l, row]] = -1.0;
+            rhs[row] = -((xk[i] - sm.cost_t[[j, i]]) - (xk[l] - sm.cost_t[[j, l]]));
+        }
+        // The shift (α + c, β − c) leaves everything unchanged: pin it with a tiny diagonal term.
+        let dmax = (0..m + n).map(|i| kkt[[i, i]].abs()).fold(0.0, f64::max);
+        for i in 0..m + n {
+            kkt[[i, i]] += 1e-14 * dmax;
+        }
+        let step = solve_dense(kkt, rhs)?;
+        xk.iter_mut().zip(&step).for_each(|(x, d)| *x += d);
+        lambda.copy_from_slice(&step[m + n..]);
+        let change = step[..m + n].iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        if change <= 1e-15 * xk.iter().fold(1.0f64, |a, v| a.max(v.abs())) {
+            break;
+        }
+    }
+    // Mixed plan: surrogate plan plus the multipliers moving mass between tied entries of a column.
+    let mut plan: Vec<Vec<(usize, f64, f64)>> = (0..n)
+        .map(|j| {
+            entries(j)
+                .into_iter()
+                .map(|(i, w)| {
+                    let g = (xk[i] - sm.cost_t[[j, i]] + xk[m + j]).max(0.0) / gamma;
+                    (i, w * g, g)
+                })
+                .collect()
+        })
+        .collect();
+    for (r, &(j, i, l)) in ties.iter().enumerate() {
+        // The KKT row of α_i reads Σ_j t_ij − a_i + Σ_r λ_r E_ri = 0 (E_ri = +1, E_rl = −1): moving λ_r
+        // from l to i inside column j makes the row sums exactly a and leaves the column sum unchanged.
+        for e in plan[j].iter_mut() {
+            if e.0 == i {
+                e.1 += lambda[r];
+            } else if e.0 == l {
+                e.1 -= lambda[r];
+            }
+        }
+    }
+    let mut rows = vec![0.0; m];
+    let mut primal = 0.0;
+    let mut col_err = 0.0f64;
+    for (j, col) in plan.iter().enumerate() {
+        let mut colsum = 0.0;
+        for &(i, t, g) in col {
+            // Selection weight z = t/g must lie in [0, 1] for T̃ to mix k-sparse columns.
+            if t < -1e-12 || (g > 0.0 && t > g * (1.0 + 1e-9) + 1e-15) || (g == 0.0 && t > 1e-15) {
+                return None;
+            }
+            rows[i] += t;
+            colsum += t;
+            primal += t * sm.cost_t[[j, i]] + if g > 0.0 { 0.5 * gamma * t * g } else { 0.0 };
+        }
+        col_err = col_err.max((colsum - sm.b[j]).abs());
+    }
+    let row_err = rows
+        .iter()
+        .zip(sm.a)
+        .fold(0.0f64, |e, (r, a)| e.max((r - a).abs()));
+    Some(Certified {
+        x: xk,
+        primal,
+        plan_error: row_err.max(col_err),
+    })
+}
+
+/// Gaussian elimination with partial pivoting; `None` if singular.
+fn solve_dense(mut a: Array2<f64>, mut b: Vec<f64>) -> Option<Vec<f64>> {
+    let n = b.len();
+    for c in 0..n {
+        let p = (c..n).max_by(|&x, &y| {
+            a[[x, c]]
+                .abs()
+                .partial_cmp(&a[[y, c]].abs())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })?;
+        if a[[p, c]].abs() < 1e-300 {
+            return None;
+        }
+        if p != c {
+            for k in 0..n {
+                a.swap([c, k], [p, k]);
+            }
+            b.swap(c, p);
+        }
+        let piv = a[[c, c]];
+        for r in c + 1..n {
+            let f = a[[r, c]] / piv;
+            if f != 0.0 {
+                for k in c..n {
+                    a[[r, k]] -= f * a[[c, k]];
+                }
+                b[r] -= f * b[c];
+            }
+        }
+    }
+    let mut x = vec![0.0; n];
+    for r in (0..n).rev() {
+        let s: f64 = (r + 1..n).map(|k| a[[r, k]] * x[k]).sum();
+        x[r] = (b[r] - s) / a[[r, r]];
+    }
+    x.iter().all(|v| v.is_finite()).then_some(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hessian-vector products match central differences of the gradient (away from kinks).
+    #[test]
+    fn hessian_matches_finite_differences() {
+        let (m, n) = (9, 7);
+        let mut state = 3u64;
+        let mut rnd = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let cost = Array2::from_shape_fn((n, m), |_| rnd());
+        let a = vec![1.0 / m as f64; m];
+        let b = vec![1.0 / n as f64; n];
+        for (k, mu) in [(2, 1e-2), (3, 1e-3), (9, 1e-2), (1, 5e-2)] {
+            let mut sm = Smoothed::new(&cost, &a, &b, k, 0.1);
+            let x: Vec<f64> = (0..m + n).map(|_| 0.3 * rnd()).collect();
+            let v: Vec<f64> = (0..m + n).map(|_| rnd() - 0.5).collect();
+            let mut g = vec![0.0; m + n];
+            sm.eval(&x, mu, &mut g);
+            let mut hv = vec![0.0; m + n];
+            sm.hess_vec(mu, &v, &mut hv);
+            let mut diag = vec![0.0; m + n];
+            sm.hess_diag(mu, &mut diag);
+            let h = 1e-7;
+            let (mut gp, mut gm) = (vec![0.0; m + n], vec![0.0; m + n]);
+            let xp: Vec<f64> = x.iter().zip(&v).map(|(x, v)| x + h * v).collect();
+            let xm: Vec<f64> = x.iter().zip(&v).map(|(x, v)| x - h * v).collect();
+            sm.eval(&xp, mu, &mut gp);
+            sm.eval(&xm, mu, &mut gm);
+            for i in 0..m + n {
+                let fd = (gp[i] - gm[i]) / (2.0 * h);
+                assert!(
+                    (fd - hv[i]).abs() <= 1e-5 * (1.0 + fd.abs()),
+                    "k {k} mu {mu} i {i}: fd {fd} hv {}",
+                    hv[i]
+                );
+            }
+            // Diagonal: H e_i.
+            for i in 0..m + n {
+                let mut e = vec![0.0; m + n];
+                e[i] = 1.0;
+                sm.eval(&x, mu, &mut g);
+                sm.hess_vec(mu, &e, &mut hv);
+                assert!(
+                    (hv[i] - diag[i]).abs() <= 1e-9 * (1.0 + diag[i].abs()),
+                    "k {k} diag {i}: {} vs {}",
+                    hv[i],
+                    diag[i]
+                );
+            }
+        }
+    }
+}

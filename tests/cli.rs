@@ -1,0 +1,547 @@
+//! End-to-end tests of the `solve` example: it is built once with `cargo build --example solve` (the path of
+//! the binary comes from cargo's JSON messages, so any CARGO_TARGET_DIR works), then run on .npz files
+//! written here.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use ndarray::{Array0, Array1, Array2, ArrayD, IxDyn, OwnedRepr};
+use ndarray_npy::{NpzReader, NpzWriter};
+use serde_json::Value;
+use sparse_ot::{golden_problem, Formulation, Sinkhorn, SparseOt};
+
+/// Builds the example once and returns the path of its executable.
+fn solve_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--example",
+                "solve",
+                "--message-format=json",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "building the solve example failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "solve")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reports the solve executable")
+    })
+}
+
+/// A fresh directory for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sparse-ot-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn golden_arrays() -> (Array1<f64>, Array1<f64>, Array2<f64>) {
+    let p = golden_problem();
+    (p.a().to_owned(), p.b().to_owned(), p.cost().to_owned())
+}
+
+/// Adds one named array to an archive.
+type AddArray<'a> = &'a dyn Fn(&mut NpzWriter<File>, &str);
+
+/// Writes named arrays of any element type into an uncompressed .npz, as `numpy.savez` does.
+fn write_npz(path: &Path, arrays: &[(&str, AddArray)]) {
+    let mut npz = NpzWriter::new(File::create(path).unwrap());
+    for (name, add) in arrays {
+        add(&mut npz, name);
+    }
+    npz.finish().unwrap();
+}
+
+fn write_problem(path: &Path, a: &Array1<f64>, b: &Array1<f64>, cost: &Array2<f64>) {
+    write_npz(
+        path,
+        &[
+            ("a", &|w, n| w.add_array(n, a).unwrap()),
+            ("b", &|w, n| w.add_array(n, b).unwrap()),
+            ("cost", &|w, n| w.add_array(n, cost).unwrap()),
+        ],
+    );
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(solve_binary())
+        .args(args)
+        .output()
+        .expect("the solve binary runs")
+}
+
+/// The output archive: arrays by name, every one as f64 (int64 scalars converted).
+struct Solved {
+    names: Vec<String>,
+    npz: NpzReader<File>,
+    json: Value,
+    stdout: String,
+}
+
+impl Solved {
+    fn array(&mut self, name: &str) -> ArrayD<f64> {
+        self.npz
+            .by_name::<OwnedRepr<f64>, IxDyn>(name)
+            .unwrap_or_else(|e| panic!("array {name}: {e}"))
+    }
+
+    /// A 0-d float64 array.
+    fn scalar(&mut self, name: &str) -> f64 {
+        let x: Array0<f64> = self
+            .npz
+            .by_name(name)
+            .unwrap_or_else(|e| panic!("0-d float64 `{name}`: {e}"));
+        x.into_scalar()
+    }
+
+    /// A 0-d int64 array.
+    fn int(&mut self, name: &str) -> i64 {
+        let x: Array0<i64> = self
+            .npz
+            .by_name(name)
+            .unwrap_or_else(|e| panic!("0-d int64 `{name}`: {e}"));
+        x.into_scalar()
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+}
+
+/// Runs a solve that must succeed and loads its outputs.
+fn solve_ok(dir: &Path, input: &Path, extra: &[&str]) -> Solved {
+    let output = dir.join("s.npz");
+    let _ = std::fs::remove_file(&output);
+    let mut args = vec![
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "solve {extra:?} failed: {stderr}");
+    assert!(stderr.is_empty(), "stderr not empty: {stderr}");
+    let last = stdout.lines().last().expect("stdout has lines");
+    let json: Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"));
+    let mut npz = NpzReader::new(File::open(&output).unwrap()).unwrap();
+    let names = npz.names().unwrap();
+    Solved {
+        names,
+        npz,
+        json,
+        stdout,
+    }
+}
+
+/// Checks shapes, the scalars against the JSON line, and returns (value, iterations).
+fn check_outputs(s: &mut Solved, m: usize, n: usize, beta: bool) -> (f64, i64) {
+    assert_eq!(s.array("plan").shape(), &[m, n]);
+    assert_eq!(s.array("alpha").shape(), &[m]);
+    assert_eq!(s.has("beta"), beta, "beta present: {:?}", s.names);
+    if beta {
+        assert_eq!(s.array("beta").shape(), &[n]);
+    }
+    for name in [
+        "value",
+        "transport_cost",
+        "marginal_error_rows",
+        "marginal_error_cols",
+    ] {
+        let v = s.scalar(name);
+        // serde_json's default float parser may be off by an ulp; the writer itself is exact.
+        let j = s.json[name].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            (j - v).abs() <= 4.0 * f64::EPSILON * v.abs(),
+            "JSON {name} = {j} vs npz {v}"
+        );
+    }
+    let iterations = s.int("iterations");
+    assert_eq!(s.json["iterations"].as_i64(), Some(iterations));
+    let converged = s.int("converged");
+    assert!(converged == 0 || converged == 1);
+    assert_eq!(s.json["converged"].as_bool(), Some(converged == 1));
+    assert_eq!(s.json["device"], "cpu");
+    assert!(s.json["seconds"].as_f64().is_some_and(|t| t >= 0.0));
+    (s.scalar("value"), iterations)
+}
+
+#[test]
+fn sparse_semi_dual_writes_the_library_solution() {
+    let dir = temp_dir("semi-dual");
+    let (a, b, cost) = golden_arrays();
+    let input = dir.join("p.npz");
+    write_problem(&input, &a, &b, &cost);
+    let mut s = solve_ok(&dir, &input, &["--k", "2", "--gamma", "0.1"]);
+    let (value, iterations) = check_outputs(&mut s, 8, 6, false);
+    // The same solve in-process gives the same numbers (the CPU path is deterministic).
+    let lib = SparseOt::new(2, 0.1)
+        .unwrap()
+        .solve(&golden_problem())
+        .unwrap();
+    assert_eq!(value, lib.value);
+    assert_eq!(iterations as usize, lib.iterations);
+    let plan = s.array("plan");
+    assert_eq!(
+        plan.as_slice().unwrap(),
+        lib.dense_plan().as_slice().unwrap()
+    );
+    for j in 0..6 {
+        let nnz = (0..8).filter(|&i| plan[[i, j]] > 0.0).count();
+        assert!(nnz <= 2, "column {j} has {nnz} nonzeros");
+    }
+    // The report precedes the JSON line.
+    assert!(
+        s.stdout
+            .contains("sparsity-constrained OT (semi-dual, k = 2 per column"),
+        "{}",
+        s.stdout
+    );
+}
+
+#[test]
+fn dual_quadratic_and_row_sparsity_write_beta() {
+    let dir = temp_dir("dual");
+    let (a, b, cost) = golden_arrays();
+    let input = dir.join("p.npz");
+    write_problem(&input, &a, &b, &cost);
+    let mut s = solve_ok(&dir, &input, &["--k", "3", "--formulation", "dual"]);
+    let (value, _) = check_outputs(&mut s, 8, 6, true);
+    let lib = SparseOt::new(3, 0.1)
+        .unwrap()
+        .formulation(Formulation::Dual)
+        .solve(&golden_problem())
+        .unwrap();
+    assert_eq!(value, lib.value);
+    assert_eq!(
+        s.array("beta").as_slice().unwrap(),
+        lib.beta.as_slice().unwrap()
+    );
+
+    let mut s = solve_ok(&dir, &input, &["--solver", "quadratic", "--gamma", "0.01"]);
+    let (value, _) = check_outputs(&mut s, 8, 6, false);
+    assert!(
+        (value - 0.25957848).abs() <= 5e-9,
+        "quadratic golden value: {value}"
+    );
+
+    // With row sparsity the semi-dual's variable is beta.
+    let mut s = solve_ok(&dir, &input, &["--k", "2", "--row-sparsity"]);
+    check_outputs(&mut s, 8, 6, true);
+    let plan = s.array("plan");
+    for i in 0..8 {
+        assert!(
+            (0..6).filter(|&j| plan[[i, j]] > 0.0).count() <= 2,
+            "row {i}"
+        );
+    }
+}
+
+#[test]
+fn sinkhorn_reaches_the_golden_transport_cost_from_f32_input_too() {
+    let dir = temp_dir("sinkhorn");
+    let (a, b, cost) = golden_arrays();
+    let input = dir.join("p.npz");
+    write_problem(&input, &a, &b, &cost);
+    let mut s = solve_ok(
+        &dir,
+        &input,
+        &["--solver", "sinkhorn", "--epsilon", "0.1", "--tol", "1e-12"],
+    );
+    check_outputs(&mut s, 8, 6, true);
+    assert_eq!(s.int("converged"), 1);
+    let tc = s.scalar("transport_cost");
+    assert!((tc - 0.2851693482).abs() <= 1e-9, "transport cost {tc}");
+    let lib = Sinkhorn::new(0.1)
+        .unwrap()
+        .tol(1e-12)
+        .unwrap()
+        .solve(&golden_problem())
+        .unwrap();
+    assert_eq!(tc, lib.transport_cost);
+
+    // float32 input is accepted and widened.
+    let input32 = dir.join("p32.npz");
+    let (a32, b32, c32) = (
+        a.mapv(|x| x as f32),
+        b.mapv(|x| x as f32),
+        cost.mapv(|x| x as f32),
+    );
+    write_npz(
+        &input32,
+        &[
+            ("a", &|w, n| w.add_array(n, &a32).unwrap()),
+            ("b", &|w, n| w.add_array(n, &b32).unwrap()),
+            ("cost", &|w, n| w.add_array(n, &c32).unwrap()),
+        ],
+    );
+    let mut s = solve_ok(
+        &dir,
+        &input32,
+        &["--solver", "sinkhorn", "--epsilon", "0.1", "--tol", "1e-6"],
+    );
+    check_outputs(&mut s, 8, 6, true);
+    let tc32 = s.scalar("transport_cost");
+    assert!(
+        (tc32 - 0.2851693482).abs() <= 1e-6,
+        "f32 transport cost {tc32}"
+    );
+}
+
+#[test]
+fn tol_zero_runs_exactly_max_iter() {
+    let dir = temp_dir("tol0");
+    let (a, b, cost) = golden_arrays();
+    let input = dir.join("p.npz");
+    write_problem(&input, &a, &b, &cost);
+    for extra in [
+        &["--k", "2", "--tol", "0", "--max-iter", "17"][..],
+        &[
+            "--k",
+            "2",
+            "--formulation",
+            "dual",
+            "--tol",
+            "0",
+            "--max-iter",
+            "17",
+        ],
+        &["--solver", "sinkhorn", "--tol", "0", "--max-iter", "17"],
+    ] {
+        let mut s = solve_ok(&dir, &input, extra);
+        assert_eq!(s.int("iterations"), 17, "{extra:?}");
+        assert_eq!(s.int("converged"), 0, "{extra:?}");
+        assert_eq!(s.json["iterations"], 17);
+    }
+}
+
+/// Runs a solve that must fail: non-zero exit, exactly one line on stderr containing `needle`, no output.
+#[track_caller]
+fn fails(dir: &Path, input: &Path, extra: &[&str], needle: &str) {
+    let output = dir.join("fail.npz");
+    let _ = std::fs::remove_file(&output);
+    let mut args = vec![
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success(),
+        "{extra:?} on {} succeeded",
+        input.display()
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{extra:?}: stderr is not one line:\n{stderr}"
+    );
+    assert!(stderr.starts_with("error: "), "{extra:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{extra:?}: expected {needle:?} in: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!output.exists(), "{extra:?}: an output file was written");
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line() {
+    let dir = temp_dir("bad");
+    let (a, b, cost) = golden_arrays();
+    let good = dir.join("good.npz");
+    write_problem(&good, &a, &b, &cost);
+
+    fails(
+        &dir,
+        &dir.join("missing.npz"),
+        &["--k", "1"],
+        "cannot open input",
+    );
+    let not_npz = dir.join("not.npz");
+    std::fs::write(&not_npz, "not a zip").unwrap();
+    fails(&dir, &not_npz, &["--k", "1"], "is not a .npz file");
+
+    let missing_b = dir.join("missing_b.npz");
+    write_npz(
+        &missing_b,
+        &[
+            ("a", &|w, n| w.add_array(n, &a).unwrap()),
+            ("cost", &|w, n| w.add_array(n, &cost).unwrap()),
+        ],
+    );
+    fails(&dir, &missing_b, &["--k", "1"], "no array `b`");
+
+    let int_cost = dir.join("int.npz");
+    let ones = Array2::<i64>::ones((8, 6));
+    write_npz(
+        &int_cost,
+        &[
+            ("a", &|w, n| w.add_array(n, &a).unwrap()),
+            ("b", &|w, n| w.add_array(n, &b).unwrap()),
+            ("cost", &|w, n| w.add_array(n, &ones).unwrap()),
+        ],
+    );
+    fails(
+        &dir,
+        &int_cost,
+        &["--k", "1"],
+        "expected float64 or float32",
+    );
+
+    let case = |name: &str, a: &Array1<f64>, b: &Array1<f64>, cost: &Array2<f64>| {
+        let p = dir.join(format!("{name}.npz"));
+        write_problem(&p, a, b, cost);
+        p
+    };
+    fails(
+        &dir,
+        &case("transposed", &a, &b, &cost.t().to_owned()),
+        &["--k", "1"],
+        "shape mismatch",
+    );
+    let cost_1d = dir.join("cost_1d.npz");
+    let flat = Array1::from(cost.iter().copied().collect::<Vec<_>>());
+    write_npz(
+        &cost_1d,
+        &[
+            ("a", &|w, n| w.add_array(n, &a).unwrap()),
+            ("b", &|w, n| w.add_array(n, &b).unwrap()),
+            ("cost", &|w, n| w.add_array(n, &flat).unwrap()),
+        ],
+    );
+    fails(&dir, &cost_1d, &["--k", "1"], "must be 2-D");
+    let mut nan_cost = cost.clone();
+    nan_cost[[2, 3]] = f64::NAN;
+    fails(
+        &dir,
+        &case("nan", &a, &b, &nan_cost),
+        &["--k", "1"],
+        "cost[2, 3] is NaN",
+    );
+    let mut inf_a = a.clone();
+    inf_a[1] = f64::INFINITY;
+    fails(
+        &dir,
+        &case("inf", &inf_a, &b, &cost),
+        &["--k", "1"],
+        "a[1] is inf",
+    );
+    let mut neg_b = b.clone();
+    neg_b[0] = -neg_b[0];
+    fails(
+        &dir,
+        &case("neg", &a, &neg_b, &cost),
+        &["--k", "1"],
+        "negative",
+    );
+    fails(
+        &dir,
+        &case("mass", &(&a * 2.0), &b, &cost),
+        &["--k", "1"],
+        "total masses differ",
+    );
+    let mut zero_b = b.clone();
+    zero_b[5] = 0.0;
+    zero_b[0] += b[5];
+    let zero = case("zero", &a, &zero_b, &cost);
+    fails(&dir, &zero, &["--k", "1"], "b[5] is zero");
+    fails(&dir, &zero, &["--solver", "sinkhorn"], "b[5] is zero");
+    let empty = Array1::<f64>::zeros(0);
+    fails(
+        &dir,
+        &case("empty", &empty, &b, &Array2::zeros((0, 6))),
+        &["--k", "1"],
+        "a is empty",
+    );
+
+    // Parameters.
+    fails(&dir, &good, &[], "needs --k");
+    fails(&dir, &good, &["--k", "0"], "k = 0");
+    fails(&dir, &good, &["--k", "9"], "k = 9");
+    fails(&dir, &good, &["--k", "7", "--row-sparsity"], "k = 7");
+    fails(&dir, &good, &["--k", "2", "--gamma", "0"], "gamma");
+    fails(&dir, &good, &["--k", "2", "--gamma", "-1"], "gamma");
+    fails(&dir, &good, &["--k", "2", "--gamma", "nan"], "gamma");
+    fails(
+        &dir,
+        &good,
+        &["--solver", "sinkhorn", "--epsilon", "0"],
+        "epsilon",
+    );
+    fails(&dir, &good, &["--k", "2", "--tol", "-1e-3"], "tol");
+    fails(
+        &dir,
+        &good,
+        &["--solver", "sinkhorn", "--k", "2"],
+        "--k does not apply",
+    );
+    fails(
+        &dir,
+        &good,
+        &["--k", "2", "--epsilon", "0.1"],
+        "--epsilon does not apply",
+    );
+    fails(&dir, &good, &["--solver", "magic"], "invalid value 'magic'");
+    fails(&dir, &good, &["--k", "two"], "invalid value 'two'");
+    fails(&dir, &good, &["--solver", "exact"], "not available");
+    fails(
+        &dir,
+        &good,
+        &["--k", "2", "--device", "gpu"],
+        "not available",
+    );
+    let nowhere = dir.join("no-such-dir").join("s.npz");
+    let out = run(&[
+        "--input",
+        good.to_str().unwrap(),
+        "--output",
+        nowhere.to_str().unwrap(),
+        "--k",
+        "2",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8(out.stderr).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn help_documents_the_defaults() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let defaults = [
+        format!("[default: {:e}]", sparse_ot::DEFAULT_TOL),
+        format!("[default: {} for sparse", sparse_ot::DEFAULT_MAX_ITER),
+        format!("{} for sinkhorn]", sparse_ot::DEFAULT_SINKHORN_MAX_ITER),
+    ];
+    for needle in defaults.iter().map(String::as_str).chain([
+        "--k <K>",
+        "--gamma <G>",
+        "default: 0.1",
+        "--tol <T>",
+        "--device",
+        "semi-dual",
+    ]) {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
