@@ -144,6 +144,25 @@ pub enum Error {
         /// Why it cannot be provided.
         why: String,
     },
+    /// No GPU adapter could be found (or the one asked for could not open a device).
+    #[error("no GPU adapter: {why}")]
+    NoAdapter {
+        /// What the graphics API reported.
+        why: String,
+    },
+    /// The problem does not fit a limit of the GPU device (e.g. one storage binding).
+    #[error("GPU device limit exceeded: {what} needs {needed} but the device allows {limit}")]
+    DeviceLimit {
+        /// Which limit (e.g. `"max_storage_buffer_binding_size (cost matrix)"`).
+        what: &'static str,
+        /// The device's limit.
+        limit: u64,
+        /// What the problem needs.
+        needed: u64,
+    },
+    /// A GPU operation failed (validation, out of memory, lost device, failed readback).
+    #[error("GPU error: {0}")]
+    Gpu(String),
 }
 
 /// Checks a strictly positive finite parameter.

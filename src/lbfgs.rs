@@ -28,6 +28,9 @@ pub(crate) struct Settings {
     /// The run also counts as stalled when the best gradient max-norm has not dropped by 20% over this many
     /// iterations (zig-zagging on the kinks of a nonsmooth objective).
     pub progress_window: usize,
+    /// Relative rounding noise of objective values (1e-14 for f64 evaluations; larger for f32 devices).
+    /// Below it values cannot be compared and line searches decide by the slope.
+    pub value_noise: f64,
 }
 
 impl Settings {
@@ -40,6 +43,7 @@ impl Settings {
             max_evals: 30,
             stall_window: 10,
             progress_window: 100,
+            value_noise: 1e-14,
         }
     }
 }
@@ -214,7 +218,7 @@ impl Driver {
 
     /// Rounding noise of objective values near f0: below it, values cannot be compared, but slopes still can.
     fn noise(&self) -> f64 {
-        1e-14 * self.f0.abs().max(f64::MIN_POSITIVE)
+        self.s.value_noise * self.f0.abs().max(f64::MIN_POSITIVE)
     }
 
     /// Sufficient decrease. Within rounding noise of f0, a still-negative slope proves decrease, since the

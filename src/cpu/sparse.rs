@@ -99,7 +99,7 @@ pub(crate) fn solve(cfg: &SparseOt, problem: &Problem, observer: Observer<'_>) -
 }
 
 /// An error of the transposed solve, renamed to the inputs the caller gave: a ↔ b, alpha ↔ beta.
-fn transpose_error(e: Error) -> Error {
+pub(crate) fn transpose_error(e: Error) -> Error {
     let swap = |what: &'static str| match what {
         "a" => "b",
         "b" => "a",
@@ -168,7 +168,7 @@ pub(crate) fn transpose_solution(sol: Solution, cfg: &SparseOt) -> Solution {
     }
 }
 
-fn method(cfg: &SparseOt, lanes: Lanes) -> Method {
+pub(crate) fn method(cfg: &SparseOt, lanes: Lanes) -> Method {
     Method::Sparse {
         k: cfg.k,
         gamma: cfg.gamma,

@@ -1,0 +1,317 @@
+// sparse_dual.wgsl — semi-dual S_k and dual D_k of sparsity-constrained OT (SPEC §2, §3), f32.
+//
+// Bindings (group 0):
+//   0 uniform                 P: SparseParams { m, n, k, mode (0 semi-dual, 1 dual), gamma, dim }
+//   1 storage read            cost_t: n×m row-major Cᵀ (column j of C is contiguous)
+//   2 storage read            x: trial point, α = x[0..m], β = x[m..m+n] (dual)
+//   3 storage read            a: m          (row_pass, finalize)
+//   4 storage read            b: n          (column_pass, finalize)
+//   5 storage read_write      cols: n × ColState { key, tie, theta, term, shift } (column_pass writes)
+//   6 storage read_write      grad: dim, gradient of the minimised objective −S or −D
+//   7 storage read            d: dim, search direction (finalize)
+//   8 storage read_write      out: finalize: [value, slope, max|grad|]; extract: n×k values
+//   9 storage read_write      rows_out: n×k row indices (extract; 0xffffffff pads)
+//  10 storage read_write      beta_out: n, β_j (dual) or the implied −γ θ_j (semi-dual)   (extract)
+// Dispatch: column_pass one workgroup per column; row_pass one thread per row (ceil(m / WG) workgroups);
+//   finalize one workgroup; extract one thread per column. Lanes laid out as in common.wgsl.
+// Overrides: WG.
+// Formula: s = α − c_j. TopK(s) by the tie rule of SPEC §3.1 (larger value, then lower index) found without
+//   sorting: the k-th largest order-preserving key by a 32-step bitwise search of counts, then the last
+//   admitted index among keys equal to it. A column's plan is t_i = [(s_i − σ_j)/γ − θ_j]_+ on TopK, in
+//   coordinates shifted by σ_j so that f32 keeps Σ t = b_j to its unit roundoff even for small γ:
+//   semi-dual σ_j = max_TopK s, θ_j ∈ [−b_j, 0] solves Σ t = b_j (bisection, then exact refinement on the
+//   support; SPEC §3.2), so the SPEC's threshold is σ_j/γ + θ_j and β_j = −(σ_j + γ θ_j); dual σ_j = −β_j,
+//   θ_j = 0. Column term: semi-dual t·s − (γ/2)‖t‖², dual (γ/2)‖t‖². The column state (key, tie, θ_j, σ_j)
+//   lets row_pass re-apply the same selection and entries to form row sums T1 without float atomics, in a
+//   fixed order (deterministic). Objective (minimised): −S = −(α·a − Σ term), −D = −(α·a + β·b − Σ term);
+//   gradient: ∇_α = T1 − a, ∇_β = Tᵀ1 − b.
+
+struct SparseParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    mode: u32,
+    gamma: f32,
+    dim: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct ColState {
+    key: u32,
+    tie: u32,
+    theta: f32,
+    term: f32,
+    shift: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: SparseParams;
+@group(0) @binding(1) var<storage, read> cost_t: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> a: array<f32>;
+@group(0) @binding(4) var<storage, read> b: array<f32>;
+@group(0) @binding(5) var<storage, read_write> cols: array<ColState>;
+@group(0) @binding(6) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(7) var<storage, read> d: array<f32>;
+@group(0) @binding(8) var<storage, read_write> out: array<f32>;
+@group(0) @binding(9) var<storage, read_write> rows_out: array<u32>;
+@group(0) @binding(10) var<storage, read_write> beta_out: array<f32>;
+
+// θ ∈ [−b_j, 0]: 26 halvings reach 1.5e-8·b_j, below the f32 spacing there; refinement then makes it exact.
+const BISECTION_STEPS: u32 = 26u;
+const REFINE_STEPS: u32 = 3u;
+
+// Order-preserving map of f32 onto u32: larger value, larger key.
+fn order_key(v: f32) -> u32 {
+    let u = bitcast<u32>(v);
+    if ((u & 0x80000000u) != 0u) {
+        return ~u;
+    }
+    return u | 0x80000000u;
+}
+
+// Entry i of column j: s = α_i − C_ij.
+fn score(i: u32, j: u32) -> f32 {
+    return x[i] - cost_t[j * P.m + i];
+}
+
+// Whether row i is among TopK of a column whose state is c.
+fn selected(key: u32, i: u32, c: ColState) -> bool {
+    return key > c.key || (key == c.key && i <= c.tie);
+}
+
+fn plan_entry(s: f32, c: ColState) -> f32 {
+    return max((s - c.shift) / P.gamma - c.theta, 0.0);
+}
+
+var<workgroup> wg_tie: u32;
+
+@compute @workgroup_size(WG)
+fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) tid: u32) {
+    let j_raw = lane_of(wid, nwg);
+    let live = j_raw < P.n;
+    let j = min(j_raw, P.n - 1u);
+    let m = P.m;
+    let k = min(P.k, m);
+
+    // 1. Threshold key: the k-th largest key (all rows when k = m).
+    var th = 0u;
+    if (k < m) {
+        for (var bit = 0u; bit < 32u; bit = bit + 1u) {
+            let cand = th | (1u << (31u - bit));
+            var c = 0u;
+            for (var i = tid; i < m; i = i + WG) {
+                c = c + select(0u, 1u, order_key(score(i, j)) >= cand);
+            }
+            let total = wg_count(tid, c);
+            if (total >= k) {
+                th = cand;
+            }
+        }
+    }
+    // 2. Tie index: the r-th lowest index among keys equal to th, r = k − #{key > th}.
+    var gt_count = 0u;
+    var eq_count = 0u;
+    let chunk = (m + WG - 1u) / WG;
+    let lo = min(tid * chunk, m);
+    let hi = min(lo + chunk, m);
+    for (var i = lo; i < hi; i = i + 1u) {
+        let key = order_key(score(i, j));
+        gt_count = gt_count + select(0u, 1u, key > th);
+        eq_count = eq_count + select(0u, 1u, key == th);
+    }
+    let above = wg_count(tid, gt_count);
+    red_u[tid] = eq_count;
+    workgroupBarrier();
+    if (tid == 0u) {
+        // Exclusive scan of the per-thread equal counts, in place.
+        var run = 0u;
+        for (var t = 0u; t < WG; t = t + 1u) {
+            let c = red_u[t];
+            red_u[t] = run;
+            run = run + c;
+        }
+        wg_tie = 0xffffffffu;
+    }
+    workgroupBarrier();
+    let r = k - above;
+    let before = red_u[tid];
+    if (r > before && r <= before + eq_count) {
+        var seen = before;
+        for (var i = lo; i < hi; i = i + 1u) {
+            if (order_key(score(i, j)) == th) {
+                seen = seen + 1u;
+                if (seen == r) {
+                    wg_tie = i;
+                }
+            }
+        }
+    }
+    let tie = workgroupUniformLoad(&wg_tie);
+    var state = ColState(th, tie, 0.0, 0.0, 0.0, 0u, 0u, 0u);
+
+    // 3. σ_j and θ_j.
+    let bj = b[j];
+    if (P.mode == 0u) {
+        var smax = NEG_BIG;
+        for (var i = tid; i < m; i = i + WG) {
+            let s = score(i, j);
+            if (selected(order_key(s), i, state)) {
+                smax = max(smax, s);
+            }
+        }
+        state.shift = wg_max(tid, smax);
+        var t_lo = -bj;
+        var t_hi = 0.0;
+        for (var it = 0u; it < BISECTION_STEPS; it = it + 1u) {
+            let mid = 0.5 * (t_lo + t_hi);
+            state.theta = mid;
+            var acc = 0.0;
+            for (var i = tid; i < m; i = i + WG) {
+                let s = score(i, j);
+                if (selected(order_key(s), i, state)) {
+                    acc = acc + plan_entry(s, state);
+                }
+            }
+            let total = wg_sum(tid, acc);
+            if (total >= bj) {
+                t_lo = mid;
+            } else {
+                t_hi = mid;
+            }
+        }
+        var theta = t_lo;
+        // Exact refinement on the support {v > θ} (Michelot's step; increases θ towards the root).
+        for (var it = 0u; it < REFINE_STEPS; it = it + 1u) {
+            var cnt = 0u;
+            var acc = 0.0;
+            for (var i = tid; i < m; i = i + WG) {
+                let s = score(i, j);
+                let v = (s - state.shift) / P.gamma;
+                if (selected(order_key(s), i, state) && v > theta) {
+                    cnt = cnt + 1u;
+                    acc = acc + v;
+                }
+            }
+            let rho = wg_count(tid, cnt);
+            let sv = wg_sum(tid, acc);
+            if (rho > 0u) {
+                theta = (sv - bj) / f32(rho);
+            }
+        }
+        state.theta = theta;
+    } else {
+        state.shift = -x[m + j];
+        state.theta = 0.0;
+    }
+
+    // 4. Column term and column sum.
+    var lin = 0.0;
+    var sq = 0.0;
+    var cs = 0.0;
+    for (var i = tid; i < m; i = i + WG) {
+        let s = score(i, j);
+        if (selected(order_key(s), i, state)) {
+            let t = plan_entry(s, state);
+            lin = lin + t * s;
+            sq = sq + t * t;
+            cs = cs + t;
+        }
+    }
+    let lin_t = wg_sum(tid, lin);
+    let sq_t = wg_sum(tid, sq);
+    let cs_t = wg_sum(tid, cs);
+    if (live && tid == 0u) {
+        if (P.mode == 0u) {
+            state.term = lin_t - 0.5 * P.gamma * sq_t;
+        } else {
+            state.term = 0.5 * P.gamma * sq_t;
+            grad[m + j] = cs_t - bj;
+        }
+        cols[j] = state;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn row_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) tid: u32) {
+    let i = lane_of(wid, nwg) * WG + tid;
+    if (i >= P.m) {
+        return;
+    }
+    var acc = 0.0;
+    for (var j = 0u; j < P.n; j = j + 1u) {
+        let c = cols[j];
+        let s = score(i, j);
+        if (selected(order_key(s), i, c)) {
+            acc = acc + plan_entry(s, c);
+        }
+    }
+    grad[i] = acc - a[i];
+}
+
+@compute @workgroup_size(WG)
+fn finalize(@builtin(local_invocation_index) tid: u32) {
+    var lin = 0.0;
+    for (var i = tid; i < P.m; i = i + WG) {
+        lin = lin + x[i] * a[i];
+    }
+    var terms = 0.0;
+    for (var j = tid; j < P.n; j = j + WG) {
+        terms = terms + cols[j].term;
+        if (P.mode == 1u) {
+            lin = lin + x[P.m + j] * b[j];
+        }
+    }
+    var slope = 0.0;
+    var gmax = 0.0;
+    for (var i = tid; i < P.dim; i = i + WG) {
+        slope = slope + grad[i] * d[i];
+        gmax = max(gmax, abs(grad[i]));
+    }
+    let lin_t = wg_sum(tid, lin);
+    let terms_t = wg_sum(tid, terms);
+    let slope_t = wg_sum(tid, slope);
+    let gmax_t = wg_max(tid, gmax);
+    if (tid == 0u) {
+        out[0] = -(lin_t - terms_t);
+        out[1] = slope_t;
+        out[2] = gmax_t;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn extract(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) tid: u32) {
+    let j = lane_of(wid, nwg) * WG + tid;
+    if (j >= P.n) {
+        return;
+    }
+    let k = min(P.k, P.m);
+    let c = cols[j];
+    if (P.mode == 0u) {
+        beta_out[j] = -(c.shift + P.gamma * c.theta);
+    } else {
+        beta_out[j] = x[P.m + j];
+    }
+    var w = 0u;
+    for (var i = 0u; i < P.m; i = i + 1u) {
+        let s = score(i, j);
+        if (w < k && selected(order_key(s), i, c)) {
+            let t = plan_entry(s, c);
+            if (t > 0.0) {
+                out[j * k + w] = t;
+                rows_out[j * k + w] = i;
+                w = w + 1u;
+            }
+        }
+    }
+    for (; w < k; w = w + 1u) {
+        out[j * k + w] = 0.0;
+        rows_out[j * k + w] = 0xffffffffu;
+    }
+}

@@ -1,0 +1,112 @@
+//! Where a solve runs: [`Device`] and the `solve_on` family of entry points.
+
+#[cfg(feature = "gpu")]
+use std::sync::Arc;
+
+use crate::config::{Observer, Sinkhorn, SparseOt};
+use crate::error::Result;
+#[cfg(feature = "gpu")]
+use crate::gpu::GpuContext;
+use crate::problem::Problem;
+use crate::solution::Solution;
+
+/// The device a solve runs on, chosen by the caller.
+///
+/// GPU solves compute in **f32** (see [`crate::gpu`]); the CPU path is the f64 reference.
+#[derive(Debug, Clone, Default)]
+pub enum Device {
+    /// The CPU reference path (f64, rayon).
+    #[default]
+    Cpu,
+    /// A GPU context (create one with [`GpuContext::new`], adopt an app's device with
+    /// [`GpuContext::from_device`], or use [`Device::gpu`] for the process-wide one).
+    #[cfg(feature = "gpu")]
+    Gpu(Arc<GpuContext>),
+    /// The process-wide GPU context when an adapter exists, else the CPU.
+    Auto,
+}
+
+/// What a [`Device`] resolves to for one solve.
+enum Target {
+    Cpu,
+    #[cfg(feature = "gpu")]
+    Gpu(Arc<GpuContext>),
+}
+
+impl Device {
+    /// The process-wide GPU context ([`GpuContext::shared`]). Errors: [`crate::Error::NoAdapter`].
+    #[cfg(feature = "gpu")]
+    pub fn gpu() -> Result<Self> {
+        Ok(Device::Gpu(GpuContext::shared()?))
+    }
+
+    /// Whether solves on this device run on a GPU (for `Auto`: whether an adapter was found).
+    pub fn is_gpu(&self) -> bool {
+        !matches!(self.target(), Target::Cpu)
+    }
+
+    fn target(&self) -> Target {
+        match self {
+            Device::Cpu => Target::Cpu,
+            #[cfg(feature = "gpu")]
+            Device::Gpu(ctx) => Target::Gpu(ctx.clone()),
+            #[cfg(feature = "gpu")]
+            Device::Auto => GpuContext::shared().map_or(Target::Cpu, Target::Gpu),
+            #[cfg(not(feature = "gpu"))]
+            Device::Auto => Target::Cpu,
+        }
+    }
+}
+
+impl SparseOt {
+    /// Solves on `device` (GPU results are f32; `Solution::device` names the adapter).
+    pub fn solve_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
+        self.solve_on_observed(problem, device, &mut |_| {})
+    }
+
+    /// [`SparseOt::solve_on`] with an observer called after every iteration.
+    pub fn solve_on_observed(
+        &self,
+        problem: &Problem,
+        device: &Device,
+        observer: Observer<'_>,
+    ) -> Result<Solution> {
+        match device.target() {
+            Target::Cpu => crate::cpu::sparse::solve(self, problem, observer),
+            #[cfg(feature = "gpu")]
+            Target::Gpu(ctx) => crate::gpu::sparse::solve(&ctx, self, problem, observer),
+        }
+    }
+
+    /// Async [`SparseOt::solve_on`]. The future does the whole solve when first polled; on native backends
+    /// GPU waits block the polling thread (wgpu's native `poll`), so run it where blocking is allowed.
+    pub async fn solve_on_async(&self, problem: &Problem, device: &Device) -> Result<Solution> {
+        self.solve_on(problem, device)
+    }
+}
+
+impl Sinkhorn {
+    /// Solves on `device` (GPU results are f32; `Solution::device` names the adapter).
+    pub fn solve_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
+        self.solve_on_observed(problem, device, &mut |_| {})
+    }
+
+    /// [`Sinkhorn::solve_on`] with an observer called at every marginal-error check.
+    pub fn solve_on_observed(
+        &self,
+        problem: &Problem,
+        device: &Device,
+        observer: Observer<'_>,
+    ) -> Result<Solution> {
+        match device.target() {
+            Target::Cpu => crate::cpu::sinkhorn::solve(self, problem, observer),
+            #[cfg(feature = "gpu")]
+            Target::Gpu(ctx) => crate::gpu::sinkhorn::solve(&ctx, self, problem, observer),
+        }
+    }
+
+    /// Async [`Sinkhorn::solve_on`]; see [`SparseOt::solve_on_async`] about blocking.
+    pub async fn solve_on_async(&self, problem: &Problem, device: &Device) -> Result<Solution> {
+        self.solve_on(problem, device)
+    }
+}

@@ -1,0 +1,179 @@
+//! Buffer helpers: allocation, upload, bind groups, dispatch and the one blocking readback path.
+
+use std::sync::mpsc;
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gpu::context::{GpuContext, WORKGROUP};
+use crate::gpu::kernels::Kernel;
+
+/// Usage of every working buffer: bound as storage, copied in and out.
+pub(crate) const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Bytes of `len` 4-byte words (at least one word: wgpu has no empty bindings).
+pub(crate) fn words(len: usize) -> u64 {
+    4 * len.max(1) as u64
+}
+
+pub(crate) fn storage(ctx: &GpuContext, label: &str, len_words: usize) -> wgpu::Buffer {
+    ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: words(len_words),
+        usage: STORAGE,
+        mapped_at_creation: false,
+    })
+}
+
+pub(crate) fn uniform<T: bytemuck::Pod>(ctx: &GpuContext, label: &str, value: &T) -> wgpu::Buffer {
+    ctx.device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+}
+
+pub(crate) fn staging(ctx: &GpuContext, label: &str, bytes: u64) -> wgpu::Buffer {
+    ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(4),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+/// Writes f32 data at the start of `buf` (staged until the next submission).
+pub(crate) fn upload(ctx: &GpuContext, buf: &wgpu::Buffer, data: &[f32]) {
+    if !data.is_empty() {
+        ctx.queue().write_buffer(buf, 0, bytemuck::cast_slice(data));
+    }
+}
+
+/// A bind group for `kernel`'s auto layout from (binding, buffer) pairs.
+pub(crate) fn bind(
+    ctx: &GpuContext,
+    kernel: Kernel,
+    entries: &[(u32, &wgpu::Buffer)],
+) -> Result<wgpu::BindGroup> {
+    let pipeline = ctx.pipeline(kernel)?;
+    let layout = pipeline.get_bind_group_layout(0);
+    let entries: Vec<wgpu::BindGroupEntry> = entries
+        .iter()
+        .map(|&(binding, buf)| wgpu::BindGroupEntry {
+            binding,
+            resource: buf.as_entire_binding(),
+        })
+        .collect();
+    Ok(ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(kernel.entry()),
+        layout: &layout,
+        entries: &entries,
+    }))
+}
+
+/// A prepared dispatch: pipeline, bind group and workgroup grid.
+pub(crate) struct Pass {
+    pipeline: wgpu::ComputePipeline,
+    group: wgpu::BindGroup,
+    grid: (u32, u32),
+}
+
+impl Pass {
+    /// `lanes` workgroups (one per lane), laid out on a 2-D grid.
+    pub(crate) fn per_workgroup(
+        ctx: &GpuContext,
+        kernel: Kernel,
+        entries: &[(u32, &wgpu::Buffer)],
+        lanes: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            pipeline: ctx.pipeline(kernel)?,
+            group: bind(ctx, kernel, entries)?,
+            grid: ctx.grid(lanes as u32),
+        })
+    }
+
+    /// One thread per item: ceil(items / WG) workgroups.
+    pub(crate) fn per_thread(
+        ctx: &GpuContext,
+        kernel: Kernel,
+        entries: &[(u32, &wgpu::Buffer)],
+        items: usize,
+    ) -> Result<Self> {
+        Self::per_workgroup(ctx, kernel, entries, items.div_ceil(WORKGROUP as usize))
+    }
+
+    /// A single workgroup.
+    pub(crate) fn single(
+        ctx: &GpuContext,
+        kernel: Kernel,
+        entries: &[(u32, &wgpu::Buffer)],
+    ) -> Result<Self> {
+        Self::per_workgroup(ctx, kernel, entries, 1)
+    }
+
+    pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.group, &[]);
+        pass.dispatch_workgroups(self.grid.0, self.grid.1, 1);
+    }
+}
+
+/// Records `passes` in order into one compute pass of a new encoder (wgpu orders storage accesses between
+/// dispatches).
+pub(crate) fn encode(ctx: &GpuContext, passes: &[&Pass]) -> wgpu::CommandEncoder {
+    let mut enc = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    {
+        let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        for p in passes {
+            p.record(&mut cp);
+        }
+    }
+    enc
+}
+
+/// Copies `bytes` of `src` (from `offset`) into `staging`, submits `enc`, waits and returns the words.
+pub(crate) fn read_back<T: bytemuck::Pod>(
+    ctx: &GpuContext,
+    mut enc: wgpu::CommandEncoder,
+    src: &wgpu::Buffer,
+    offset: u64,
+    bytes: u64,
+    staging: &wgpu::Buffer,
+) -> Result<Vec<T>> {
+    enc.copy_buffer_to_buffer(src, offset, staging, 0, bytes);
+    ctx.queue().submit([enc.finish()]);
+    let slice = staging.slice(0..bytes);
+    let (tx, rx) = mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+    rx.recv()
+        .map_err(|_| Error::Gpu("readback callback dropped".into()))?
+        .map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;
+    ctx.check_errors()?;
+    let out = {
+        let view = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        bytemuck::cast_slice::<u8, T>(&view).to_vec()
+    };
+    staging.unmap();
+    Ok(out)
+}
+
+/// Submits `enc` without reading anything back.
+pub(crate) fn submit(ctx: &GpuContext, enc: wgpu::CommandEncoder) {
+    ctx.queue().submit([enc.finish()]);
+}

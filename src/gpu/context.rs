@@ -1,0 +1,324 @@
+//! The GPU context: a device and queue (created here or adopted from the application), the adapter's
+//! limits, a pipeline cache keyed by (kernel, workgroup size) and per-shape workspaces reused across solves.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::error::{Error, Result};
+use crate::gpu::kernels::{Family, Kernel};
+
+/// Workgroup size used by every kernel (a power of two, at most 256; see `shaders/common.wgsl`).
+pub(crate) const WORKGROUP: u32 = 64;
+
+/// Counters that show whether work was compiled or allocated (for tests and diagnostics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GpuStats {
+    /// Compute pipelines compiled so far.
+    pub pipelines_compiled: usize,
+    /// Workspaces (per-shape buffer sets) allocated so far.
+    pub workspaces_created: usize,
+}
+
+/// A wgpu device and queue with the caches of this crate's GPU path.
+///
+/// Create one with [`GpuContext::new`] (best adapter, respecting `WGPU_BACKEND` and the other `WGPU_*`
+/// variables wgpu reads) or adopt an application's device with [`GpuContext::from_device`]. Share it with an
+/// `Arc`: pipelines and workspaces are cached inside, so repeated solves of one shape neither recompile nor
+/// reallocate.
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    name: String,
+    backend: String,
+    limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<(Kernel, u32), wgpu::ComputePipeline>>,
+    modules: Mutex<HashMap<Family, wgpu::ShaderModule>>,
+    workspaces: Mutex<HashMap<WorkspaceKey, Vec<Box<dyn Any + Send>>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    compiled: AtomicUsize,
+    created: AtomicUsize,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.name)
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+/// Identifies a reusable set of buffers: kind of solver and every size its buffers depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum WorkspaceKey {
+    Sinkhorn {
+        m: usize,
+        n: usize,
+    },
+    Sparse {
+        m: usize,
+        n: usize,
+        k: usize,
+        dual: bool,
+        memory: usize,
+    },
+}
+
+impl GpuContext {
+    /// Opens the best adapter (high performance preference) with its full limits.
+    ///
+    /// Errors: [`Error::NoAdapter`] when no adapter exists or it cannot open a device.
+    pub fn new() -> Result<Self> {
+        pollster::block_on(Self::new_async())
+    }
+
+    /// Async version of [`GpuContext::new`].
+    pub async fn new_async() -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::from_env()
+                    .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter { why: e.to_string() })?;
+        let info = adapter.get_info();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("sparse-ot"),
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter {
+                why: format!("adapter {} could not open a device: {e}", info.name),
+            })?;
+        let ctx = Self::build(
+            device,
+            queue,
+            info.name.clone(),
+            format!("{:?}", info.backend),
+        );
+        let errors = ctx.errors.clone();
+        ctx.device
+            .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(e.to_string());
+            }));
+        Ok(ctx)
+    }
+
+    /// Adopts an application's device and queue (e.g. a renderer's). `name` is reported as
+    /// [`crate::Solution::device`]. The device's own limits apply; its uncaptured-error handler is left alone.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, name: impl Into<String>) -> Self {
+        Self::build(device, queue, name.into(), "adopted".into())
+    }
+
+    fn build(device: wgpu::Device, queue: wgpu::Queue, name: String, backend: String) -> Self {
+        let limits = device.limits();
+        Self {
+            device,
+            queue,
+            name,
+            backend,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
+            workspaces: Mutex::new(HashMap::new()),
+            errors: Arc::new(Mutex::new(Vec::new())),
+            compiled: AtomicUsize::new(0),
+            created: AtomicUsize::new(0),
+        }
+    }
+
+    /// A process-wide context opened on first use (used by [`crate::Device::Auto`] and [`crate::Device::Gpu`]
+    /// when no context is given). The outcome of the first attempt is kept.
+    pub fn shared() -> Result<Arc<GpuContext>> {
+        static SHARED: OnceLock<std::result::Result<Arc<GpuContext>, Error>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| GpuContext::new().map(Arc::new))
+            .clone()
+    }
+
+    /// The adapter's name (reported as [`crate::Solution::device`]).
+    pub fn adapter_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The graphics backend (`"Vulkan"`, `"Metal"`, …; `"adopted"` for an adopted device).
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// The device's limits (the adapter's full limits for a context created here).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Compilation and allocation counters.
+    pub fn stats(&self) -> GpuStats {
+        GpuStats {
+            pipelines_compiled: self.compiled.load(Ordering::Relaxed),
+            workspaces_created: self.created.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The largest storage binding (and buffer) this device accepts, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// Refuses a buffer of `bytes` that would not fit one storage binding.
+    pub(crate) fn check_binding(&self, what: &'static str, bytes: u64) -> Result<()> {
+        let limit = self.max_binding_bytes();
+        if bytes > limit {
+            return Err(Error::DeviceLimit {
+                what,
+                limit,
+                needed: bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a dispatch of more lanes than the 2-D workgroup grid can hold.
+    pub(crate) fn check_lanes(&self, what: &'static str, lanes: usize) -> Result<()> {
+        let per_dim = self.limits.max_compute_workgroups_per_dimension as u64;
+        let limit = per_dim * per_dim;
+        if lanes as u64 > limit {
+            return Err(Error::DeviceLimit {
+                what,
+                limit,
+                needed: lanes as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Workgroup grid for `lanes` workgroups: (x, y) with x ≤ the per-dimension limit.
+    pub(crate) fn grid(&self, lanes: u32) -> (u32, u32) {
+        let per_dim = self.limits.max_compute_workgroups_per_dimension.max(1);
+        let lanes = lanes.max(1);
+        (lanes.min(per_dim), lanes.div_ceil(per_dim))
+    }
+
+    /// The cached pipeline of `kernel` (compiled on first use).
+    pub(crate) fn pipeline(&self, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
+        let key = (kernel, WORKGROUP);
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
+        let family = kernel.family();
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            modules
+                .entry(family)
+                .or_insert_with(|| {
+                    let source = family.source();
+                    self.device
+                        .create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(family.file()),
+                            source: wgpu::ShaderSource::Wgsl(source.into()),
+                        })
+                })
+                .clone()
+        };
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry()),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry()),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[("WG", WORKGROUP as f64)],
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "compiling {}::{}: {e}",
+                family.file(),
+                kernel.entry()
+            )));
+        }
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Takes a cached workspace of this key, or builds one with `make`.
+    pub(crate) fn take_workspace<W: Any + Send>(
+        &self,
+        key: WorkspaceKey,
+        make: impl FnOnce() -> Result<W>,
+    ) -> Result<W> {
+        let cached = self
+            .workspaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&key)
+            .and_then(|v| v.pop());
+        if let Some(w) = cached.and_then(|b| b.downcast::<W>().ok()) {
+            return Ok(*w);
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let w = make()?;
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "allocating a workspace for {key:?}: {e}"
+            )));
+        }
+        self.created.fetch_add(1, Ordering::Relaxed);
+        Ok(w)
+    }
+
+    /// Returns a workspace to the cache for the next solve of its shape.
+    pub(crate) fn put_workspace<W: Any + Send>(&self, key: WorkspaceKey, w: W) {
+        self.workspaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .push(Box::new(w));
+    }
+
+    /// Fails with the first error the device reported asynchronously since the last check (own devices only).
+    pub(crate) fn check_errors(&self) -> Result<()> {
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let msg = errors.join("; ");
+        errors.clear();
+        Err(Error::Gpu(msg))
+    }
+}

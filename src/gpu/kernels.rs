@@ -1,0 +1,102 @@
+//! Kernel registry: which WGSL family holds which entry point, and the sources as compiled.
+//!
+//! Every family is `shaders/common.wgsl` followed by the family's own file (plain concatenation). Shapes and
+//! parameters travel in uniform buffers; the only pipeline-overridable constant is the workgroup size `WG`,
+//! so the pipeline cache key is (kernel, workgroup size) and a new problem shape never recompiles.
+
+/// A WGSL file of kernels (one family per file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Family {
+    Sinkhorn,
+    SparseDual,
+    Lbfgs,
+    Reduce,
+}
+
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+impl Family {
+    pub(crate) const ALL: [Family; 4] = [
+        Family::Sinkhorn,
+        Family::SparseDual,
+        Family::Lbfgs,
+        Family::Reduce,
+    ];
+
+    /// File name under `shaders/`.
+    pub(crate) fn file(self) -> &'static str {
+        match self {
+            Family::Sinkhorn => "sinkhorn.wgsl",
+            Family::SparseDual => "sparse_dual.wgsl",
+            Family::Lbfgs => "lbfgs.wgsl",
+            Family::Reduce => "reduce.wgsl",
+        }
+    }
+
+    /// The full WGSL source as compiled: common helpers, then the family.
+    pub(crate) fn source(self) -> String {
+        let own = match self {
+            Family::Sinkhorn => include_str!("../../shaders/sinkhorn.wgsl"),
+            Family::SparseDual => include_str!("../../shaders/sparse_dual.wgsl"),
+            Family::Lbfgs => include_str!("../../shaders/lbfgs.wgsl"),
+            Family::Reduce => include_str!("../../shaders/reduce.wgsl"),
+        };
+        format!("{COMMON}\n{own}")
+    }
+}
+
+/// One compute entry point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    SinkhornG,
+    SinkhornF,
+    MaxAbs,
+    Transpose,
+    LogInto,
+    Range,
+    Column,
+    Row,
+    Finalize,
+    Extract,
+    Trial,
+    Accept,
+    Direction,
+    Steepest,
+}
+
+impl Kernel {
+    pub(crate) fn family(self) -> Family {
+        match self {
+            Kernel::SinkhornG | Kernel::SinkhornF => Family::Sinkhorn,
+            Kernel::MaxAbs | Kernel::Transpose | Kernel::LogInto | Kernel::Range => Family::Reduce,
+            Kernel::Column | Kernel::Row | Kernel::Finalize | Kernel::Extract => Family::SparseDual,
+            Kernel::Trial | Kernel::Accept | Kernel::Direction | Kernel::Steepest => Family::Lbfgs,
+        }
+    }
+
+    pub(crate) fn entry(self) -> &'static str {
+        match self {
+            Kernel::SinkhornG => "update_g",
+            Kernel::SinkhornF => "update_f",
+            Kernel::MaxAbs => "max_abs",
+            Kernel::Transpose => "transpose",
+            Kernel::LogInto => "log_into",
+            Kernel::Range => "range",
+            Kernel::Column => "column_pass",
+            Kernel::Row => "row_pass",
+            Kernel::Finalize => "finalize",
+            Kernel::Extract => "extract",
+            Kernel::Trial => "trial",
+            Kernel::Accept => "accept",
+            Kernel::Direction => "direction",
+            Kernel::Steepest => "steepest",
+        }
+    }
+}
+
+/// The WGSL sources the GPU path compiles, as `(file name, full source)` pairs (common helpers prepended).
+///
+/// Exposed so that shaders can be parsed and validated (e.g. with `wgpu::naga`) on machines without a GPU.
+pub fn shader_sources() -> Vec<(&'static str, String)> {
+    Family::ALL.iter().map(|f| (f.file(), f.source())).collect()
+}

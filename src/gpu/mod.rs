@@ -1,0 +1,25 @@
+//! The GPU path through wgpu: host layer for the kernels in `shaders/`.
+//!
+//! * [`GpuContext`] owns (or adopts) a device and queue, knows the device's limits, caches compute pipelines
+//!   by (kernel, workgroup size) and keeps per-shape workspaces, so repeated solves of one shape neither
+//!   recompile nor reallocate ([`GpuContext::stats`] shows it).
+//! * Everything on the device is **f32**: results agree with the f64 CPU path to f32 rounding times the
+//!   problem's conditioning, and tolerances below ~1e-6 of the marginal mass are not reachable (the solver
+//!   then reports `Stalled` or `MaxIterations`, never silence).
+//! * Iterations stay on the device. Sparse solves read back three scalars per L-BFGS evaluation and two per
+//!   direction; Sinkhorn reads back one scalar (the row-marginal error) every `check_every` iterations. The
+//!   potentials and the plan are read back once at the end (or stay in buffers with
+//!   [`GpuContext::solve_sparse_buffers`]).
+//! * Problems that do not fit one storage binding are refused with [`crate::Error::DeviceLimit`].
+
+mod buffers;
+mod context;
+mod kernels;
+mod lbfgs;
+pub(crate) mod sinkhorn;
+pub(crate) mod sparse;
+
+pub use context::{GpuContext, GpuStats};
+pub use kernels::shader_sources;
+pub use sinkhorn::GpuSinkhornOutput;
+pub use sparse::{GpuProblem, GpuSparseOutput};
