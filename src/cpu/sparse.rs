@@ -177,7 +177,7 @@ pub(crate) fn method(cfg: &SparseOt, lanes: Lanes) -> Method {
     }
 }
 
-fn solve_columns(
+pub(crate) fn solve_columns(
     cfg: &SparseOt,
     p: &Problem,
     axis: &'static str,
@@ -192,7 +192,7 @@ fn solve_columns(
         cfg.gamma,
         cfg.formulation,
     );
-    if k == 1 && p.m() > 1 && cfg.tol > 0.0 && cfg.max_iter > 0 {
+    if k1_is_exact(cfg, p, k) {
         let (x, termination, iterations) = k1_exact(cfg, p, &mut dual)?;
         return Ok(finish(cfg, p, &mut dual, &x, termination, iterations));
     }
@@ -217,6 +217,33 @@ fn solve_columns(
         (x, termination, iterations)
     };
     Ok(finish(cfg, p, &mut dual, &x, termination, iterations))
+}
+
+/// Whether a column-sparse solve with this k goes to the exact route of [`k1_exact`].
+pub(crate) fn k1_is_exact(cfg: &SparseOt, p: &Problem, k: usize) -> bool {
+    k == 1 && p.m() > 1 && cfg.tol > 0.0 && cfg.max_iter > 0
+}
+
+/// Continues a column-sparse solve whose L-BFGS phase ran elsewhere (the GPU, in f32) and stalled: runs the
+/// nonsmooth finish in f64 from its potentials `x` (α, or (α, β) for the dual) and builds the solution.
+pub(crate) fn finish_after_stall(
+    cfg: &SparseOt,
+    p: &Problem,
+    k: usize,
+    x: Vec<f64>,
+    iterations: usize,
+    observer: Observer<'_>,
+) -> Solution {
+    let mut dual = SparseDual::new(
+        p.cost(),
+        p.a_slice(),
+        p.b_slice(),
+        k,
+        cfg.gamma,
+        cfg.formulation,
+    );
+    let (x, termination, iterations) = nonsmooth_finish(cfg, &mut dual, x, iterations, observer);
+    finish(cfg, p, &mut dual, &x, termination, iterations)
 }
 
 /// k = 1 is unregularised OT in disguise (SPEC §2.3): S_1(α) = α·a − Σ_j b_j max_i(α_i − c_ij) + (γ/2)‖b‖²

@@ -323,6 +323,12 @@ fn solve_columns(
     observer: Observer<'_>,
 ) -> Result<Solution> {
     let Resolved { k, x0 } = resolve(cfg, p, axis)?;
+    if crate::cpu::sparse::k1_is_exact(cfg, p, k) {
+        // k = 1 is unregularised OT (SPEC §2.3), solved exactly by the CPU network simplex.
+        let mut sol = crate::cpu::sparse::solve_columns(cfg, p, axis, observer)?;
+        sol.device = "cpu (k = 1: exact network simplex)".into();
+        return Ok(sol);
+    }
     let (m, n) = (p.m(), p.n());
     check_shape(ctx, m, n, k)?;
     let key = workspace_key(cfg, m, n, k);
@@ -334,11 +340,22 @@ fn solve_columns(
         buffers::upload(ctx, &ws.a, &f32s(&mut p.a().iter().copied()));
         buffers::upload(ctx, &ws.b, &f32s(&mut p.b().iter().copied()));
         let x0: Vec<f32> = x0.iter().map(|&x| x as f32).collect();
-        let r = run(ctx, &ws, cfg, &x0, observer)?;
+        let r = run(ctx, &ws, cfg, &x0, &mut *observer)?;
         assemble(ctx, &ws, cfg, p, r)
     })();
     ctx.put_workspace(key, ws);
-    out
+    let sol = out?;
+    if sol.termination != Termination::Stalled || cfg.tol == 0.0 {
+        return Ok(sol);
+    }
+    // The f32 L-BFGS stalled, as it does on the kinks of k < m: finish in f64 on the CPU, from its potentials.
+    let mut x: Vec<f64> = sol.alpha.to_vec();
+    if cfg.formulation == Formulation::Dual {
+        x.extend(sol.beta.iter());
+    }
+    let mut fin = crate::cpu::sparse::finish_after_stall(cfg, p, k, x, sol.iterations, observer);
+    fin.device = format!("{} + cpu (nonsmooth finish)", ctx.adapter_name());
+    Ok(fin)
 }
 
 /// Reads potentials and plan back and builds the [`Solution`]; metrics are measured in f64 on the host.
