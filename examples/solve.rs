@@ -21,7 +21,7 @@ use clap::{Parser, ValueEnum};
 use ndarray::{arr0, Array2, ArrayD, Ix1, Ix2, IxDyn, OwnedRepr};
 use ndarray_npy::{NpzReader, NpzWriter, ReadNpyError, ReadNpzError};
 use sparse_ot::{
-    Error, ExactOt, Formulation, Problem, Sinkhorn, Solution, SparseOt, DEFAULT_MAX_ITER,
+    Device, Error, ExactOt, Formulation, Problem, Sinkhorn, Solution, SparseOt, DEFAULT_MAX_ITER,
     DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
 };
 
@@ -50,7 +50,7 @@ enum FormulationArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DeviceArg {
-    /// The best available device (the CPU in this build).
+    /// A GPU when an adapter exists, else the CPU.
     Auto,
     /// The CPU reference solvers (f64).
     Cpu,
@@ -120,29 +120,13 @@ impl From<String> for Failure {
     }
 }
 
-/// The device a solve runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Device {
-    Cpu,
-}
-
-impl Device {
-    fn name(self) -> &'static str {
-        match self {
-            Device::Cpu => "cpu",
-        }
-    }
-}
-
-/// Resolves `--device`: the one place to rewire when the GPU path lands.
+/// Resolves `--device`: `cpu`, the process-wide GPU (an error naming the problem if there is no adapter), or
+/// `auto` (the GPU when an adapter exists, else the CPU).
 fn resolve_device(requested: DeviceArg) -> Result<Device, Failure> {
     match requested {
-        DeviceArg::Auto | DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Gpu => Err(Error::Unavailable {
-            what: "--device gpu",
-            why: "this build has no GPU solver yet; use --device cpu (or auto)".into(),
-        }
-        .into()),
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Gpu => Ok(Device::gpu()?),
+        DeviceArg::Auto => Ok(Device::Auto),
     }
 }
 
@@ -228,12 +212,12 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
     }
 }
 
-/// Solves on `device`.
-fn solve(cfg: &Configured, problem: &Problem, device: Device) -> Result<Solution, Failure> {
-    match (cfg, device) {
-        (Configured::Sparse(c), Device::Cpu) => Ok(c.solve(problem)?),
-        (Configured::Sinkhorn(c), Device::Cpu) => Ok(c.solve(problem)?),
-        (Configured::Exact(c), Device::Cpu) => Ok(c.solve(problem)?),
+/// Solves on `device` (the network simplex runs on the CPU whatever the device).
+fn solve(cfg: &Configured, problem: &Problem, device: &Device) -> Result<Solution, Failure> {
+    match cfg {
+        Configured::Sparse(c) => Ok(c.solve_on(problem, device)?),
+        Configured::Sinkhorn(c) => Ok(c.solve_on(problem, device)?),
+        Configured::Exact(c) => Ok(c.solve(problem)?),
     }
 }
 
@@ -348,7 +332,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     }
     let problem = read_problem(&cli.input)?;
     let start = Instant::now();
-    let sol = solve(&cfg, &problem, device)?;
+    let sol = solve(&cfg, &problem, &device)?;
     let seconds = start.elapsed().as_secs_f64();
     write_solution(&cli.output, &sol, writes_beta(cli))?;
     println!("{sol}");
@@ -365,7 +349,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         "m": problem.m(),
         "n": problem.n(),
         "seconds": seconds,
-        "device": device.name(),
+        "device": sol.device,
     });
     println!("{summary}");
     Ok(())
