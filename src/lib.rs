@@ -15,9 +15,16 @@
 //!   The solution's `value` is always the objective of the formulation solved, *evaluated at the returned
 //!   potentials*, and the plan's transport cost and marginal errors are measured on the returned plan.
 //! * **The CPU path is the f64 reference.** The sparse solvers maximise the concave semi-dual or dual with an
-//!   L-BFGS of our own ([`lbfgs`](crate::lbfgs) is a device-agnostic state machine; the vectors live in a
-//!   backend). Columns are evaluated in parallel in fixed chunks and reduced in a fixed order, so results are
-//!   bitwise reproducible whatever the thread count.
+//!   L-BFGS of our own (a device-agnostic state machine; the vectors live in a backend, host or GPU). Columns
+//!   are evaluated in parallel in fixed chunks and reduced in a fixed order, so results are bitwise
+//!   reproducible whatever the thread count.
+//! * **The true optimum when k < m.** The (semi-)duals are nonsmooth where a column's k-th and (k+1)-th
+//!   entries tie, and at the optimum they do; plain L-BFGS stalls there. When it stops making progress, a
+//!   finish takes over: a smoothing continuation of the top-k selection followed by regularised Newton, then
+//!   an exact Newton–KKT polish on the identified tie structure whose multipliers give an exactly feasible
+//!   mixed plan, so convergence is reported with a duality-gap certificate ([`Criterion::DualityGap`]). k = 1
+//!   is unregularised OT plus a constant and is solved exactly by the network simplex. The method and the
+//!   argument for its convergence are in the source of the `cpu::finish` module.
 //! * **Exact OT has its own solver.** [`ExactOt`] runs a network simplex (block-search pricing, strongly
 //!   feasible spanning trees against cycling) and returns a basic optimal plan (at most m + n − 1 nonzeros)
 //!   with optimal dual potentials; no LP library is involved.
@@ -29,7 +36,9 @@
 //!   Sinkhorn one every `check_every` iterations; potentials and plan once at the end, or never with
 //!   [`gpu::GpuContext::solve_sparse_buffers`]. Results agree with the f64 path to f32 rounding times the
 //!   conditioning (≈ 1e-6 of the mass / γ or ε); problems beyond one storage binding are refused with
-//!   [`Error::DeviceLimit`]. Shaders live in `shaders/`, one kernel family per file.
+//!   [`Error::DeviceLimit`]. Shaders live in `shaders/`, one kernel family per file. When the f32 L-BFGS
+//!   stalls (the kinks of k < m, or a tolerance below f32 resolution) and the problem is on the host, the f64
+//!   finish continues on the CPU from the GPU's potentials; `Solution::device` then names both.
 //!
 //! * **Batches and routing.** A [`Batch`] holds B problems of one shape in contiguous B × m × n / B × m /
 //!   B × n arrays; `solve_batch` returns one `Result` per problem, so a bad problem fails alone. [`moe`] turns

@@ -177,7 +177,7 @@ pub fn top_k_mask(scores: ArrayView2<f64>, k: usize) -> Result<Array2<bool>> {
 
 /// The top-k conjugate of every column: returns (δ_k(s_j) for each column j, ∇δ_k(s_j) as an m × n matrix).
 ///
-/// δ_k(s) = (1/2γ) Σ_{i ∈ TopK(s)} [s_i]_+², ∇δ_k(s) = [s]_+/γ on TopK(s) and 0 elsewhere (SPEC §2.1).
+/// δ_k(s) = (1/2γ) Σ_{i ∈ TopK(s)} \[s_i\]_+², ∇δ_k(s) = \[s\]_+/γ on TopK(s) and 0 elsewhere (SPEC §2.1).
 /// Errors: empty or non-finite input, k out of range, γ ≤ 0.
 pub fn top_k_conjugate(
     scores: ArrayView2<f64>,
