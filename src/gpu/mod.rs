@@ -12,6 +12,7 @@
 //!   [`GpuContext::solve_sparse_buffers`]).
 //! * Problems that do not fit one storage binding are refused with [`crate::Error::DeviceLimit`].
 
+pub(crate) mod adam;
 mod buffers;
 mod context;
 mod kernels;
