@@ -3,8 +3,8 @@
 //! * `adam`: the paper's recipe (semi-dual, Adam, 20 steps), experts choose tokens, capacity factor 1,
 //!   1024 × 256 × 32;
 //! * `greedy`: the greedy top-1 router under the same capacity, same batch;
-//! * `accurate`: L-BFGS (tol 1e-6, at most 200 iterations) on a smaller batch, 64 × 256 × 32, because the
-//!   full batch takes tens of seconds per run on a small machine.
+//! * `accurate`: L-BFGS with the nonsmooth finish ([`RouterSolver::ACCURATE`]) on a smaller batch,
+//!   16 × 256 × 32, because the full batch takes minutes per run on a small machine.
 //!
 //! * `adam-gpu`: the recipe on the GPU (`Router::route_on`, the whole batch per step), same batch, when an
 //!   adapter exists (else skipped with a note on stderr). The timed region is the whole call: upload, the
@@ -52,7 +52,7 @@ fn router(c: &mut Criterion) {
     for (name, solver, shape) in [
         ("adam", Some(RouterSolver::AUTHORS), (1024, 256, 32)),
         ("greedy", None, (1024, 256, 32)),
-        ("accurate", Some(RouterSolver::ACCURATE), (64, 256, 32)),
+        ("accurate", Some(RouterSolver::ACCURATE), (16, 256, 32)),
     ] {
         let (g, s, e) = shape;
         let l = logits(g, s, e);

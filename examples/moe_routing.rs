@@ -31,7 +31,7 @@ use ndarray::Array3;
 use ndarray_npy::{read_npy, NpzWriter};
 use serde_json::json;
 use sparse_ot::moe::LoadMetrics;
-use sparse_ot::{greedy_top_k, Device, Router, RouterSolver, Routing};
+use sparse_ot::{greedy_top_k, Device, Router, RouterSolver, Routing, Termination};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Mode {
@@ -216,9 +216,10 @@ fn run(args: Args) -> Result<(), String> {
     let unconverged = ot.groups.len() - ot.converged_groups();
     if unconverged > 0 {
         println!(
-            "note: {unconverged} of {g} groups did not reach the solver's tolerance (worst token mass error {:.2e}); \
-             the capacity holds regardless",
-            ot.groups.iter().map(|r| r.token_mass_error).fold(0.0, f64::max)
+            "note: {unconverged} of {g} groups did not converge (worst mass errors: tokens {:.2e}, experts {:.2e}); \
+             the k limit holds regardless",
+            ot.groups.iter().map(|r| r.token_mass_error).fold(0.0, f64::max),
+            ot.groups.iter().map(|r| r.expert_mass_error).fold(0.0, f64::max)
         );
     }
 
@@ -249,6 +250,10 @@ fn metrics(l: &LoadMetrics, seconds: f64, ot: Option<&Routing>) -> serde_json::V
     });
     if let Some(r) = ot {
         v["converged_groups"] = json!(r.converged_groups());
+        let count =
+            |f: fn(&Termination) -> bool| r.groups.iter().filter(|g| f(&g.termination)).count();
+        v["max_iterations_groups"] = json!(count(|t| matches!(t, Termination::MaxIterations)));
+        v["stalled_groups"] = json!(count(|t| matches!(t, Termination::Stalled)));
         v["max_token_mass_error"] = json!(r
             .groups
             .iter()

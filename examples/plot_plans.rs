@@ -1,9 +1,8 @@
 //! Draws the transport plans of one pair of 1-D histograms under four solvers, side by side (like the first
 //! figure of Liu, Puigcerver & Blondel, 2023), so one sees what the sparsity level k does:
 //!
-//! 1. **unregularised OT** — drawn here as log-domain Sinkhorn with a very small ε (default 1e-3, with
-//!    ε-scaling), which approximates the unregularised plan: nearly sparse, a thin band along the monotone
-//!    (1-D) matching;
+//! 1. **unregularised OT** ([`ExactOt`], network simplex): a basic optimal plan, a thin staircase along the
+//!    monotone (1-D) matching with at most m + n − 1 nonzeros;
 //! 2. **entropic OT** (Sinkhorn, ε = 0.05 by default): dense, blurred;
 //! 3. **quadratic OT** (γ = 0.5 by default): sparse, but with an unbounded number of nonzeros per column;
 //! 4. **k-sparse OT** (k = 2, γ = 0.5 by default): at most k nonzeros per column.
@@ -23,11 +22,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use ndarray::{Array1, Array2};
 use plotters::prelude::*;
-use sparse_ot::{Problem, Sinkhorn, Solution, SparseOt};
+use sparse_ot::{ExactOt, Problem, Sinkhorn, Solution, SparseOt};
 
 #[derive(Debug, Parser)]
 #[command(
-    about = "Plot OT plans (near-exact, entropic, quadratic, k-sparse) of two 1-D histograms to a PNG"
+    about = "Plot OT plans (exact, entropic, quadratic, k-sparse) of two 1-D histograms to a PNG"
 )]
 struct Args {
     /// PNG to write.
@@ -45,9 +44,6 @@ struct Args {
     /// ε of the entropic panel.
     #[arg(long, default_value_t = 0.05)]
     epsilon: f64,
-    /// ε of the Sinkhorn run that stands for unregularised OT.
-    #[arg(long, default_value_t = 1e-3)]
-    exact_epsilon: f64,
 }
 
 fn main() -> ExitCode {
@@ -65,13 +61,8 @@ fn run(args: Args) -> Result<(), String> {
     let err = |e: sparse_ot::Error| e.to_string();
     let panels: Vec<(String, Solution)> = vec![
         (
-            format!("unregularised OT (Sinkhorn, eps = {})", args.exact_epsilon),
-            Sinkhorn::new(args.exact_epsilon)
-                .map_err(err)?
-                .tol(1e-6)
-                .map_err(err)?
-                .solve(&problem)
-                .map_err(err)?,
+            "unregularised OT (network simplex)".to_string(),
+            ExactOt::new().solve(&problem).map_err(err)?,
         ),
         (
             format!("entropic OT (eps = {})", args.epsilon),

@@ -21,7 +21,7 @@ use clap::{Parser, ValueEnum};
 use ndarray::{arr0, Array2, ArrayD, Ix1, Ix2, IxDyn, OwnedRepr};
 use ndarray_npy::{NpzReader, NpzWriter, ReadNpyError, ReadNpzError};
 use sparse_ot::{
-    Error, Formulation, Problem, Sinkhorn, Solution, SparseOt, DEFAULT_MAX_ITER,
+    Error, ExactOt, Formulation, Problem, Sinkhorn, Solution, SparseOt, DEFAULT_MAX_ITER,
     DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
 };
 
@@ -150,7 +150,7 @@ fn resolve_device(requested: DeviceArg) -> Result<Device, Failure> {
 enum Configured {
     Sparse(SparseOt),
     Sinkhorn(Sinkhorn),
-    Exact,
+    Exact(ExactOt),
 }
 
 /// Rejects an option that the chosen solver does not use (rather than silently ignoring it).
@@ -218,7 +218,12 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
             unused(&cli.gamma, "--gamma", &name)?;
             unused(&cli.epsilon, "--epsilon", &name)?;
             unused(&cli.formulation, "--formulation", &name)?;
-            Ok(Configured::Exact)
+            unused(&cli.tol, "--tol", &name)?;
+            let mut cfg = ExactOt::new();
+            if let Some(n) = cli.max_iter {
+                cfg = cfg.max_iter(n);
+            }
+            Ok(Configured::Exact(cfg))
         }
     }
 }
@@ -228,12 +233,7 @@ fn solve(cfg: &Configured, problem: &Problem, device: Device) -> Result<Solution
     match (cfg, device) {
         (Configured::Sparse(c), Device::Cpu) => Ok(c.solve(problem)?),
         (Configured::Sinkhorn(c), Device::Cpu) => Ok(c.solve(problem)?),
-        // Wire the network simplex here once it lands: `Ok(sparse_ot::ExactOt::new().solve(problem)?)`.
-        (Configured::Exact, Device::Cpu) => Err(Error::Unavailable {
-            what: "--solver exact",
-            why: "the network-simplex solver is not in this build yet".into(),
-        }
-        .into()),
+        (Configured::Exact(c), Device::Cpu) => Ok(c.solve(problem)?),
     }
 }
 

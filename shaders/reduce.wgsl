@@ -4,10 +4,11 @@
 //   0 uniform                 R: ReduceParams { len, rows, cols }
 //   1 storage read            src: array<f32>   (max_abs: len entries; transpose: rows×cols row-major)
 //   2 storage read_write      dst: array<f32>   (max_abs: dst[0] = max_i |src_i|; transpose: cols×rows)
-// Dispatch: max_abs one workgroup (it strides over the whole vector); transpose one thread per destination
-//   entry, ceil(rows·cols / WG) workgroups laid out as in common.wgsl.
+// Dispatch: max_abs and range one workgroup (they stride over the whole vector); transpose and log_into one
+//   thread per destination entry, ceil(entries / WG) workgroups laid out as in common.wgsl.
 // Overrides: WG.
-// Formula: max-norm ‖src‖_∞ (marginal errors); dst[c·rows + r] = src[r·cols + c].
+// Formula: max-norm ‖src‖_∞ (marginal errors); dst[c·rows + r] = src[r·cols + c] (transpose);
+//   dst_i = log src_i (log_into); max src − min src (range, the cost range of the ε schedule).
 
 struct ReduceParams {
     len: u32,
@@ -40,5 +41,31 @@ fn transpose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         let c = e / R.rows;
         let r = e % R.rows;
         dst[e] = src[r * R.cols + c];
+    }
+}
+
+// log_into: dst[i] = log(src[i]) for i < len (one thread per entry, ceil(len / WG) workgroups).
+@compute @workgroup_size(WG)
+fn log_into(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) tid: u32) {
+    let i = lane_of(wid, nwg) * WG + tid;
+    if (i < R.len) {
+        dst[i] = log(src[i]);
+    }
+}
+
+// range: dst[0] = max_i src_i − min_i src_i over len entries (one workgroup).
+@compute @workgroup_size(WG)
+fn range(@builtin(local_invocation_index) tid: u32) {
+    var hi = NEG_BIG;
+    var lo = -NEG_BIG;
+    for (var i = tid; i < R.len; i = i + WG) {
+        hi = max(hi, src[i]);
+        lo = min(lo, src[i]);
+    }
+    let top = wg_max(tid, hi);
+    let bottom = -wg_max(tid, -lo);
+    if (tid == 0u) {
+        dst[0] = top - bottom;
     }
 }

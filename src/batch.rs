@@ -33,6 +33,7 @@ use rayon::prelude::*;
 
 use crate::config::{Sinkhorn, SparseOt};
 use crate::error::{Error, Result};
+use crate::exact::ExactOt;
 use crate::problem::{validate_shapes, Problem, DEFAULT_MASS_TOLERANCE};
 use crate::solution::Solution;
 
@@ -197,6 +198,14 @@ impl SparseOt {
 }
 
 impl Sinkhorn {
+    /// Solves every problem of the batch on the CPU (in parallel over problems); per-problem results as
+    /// [`SparseOt::solve_batch`].
+    pub fn solve_batch(&self, batch: &Batch) -> Vec<Result<Solution>> {
+        batch.map_problems(|p| self.solve(p))
+    }
+}
+
+impl ExactOt {
     /// Solves every problem of the batch on the CPU (in parallel over problems); per-problem results as
     /// [`SparseOt::solve_batch`].
     pub fn solve_batch(&self, batch: &Batch) -> Vec<Result<Solution>> {

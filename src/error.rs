@@ -97,11 +97,12 @@ pub enum Error {
     #[error("total mass is zero: at least one entry of each marginal must be positive")]
     ZeroTotalMass,
     /// The sparsity level k is 0 or exceeds the number of rows.
-    #[error("k = {k} is out of range: it must satisfy 1 <= k <= {max} (the number of {axis})")]
+    #[error("{}", invalid_k(*k, *max, axis))]
     InvalidK {
         /// The k requested.
         k: usize,
-        /// The largest valid k.
+        /// The largest valid k (the number of rows, or of columns for row sparsity); `usize::MAX` when the
+        /// problem is not known yet (k = 0 at construction).
         max: usize,
         /// `"rows"` for column sparsity, `"columns"` for row sparsity.
         axis: &'static str,
@@ -187,5 +188,13 @@ pub(crate) fn nonnegative(name: &'static str, value: f64) -> Result<f64> {
             value,
             requirement: "must be finite and >= 0",
         })
+    }
+}
+
+fn invalid_k(k: usize, max: usize, axis: &str) -> String {
+    if k == 0 {
+        "k = 0 is invalid: k (the most nonzeros per lane) must be at least 1".into()
+    } else {
+        format!("k = {k} is out of range: it must satisfy 1 <= k <= {max} (the number of {axis})")
     }
 }

@@ -23,6 +23,13 @@
 //!   with optimal dual potentials; no LP library is involved.
 //! * **Operators are public** ([`ops`]): top-k mask with the tie rule of `jax.lax.top_k` (larger value first,
 //!   then lower index), the top-k conjugate δ_k and its gradient, and the sparse projection onto the simplex.
+//! * **The GPU path computes in f32** (feature `gpu`, on by default; any wgpu 30 backend). The caller picks
+//!   the [`Device`] (`solve_on`): CPU, a [`gpu::GpuContext`] (own device, or an application's adopted one)
+//!   or `Auto`. Iterations stay on the device: sparse solves read back three scalars per L-BFGS evaluation,
+//!   Sinkhorn one every `check_every` iterations; potentials and plan once at the end, or never with
+//!   [`gpu::GpuContext::solve_sparse_buffers`]. Results agree with the f64 path to f32 rounding times the
+//!   conditioning (≈ 1e-6 of the mass / γ or ε); problems beyond one storage binding are refused with
+//!   [`Error::DeviceLimit`]. Shaders live in `shaders/`, one kernel family per file.
 //!
 //! * **Batches and routing.** A [`Batch`] holds B problems of one shape in contiguous B × m × n / B × m /
 //!   B × n arrays; `solve_batch` returns one `Result` per problem, so a bad problem fails alone. [`moe`] turns

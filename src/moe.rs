@@ -76,10 +76,10 @@ impl RouterSolver {
         steps: 20,
     };
 
-    /// L-BFGS with tolerance 1e-6 and at most 200 iterations.
+    /// L-BFGS (with the nonsmooth finish of [`SparseOt`]) to tolerance 1e-6, at most [`crate::DEFAULT_MAX_ITER`] iterations.
     pub const ACCURATE: RouterSolver = RouterSolver::Accurate {
         tol: 1e-6,
-        max_iter: 200,
+        max_iter: crate::config::DEFAULT_MAX_ITER,
     };
 }
 
@@ -316,6 +316,10 @@ fn solve_group(cfg: &SparseOt, solver: RouterSolver, p: &Problem) -> Result<Solu
 }
 
 /// How one group's OT problem was solved.
+///
+/// The mass errors are measured on the returned k-sparse plan. When the accurate solver certifies optimality
+/// by a duality gap at a point with ties (e.g. identical gates), the optimum is a mix of tied plans and the
+/// one plan returned can miss the token masses; the capacity (k limit) holds in every case.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GroupReport {
     /// Why the solver stopped.

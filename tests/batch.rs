@@ -5,7 +5,7 @@ use sparse_ot::ops::{
     sparse_simplex_projection, sparse_simplex_projection_batch, top_k_indices, top_k_indices_batch,
     top_k_mask, top_k_mask_batch,
 };
-use sparse_ot::{Batch, Error, Formulation, Sinkhorn, Solution, SparseOt};
+use sparse_ot::{Batch, Error, ExactOt, Formulation, Sinkhorn, Solution, SparseOt};
 
 /// B problems of shape m × n with distinct costs and marginals (all valid).
 fn batch_data(nb: usize, m: usize, n: usize) -> (Array2<f64>, Array2<f64>, Array3<f64>) {
@@ -71,6 +71,10 @@ fn batched_equals_one_by_one_for_every_formulation() {
                 &format!("{name}, problem {i}"),
             );
         }
+    }
+    for (i, r) in ExactOt::new().solve_batch(&batch).iter().enumerate() {
+        let single = ExactOt::new().solve(&batch.problem(i).unwrap()).unwrap();
+        assert_same(r.as_ref().unwrap(), &single, &format!("exact, problem {i}"));
     }
     let sk = Sinkhorn::new(0.05).unwrap();
     for (i, r) in sk.solve_batch(&batch).iter().enumerate() {

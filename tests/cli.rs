@@ -306,6 +306,27 @@ fn sinkhorn_reaches_the_golden_transport_cost_from_f32_input_too() {
 }
 
 #[test]
+fn exact_writes_an_optimal_basic_plan() {
+    let dir = temp_dir("exact");
+    let (a, b, cost) = golden_arrays();
+    let input = dir.join("p.npz");
+    write_problem(&input, &a, &b, &cost);
+    let mut s = solve_ok(&dir, &input, &["--solver", "exact"]);
+    let (value, _) = check_outputs(&mut s, 8, 6, true);
+    // SPEC §8: unregularised OT of the golden problem is 0.2591074830 (10 decimals).
+    assert!((value - 0.2591074830).abs() <= 1e-9, "value {value}");
+    assert!((s.scalar("transport_cost") - 0.2591074830).abs() <= 1e-9);
+    let plan = s.array("plan");
+    let nnz = plan.iter().filter(|&&v| v > 0.0).count();
+    let basis = 8 + 6 - 1;
+    assert!(
+        nnz <= basis,
+        "{nnz} nonzeros in a basic plan of at most {basis}"
+    );
+    assert!(s.stdout.contains("exact OT"), "{}", s.stdout);
+}
+
+#[test]
 fn tol_zero_runs_exactly_max_iter() {
     let dir = temp_dir("tol0");
     let (a, b, cost) = golden_arrays();
@@ -504,7 +525,12 @@ fn bad_inputs_fail_with_one_line() {
     );
     fails(&dir, &good, &["--solver", "magic"], "invalid value 'magic'");
     fails(&dir, &good, &["--k", "two"], "invalid value 'two'");
-    fails(&dir, &good, &["--solver", "exact"], "not available");
+    fails(
+        &dir,
+        &good,
+        &["--solver", "exact", "--tol", "1e-9"],
+        "--tol does not apply",
+    );
     fails(
         &dir,
         &good,

@@ -494,6 +494,53 @@ fn gpu_buffers_in_buffers_out() {
 }
 
 #[test]
+fn gpu_sinkhorn_buffers_in_buffers_out() {
+    let Some(ctx) = gpu() else { return };
+    use wgpu::util::DeviceExt;
+    let p = random_problem(9, 13, 11);
+    let upload = |label: &str, data: Vec<f32>| {
+        ctx.device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(&data),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
+    };
+    let a = upload("a", p.a().iter().map(|&x| x as f32).collect());
+    let b = upload("b", p.b().iter().map(|&x| x as f32).collect());
+    let cost = upload("cost", p.cost().iter().map(|&x| x as f32).collect());
+    let cfg = Sinkhorn::new(0.05).unwrap().tol(1e-6).unwrap();
+    let input = GpuProblem {
+        m: p.m(),
+        n: p.n(),
+        a: &a,
+        b: &b,
+        cost: &cost,
+    };
+    let out = ctx.sinkhorn_buffers(&cfg, &input).unwrap();
+    assert!(out.termination.converged(), "{:?}", out.termination);
+    assert!(out.marginal_error <= 1e-6, "{}", out.marginal_error);
+    // Against the f64 CPU potentials (normalised: f + c, g − c is the same plan): the potentials agree to
+    // f32 rounding of O(1) values times the ε-scaled conditioning, 1e-5.
+    let reference = cfg.solve(&p).unwrap();
+    let f = read_f32(&ctx, &out.f, p.m());
+    let g = read_f32(&ctx, &out.g, p.n());
+    let shift = f[0] as f64 - reference.alpha[0];
+    for (i, (&x, &y)) in f.iter().zip(reference.alpha.iter()).enumerate() {
+        assert_close(&format!("f[{i}]"), x as f64 - shift, y, 1e-5);
+    }
+    for (j, (&x, &y)) in g.iter().zip(reference.beta.iter()).enumerate() {
+        assert_close(&format!("g[{j}]"), x as f64 + shift, y, 1e-5);
+    }
+    assert_eq!(
+        out.iterations,
+        cfg.solve_on(&p, &Device::Gpu(ctx.clone()))
+            .unwrap()
+            .iterations
+    );
+}
+
+#[test]
 fn gpu_refuses_problems_beyond_a_binding() {
     if gpu().is_none() {
         return;

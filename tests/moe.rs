@@ -4,6 +4,7 @@
 use ndarray::{Array3, Axis};
 use sparse_ot::moe::{gates, GroupReport, LoadMetrics};
 use sparse_ot::{greedy_top_k, Error, Router, RouterSolver};
+use sparse_ot::{Criterion, Termination};
 
 /// Deterministic pseudo-random logits in [-2, 2) (splitmix64).
 fn logits(g: usize, s: usize, e: usize, seed: u64) -> Array3<f64> {
@@ -104,7 +105,8 @@ fn authors_test_uniform_logits() {
 }
 
 /// Without the rounding (capacity 2 < S), uniform logits are all ties: both experts' top-2 are tokens 0 and 1
-/// at α = 0, and neither solver separates them (Adam runs out of steps, L-BFGS stalls). The status says so.
+/// at α = 0. Adam runs out of steps; the accurate solver certifies the optimum of the objective, whose k-sparse
+/// plan at this all-tie point still leaves tokens 2 and 3 unrouted. Both report it.
 #[test]
 fn uniform_logits_capacity_2_is_reported_unconverged() {
     let l = Array3::zeros((1, 4, 2));
@@ -114,11 +116,22 @@ fn uniform_logits_capacity_2_is_reported_unconverged() {
         assert_eq!(out.capacity, 2);
         assert!(out.load.tokens_per_expert.max <= 2.0, "{name}");
         let g = out.groups[0];
-        // The status is honest: converged only if the token masses are met.
-        assert!(
-            !g.termination.converged() || g.token_mass_error <= 1e-6,
-            "{name}: {g:?}"
-        );
+        // The status is honest. Converging on the marginal criterion means the token masses are met; the
+        // accurate solver may instead certify the optimum of the objective by a duality gap, while the
+        // k-sparse plan at this all-tie point still leaves tokens unrouted — which the report shows.
+        match g.termination {
+            Termination::Converged(Criterion::MarginalError { tol }) => {
+                assert!(g.token_mass_error <= tol, "{name}: {g:?}")
+            }
+            Termination::Converged(Criterion::DualityGap { gap }) => {
+                assert!(gap <= 1e-9, "{name}: {g:?}");
+                assert!(
+                    g.token_mass_error > 0.5,
+                    "{name}: the tie leaves tokens unrouted: {g:?}"
+                );
+            }
+            _ => {}
+        }
         if name == "adam" {
             // Measured: tokens 2 and 3 stay unrouted after 20 steps (error 1).
             assert!(
@@ -311,4 +324,50 @@ fn bad_input_is_a_typed_error() {
         greedy_top_k(logits(1, 4, 2, 1).view(), 1, 0),
         Err(Error::InvalidParameter { .. })
     ));
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// For any logits and capacity factor: no expert over capacity, combine = gate on the dispatch, and the
+        /// load metrics agree with the dispatch.
+        #[test]
+        fn experts_choose_invariants(
+            g in 1usize..4, s in 1usize..24, e in 1usize..6, cf in 0.1f64..3.0, seed in 0u64..1000,
+            q in 1usize..5,
+        ) {
+            let l = logits(g, s, e, seed);
+            let r = Router::experts_choose(cf).unwrap().capacity_multiple(q).unwrap();
+            let out = r.route(l.view()).unwrap();
+            let cap = r.capacity(s, e);
+            prop_assert_eq!(cap % q, 0);
+            let gt = gates(l.view()).unwrap();
+            for grp in 0..g {
+                for x in 0..e {
+                    let n = (0..s).filter(|&t| out.dispatch[[grp, t, x]]).count();
+                    prop_assert!(n <= cap.min(s));
+                }
+            }
+            for ((idx, &d), &c) in out.dispatch.indexed_iter().zip(&out.combine) {
+                prop_assert_eq!(c, if d { gt[idx] } else { 0.0 });
+            }
+            prop_assert_eq!(out.load, LoadMetrics::of(out.dispatch.view(), cap));
+            prop_assert_eq!(out.groups.len(), g);
+        }
+
+        /// Tokens choose: no token routed to more than k experts.
+        #[test]
+        fn tokens_choose_invariants(
+            g in 1usize..4, s in 1usize..24, e in 1usize..6, k in 1usize..4, seed in 0u64..1000,
+        ) {
+            prop_assume!(k <= e);
+            let l = logits(g, s, e, seed);
+            let out = Router::tokens_choose(k).unwrap().route(l.view()).unwrap();
+            prop_assert!(out.load.experts_per_token.max <= k as f64);
+        }
+    }
 }

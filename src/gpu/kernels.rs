@@ -56,6 +56,8 @@ pub(crate) enum Kernel {
     SinkhornF,
     MaxAbs,
     Transpose,
+    LogInto,
+    Range,
     Column,
     Row,
     Finalize,
@@ -71,7 +73,7 @@ impl Kernel {
     pub(crate) fn family(self) -> Family {
         match self {
             Kernel::SinkhornG | Kernel::SinkhornF => Family::Sinkhorn,
-            Kernel::MaxAbs | Kernel::Transpose => Family::Reduce,
+            Kernel::MaxAbs | Kernel::Transpose | Kernel::LogInto | Kernel::Range => Family::Reduce,
             Kernel::Column | Kernel::Row | Kernel::Finalize | Kernel::Extract => Family::SparseDual,
             Kernel::Trial | Kernel::Accept | Kernel::Direction | Kernel::Steepest => Family::Lbfgs,
             Kernel::AdamStep => Family::Adam,
@@ -84,6 +86,8 @@ impl Kernel {
             Kernel::SinkhornF => "update_f",
             Kernel::MaxAbs => "max_abs",
             Kernel::Transpose => "transpose",
+            Kernel::LogInto => "log_into",
+            Kernel::Range => "range",
             Kernel::Column => "column_pass",
             Kernel::Row => "row_pass",
             Kernel::Finalize => "finalize",

@@ -28,4 +28,5 @@ pub(crate) mod sparse;
 
 pub use context::{GpuContext, GpuStats};
 pub use kernels::shader_sources;
+pub use sinkhorn::GpuSinkhornOutput;
 pub use sparse::{GpuProblem, GpuSparseOutput};

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
+use crate::gpu::sparse::GpuProblem;
 use crate::problem::Problem;
 use crate::solution::{Criterion, Progress, Solution, Termination};
 
@@ -156,12 +157,7 @@ pub(crate) fn solve(
 ) -> Result<Solution> {
     let (f0, g0) = validate(cfg, p)?;
     let (m, n) = (p.m(), p.n());
-    ctx.check_binding(
-        "max_storage_buffer_binding_size (cost matrix, f32)",
-        4 * (m as u64) * (n as u64),
-    )?;
-    ctx.check_lanes("max_compute_workgroups_per_dimension² (rows)", m)?;
-    ctx.check_lanes("max_compute_workgroups_per_dimension² (columns)", n)?;
+    check_shape(ctx, m, n)?;
     let key = WorkspaceKey::Sinkhorn { m, n };
     let ws = ctx.take_workspace(key, || Workspace::new(ctx, m, n))?;
     let result = run(ctx, &ws, cfg, p, f0, g0, observer);
@@ -191,12 +187,40 @@ fn run(
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| {
             (lo.min(c), hi.max(c))
         });
-    let stages = epsilon_schedule(cfg.epsilon, cfg.scaling, cmax - cmin, cfg.warm.is_some());
     let amax = p.a().iter().fold(0.0f64, |x, &y| x.max(y));
+    let out = iterate(ctx, ws, cfg, (m, n), cmax - cmin, amax, observer)?;
+    let f = read_vec(ctx, ws, &ws.f[out.cur], m)?;
+    let g = read_vec(ctx, ws, &ws.g, n)?;
+    let mut sol = assemble(cfg, p, f, g, out.iterations, out.termination);
+    sol.device = ctx.adapter_name().to_string();
+    Ok(sol)
+}
+
+/// Where the iterations ended: f is in `ws.f[cur]`.
+struct Outcome {
+    cur: usize,
+    iterations: usize,
+    termination: Termination,
+    /// The last measured row-marginal error (NaN if none was measured).
+    error: f64,
+}
+
+/// Runs the ε schedule from the state in the workspace (f in `f[0]`, g, log marginals and both cost layouts).
+fn iterate(
+    ctx: &GpuContext,
+    ws: &Workspace,
+    cfg: &Sinkhorn,
+    (m, n): (usize, usize),
+    cost_range: f64,
+    amax: f64,
+    observer: Observer<'_>,
+) -> Result<Outcome> {
+    let stages = epsilon_schedule(cfg.epsilon, cfg.scaling, cost_range, cfg.warm.is_some());
     // f[cur] holds the current potential f.
     let mut cur = 0usize;
     let mut iterations = 0usize;
     let mut termination = Termination::MaxIterations;
+    let mut error = f64::NAN;
 
     'stages: for (s, &eps) in stages.iter().enumerate() {
         let last = s + 1 == stages.len();
@@ -237,6 +261,7 @@ fn run(
             let enc = buffers::encode(ctx, &passes);
             let err =
                 buffers::read_back::<f32>(ctx, enc, &ws.max_err, 0, 4, &ws.staging)?[0] as f64;
+            error = err;
             observer(&Progress {
                 iteration: iterations,
                 value: f64::NAN,
@@ -259,9 +284,158 @@ fn run(
         }
     }
     ctx.check_errors()?;
-    let f = read_vec(ctx, ws, &ws.f[cur], m)?;
-    let g = read_vec(ctx, ws, &ws.g, n)?;
-    let mut sol = assemble(cfg, p, f, g, iterations, termination);
-    sol.device = ctx.adapter_name().to_string();
-    Ok(sol)
+    Ok(Outcome {
+        cur,
+        iterations,
+        termination,
+        error,
+    })
+}
+
+/// The result of [`GpuContext::sinkhorn_buffers`]: the potentials as new GPU buffers and the run's report.
+/// The plan is T_ij = exp((f_i + g_j − C_ij)/ε); it is not formed.
+#[derive(Debug)]
+pub struct GpuSinkhornOutput {
+    /// f, m f32 (`STORAGE | COPY_SRC | COPY_DST`).
+    pub f: wgpu::Buffer,
+    /// g, n f32.
+    pub g: wgpu::Buffer,
+    /// Iterations run (all ε stages together).
+    pub iterations: usize,
+    /// Why the solver stopped.
+    pub termination: Termination,
+    /// The last measured max-norm row-marginal error (NaN when no check ran); columns are exact.
+    pub marginal_error: f64,
+}
+
+impl GpuContext {
+    /// Log-domain Sinkhorn on data already in GPU buffers; returns the potentials as new GPU buffers. Only
+    /// the cost range (once) and the marginal error (every `check_every` iterations) are read back. f32.
+    ///
+    /// Errors: buffer sizes that do not match the shape, a warm start of the wrong length, device limits.
+    /// The values are not checked (see [`GpuProblem`]); `a` and `b` must be positive (their logs are taken).
+    pub fn sinkhorn_buffers(
+        &self,
+        cfg: &Sinkhorn,
+        input: &GpuProblem<'_>,
+    ) -> Result<GpuSinkhornOutput> {
+        input.check()?;
+        let (m, n) = (input.m, input.n);
+        let mut f0 = vec![0.0f32; m];
+        let mut g0 = vec![0.0f32; n];
+        if let Some((f, g)) = &cfg.warm {
+            for (what, v, dst) in [("alpha", f, &mut f0), ("beta", g, &mut g0)] {
+                if v.len() != dst.len() {
+                    return Err(crate::Error::WarmStartMismatch {
+                        what,
+                        expected: dst.len(),
+                        found: v.len(),
+                    });
+                }
+                crate::problem::check_vector_finite(what, v.view())?;
+                dst.iter_mut()
+                    .zip(v.iter())
+                    .for_each(|(d, &x)| *d = x as f32);
+            }
+        }
+        check_shape(self, m, n)?;
+        let key = WorkspaceKey::Sinkhorn { m, n };
+        let ws = self.take_workspace(key, || Workspace::new(self, m, n))?;
+        let out = self.sinkhorn_in(&ws, cfg, input, &f0, &g0);
+        self.put_workspace(key, ws);
+        out
+    }
+
+    fn sinkhorn_in(
+        &self,
+        ws: &Workspace,
+        cfg: &Sinkhorn,
+        input: &GpuProblem<'_>,
+        f0: &[f32],
+        g0: &[f32],
+    ) -> Result<GpuSinkhornOutput> {
+        let (m, n) = (input.m, input.n);
+        let reduce_params = |len: usize| {
+            buffers::uniform(
+                self,
+                "reduce params",
+                &ReduceParams {
+                    len: len as u32,
+                    rows: m as u32,
+                    cols: n as u32,
+                    _pad: 0,
+                },
+            )
+        };
+        let (p_mn, p_m, p_n) = (reduce_params(m * n), reduce_params(m), reduce_params(n));
+        let range = buffers::storage(self, "cost range", 1);
+        let amax = buffers::storage(self, "max a", 1);
+        let passes = [
+            Pass::per_thread(
+                self,
+                Kernel::Transpose,
+                &[(0, &p_mn), (1, input.cost), (2, &ws.cost_t)],
+                m * n,
+            )?,
+            Pass::per_thread(
+                self,
+                Kernel::LogInto,
+                &[(0, &p_m), (1, input.a), (2, &ws.log_a)],
+                m,
+            )?,
+            Pass::per_thread(
+                self,
+                Kernel::LogInto,
+                &[(0, &p_n), (1, input.b), (2, &ws.log_b)],
+                n,
+            )?,
+            Pass::single(
+                self,
+                Kernel::Range,
+                &[(0, &p_mn), (1, input.cost), (2, &range)],
+            )?,
+            Pass::single(self, Kernel::MaxAbs, &[(0, &p_m), (1, input.a), (2, &amax)])?,
+        ];
+        buffers::upload(self, &ws.f[0], f0);
+        buffers::upload(self, &ws.g, g0);
+        let mut enc = buffers::encode(self, &passes.iter().collect::<Vec<_>>());
+        enc.copy_buffer_to_buffer(input.cost, 0, &ws.cost, 0, 4 * (m * n) as u64);
+        // The ε schedule needs the cost range, the stage tolerances max a: one readback of two scalars.
+        let both = buffers::storage(self, "range and max a", 2);
+        enc.copy_buffer_to_buffer(&range, 0, &both, 0, 4);
+        enc.copy_buffer_to_buffer(&amax, 0, &both, 4, 4);
+        let scalars = buffers::read_back::<f32>(self, enc, &both, 0, 8, &ws.staging)?;
+        let out = iterate(
+            self,
+            ws,
+            cfg,
+            (m, n),
+            scalars[0] as f64,
+            scalars[1] as f64,
+            &mut |_| {},
+        )?;
+        let f = buffers::storage(self, "f", m);
+        let g = buffers::storage(self, "g", n);
+        let mut enc = self.device().create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&ws.f[out.cur], 0, &f, 0, 4 * m as u64);
+        enc.copy_buffer_to_buffer(&ws.g, 0, &g, 0, 4 * n as u64);
+        buffers::submit(self, enc);
+        self.check_errors()?;
+        Ok(GpuSinkhornOutput {
+            f,
+            g,
+            iterations: out.iterations,
+            termination: out.termination,
+            marginal_error: out.error,
+        })
+    }
+}
+
+fn check_shape(ctx: &GpuContext, m: usize, n: usize) -> Result<()> {
+    ctx.check_binding(
+        "max_storage_buffer_binding_size (cost matrix, f32)",
+        4 * (m as u64) * (n as u64),
+    )?;
+    ctx.check_lanes("max_compute_workgroups_per_dimension² (rows)", m)?;
+    ctx.check_lanes("max_compute_workgroups_per_dimension² (columns)", n)
 }

@@ -454,7 +454,7 @@ pub(super) fn build_solution(
 
 /// A problem whose data already lives in the application's GPU buffers (f32, on this context's device).
 ///
-/// `cost` is m×n row-major and needs `STORAGE` usage; `a` (m) and `b` (n) need `COPY_SRC`. The values are not
+/// Every buffer needs `STORAGE | COPY_SRC` usage; `cost` is m×n row-major. The values are not
 /// checked on the host (that would need a readback): they must be finite, the marginals positive (the
 /// semi-dual divides by b_j) with equal sums.
 #[derive(Debug, Clone, Copy)]
@@ -469,6 +469,33 @@ pub struct GpuProblem<'a> {
     pub b: &'a wgpu::Buffer,
     /// Cost, m×n f32 row-major.
     pub cost: &'a wgpu::Buffer,
+}
+
+impl GpuProblem<'_> {
+    /// Checks the shape against the buffers' sizes.
+    pub(crate) fn check(&self) -> Result<()> {
+        let (m, n) = (self.m, self.n);
+        if m == 0 || n == 0 {
+            return Err(Error::Empty {
+                what: if m == 0 { "a" } else { "b" },
+            });
+        }
+        let sizes = [
+            ("a buffer", self.a, m),
+            ("b buffer", self.b, n),
+            ("cost buffer", self.cost, m * n),
+        ];
+        for (what, buf, len) in sizes {
+            if buf.size() < 4 * len as u64 {
+                return Err(Error::ShapeMismatch {
+                    what,
+                    expected: 4 * len,
+                    found: buf.size() as usize,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The result of [`GpuContext::solve_sparse_buffers`]: new buffers owned by the caller, plus the run's report.
@@ -504,30 +531,13 @@ impl GpuContext {
         cfg: &SparseOt,
         input: &GpuProblem<'_>,
     ) -> Result<GpuSparseOutput> {
+        input.check()?;
         let (m, n) = (input.m, input.n);
-        if m == 0 || n == 0 {
-            return Err(Error::Empty {
-                what: if m == 0 { "a" } else { "b" },
-            });
-        }
         if cfg.lanes == Lanes::Rows {
             return Err(Error::Unavailable {
                 what: "row sparsity on GPU buffers",
                 why: "pass the transposed cost and swapped marginals".into(),
             });
-        }
-        for (what, buf, len) in [
-            ("a buffer", input.a, m),
-            ("b buffer", input.b, n),
-            ("cost buffer", input.cost, m * n),
-        ] {
-            if buf.size() < 4 * len as u64 {
-                return Err(Error::ShapeMismatch {
-                    what,
-                    expected: 4 * len,
-                    found: buf.size() as usize,
-                });
-            }
         }
         let k = match cfg.k {
             Some(k) if k == 0 || k > m => {
