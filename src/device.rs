@@ -107,7 +107,9 @@ impl SparseOt {
     ///
     /// On the CPU the problems run in parallel (f64). On a GPU the whole batch is one workspace and each step
     /// is a fixed number of dispatches covering all B problems (f32; potentials, plans and values are read
-    /// back once at the end; plan metrics are measured in f64 on the host).
+    /// back once at the end; plan metrics are measured in f64 on the host). There `tol` is raised to the f32
+    /// gradient noise, 1e-6 × the problem's largest marginal entry (below it Adam's normalised step would
+    /// follow rounding noise at full step size), and a `Converged` status names the tolerance used.
     ///
     /// Errors: a learning rate that is not finite and > 0 (outer `Err`); per problem, its validation errors.
     pub fn solve_batch_adam_on(
