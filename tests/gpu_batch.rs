@@ -243,6 +243,9 @@ fn authors_router_on_gpu() {
     assert_eq!(cpu.device, "cpu");
     assert_eq!(out.dispatch, cpu.dispatch);
     for (g, (a, b)) in out.groups.iter().zip(&cpu.groups).enumerate() {
+        // With E = 2 and capacity S, some groups are balanced at α = 0 (gradient exactly 0 in f64, rounding
+        // noise ~1e-7 in f32): both stop before the first step, the GPU through its f32 noise floor.
+        assert_eq!(a.iterations, b.iterations, "group {g}: {a:?} vs {b:?}");
         assert!(
             (a.token_mass_error - b.token_mass_error).abs() <= F32_TOL,
             "group {g}: {a:?} vs {b:?}"
