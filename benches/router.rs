@@ -6,10 +6,21 @@
 //! * `accurate`: L-BFGS with the nonsmooth finish ([`RouterSolver::ACCURATE`]) on a smaller batch,
 //!   16 × 256 × 32, because the full batch takes minutes per run on a small machine.
 //!
+//! * `adam-gpu`: the recipe on the GPU (`Router::route_on`, the whole batch per step), same batch, when an
+//!   adapter exists (else skipped with a note on stderr). The timed region is the whole call: upload, the
+//!   one submission of all steps, the blocking readback (`poll` waits for the device) and the host-side
+//!   assembly, so the time is honest wall time. On a machine whose only adapter is lavapipe (Mesa's software
+//!   Vulkan) this measures a CPU emulation, not a GPU.
+//!
 //! Throughput is reported in logits (G · S · E) per second.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use ndarray::Array3;
+#[cfg(feature = "gpu")]
+use sparse_ot::Device;
 use sparse_ot::{greedy_top_k, Router, RouterSolver};
 
 /// Skewed logits: per-expert popularity N(0, 0.5²) shared by all tokens + per-token N(0, 1) noise.
@@ -60,8 +71,32 @@ fn router(c: &mut Criterion) {
             }
         }
     }
+    gpu_adam(&mut group);
     group.finish();
 }
+
+/// The recipe on the GPU, when an adapter exists.
+#[cfg(feature = "gpu")]
+fn gpu_adam(group: &mut BenchmarkGroup<'_, WallTime>) {
+    let (g, s, e) = (1024, 256, 32);
+    match Device::gpu() {
+        Ok(device) => {
+            let l = logits(g, s, e);
+            let r = Router::experts_choose(1.0).unwrap();
+            let name = r.route_on(l.view(), &device).unwrap().device;
+            eprintln!("adam-gpu runs on {name}");
+            group.throughput(Throughput::Elements((g * s * e) as u64));
+            let id = BenchmarkId::new("adam-gpu", format!("{g}x{s}x{e}"));
+            group.bench_function(id, |bch| {
+                bch.iter(|| r.route_on(l.view(), &device).unwrap())
+            });
+        }
+        Err(err) => eprintln!("adam-gpu skipped: {err}"),
+    }
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_adam(_: &mut BenchmarkGroup<'_, WallTime>) {}
 
 criterion_group!(benches, router);
 criterion_main!(benches);

@@ -14,6 +14,10 @@
 //  10 storage read_write      beta_out: n, β_j (dual) or the implied −γ θ_j (semi-dual)   (extract)
 // Dispatch: column_pass one workgroup per column; row_pass one thread per row (ceil(m / WG) workgroups);
 //   finalize one workgroup; extract one thread per column. Lanes laid out as in common.wgsl.
+// Batches: workgroup_id.z is the problem index p of a batch of B problems of one shape (z = 1 for a single
+//   problem). Every buffer holds the B problems back to back and problem p's slice starts at p × its
+//   per-problem length (cost_t m·n, x/grad/d dim, a m, b/cols/beta_out n, out 4 for finalize and n·k for
+//   extract, rows_out n·k), so the strides follow from the uniform's m, n, k and dim.
 // Overrides: WG.
 // Formula: s = α − c_j. TopK(s) by the tie rule of SPEC §3.1 (larger value, then lower index) found without
 //   sorting: the k-th largest order-preserving key by a 32-step bitwise search of counts, then the last
@@ -60,6 +64,9 @@ struct ColState {
 @group(0) @binding(9) var<storage, read_write> rows_out: array<u32>;
 @group(0) @binding(10) var<storage, read_write> beta_out: array<f32>;
 
+// Problem index of the invocation (workgroup_id.z), set first thing by every entry point.
+var<private> pb: u32;
+
 // θ ∈ [−b_j, 0]: 26 halvings reach 1.5e-8·b_j, below the f32 spacing there; refinement then makes it exact.
 const BISECTION_STEPS: u32 = 26u;
 const REFINE_STEPS: u32 = 3u;
@@ -75,7 +82,7 @@ fn order_key(v: f32) -> u32 {
 
 // Entry i of column j: s = α_i − C_ij.
 fn score(i: u32, j: u32) -> f32 {
-    return x[i] - cost_t[j * P.m + i];
+    return x[pb * P.dim + i] - cost_t[(pb * P.n + j) * P.m + i];
 }
 
 // Whether row i is among TopK of a column whose state is c.
@@ -92,6 +99,7 @@ var<workgroup> wg_tie: u32;
 @compute @workgroup_size(WG)
 fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) tid: u32) {
+    pb = wid.z;
     let j_raw = lane_of(wid, nwg);
     let live = j_raw < P.n;
     let j = min(j_raw, P.n - 1u);
@@ -155,7 +163,7 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var state = ColState(th, tie, 0.0, 0.0, 0.0, 0u, 0u, 0u);
 
     // 3. σ_j and θ_j.
-    let bj = b[j];
+    let bj = b[pb * P.n + j];
     if (P.mode == 0u) {
         var smax = NEG_BIG;
         for (var i = tid; i < m; i = i + WG) {
@@ -205,7 +213,7 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         }
         state.theta = theta;
     } else {
-        state.shift = -x[m + j];
+        state.shift = -x[pb * P.dim + m + j];
         state.theta = 0.0;
     }
 
@@ -230,73 +238,78 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             state.term = lin_t - 0.5 * P.gamma * sq_t;
         } else {
             state.term = 0.5 * P.gamma * sq_t;
-            grad[m + j] = cs_t - bj;
+            grad[pb * P.dim + m + j] = cs_t - bj;
         }
-        cols[j] = state;
+        cols[pb * P.n + j] = state;
     }
 }
 
 @compute @workgroup_size(WG)
 fn row_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) tid: u32) {
+    pb = wid.z;
     let i = lane_of(wid, nwg) * WG + tid;
     if (i >= P.m) {
         return;
     }
     var acc = 0.0;
     for (var j = 0u; j < P.n; j = j + 1u) {
-        let c = cols[j];
+        let c = cols[pb * P.n + j];
         let s = score(i, j);
         if (selected(order_key(s), i, c)) {
             acc = acc + plan_entry(s, c);
         }
     }
-    grad[i] = acc - a[i];
+    grad[pb * P.dim + i] = acc - a[pb * P.m + i];
 }
 
 @compute @workgroup_size(WG)
-fn finalize(@builtin(local_invocation_index) tid: u32) {
+fn finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    pb = wid.z;
+    let xo = pb * P.dim;
     var lin = 0.0;
     for (var i = tid; i < P.m; i = i + WG) {
-        lin = lin + x[i] * a[i];
+        lin = lin + x[xo + i] * a[pb * P.m + i];
     }
     var terms = 0.0;
     for (var j = tid; j < P.n; j = j + WG) {
-        terms = terms + cols[j].term;
+        terms = terms + cols[pb * P.n + j].term;
         if (P.mode == 1u) {
-            lin = lin + x[P.m + j] * b[j];
+            lin = lin + x[xo + P.m + j] * b[pb * P.n + j];
         }
     }
     var slope = 0.0;
     var gmax = 0.0;
     for (var i = tid; i < P.dim; i = i + WG) {
-        slope = slope + grad[i] * d[i];
-        gmax = max(gmax, abs(grad[i]));
+        slope = slope + grad[xo + i] * d[xo + i];
+        gmax = max(gmax, abs(grad[xo + i]));
     }
     let lin_t = wg_sum(tid, lin);
     let terms_t = wg_sum(tid, terms);
     let slope_t = wg_sum(tid, slope);
     let gmax_t = wg_max(tid, gmax);
     if (tid == 0u) {
-        out[0] = -(lin_t - terms_t);
-        out[1] = slope_t;
-        out[2] = gmax_t;
+        out[4u * pb] = -(lin_t - terms_t);
+        out[4u * pb + 1u] = slope_t;
+        out[4u * pb + 2u] = gmax_t;
     }
 }
 
 @compute @workgroup_size(WG)
 fn extract(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) tid: u32) {
+    pb = wid.z;
     let j = lane_of(wid, nwg) * WG + tid;
     if (j >= P.n) {
         return;
     }
     let k = min(P.k, P.m);
-    let c = cols[j];
+    let c = cols[pb * P.n + j];
+    let col = pb * P.n + j;
     if (P.mode == 0u) {
-        beta_out[j] = -(c.shift + P.gamma * c.theta);
+        beta_out[col] = -(c.shift + P.gamma * c.theta);
     } else {
-        beta_out[j] = x[P.m + j];
+        beta_out[col] = x[pb * P.dim + P.m + j];
     }
     var w = 0u;
     for (var i = 0u; i < P.m; i = i + 1u) {
@@ -304,14 +317,14 @@ fn extract(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         if (w < k && selected(order_key(s), i, c)) {
             let t = plan_entry(s, c);
             if (t > 0.0) {
-                out[j * k + w] = t;
-                rows_out[j * k + w] = i;
+                out[col * k + w] = t;
+                rows_out[col * k + w] = i;
                 w = w + 1u;
             }
         }
     }
     for (; w < k; w = w + 1u) {
-        out[j * k + w] = 0.0;
-        rows_out[j * k + w] = 0xffffffffu;
+        out[col * k + w] = 0.0;
+        rows_out[col * k + w] = 0xffffffffu;
     }
 }

@@ -3,8 +3,10 @@
 #[cfg(feature = "gpu")]
 use std::sync::Arc;
 
+use crate::batch::Batch;
 use crate::config::{Observer, Sinkhorn, SparseOt};
-use crate::error::Result;
+use crate::cpu::adam::{self, Adam};
+use crate::error::{positive, Result};
 #[cfg(feature = "gpu")]
 use crate::gpu::GpuContext;
 use crate::problem::Problem;
@@ -76,6 +78,56 @@ impl SparseOt {
             #[cfg(feature = "gpu")]
             Target::Gpu(ctx) => crate::gpu::sparse::solve(&ctx, self, problem, observer),
         }
+    }
+
+    /// Solves every problem of the batch on `device` with this configuration's solver (L-BFGS, or the
+    /// nonsmooth finish / exact path where the CPU uses them). On the CPU this is [`SparseOt::solve_batch`];
+    /// on a GPU the problems are solved **one after another** with [`SparseOt::solve_on`] (the L-BFGS driver
+    /// takes per-problem decisions, so its steps are not batched; the batched GPU path is
+    /// [`SparseOt::solve_batch_adam_on`]). Entry i is problem i's own result.
+    pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
+        match device.target() {
+            Target::Cpu => self.solve_batch(batch),
+            #[cfg(feature = "gpu")]
+            Target::Gpu(ctx) => (0..batch.len())
+                .map(|i| {
+                    batch
+                        .problem(i)
+                        .and_then(|p| crate::gpu::sparse::solve(&ctx, self, &p, &mut |_| {}))
+                })
+                .collect(),
+        }
+    }
+
+    /// The mixture-of-experts recipe of the paper on every problem of the batch: Adam ascent on this
+    /// configuration's formulation from its warm start (α = 0 by default) with step size `learning_rate`
+    /// for at most `steps` steps (β₁ = 0.9, β₂ = 0.999, ε = 1e-8), stopping a problem early when its
+    /// gradient's max-norm is ≤ `tol`. The status is `Converged` when the plan's marginal violation is
+    /// ≤ `tol`, `MaxIterations` otherwise; `iterations` counts the steps taken.
+    ///
+    /// On the CPU the problems run in parallel (f64). On a GPU the whole batch is one workspace and each step
+    /// is a fixed number of dispatches covering all B problems (f32; potentials, plans and values are read
+    /// back once at the end; plan metrics are measured in f64 on the host). There `tol` is raised to the f32
+    /// gradient noise, 1e-6 × the problem's largest marginal entry (below it Adam's normalised step would
+    /// follow rounding noise at full step size), and a `Converged` status names the tolerance used.
+    ///
+    /// Errors: a learning rate that is not finite and > 0 (outer `Err`); per problem, its validation errors.
+    pub fn solve_batch_adam_on(
+        &self,
+        batch: &Batch,
+        learning_rate: f64,
+        steps: usize,
+        device: &Device,
+    ) -> Result<Vec<Result<Solution>>> {
+        let adam = Adam {
+            learning_rate: positive("learning_rate", learning_rate)?,
+            steps,
+        };
+        Ok(match device.target() {
+            Target::Cpu => batch.map_problems(|p| adam::solve(self, adam, p)),
+            #[cfg(feature = "gpu")]
+            Target::Gpu(ctx) => crate::gpu::adam::solve_batch(&ctx, self, adam, batch),
+        })
     }
 
     /// Async [`SparseOt::solve_on`]. The future does the whole solve when first polled; on native backends

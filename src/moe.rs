@@ -13,7 +13,10 @@
 //! Dispatch is the support of the plan; the combine weight of a routed (token, expert) pair is its gate.
 //! Two solvers: the authors' recipe ([`RouterSolver::AUTHORS`]: semi-dual, Adam, learning rate 1e-2,
 //! 20 steps from α = 0) and the accurate L-BFGS solver of [`SparseOt`]. Groups are independent problems of
-//! one shape and are solved as a [`Batch`] (in parallel on the CPU).
+//! one shape and are solved as a [`Batch`]: in parallel on the CPU; on a GPU ([`Router::route_on`]) the
+//! authors' recipe runs the whole batch at once (each Adam step is a fixed number of dispatches covering
+//! every group, see [`SparseOt::solve_batch_adam_on`]) while the accurate solver solves the groups one
+//! after another with the single-problem GPU path ([`SparseOt::solve_batch_on`]).
 //!
 //! ```
 //! use ndarray::Array3;
@@ -33,6 +36,7 @@ use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
 use crate::batch::Batch;
 use crate::config::SparseOt;
 use crate::cpu::adam::{self, Adam};
+use crate::device::Device;
 use crate::error::{positive, Error, Position, Result};
 use crate::problem::Problem;
 use crate::solution::{Solution, Termination};
@@ -198,6 +202,26 @@ impl Router {
         logits: ArrayView3<f64>,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Routing> {
+        self.route_on_observed(logits, &Device::Cpu, progress)
+    }
+
+    /// Routes f64 logits (G × S × E) on `device`. On a GPU the authors' recipe solves all G groups as one
+    /// batch (f32, one fixed set of dispatches per Adam step whatever G is); the accurate solver solves the
+    /// groups one after another on the GPU. [`Routing::device`] names where it ran.
+    ///
+    /// Errors: as [`Router::route`].
+    pub fn route_on(&self, logits: ArrayView3<f64>, device: &Device) -> Result<Routing> {
+        self.route_on_observed(logits, device, &|_, _| {})
+    }
+
+    /// [`Router::route_on`] with a progress callback. On the CPU it is called as each group finishes; on a
+    /// GPU the batched recipe reports all groups once the batch is done.
+    pub fn route_on_observed(
+        &self,
+        logits: ArrayView3<f64>,
+        device: &Device,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Routing> {
         let gates = gates(logits)?;
         let (g, s, e) = gates.dim();
         if self.mode == RoutingMode::TokensChooseExperts && self.experts_per_token > e {
@@ -215,13 +239,28 @@ impl Router {
             Array1::from_elem(e, s as f64 / e as f64).view(),
             cost.view(),
         )?;
-        let done = AtomicUsize::new(0);
-        let solver = self.solver;
-        let results = batch.map_problems(|p| {
-            let sol = solve_group(&cfg, solver, p);
-            progress(done.fetch_add(1, Ordering::Relaxed) + 1, g);
-            sol
-        });
+        let results = match (device.is_gpu(), self.solver) {
+            (false, solver) => {
+                let done = AtomicUsize::new(0);
+                batch.map_problems(|p| {
+                    let sol = solve_group(&cfg, solver, p);
+                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, g);
+                    sol
+                })
+            }
+            (
+                true,
+                RouterSolver::Adam {
+                    learning_rate,
+                    steps,
+                },
+            ) => cfg.solve_batch_adam_on(&batch, learning_rate, steps, device)?,
+            (true, RouterSolver::Accurate { .. }) => cfg.solve_batch_on(&batch, device),
+        };
+        if device.is_gpu() {
+            (1..=g).for_each(|done| progress(done, g));
+        }
+        let mut ran_on = String::from("cpu");
         let mut dispatch = Array3::from_elem((g, s, e), false);
         let mut reports = Vec::with_capacity(g);
         for (index, result) in results.into_iter().enumerate() {
@@ -234,8 +273,11 @@ impl Router {
                 d[[i, j]] = true;
             }
             reports.push(GroupReport::from(&sol));
+            ran_on = sol.device;
         }
-        Ok(Routing::new(dispatch, &gates, capacity, reports))
+        let mut routing = Routing::new(dispatch, &gates, capacity, reports);
+        routing.device = ran_on;
+        Ok(routing)
     }
 
     /// The column- or row-sparse solver configuration for S tokens.
@@ -391,6 +433,8 @@ pub struct Routing {
     pub load: LoadMetrics,
     /// One report per group for the OT router; empty for the greedy router.
     pub groups: Vec<GroupReport>,
+    /// Where the groups were solved: `"cpu"` or the GPU adapter's name (`"cpu"` for the greedy router).
+    pub device: String,
 }
 
 impl Routing {
@@ -412,6 +456,7 @@ impl Routing {
             capacity,
             load,
             groups,
+            device: "cpu".into(),
         }
     }
 

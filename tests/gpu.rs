@@ -389,7 +389,7 @@ on_both_devices!(iteration_limit_is_a_status, |device: &Device, _tol: Tol| {
 fn shaders_validate_without_a_device() {
     use wgpu::naga;
     let sources = sparse_ot::gpu::shader_sources();
-    assert_eq!(sources.len(), 4);
+    assert_eq!(sources.len(), 5);
     for (file, source) in sources {
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&source)));

@@ -17,9 +17,17 @@ pub(crate) struct Adam {
     pub steps: usize,
 }
 
-const BETA1: f64 = 0.9;
-const BETA2: f64 = 0.999;
-const EPS: f64 = 1e-8;
+/// First-moment decay β₁ (shared with the GPU kernel `shaders/adam.wgsl`).
+pub(crate) const BETA1: f64 = 0.9;
+/// Second-moment decay β₂.
+pub(crate) const BETA2: f64 = 0.999;
+/// Denominator guard ε.
+pub(crate) const EPS: f64 = 1e-8;
+
+/// Bias corrections (1 − β₁ᵗ, 1 − β₂ᵗ) of step t (1-based).
+pub(crate) fn bias_correction(t: usize) -> (f64, f64) {
+    (1.0 - BETA1.powi(t as i32), 1.0 - BETA2.powi(t as i32))
+}
 
 /// Runs at most `adam.steps` Adam steps on the formulation of `cfg` (k, γ, lanes, warm start, tol).
 ///
@@ -57,7 +65,7 @@ fn solve_columns(cfg: &SparseOt, adam: Adam, p: &Problem, axis: &'static str) ->
         if max_abs(&grad) <= cfg.tol {
             break;
         }
-        let (c1, c2) = (1.0 - BETA1.powi(t as i32), 1.0 - BETA2.powi(t as i32));
+        let (c1, c2) = bias_correction(t);
         for (((xi, &gi), mi), vi) in x.iter_mut().zip(&grad).zip(&mut m1).zip(&mut m2) {
             *mi = BETA1 * *mi + (1.0 - BETA1) * gi;
             *vi = BETA2 * *vi + (1.0 - BETA2) * gi * gi;
@@ -67,14 +75,22 @@ fn solve_columns(cfg: &SparseOt, adam: Adam, p: &Problem, axis: &'static str) ->
         steps = t;
     }
     let mut sol = finish(cfg, p, &mut dual, &x, Termination::MaxIterations, steps);
+    set_termination(cfg, cfg.tol, &mut sol);
+    Ok(sol)
+}
+
+/// The recipe's status from the plan's measured marginal violation (the semi-dual only constrains the rows
+/// through its gradient): `Converged` when it is ≤ `tol` (`cfg.tol` on the CPU), else `MaxIterations`.
+pub(crate) fn set_termination(cfg: &SparseOt, tol: f64, sol: &mut Solution) {
     let violation = match cfg.formulation {
         crate::Formulation::SemiDual => sol.marginal_error_rows,
         crate::Formulation::Dual => sol.marginal_error_rows.max(sol.marginal_error_cols),
     };
-    if violation <= cfg.tol {
-        sol.termination = Termination::Converged(Criterion::MarginalError { tol: cfg.tol });
-    }
-    Ok(sol)
+    sol.termination = if violation <= tol {
+        Termination::Converged(Criterion::MarginalError { tol })
+    } else {
+        Termination::MaxIterations
+    };
 }
 
 fn max_abs(v: &[f64]) -> f64 {

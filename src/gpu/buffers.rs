@@ -74,11 +74,12 @@ pub(crate) fn bind(
     }))
 }
 
-/// A prepared dispatch: pipeline, bind group and workgroup grid.
+/// A prepared dispatch: pipeline, bind group and workgroup grid (x, y lanes; z the batch's problems).
 pub(crate) struct Pass {
     pipeline: wgpu::ComputePipeline,
     group: wgpu::BindGroup,
     grid: (u32, u32),
+    batch: u32,
 }
 
 impl Pass {
@@ -93,7 +94,14 @@ impl Pass {
             pipeline: ctx.pipeline(kernel)?,
             group: bind(ctx, kernel, entries)?,
             grid: ctx.grid(lanes as u32),
+            batch: 1,
         })
+    }
+
+    /// The same dispatch repeated for `problems` problems of a batch along `workgroup_id.z` (one dispatch).
+    pub(crate) fn batched(mut self, problems: usize) -> Self {
+        self.batch = problems.max(1) as u32;
+        self
     }
 
     /// One thread per item: ceil(items / WG) workgroups.
@@ -118,7 +126,7 @@ impl Pass {
     pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.group, &[]);
-        pass.dispatch_workgroups(self.grid.0, self.grid.1, 1);
+        pass.dispatch_workgroups(self.grid.0, self.grid.1, self.batch);
     }
 }
 
@@ -137,6 +145,7 @@ pub(crate) fn encode(ctx: &GpuContext, passes: &[&Pass]) -> wgpu::CommandEncoder
             p.record(&mut cp);
         }
     }
+    ctx.count_dispatches(passes.len());
     enc
 }
 

@@ -39,6 +39,7 @@ pub struct GpuContext {
     errors: Arc<Mutex<Vec<String>>>,
     compiled: AtomicUsize,
     created: AtomicUsize,
+    dispatches: AtomicUsize,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -63,6 +64,14 @@ pub(crate) enum WorkspaceKey {
         k: usize,
         dual: bool,
         memory: usize,
+    },
+    /// A batch of `batch` sparse problems of one shape run by the Adam recipe (`gpu::adam`).
+    AdamBatch {
+        m: usize,
+        n: usize,
+        k: usize,
+        dual: bool,
+        batch: usize,
     },
 }
 
@@ -134,6 +143,7 @@ impl GpuContext {
             errors: Arc::new(Mutex::new(Vec::new())),
             compiled: AtomicUsize::new(0),
             created: AtomicUsize::new(0),
+            dispatches: AtomicUsize::new(0),
         }
     }
 
@@ -177,6 +187,29 @@ impl GpuContext {
             pipelines_compiled: self.compiled.load(Ordering::Relaxed),
             workspaces_created: self.created.load(Ordering::Relaxed),
         }
+    }
+
+    /// Compute dispatches recorded so far by this crate on this context (every dispatch counts once, however
+    /// many problems of a batch it covers). Lets tests check that batched work does not grow with B.
+    pub fn dispatches_recorded(&self) -> usize {
+        self.dispatches.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_dispatches(&self, count: usize) {
+        self.dispatches.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Refuses a batch of more problems than one grid dimension holds (problems run along z).
+    pub(crate) fn check_batch(&self, problems: usize) -> Result<()> {
+        let limit = self.limits.max_compute_workgroups_per_dimension as u64;
+        if problems as u64 > limit {
+            return Err(Error::DeviceLimit {
+                what: "max_compute_workgroups_per_dimension (problems of a batch)",
+                limit,
+                needed: problems as u64,
+            });
+        }
+        Ok(())
     }
 
     /// The largest storage binding (and buffer) this device accepts, in bytes.

@@ -11,16 +11,18 @@ pub(crate) enum Family {
     SparseDual,
     Lbfgs,
     Reduce,
+    Adam,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Family {
-    pub(crate) const ALL: [Family; 4] = [
+    pub(crate) const ALL: [Family; 5] = [
         Family::Sinkhorn,
         Family::SparseDual,
         Family::Lbfgs,
         Family::Reduce,
+        Family::Adam,
     ];
 
     /// File name under `shaders/`.
@@ -30,6 +32,7 @@ impl Family {
             Family::SparseDual => "sparse_dual.wgsl",
             Family::Lbfgs => "lbfgs.wgsl",
             Family::Reduce => "reduce.wgsl",
+            Family::Adam => "adam.wgsl",
         }
     }
 
@@ -40,6 +43,7 @@ impl Family {
             Family::SparseDual => include_str!("../../shaders/sparse_dual.wgsl"),
             Family::Lbfgs => include_str!("../../shaders/lbfgs.wgsl"),
             Family::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Family::Adam => include_str!("../../shaders/adam.wgsl"),
         };
         format!("{COMMON}\n{own}")
     }
@@ -62,6 +66,7 @@ pub(crate) enum Kernel {
     Accept,
     Direction,
     Steepest,
+    AdamStep,
 }
 
 impl Kernel {
@@ -71,6 +76,7 @@ impl Kernel {
             Kernel::MaxAbs | Kernel::Transpose | Kernel::LogInto | Kernel::Range => Family::Reduce,
             Kernel::Column | Kernel::Row | Kernel::Finalize | Kernel::Extract => Family::SparseDual,
             Kernel::Trial | Kernel::Accept | Kernel::Direction | Kernel::Steepest => Family::Lbfgs,
+            Kernel::AdamStep => Family::Adam,
         }
     }
 
@@ -90,6 +96,7 @@ impl Kernel {
             Kernel::Accept => "accept",
             Kernel::Direction => "direction",
             Kernel::Steepest => "steepest",
+            Kernel::AdamStep => "adam_step",
         }
     }
 }

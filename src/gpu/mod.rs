@@ -11,7 +11,14 @@
 //!   potentials and the plan are read back once at the end (or stay in buffers with
 //!   [`GpuContext::solve_sparse_buffers`]).
 //! * Problems that do not fit one storage binding are refused with [`crate::Error::DeviceLimit`].
+//! * Batches: the sparse kernels take the problem index from `workgroup_id.z` and find problem p's data at
+//!   p × its per-problem length in every buffer, so one dispatch covers B problems of one shape (B = 1 is the
+//!   single-problem path). [`crate::SparseOt::solve_batch_adam_on`] (the router recipe) runs a whole batch
+//!   with three dispatches per Adam step whatever B is, all steps in one submission, one readback at the end
+//!   ([`GpuContext::dispatches_recorded`] counts dispatches). L-BFGS solves of a batch run one problem after
+//!   another ([`crate::SparseOt::solve_batch_on`]): the driver's line search decides per problem.
 
+pub(crate) mod adam;
 mod buffers;
 mod context;
 mod kernels;

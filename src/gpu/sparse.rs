@@ -41,26 +41,27 @@ const F32_VALUE_NOISE: f64 = 1e-6;
 /// Words of one `ColState` (key, tie, θ, term, σ, 3 pads).
 const COL_WORDS: usize = 8;
 
-/// Buffers and passes of one (m, n, k, formulation, memory).
+/// Buffers and passes of one (m, n, k, formulation, memory), for one problem or a batch of B problems
+/// stored back to back (every buffer B times its per-problem length, every pass dispatched with z = B).
 pub(crate) struct Workspace {
-    m: usize,
-    n: usize,
-    k: usize,
-    dual: bool,
+    pub(super) m: usize,
+    pub(super) n: usize,
+    pub(super) k: usize,
+    pub(super) dual: bool,
     params: wgpu::Buffer,
-    cost_t: wgpu::Buffer,
-    a: wgpu::Buffer,
-    b: wgpu::Buffer,
-    scalars: wgpu::Buffer,
-    plan_values: wgpu::Buffer,
-    plan_rows: wgpu::Buffer,
-    beta: wgpu::Buffer,
-    staging: wgpu::Buffer,
-    lbfgs: LbfgsBuffers,
-    column: Pass,
-    row: Pass,
-    finalize: Pass,
-    extract: Pass,
+    pub(super) cost_t: wgpu::Buffer,
+    pub(super) a: wgpu::Buffer,
+    pub(super) b: wgpu::Buffer,
+    pub(super) scalars: wgpu::Buffer,
+    pub(super) plan_values: wgpu::Buffer,
+    pub(super) plan_rows: wgpu::Buffer,
+    pub(super) beta: wgpu::Buffer,
+    pub(super) staging: wgpu::Buffer,
+    pub(super) lbfgs: LbfgsBuffers,
+    pub(super) column: Pass,
+    pub(super) row: Pass,
+    pub(super) finalize: Pass,
+    pub(super) extract: Pass,
 }
 
 impl DeviceObjective for Workspace {
@@ -82,6 +83,17 @@ impl Workspace {
         dual: bool,
         memory: usize,
     ) -> Result<Self> {
+        Self::batched(ctx, (m, n, k), dual, memory, 1)
+    }
+
+    /// Buffers for `nb` problems of one shape (m, n, k); the L-BFGS vectors hold all of them back to back.
+    pub(super) fn batched(
+        ctx: &GpuContext,
+        (m, n, k): (usize, usize, usize),
+        dual: bool,
+        memory: usize,
+        nb: usize,
+    ) -> Result<Self> {
         let dim = if dual { m + n } else { m };
         let params = buffers::uniform(
             ctx,
@@ -96,20 +108,20 @@ impl Workspace {
                 _pad: [0; 2],
             },
         );
-        let cost_t = buffers::storage(ctx, "cost_t", m * n);
-        let a = buffers::storage(ctx, "a", m);
-        let b = buffers::storage(ctx, "b", n);
-        let cols = buffers::storage(ctx, "column states", COL_WORDS * n);
-        let scalars = buffers::storage(ctx, "objective scalars", 4);
-        let plan_values = buffers::storage(ctx, "plan values", n * k);
-        let plan_rows = buffers::storage(ctx, "plan rows", n * k);
-        let beta = buffers::storage(ctx, "beta", n);
+        let cost_t = buffers::storage(ctx, "cost_t", nb * m * n);
+        let a = buffers::storage(ctx, "a", nb * m);
+        let b = buffers::storage(ctx, "b", nb * n);
+        let cols = buffers::storage(ctx, "column states", nb * COL_WORDS * n);
+        let scalars = buffers::storage(ctx, "objective scalars", nb * 4);
+        let plan_values = buffers::storage(ctx, "plan values", nb * n * k);
+        let plan_rows = buffers::storage(ctx, "plan rows", nb * n * k);
+        let beta = buffers::storage(ctx, "beta", nb * n);
         let staging = buffers::staging(
             ctx,
             "sparse readback",
-            buffers::words((n * k).max(dim).max(COL_WORDS)),
+            buffers::words(nb * (n * k).max(dim).max(COL_WORDS)),
         );
-        let lbfgs = LbfgsBuffers::new(ctx, dim, memory)?;
+        let lbfgs = LbfgsBuffers::new(ctx, nb * dim, memory)?;
         let (x, g, d) = (&lbfgs.xt, &lbfgs.gt, &lbfgs.d);
         let column = Pass::per_workgroup(
             ctx,
@@ -123,7 +135,8 @@ impl Workspace {
                 (6, g),
             ],
             n,
-        )?;
+        )?
+        .batched(nb);
         let row = Pass::per_thread(
             ctx,
             Kernel::Row,
@@ -136,7 +149,8 @@ impl Workspace {
                 (6, g),
             ],
             m,
-        )?;
+        )?
+        .batched(nb);
         let finalize = Pass::single(
             ctx,
             Kernel::Finalize,
@@ -150,7 +164,8 @@ impl Workspace {
                 (7, d),
                 (8, &scalars),
             ],
-        )?;
+        )?
+        .batched(nb);
         let extract = Pass::per_thread(
             ctx,
             Kernel::Extract,
@@ -164,7 +179,8 @@ impl Workspace {
                 (10, &beta),
             ],
             n,
-        )?;
+        )?
+        .batched(nb);
         Ok(Self {
             m,
             n,
@@ -187,14 +203,23 @@ impl Workspace {
         })
     }
 
-    fn set_gamma(&self, ctx: &GpuContext, gamma: f64) {
+    /// Per-problem dimension of the potentials (m, or m + n for the dual).
+    pub(super) fn dim(&self) -> usize {
+        if self.dual {
+            self.m + self.n
+        } else {
+            self.m
+        }
+    }
+
+    pub(super) fn set_gamma(&self, ctx: &GpuContext, gamma: f64) {
         let p = Params {
             m: self.m as u32,
             n: self.n as u32,
             k: self.k as u32,
             mode: self.dual as u32,
             gamma: gamma as f32,
-            dim: self.lbfgs.dim as u32,
+            dim: self.dim() as u32,
             _pad: [0; 2],
         };
         ctx.queue()
@@ -203,14 +228,14 @@ impl Workspace {
 }
 
 /// The outcome of one device run; the potentials and plan stay in the workspace buffers.
-struct Run {
-    termination: Termination,
-    iterations: usize,
+pub(super) struct Run {
+    pub(super) termination: Termination,
+    pub(super) iterations: usize,
     /// Objective (maximised) at the returned potentials.
-    value: f64,
+    pub(super) value: f64,
 }
 
-fn check_shape(ctx: &GpuContext, m: usize, n: usize, k: usize) -> Result<()> {
+pub(super) fn check_shape(ctx: &GpuContext, m: usize, n: usize, k: usize) -> Result<()> {
     ctx.check_binding(
         "max_storage_buffer_binding_size (cost matrix, f32)",
         4 * (m as u64) * (n as u64),
@@ -276,7 +301,7 @@ fn run(
     })
 }
 
-fn read<T: bytemuck::Pod>(
+pub(super) fn read<T: bytemuck::Pod>(
     ctx: &GpuContext,
     ws: &Workspace,
     buf: &wgpu::Buffer,
@@ -375,6 +400,41 @@ fn assemble(
     };
     let values: Vec<f32> = read(ctx, ws, &ws.plan_values, 0, n * k)?;
     let rows: Vec<u32> = read(ctx, ws, &ws.plan_rows, 0, n * k)?;
+    let data = Readback {
+        alpha: &alpha,
+        beta: &beta,
+        values: &values,
+        rows: &rows,
+    };
+    Ok(build_solution(ctx, cfg, p, k, data, r))
+}
+
+/// One problem's potentials and plan as read back from the device (f32; the plan is k entries per column,
+/// padded with row index `u32::MAX`).
+pub(super) struct Readback<'a> {
+    pub(super) alpha: &'a [f32],
+    pub(super) beta: &'a [f32],
+    pub(super) values: &'a [f32],
+    pub(super) rows: &'a [u32],
+}
+
+/// The host side of a device solve (single problem or one problem of a batch): compresses the plan and
+/// measures its cost and marginal errors in f64 against the f64 problem.
+pub(super) fn build_solution(
+    ctx: &GpuContext,
+    cfg: &SparseOt,
+    p: &Problem,
+    k: usize,
+    data: Readback<'_>,
+    r: Run,
+) -> Solution {
+    let (m, n) = (p.m(), p.n());
+    let Readback {
+        alpha,
+        beta,
+        values,
+        rows,
+    } = data;
     let mut ptr = Vec::with_capacity(n + 1);
     ptr.push(0);
     let mut indices = Vec::new();
@@ -394,7 +454,7 @@ fn assemble(
     let plan = SparsePlan::from_parts((m, n), Lanes::Columns, ptr, indices, vals);
     let (transport_cost, marginal_error_rows, marginal_error_cols) =
         plan_metrics(plan.triplets(), p.cost(), p.a_slice(), p.b_slice());
-    Ok(Solution {
+    Solution {
         method: method(cfg, Lanes::Columns),
         device: ctx.adapter_name().to_string(),
         plan: Plan::Sparse(plan),
@@ -406,7 +466,7 @@ fn assemble(
         marginal_error_cols,
         iterations: r.iterations,
         termination: r.termination,
-    })
+    }
 }
 
 /// A problem whose data already lives in the application's GPU buffers (f32, on this context's device).

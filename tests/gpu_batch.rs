@@ -1,0 +1,282 @@
+//! Batches on the GPU: the authors' Adam recipe for B problems at once against the f64 CPU recipe
+//! (`src/cpu/adam.rs`), against one-by-one GPU runs, the router on a GPU, and the dispatch count per step.
+//!
+//! GPU tests need an adapter (lavapipe, Mesa's software Vulkan, is enough). Without one they print
+//! "SKIPPED: no GPU adapter" and pass, unless `SPARSE_OT_REQUIRE_GPU=1`, where they fail.
+//!
+//! Tolerances: the GPU computes in f32 (unit roundoff u ≈ 6e-8), so its gradient T1 − a carries a noise
+//! δg ≈ 1e-7 on unit masses. One Adam step moves a potential by lr · m̂/(√v̂ + ε), which depends on the
+//! gradient only through the ratio m̂/√v̂; its relative error is ≈ δg/|g|. With |g| ≳ 1e-2 during the 20
+//! steps (the recipe leaves token errors of that order), each step adds ≈ lr · δg/|g| = 1e-2 · 1e-5 = 1e-7 and
+//! 20 steps ≈ 2e-6 to the potentials, and the same to the plan entries (γ ≥ 0.5) and the objective. The
+//! assertions use 1e-5 (potentials, objective, plan entries, marginal errors); measured on lavapipe: at most
+//! 1.4e-6 on α, 2.4e-6 on plan entries, 5e-7 on the objective. This is far below the ~1e-2 the recipe itself
+//! leaves on the token sums. Column sums of the semi-dual plan are exact to f32 rounding of b_j (≤ 1e-5 for
+//! b_j ≤ 4), where the f64 CPU plan has them to 1e-9.
+#![cfg(feature = "gpu")]
+
+use std::sync::Arc;
+
+use ndarray::{Array2, Array3, Axis};
+use sparse_ot::gpu::GpuContext;
+use sparse_ot::{Batch, Device, Formulation, Router, RouterSolver, Solution, SparseOt};
+
+/// The shared GPU context, or None (test skipped) when no adapter exists and a GPU is not required.
+fn gpu() -> Option<Arc<GpuContext>> {
+    match GpuContext::shared() {
+        Ok(ctx) => Some(ctx),
+        Err(e) => {
+            if std::env::var("SPARSE_OT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("SPARSE_OT_REQUIRE_GPU=1 but no GPU adapter: {e}");
+            }
+            eprintln!("SKIPPED: no GPU adapter ({e})");
+            None
+        }
+    }
+}
+
+/// Agreement of f32 GPU and f64 CPU recipe results (see the module docs).
+const F32_TOL: f64 = 1e-5;
+
+/// Deterministic values in [0, 1) (splitmix64).
+fn uniform(seed: u64) -> impl FnMut() -> f64 {
+    let mut state = seed;
+    move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// B problems of shape m × n: random positive marginals of unit mass, random costs in [0, 1).
+fn random_batch(nb: usize, m: usize, n: usize, seed: u64) -> Batch {
+    let mut next = uniform(seed);
+    let mut a = Array2::from_shape_simple_fn((nb, m), || 0.5 + next());
+    let mut b = Array2::from_shape_simple_fn((nb, n), || 0.5 + next());
+    for mut row in a.axis_iter_mut(Axis(0)) {
+        let s = row.sum();
+        row /= s;
+    }
+    for mut row in b.axis_iter_mut(Axis(0)) {
+        let s = row.sum();
+        row /= s;
+    }
+    let cost = Array3::from_shape_simple_fn((nb, m, n), &mut next);
+    Batch::new(a.view(), b.view(), cost.view()).unwrap()
+}
+
+/// Router logits in [-2, 2), as in tests/moe.rs.
+fn logits(g: usize, s: usize, e: usize, seed: u64) -> Array3<f64> {
+    let mut next = uniform(seed);
+    Array3::from_shape_simple_fn((g, s, e), || 4.0 * next() - 2.0)
+}
+
+fn max_diff<'a>(x: impl IntoIterator<Item = &'a f64>, y: impl IntoIterator<Item = &'a f64>) -> f64 {
+    x.into_iter()
+        .zip(y)
+        .fold(0.0, |m, (a, b)| m.max((a - b).abs()))
+}
+
+/// Asserts that a GPU recipe result agrees with the CPU one within `tol` (module docs).
+fn assert_agree(what: &str, gpu: &Solution, cpu: &Solution, tol: f64) {
+    assert_eq!(gpu.iterations, cpu.iterations, "{what}: steps");
+    assert_eq!(gpu.termination, cpu.termination, "{what}: status");
+    let da = max_diff(&gpu.alpha, &cpu.alpha);
+    let db = max_diff(&gpu.beta, &cpu.beta);
+    assert!(
+        da <= tol && db <= tol,
+        "{what}: |Δα| {da:.2e}, |Δβ| {db:.2e}"
+    );
+    assert!(
+        (gpu.value - cpu.value).abs() <= tol,
+        "{what}: value {} vs {}",
+        gpu.value,
+        cpu.value
+    );
+    let dp = max_diff(&gpu.plan.to_dense(), &cpu.plan.to_dense());
+    assert!(dp <= tol, "{what}: plan entries differ by {dp:.2e}");
+    eprintln!(
+        "{what}: |Δα| {da:.1e} |Δβ| {db:.1e} |Δvalue| {:.1e} |Δplan| {dp:.1e}",
+        (gpu.value - cpu.value).abs()
+    );
+    assert!(
+        (gpu.marginal_error_rows - cpu.marginal_error_rows).abs() <= tol
+            && (gpu.marginal_error_cols - cpu.marginal_error_cols).abs() <= tol,
+        "{what}: marginal errors {:.3e}/{:.3e} vs {:.3e}/{:.3e}",
+        gpu.marginal_error_rows,
+        gpu.marginal_error_cols,
+        cpu.marginal_error_rows,
+        cpu.marginal_error_cols
+    );
+}
+
+fn adam(cfg: &SparseOt, batch: &Batch, device: &Device) -> Vec<Solution> {
+    cfg.solve_batch_adam_on(batch, 1e-2, 20, device)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn batched_adam_matches_cpu_recipe() {
+    let Some(ctx) = gpu() else { return };
+    let device = Device::Gpu(ctx.clone());
+    let batch = random_batch(5, 9, 6, 1);
+    let configs = [
+        ("semi-dual k=3", SparseOt::new(3, 0.5).unwrap()),
+        (
+            "dual k=2",
+            SparseOt::new(2, 0.5)
+                .unwrap()
+                .formulation(Formulation::Dual),
+        ),
+        (
+            "row sparsity k=2",
+            SparseOt::new(2, 0.5).unwrap().row_sparsity(),
+        ),
+    ];
+    for (name, cfg) in configs {
+        let gpu = adam(&cfg, &batch, &device);
+        let cpu = adam(&cfg, &batch, &Device::Cpu);
+        for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+            assert_eq!(g.device, ctx.adapter_name());
+            assert_eq!(c.device, "cpu");
+            assert_agree(&format!("{name}, problem {i}"), g, c, F32_TOL);
+        }
+    }
+}
+
+#[test]
+fn batched_equals_one_by_one() {
+    let Some(ctx) = gpu() else { return };
+    let device = Device::Gpu(ctx);
+    let batch = random_batch(4, 7, 5, 2);
+    let cfg = SparseOt::new(2, 1.0).unwrap();
+    let together = adam(&cfg, &batch, &device);
+    for (i, sol) in together.iter().enumerate() {
+        let p = batch.problem(i).unwrap();
+        let one = Batch::new(
+            p.a().insert_axis(Axis(0)),
+            p.b().insert_axis(Axis(0)),
+            p.cost().insert_axis(Axis(0)),
+        )
+        .unwrap();
+        let alone = adam(&cfg, &one, &device).remove(0);
+        // Problem p's workgroups do the same arithmetic in the same order whatever B is: equal bits.
+        assert_eq!(sol.alpha, alone.alpha, "problem {i}: α");
+        assert_eq!(sol.beta, alone.beta, "problem {i}: β");
+        assert_eq!(sol.value, alone.value, "problem {i}: value");
+        assert_eq!(sol.plan, alone.plan, "problem {i}: plan");
+    }
+}
+
+#[test]
+fn bad_problem_keeps_its_own_error() {
+    let Some(ctx) = gpu() else { return };
+    let batch = random_batch(3, 6, 4, 3);
+    let mut cost = batch.cost().to_owned();
+    cost[[1, 2, 3]] = f64::NAN;
+    let bad = Batch::new(batch.a(), batch.b(), cost.view()).unwrap();
+    let cfg = SparseOt::new(2, 1.0).unwrap();
+    let out = cfg
+        .solve_batch_adam_on(&bad, 1e-2, 20, &Device::Gpu(ctx.clone()))
+        .unwrap();
+    assert!(out[1].is_err(), "the NaN problem must fail");
+    let good = adam(&cfg, &batch, &Device::Gpu(ctx));
+    for i in [0, 2] {
+        let sol = out[i].as_ref().unwrap();
+        assert_eq!(sol.alpha, good[i].alpha, "problem {i}");
+    }
+    assert!(cfg
+        .solve_batch_adam_on(&batch, 0.0, 20, &Device::Cpu)
+        .is_err());
+}
+
+/// Each step is a fixed number of dispatches for the whole batch: the count does not grow with B.
+#[test]
+fn dispatches_do_not_grow_with_batch_size() {
+    let Some(shared) = gpu() else { return };
+    // A private context on the same device: its counter sees only this test's work.
+    let ctx = Arc::new(GpuContext::from_device(
+        shared.device().clone(),
+        shared.queue().clone(),
+        shared.adapter_name(),
+    ));
+    let device = Device::Gpu(ctx.clone());
+    let cfg = SparseOt::new(2, 1.0).unwrap();
+    let mut per_run = Vec::new();
+    for nb in [1, 6] {
+        let before = ctx.dispatches_recorded();
+        let out = cfg
+            .solve_batch_adam_on(&random_batch(nb, 6, 4, 4), 1e-2, 20, &device)
+            .unwrap();
+        assert!(out.iter().all(|r| r.is_ok()));
+        per_run.push(ctx.dispatches_recorded() - before);
+    }
+    // 20 steps × (column pass, row pass, Adam update) + final column, row, objective and plan passes.
+    assert_eq!(per_run, vec![20 * 3 + 4, 20 * 3 + 4]);
+}
+
+/// The authors' router test (S = 8, E = 2, capacity factor 2, so capacity 8) on the GPU: row sums 1 within
+/// the recipe's 2e-2 (tests/moe.rs), column sums 4 within f32 rounding, at most capacity tokens per expert,
+/// and the same routing as the CPU.
+#[test]
+fn authors_router_on_gpu() {
+    let Some(ctx) = gpu() else { return };
+    let device = Device::Gpu(ctx.clone());
+    let l = logits(16, 8, 2, 7);
+    let r = Router::experts_choose(2.0).unwrap();
+    let out = r.route_on(l.view(), &device).unwrap();
+    assert_eq!(out.device, ctx.adapter_name());
+    assert_eq!(out.capacity, 8);
+    assert!(out.load.tokens_per_expert.max <= 8.0);
+    for (g, rep) in out.groups.iter().enumerate() {
+        assert!(rep.token_mass_error <= 2e-2, "group {g}: {rep:?}");
+        assert!(rep.expert_mass_error <= F32_TOL, "group {g}: {rep:?}");
+        assert!(rep.iterations <= 20);
+    }
+    let cpu = r.route_on(l.view(), &Device::Cpu).unwrap();
+    assert_eq!(cpu.device, "cpu");
+    assert_eq!(out.dispatch, cpu.dispatch);
+    for (g, (a, b)) in out.groups.iter().zip(&cpu.groups).enumerate() {
+        // With E = 2 and capacity S, some groups are balanced at α = 0 (gradient exactly 0 in f64, rounding
+        // noise ~1e-7 in f32): both stop before the first step, the GPU through its f32 noise floor.
+        assert_eq!(a.iterations, b.iterations, "group {g}: {a:?} vs {b:?}");
+        assert!(
+            (a.token_mass_error - b.token_mass_error).abs() <= F32_TOL,
+            "group {g}: {a:?} vs {b:?}"
+        );
+    }
+    // Capacity 4 (factor 1) binds: still at most 4 tokens per expert; tokens-choose on the GPU too.
+    let tight = Router::experts_choose(1.0).unwrap();
+    let out = tight.route_on(l.view(), &device).unwrap();
+    assert!(out.load.tokens_per_expert.max <= 4.0);
+    let top1 = Router::tokens_choose(1).unwrap();
+    let out = top1.route_on(l.view(), &device).unwrap();
+    assert!(out.load.experts_per_token.max <= 1.0);
+    assert_eq!(out.dispatch, top1.route(l.view()).unwrap().dispatch);
+}
+
+/// The accurate solver on the GPU (groups one after another): row and column sums within the authors' 1e-3.
+#[test]
+fn accurate_router_on_gpu() {
+    let Some(ctx) = gpu() else { return };
+    let l = logits(4, 8, 2, 11);
+    let r = Router::experts_choose(2.0)
+        .unwrap()
+        .solver(RouterSolver::Accurate {
+            tol: 1e-5,
+            max_iter: 200,
+        })
+        .unwrap();
+    let out = r.route_on(l.view(), &Device::Gpu(ctx)).unwrap();
+    for (g, rep) in out.groups.iter().enumerate() {
+        assert!(rep.token_mass_error <= 1e-3, "group {g}: {rep:?}");
+        assert!(rep.expert_mass_error <= 1e-3, "group {g}: {rep:?}");
+    }
+    assert!(out.load.tokens_per_expert.max <= 8.0);
+}
