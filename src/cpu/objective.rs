@@ -130,6 +130,18 @@ impl<'p> SparseDual<'p> {
         }
     }
 
+    /// The (semi-)dual of `p` with the settings of `cfg` and the resolved k.
+    pub(crate) fn for_problem(p: &'p crate::Problem, k: usize, cfg: &crate::SparseOt) -> Self {
+        Self::new(
+            p.cost(),
+            p.a_slice(),
+            p.b_slice(),
+            k,
+            cfg.gamma,
+            cfg.formulation,
+        )
+    }
+
     pub(crate) fn m(&self) -> usize {
         self.a.len()
     }

@@ -29,6 +29,49 @@ use crate::error::{Error, Result};
 use crate::problem::{check_vector_finite, Problem};
 use crate::solution::{plan_metrics, Criterion, Method, Plan, Progress, Solution, Termination};
 
+/// What the stopping rule decides at a marginal-error check.
+pub(crate) enum Check {
+    /// Keep iterating this stage.
+    Continue,
+    /// An intermediate ε stage is fitted well enough: move to the next ε.
+    NextStage,
+    /// The last stage met the tolerance: stop with this status.
+    Converged(Termination),
+}
+
+/// The check shared by the CPU and GPU Sinkhorn loops: reports `err` (the row-marginal error measured after
+/// `iterations` iterations) to the observer, then applies the stopping rule of the current stage.
+pub(crate) fn check(
+    cfg: &Sinkhorn,
+    iterations: usize,
+    err: f64,
+    last: bool,
+    stage_tol: f64,
+    observer: Observer<'_>,
+) -> Check {
+    observer(&Progress {
+        iteration: iterations,
+        value: f64::NAN,
+        marginal_error: err,
+        stage: if last {
+            "sinkhorn"
+        } else {
+            "sinkhorn eps-scaling"
+        },
+    });
+    if stage_tol > 0.0 && err <= stage_tol {
+        if last {
+            Check::Converged(Termination::Converged(Criterion::MarginalError {
+                tol: cfg.tol,
+            }))
+        } else {
+            Check::NextStage
+        }
+    } else {
+        Check::Continue
+    }
+}
+
 /// The ε schedule: ε₀ = max(ε, range of C), multiplied by `q` each stage, ending exactly at ε.
 pub(crate) fn epsilon_schedule(
     eps: f64,
@@ -379,27 +422,19 @@ fn iterate<F: Real>(
                     .zip(f.iter().zip(&f_new))
                     .map(|(&ai, (&fo, &fn_))| ai * (((fo - fn_) / eps).exp() - 1.0).abs())
                     .fold(0.0, f64::max);
-                observer(&Progress {
-                    iteration: iterations,
-                    value: f64::NAN,
-                    marginal_error: err,
-                    stage: if last {
-                        "sinkhorn"
-                    } else {
-                        "sinkhorn eps-scaling"
-                    },
-                });
-                if stage_tol > 0.0 && err <= stage_tol {
-                    if last {
+                match check(cfg, iterations, err, last, stage_tol, &mut *observer) {
+                    Check::Continue => {}
+                    Check::Converged(t) => {
                         // Keep the state before the f-update: columns exact, row error = err.
-                        termination =
-                            Termination::Converged(Criterion::MarginalError { tol: cfg.tol });
+                        termination = t;
                         break 'stages;
                     }
-                    std::mem::swap(&mut f, &mut f_new);
-                    // The next stage starts with a g-update at its own ε.
-                    g_next_valid = false;
-                    continue 'stages;
+                    Check::NextStage => {
+                        std::mem::swap(&mut f, &mut f_new);
+                        // The next stage starts with a g-update at its own ε.
+                        g_next_valid = false;
+                        continue 'stages;
+                    }
                 }
             }
             std::mem::swap(&mut f, &mut f_new);

@@ -184,14 +184,7 @@ pub(crate) fn solve_columns(
     observer: Observer<'_>,
 ) -> Result<Solution> {
     let Resolved { k, x0 } = resolve(cfg, p, axis)?;
-    let mut dual = SparseDual::new(
-        p.cost(),
-        p.a_slice(),
-        p.b_slice(),
-        k,
-        cfg.gamma,
-        cfg.formulation,
-    );
+    let mut dual = SparseDual::for_problem(p, k, cfg);
     if k1_is_exact(cfg, p, k) {
         let (x, termination, iterations) = k1_exact(cfg, p, &mut dual)?;
         return Ok(finish(cfg, p, &mut dual, &x, termination, iterations));
@@ -234,14 +227,7 @@ pub(crate) fn finish_after_stall(
     iterations: usize,
     observer: Observer<'_>,
 ) -> Solution {
-    let mut dual = SparseDual::new(
-        p.cost(),
-        p.a_slice(),
-        p.b_slice(),
-        k,
-        cfg.gamma,
-        cfg.formulation,
-    );
+    let mut dual = SparseDual::for_problem(p, k, cfg);
     let (x, termination, iterations) = nonsmooth_finish(cfg, &mut dual, x, iterations, observer);
     finish(cfg, p, &mut dual, &x, termination, iterations)
 }

@@ -8,14 +8,14 @@
 use ndarray::Array1;
 
 use crate::config::{Observer, Sinkhorn};
-use crate::cpu::sinkhorn::{assemble, epsilon_schedule, validate};
+use crate::cpu::sinkhorn::{assemble, check, epsilon_schedule, validate, Check};
 use crate::error::Result;
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::sparse::GpuProblem;
 use crate::problem::Problem;
-use crate::solution::{Criterion, Progress, Solution, Termination};
+use crate::solution::{Solution, Termination};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -262,24 +262,15 @@ fn iterate(
             let err =
                 buffers::read_back::<f32>(ctx, enc, &ws.max_err, 0, 4, &ws.staging)?[0] as f64;
             error = err;
-            observer(&Progress {
-                iteration: iterations,
-                value: f64::NAN,
-                marginal_error: err,
-                stage: if last {
-                    "sinkhorn"
-                } else {
-                    "sinkhorn eps-scaling"
-                },
-            });
-            if stage_tol > 0.0 && err <= stage_tol {
-                if last {
+            match check(cfg, iterations, err, last, stage_tol, &mut *observer) {
+                Check::Continue => {}
+                Check::Converged(t) => {
                     // Keep the state before the f-update: columns exact, row error = err.
                     cur = p_before_last;
-                    termination = Termination::Converged(Criterion::MarginalError { tol: cfg.tol });
+                    termination = t;
                     break 'stages;
                 }
-                continue 'stages;
+                Check::NextStage => continue 'stages,
             }
         }
     }
