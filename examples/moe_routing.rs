@@ -51,7 +51,7 @@ enum Solver {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum DeviceArg {
-    /// The GPU when an adapter exists, else the CPU.
+    /// A hardware GPU when there is one, else the CPU (a software adapter such as lavapipe only with `gpu`).
     Auto,
     /// The f64 CPU path.
     Cpu,

@@ -50,7 +50,7 @@ enum FormulationArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DeviceArg {
-    /// A GPU when an adapter exists, else the CPU.
+    /// A hardware GPU when there is one, else the CPU.
     Auto,
     /// The CPU reference solvers (f64).
     Cpu,
@@ -99,7 +99,8 @@ struct Cli {
     /// Iteration limit [default: 1000 for sparse and quadratic, 10000 for sinkhorn].
     #[arg(long, value_name = "N")]
     max_iter: Option<usize>,
-    /// Where to solve; auto picks the best available device (the CPU in this build).
+    /// Where to solve; auto picks a hardware GPU when there is one, else the CPU (a software adapter such as
+    /// lavapipe only with --device gpu).
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
 }
@@ -121,7 +122,7 @@ impl From<String> for Failure {
 }
 
 /// Resolves `--device`: `cpu`, the process-wide GPU (an error naming the problem if there is no adapter), or
-/// `auto` (the GPU when an adapter exists, else the CPU).
+/// `auto` (a hardware GPU when there is one, else the CPU).
 fn resolve_device(requested: DeviceArg) -> Result<Device, Failure> {
     match requested {
         DeviceArg::Cpu => Ok(Device::Cpu),

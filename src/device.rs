@@ -24,7 +24,9 @@ pub enum Device {
     /// [`GpuContext::from_device`], or use [`Device::gpu`] for the process-wide one).
     #[cfg(feature = "gpu")]
     Gpu(Arc<GpuContext>),
-    /// The process-wide GPU context when an adapter exists, else the CPU.
+    /// The process-wide GPU context when a hardware adapter exists, else the CPU. A software adapter that
+    /// runs on the CPU (e.g. Mesa's lavapipe) is not chosen automatically: the f64 CPU path is faster and
+    /// more accurate than an emulated GPU; ask for it explicitly with [`Device::gpu`] if wanted.
     Auto,
 }
 
@@ -53,7 +55,10 @@ impl Device {
             #[cfg(feature = "gpu")]
             Device::Gpu(ctx) => Target::Gpu(ctx.clone()),
             #[cfg(feature = "gpu")]
-            Device::Auto => GpuContext::shared().map_or(Target::Cpu, Target::Gpu),
+            Device::Auto => match GpuContext::shared() {
+                Ok(ctx) if !ctx.is_software() => Target::Gpu(ctx),
+                _ => Target::Cpu,
+            },
             #[cfg(not(feature = "gpu"))]
             Device::Auto => Target::Cpu,
         }

@@ -32,6 +32,8 @@ pub struct GpuContext {
     queue: wgpu::Queue,
     name: String,
     backend: String,
+    /// The adapter is a software rasteriser running on the CPU (e.g. Mesa's lavapipe).
+    software: bool,
     limits: wgpu::Limits,
     pipelines: Mutex<HashMap<(Kernel, u32), wgpu::ComputePipeline>>,
     modules: Mutex<HashMap<Family, wgpu::ShaderModule>>,
@@ -111,6 +113,7 @@ impl GpuContext {
             queue,
             info.name.clone(),
             format!("{:?}", info.backend),
+            info.device_type == wgpu::DeviceType::Cpu,
         );
         let errors = ctx.errors.clone();
         ctx.device
@@ -126,16 +129,24 @@ impl GpuContext {
     /// Adopts an application's device and queue (e.g. a renderer's). `name` is reported as
     /// [`crate::Solution::device`]. The device's own limits apply; its uncaptured-error handler is left alone.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, name: impl Into<String>) -> Self {
-        Self::build(device, queue, name.into(), "adopted".into())
+        // The application chose this device; it is used as it is.
+        Self::build(device, queue, name.into(), "adopted".into(), false)
     }
 
-    fn build(device: wgpu::Device, queue: wgpu::Queue, name: String, backend: String) -> Self {
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        name: String,
+        backend: String,
+        software: bool,
+    ) -> Self {
         let limits = device.limits();
         Self {
             device,
             queue,
             name,
             backend,
+            software,
             limits,
             pipelines: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
@@ -154,6 +165,12 @@ impl GpuContext {
         SHARED
             .get_or_init(|| GpuContext::new().map(Arc::new))
             .clone()
+    }
+
+    /// Whether the adapter is a software rasteriser that runs on the CPU (e.g. Mesa's lavapipe). Such an
+    /// adapter is used when asked for explicitly, but [`crate::Device::Auto`] prefers the CPU path to it.
+    pub fn is_software(&self) -> bool {
+        self.software
     }
 
     /// The adapter's name (reported as [`crate::Solution::device`]).
