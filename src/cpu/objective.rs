@@ -71,7 +71,8 @@ impl Kernel<'_> {
         let (theta, shift) = match self.formulation {
             Formulation::SemiDual => {
                 let shift = s[idx[0]];
-                let theta = simplex_threshold(idx.iter().map(|&i| (s[i] - shift) / gamma), self.b[j]).0;
+                let theta =
+                    simplex_threshold(idx.iter().map(|&i| (s[i] - shift) / gamma), self.b[j]).0;
                 (theta, shift)
             }
             Formulation::Dual => (-beta_j / gamma, 0.0),
@@ -246,7 +247,10 @@ impl<'p> SparseDual<'p> {
             let gamma = self.gamma;
             let (theta, shift) = (col.theta, col.shift);
             let sv = col.s;
-            let mut vals = col.rows.iter().map(|&i| ((sv[i] - shift) / gamma - theta).max(0.0));
+            let mut vals = col
+                .rows
+                .iter()
+                .map(|&i| ((sv[i] - shift) / gamma - theta).max(0.0));
             // t_i = [(s_i + β_j)/γ]_+ with β_j = −shift − γθ (semi-dual); the dual's β_j is passed back as given.
             let beta_out = match self.formulation {
                 Formulation::SemiDual => -shift - gamma * theta,
