@@ -2,6 +2,8 @@
 //! the binary comes from cargo's JSON messages, so any CARGO_TARGET_DIR works), then run on .npz files
 //! written here.
 
+mod common;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -15,30 +17,7 @@ use sparse_ot::{golden_problem, Formulation, Sinkhorn, SparseOt};
 /// Builds the example once and returns the path of its executable.
 fn solve_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "solve",
-                "--message-format=json",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("cargo runs");
-        assert!(
-            out.status.success(),
-            "building the solve example failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "solve")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reports the solve executable")
-    })
+    BIN.get_or_init(|| common::build_example("solve"))
 }
 
 /// A fresh directory for one test.
