@@ -1,40 +1,15 @@
 //! Network simplex (exact OT): golden value, basic-solution structure, optimality certificate (primal
 //! feasibility + dual feasibility + complementary slackness), degenerate cases, limits.
 
+mod common;
+
+use common::{random_problem, Rng};
 use ndarray::{Array1, Array2};
 use proptest::prelude::*;
 use sparse_ot::{golden_problem, Criterion, ExactOt, Lanes, Plan, Problem, Solution, Termination};
 
-/// Deterministic xorshift64* in [0, 1).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 fn problem(a: Vec<f64>, b: Vec<f64>, cost: Array2<f64>) -> Problem {
     Problem::new(Array1::from(a).view(), Array1::from(b).view(), cost.view()).unwrap()
-}
-
-/// Random masses (normalised to 1) and random cost in [0, 1).
-fn random_problem(m: usize, n: usize, seed: u64) -> Problem {
-    let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mass = |k: usize, r: &mut Rng| {
-        let v: Vec<f64> = (0..k).map(|_| 0.05 + r.next()).collect();
-        let s: f64 = v.iter().sum();
-        v.into_iter().map(|x| x / s).collect::<Vec<_>>()
-    };
-    let a = mass(m, &mut r);
-    let mut b = mass(n, &mut r);
-    // Exact balance so that marginals can be checked to 1e-12 against both vectors.
-    let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
-    b[0] += sa - sb;
-    let cost = Array2::from_shape_fn((m, n), |_| r.next());
-    problem(a, b, cost)
 }
 
 /// Asserts that `sol` is an optimal basic solution of `p`: feasible plan with at most m + n − 1 nonzeros,
