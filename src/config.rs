@@ -14,7 +14,9 @@ pub enum Formulation {
     /// The semi-dual S_k(α): one potential, column marginals exact by construction.
     #[default]
     SemiDual,
-    /// The dual D_k(α, β): two potentials, both marginals approached together.
+    /// The dual D_k(α, β): two potentials. On the CPU it is maximised by eliminating β in closed form
+    /// (β_j = −γ θ_j maximises D for fixed α, and D(α, β*(α)) = S(α)), so the iteration runs over α alone;
+    /// the joint (α, β) iteration runs with `tol(0)`, `max_iter(0)`, a warm start carrying β, or zeros in b.
     Dual,
 }
 
