@@ -448,11 +448,9 @@ fn gpu_reuses_pipelines_and_workspaces() {
     assert_eq!(first.device, ctx.adapter_name());
 }
 
-#[test]
-fn gpu_buffers_in_buffers_out() {
-    let Some(ctx) = gpu() else { return };
+/// The problem's a, b and cost as an application would hold them: f32 `STORAGE | COPY_SRC` buffers.
+fn app_buffers(ctx: &GpuContext, p: &Problem) -> (wgpu::Buffer, wgpu::Buffer, wgpu::Buffer) {
     use wgpu::util::DeviceExt;
-    let p = golden_problem();
     let upload = |label: &str, data: Vec<f32>| {
         ctx.device()
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -461,9 +459,18 @@ fn gpu_buffers_in_buffers_out() {
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             })
     };
-    let a = upload("a", p.a().iter().map(|&x| x as f32).collect());
-    let b = upload("b", p.b().iter().map(|&x| x as f32).collect());
-    let cost = upload("cost", p.cost().iter().map(|&x| x as f32).collect());
+    (
+        upload("a", p.a().iter().map(|&x| x as f32).collect()),
+        upload("b", p.b().iter().map(|&x| x as f32).collect()),
+        upload("cost", p.cost().iter().map(|&x| x as f32).collect()),
+    )
+}
+
+#[test]
+fn gpu_buffers_in_buffers_out() {
+    let Some(ctx) = gpu() else { return };
+    let p = golden_problem();
+    let (a, b, cost) = app_buffers(&ctx, &p);
     // A fixed budget (tol 0), so `solve_on` stays on the device too and the two entry points compare.
     let cfg = SparseOt::new(3, 0.1)
         .unwrap()
@@ -514,19 +521,8 @@ fn gpu_buffers_in_buffers_out() {
 #[test]
 fn gpu_sinkhorn_buffers_in_buffers_out() {
     let Some(ctx) = gpu() else { return };
-    use wgpu::util::DeviceExt;
     let p = random_problem(9, 13, 11);
-    let upload = |label: &str, data: Vec<f32>| {
-        ctx.device()
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(&data),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            })
-    };
-    let a = upload("a", p.a().iter().map(|&x| x as f32).collect());
-    let b = upload("b", p.b().iter().map(|&x| x as f32).collect());
-    let cost = upload("cost", p.cost().iter().map(|&x| x as f32).collect());
+    let (a, b, cost) = app_buffers(&ctx, &p);
     let cfg = Sinkhorn::new(0.05).unwrap().tol(1e-6).unwrap();
     let input = GpuProblem {
         m: p.m(),
