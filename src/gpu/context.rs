@@ -273,12 +273,10 @@ impl GpuContext {
     /// The cached pipeline of `kernel` (compiled on first use).
     pub(crate) fn pipeline(&self, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
         let key = (kernel, WORKGROUP);
-        if let Some(p) = self
-            .pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        // The lock is held while compiling: bind groups are made from a pipeline's own (automatic) layout, so
+        // every caller must get the one pipeline of a key, never a second one compiled by a racing thread.
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pipelines.get(&key) {
             return Ok(p.clone());
         }
         let family = kernel.family();
@@ -318,10 +316,7 @@ impl GpuContext {
             )));
         }
         self.compiled.fetch_add(1, Ordering::Relaxed);
-        self.pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, pipeline.clone());
+        pipelines.insert(key, pipeline.clone());
         Ok(pipeline)
     }
 
