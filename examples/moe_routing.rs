@@ -15,7 +15,7 @@
 //!
 //! `--device auto|cpu|gpu` (default auto: the GPU when an adapter exists, else the CPU) picks where the OT
 //! router runs; the output names the device that ran it. On a GPU the Adam recipe solves all groups as one
-//! batch (f32); the accurate solver solves the groups one after another on the GPU.
+//! batch (f32); the accurate solver runs all groups' L-BFGS in lockstep on the GPU.
 //! `--logits L.npy` routes a float32 array of shape (G, S, E). `--output R.npz` writes `dispatch`
 //! (G, S, E; u8 0/1) and `combine` (G, S, E; float32, the gate of each routed pair, 0 elsewhere).
 //! Progress goes to stderr every `--progress-every` groups. Bad input exits non-zero with a one-line error.

@@ -1,39 +1,56 @@
-// lbfgs.wgsl — the vector side of L-BFGS (src/lbfgs.rs drives it with scalars), f32.
+// lbfgs.wgsl — the vector side of L-BFGS for a batch of B problems run in lockstep (src/lbfgs.rs drives
+// every problem with its own scalar state machine), f32.
 //
 // Bindings (group 0):
-//   0 uniform                 L: LbfgsParams { dim, mem, t }
-//   1 storage read_write      x:  dim, iterate
-//   2 storage read_write      g:  dim, gradient at x
-//   3 storage read_write      d:  dim, search direction
-//   4 storage read_write      xt: dim, trial point x + t d
-//   5 storage read_write      gt: dim, gradient at the trial point (written by the objective's kernels)
-//   6 storage read_write      sy: 2·mem·dim, memory pairs: s_l at [l·dim], y_l at [(mem + l)·dim]
-//   7 storage read_write      st: LbfgsState { head, len, out[4], rho[32] }
-// Dispatch: trial one thread per entry (ceil(dim / WG) workgroups laid out as in common.wgsl); accept,
-//   direction and steepest one workgroup (each thread owns entries tid, tid + WG, …, so no entry is shared
-//   between threads and only dot products cross threads, through the fixed reduction tree).
+//   0 uniform                 L: LbfgsParams { dim, mem }  (per problem)
+//   1 storage read_write      x:    B·dim, iterates
+//   2 storage read_write      g:    B·dim, gradients at x
+//   3 storage read_write      d:    B·dim, search directions
+//   4 storage read_write      xt:   B·dim, trial points x + t d
+//   5 storage read_write      gt:   B·dim, gradients at the trial points (written by the objective's kernels)
+//   6 storage read_write      sy:   B·2·mem·dim, memory pairs of problem p: s_l at p·2·mem·dim + l·dim,
+//                                   y_l at p·2·mem·dim + (mem + l)·dim
+//   7 storage read_write      st:   B × LbfgsState { head, len, rho[32] }
+//   8 storage read            ctrl: B × Control { ops, t }: what problem p does this round (bit flags below)
+//                                   and its step length
+//   9 storage read_write      res:  B × 4: [g·d, max|g|, steepest?, 0] written by `direction`
+// Dispatch: workgroup_id.z is the problem index p (z = B). trial: one thread per entry (ceil(dim / WG)
+//   workgroups laid out as in common.wgsl); accept and direction: one workgroup per problem (each thread owns
+//   entries tid, tid + WG, …, so no entry is shared between threads and only dot products cross threads,
+//   through the fixed reduction tree). A kernel leaves problems whose ops lack its flag untouched, so one
+//   round of dispatches serves problems that are at different points of their iterations.
 // Overrides: WG.
 // Formula: trial xt = x + t d. accept: s = xt − x, y = gt − g into ring slot head + 1, kept if
 //   s·y > 1e-12 ‖s‖‖y‖ (ρ = 1/s·y), then x ← xt, g ← gt. direction: two-loop recursion d = −H g with
-//   H₀ = (s·y / y·y) I of the newest pair (Nocedal & Wright Alg. 7.4); falls back to d = −g when the memory
-//   is empty. steepest: clears the memory, d = −g. Both write out = [g·d, max|g|, steepest?].
+//   H₀ = (s·y / y·y) I of the newest pair (Nocedal & Wright Alg. 7.4), or, with the STEEPEST flag or an
+//   empty memory, d = −g (the STEEPEST flag also clears the memory).
 
 struct LbfgsParams {
     dim: u32,
     mem: u32,
-    t: f32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const MAX_MEM: u32 = 32u;
+
+// Control flags (src/gpu/lbfgs.rs sets them per problem and round).
+const OP_ACCEPT: u32 = 1u;
+const OP_DIRECTION: u32 = 2u;
+const OP_STEEPEST: u32 = 4u;
+const OP_TRIAL: u32 = 8u;
 
 struct LbfgsState {
     head: u32,
     len: u32,
     _pad0: u32,
     _pad1: u32,
-    out: array<f32, 4>,
     rho: array<f32, MAX_MEM>,
+}
+
+struct Control {
+    ops: u32,
+    t: f32,
 }
 
 @group(0) @binding(0) var<uniform> L: LbfgsParams;
@@ -43,112 +60,144 @@ struct LbfgsState {
 @group(0) @binding(4) var<storage, read_write> xt: array<f32>;
 @group(0) @binding(5) var<storage, read_write> gt: array<f32>;
 @group(0) @binding(6) var<storage, read_write> sy: array<f32>;
-@group(0) @binding(7) var<storage, read_write> st: LbfgsState;
+@group(0) @binding(7) var<storage, read_write> st: array<LbfgsState>;
+@group(0) @binding(8) var<storage, read> ctrl: array<Control>;
+@group(0) @binding(9) var<storage, read_write> res: array<f32>;
 
 var<workgroup> wg_len: u32;
 var<workgroup> wg_head: u32;
+var<workgroup> wg_ops: u32;
+
+// Problem index of the invocation (workgroup_id.z) and the start of its vectors.
+var<private> pb: u32;
+var<private> base: u32;
 
 fn s_at(l: u32, i: u32) -> u32 {
-    return l * L.dim + i;
+    return (pb * 2u * L.mem + l) * L.dim + i;
 }
 
 fn y_at(l: u32, i: u32) -> u32 {
-    return (L.mem + l) * L.dim + i;
+    return (pb * 2u * L.mem + L.mem + l) * L.dim + i;
+}
+
+// This round's ops of problem pb, loaded uniformly for the workgroup.
+fn uniform_ops(tid: u32) -> u32 {
+    if (tid == 0u) {
+        wg_ops = ctrl[pb].ops;
+    }
+    return workgroupUniformLoad(&wg_ops);
 }
 
 @compute @workgroup_size(WG)
 fn trial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) tid: u32) {
+    pb = wid.z;
+    let c = ctrl[pb];
     let i = lane_of(wid, nwg) * WG + tid;
-    if (i < L.dim) {
-        xt[i] = x[i] + L.t * d[i];
+    if ((c.ops & OP_TRIAL) != 0u && i < L.dim) {
+        let e = pb * L.dim + i;
+        xt[e] = x[e] + c.t * d[e];
     }
 }
 
 @compute @workgroup_size(WG)
-fn accept(@builtin(local_invocation_index) tid: u32) {
+fn accept(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    pb = wid.z;
+    base = pb * L.dim;
+    if ((uniform_ops(tid) & OP_ACCEPT) == 0u) {
+        return;
+    }
     if (tid == 0u) {
-        wg_head = (st.head + 1u) % L.mem;
+        wg_head = (st[pb].head + 1u) % L.mem;
     }
     let slot = workgroupUniformLoad(&wg_head);
     var s_y = 0.0;
     var y_y = 0.0;
     var s_s = 0.0;
     for (var i = tid; i < L.dim; i = i + WG) {
-        let si = xt[i] - x[i];
-        let yi = gt[i] - g[i];
+        let e = base + i;
+        let si = xt[e] - x[e];
+        let yi = gt[e] - g[e];
         sy[s_at(slot, i)] = si;
         sy[y_at(slot, i)] = yi;
         s_y = s_y + si * yi;
         y_y = y_y + yi * yi;
         s_s = s_s + si * si;
-        x[i] = xt[i];
-        g[i] = gt[i];
+        x[e] = xt[e];
+        g[e] = gt[e];
     }
     let sy_t = wg_sum(tid, s_y);
     let yy_t = wg_sum(tid, y_y);
     let ss_t = wg_sum(tid, s_s);
     if (tid == 0u && sy_t > 0.0 && sy_t > 1e-12 * sqrt(yy_t) * sqrt(ss_t)) {
-        st.rho[slot] = 1.0 / sy_t;
-        st.head = slot;
-        st.len = min(st.len + 1u, L.mem);
+        st[pb].rho[slot] = 1.0 / sy_t;
+        st[pb].head = slot;
+        st[pb].len = min(st[pb].len + 1u, L.mem);
     }
 }
 
-// d = −g; out = [g·d, max|g|, flag].
-fn steepest_into(tid: u32, flag: f32) {
-    var gd = 0.0;
-    var gmax = 0.0;
-    for (var i = tid; i < L.dim; i = i + WG) {
-        d[i] = -g[i];
-        gd = gd - g[i] * g[i];
-        gmax = max(gmax, abs(g[i]));
-    }
+// res = [g·d, max|g|, steepest?, 0] of problem pb.
+fn report(tid: u32, gd: f32, gmax: f32, flag: f32) {
     let gd_t = wg_sum(tid, gd);
     let gmax_t = wg_max(tid, gmax);
     if (tid == 0u) {
-        st.out[0] = gd_t;
-        st.out[1] = gmax_t;
-        st.out[2] = flag;
+        res[4u * pb] = gd_t;
+        res[4u * pb + 1u] = gmax_t;
+        res[4u * pb + 2u] = flag;
+        res[4u * pb + 3u] = 0.0;
     }
 }
 
-@compute @workgroup_size(WG)
-fn steepest(@builtin(local_invocation_index) tid: u32) {
-    if (tid == 0u) {
-        st.len = 0u;
+// d = −g.
+fn steepest_into(tid: u32) {
+    var gd = 0.0;
+    var gmax = 0.0;
+    for (var i = tid; i < L.dim; i = i + WG) {
+        let e = base + i;
+        d[e] = -g[e];
+        gd = gd - g[e] * g[e];
+        gmax = max(gmax, abs(g[e]));
     }
-    steepest_into(tid, 1.0);
+    report(tid, gd, gmax, 1.0);
 }
 
 @compute @workgroup_size(WG)
-fn direction(@builtin(local_invocation_index) tid: u32) {
+fn direction(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    pb = wid.z;
+    base = pb * L.dim;
+    let ops = uniform_ops(tid);
+    if ((ops & (OP_DIRECTION | OP_STEEPEST)) == 0u) {
+        return;
+    }
     if (tid == 0u) {
-        wg_len = st.len;
-        wg_head = st.head;
+        if ((ops & OP_STEEPEST) != 0u) {
+            st[pb].len = 0u;
+        }
+        wg_len = st[pb].len;
+        wg_head = st[pb].head;
     }
     let len = workgroupUniformLoad(&wg_len);
     let head = workgroupUniformLoad(&wg_head);
     if (len == 0u) {
-        steepest_into(tid, 1.0);
+        steepest_into(tid);
         return;
     }
     let mem = L.mem;
     // Every thread holds the same coefficients (they come out of the same reduction tree).
     var coef: array<f32, MAX_MEM>;
     for (var i = tid; i < L.dim; i = i + WG) {
-        d[i] = -g[i];
+        d[base + i] = -g[base + i];
     }
     // First loop: newest to oldest.
     for (var q = 0u; q < len; q = q + 1u) {
         let l = (head + mem - q) % mem;
         var acc = 0.0;
         for (var i = tid; i < L.dim; i = i + WG) {
-            acc = acc + sy[s_at(l, i)] * d[i];
+            acc = acc + sy[s_at(l, i)] * d[base + i];
         }
-        let c = st.rho[l] * wg_sum(tid, acc);
+        let c = st[pb].rho[l] * wg_sum(tid, acc);
         for (var i = tid; i < L.dim; i = i + WG) {
-            d[i] = d[i] - c * sy[y_at(l, i)];
+            d[base + i] = d[base + i] - c * sy[y_at(l, i)];
         }
         coef[l] = c;
     }
@@ -158,34 +207,28 @@ fn direction(@builtin(local_invocation_index) tid: u32) {
         let v = sy[y_at(head, i)];
         yy = yy + v * v;
     }
-    let scale = 1.0 / (st.rho[head] * wg_sum(tid, yy));
+    let scale = 1.0 / (st[pb].rho[head] * wg_sum(tid, yy));
     for (var i = tid; i < L.dim; i = i + WG) {
-        d[i] = d[i] * scale;
+        d[base + i] = d[base + i] * scale;
     }
     // Second loop: oldest to newest.
     for (var q = 0u; q < len; q = q + 1u) {
         let l = (head + mem - (len - 1u - q)) % mem;
         var acc = 0.0;
         for (var i = tid; i < L.dim; i = i + WG) {
-            acc = acc + sy[y_at(l, i)] * d[i];
+            acc = acc + sy[y_at(l, i)] * d[base + i];
         }
-        let beta = st.rho[l] * wg_sum(tid, acc);
+        let beta = st[pb].rho[l] * wg_sum(tid, acc);
         let c = coef[l] - beta;
         for (var i = tid; i < L.dim; i = i + WG) {
-            d[i] = d[i] + c * sy[s_at(l, i)];
+            d[base + i] = d[base + i] + c * sy[s_at(l, i)];
         }
     }
     var gd = 0.0;
     var gmax = 0.0;
     for (var i = tid; i < L.dim; i = i + WG) {
-        gd = gd + g[i] * d[i];
-        gmax = max(gmax, abs(g[i]));
+        gd = gd + g[base + i] * d[base + i];
+        gmax = max(gmax, abs(g[base + i]));
     }
-    let gd_t = wg_sum(tid, gd);
-    let gmax_t = wg_max(tid, gmax);
-    if (tid == 0u) {
-        st.out[0] = gd_t;
-        st.out[1] = gmax_t;
-        st.out[2] = 0.0;
-    }
+    report(tid, gd, gmax, 0.0);
 }

@@ -12,6 +12,8 @@
 //   8 storage read_write      out: finalize: [value, slope, max|grad|]; extract: n×k values
 //   9 storage read_write      rows_out: n×k row indices (extract; 0xffffffff pads)
 //  10 storage read_write      beta_out: n, β_j (dual) or the implied −γ θ_j (semi-dual)   (extract)
+//  11 storage read            evaluated: B, nonzero when problem p is evaluated by this round's dispatches;
+//                             every kernel leaves the other problems' outputs untouched
 // Dispatch: column_pass one workgroup per column; row_pass one thread per row (ceil(m / WG) workgroups);
 //   finalize one workgroup; extract one thread per column. Lanes laid out as in common.wgsl.
 // Batches: workgroup_id.z is the problem index p of a batch of B problems of one shape (z = 1 for a single
@@ -63,6 +65,7 @@ struct ColState {
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
 @group(0) @binding(9) var<storage, read_write> rows_out: array<u32>;
 @group(0) @binding(10) var<storage, read_write> beta_out: array<f32>;
+@group(0) @binding(11) var<storage, read> evaluated: array<u32>;
 
 // Problem index of the invocation (workgroup_id.z), set first thing by every entry point.
 var<private> pb: u32;
@@ -95,11 +98,23 @@ fn plan_entry(s: f32, c: ColState) -> f32 {
 }
 
 var<workgroup> wg_tie: u32;
+var<workgroup> wg_evaluated: u32;
+
+// Whether problem pb is evaluated this round, loaded uniformly for the workgroup (kernels with barriers).
+fn uniform_evaluated(tid: u32) -> bool {
+    if (tid == 0u) {
+        wg_evaluated = evaluated[pb];
+    }
+    return workgroupUniformLoad(&wg_evaluated) != 0u;
+}
 
 @compute @workgroup_size(WG)
 fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) tid: u32) {
     pb = wid.z;
+    if (!uniform_evaluated(tid)) {
+        return;
+    }
     let j_raw = lane_of(wid, nwg);
     let live = j_raw < P.n;
     let j = min(j_raw, P.n - 1u);
@@ -249,7 +264,7 @@ fn row_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             @builtin(local_invocation_index) tid: u32) {
     pb = wid.z;
     let i = lane_of(wid, nwg) * WG + tid;
-    if (i >= P.m) {
+    if (i >= P.m || evaluated[pb] == 0u) {
         return;
     }
     var acc = 0.0;
@@ -266,6 +281,9 @@ fn row_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 @compute @workgroup_size(WG)
 fn finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     pb = wid.z;
+    if (!uniform_evaluated(tid)) {
+        return;
+    }
     let xo = pb * P.dim;
     var lin = 0.0;
     for (var i = tid; i < P.m; i = i + WG) {
@@ -300,7 +318,7 @@ fn extract(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
            @builtin(local_invocation_index) tid: u32) {
     pb = wid.z;
     let j = lane_of(wid, nwg) * WG + tid;
-    if (j >= P.n) {
+    if (j >= P.n || evaluated[pb] == 0u) {
         return;
     }
     let k = min(P.k, P.m);

@@ -85,22 +85,18 @@ impl SparseOt {
         }
     }
 
-    /// Solves every problem of the batch on `device` with this configuration's solver (L-BFGS, or the
-    /// nonsmooth finish / exact path where the CPU uses them). On the CPU this is [`SparseOt::solve_batch`];
-    /// on a GPU the problems are solved **one after another** with [`SparseOt::solve_on`] (the L-BFGS driver
-    /// takes per-problem decisions, so its steps are not batched; the batched GPU path is
-    /// [`SparseOt::solve_batch_adam_on`]). Entry i is problem i's own result.
+    /// Solves every problem of the batch on `device` with this configuration's solver (L-BFGS, then the
+    /// nonsmooth finish or the exact k = 1 path where the single-problem solve uses them). On the CPU this is
+    /// [`SparseOt::solve_batch`]. On a GPU the L-BFGS phases of all problems run **in lockstep**: each problem
+    /// keeps its own driver (line search, stopping rule, status), and every round is one submission of a
+    /// fixed set of dispatches covering the whole batch (at most six, whatever B is), followed by one readback
+    /// of four f32 per problem; each problem's result equals its single-problem GPU solve. Entry i is problem
+    /// i's own result: a bad problem gets its own `Err` and does not touch the others.
     pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
         match device.target() {
             Target::Cpu => self.solve_batch(batch),
             #[cfg(feature = "gpu")]
-            Target::Gpu(ctx) => (0..batch.len())
-                .map(|i| {
-                    batch
-                        .problem(i)
-                        .and_then(|p| crate::gpu::sparse::solve(&ctx, self, &p, &mut |_| {}))
-                })
-                .collect(),
+            Target::Gpu(ctx) => crate::gpu::sparse::solve_batch(&ctx, self, batch),
         }
     }
 

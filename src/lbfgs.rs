@@ -381,35 +381,123 @@ pub(crate) trait Backend {
     fn steepest(&mut self) -> (f64, f64);
 }
 
+/// What one problem of a lockstep batch asks its device to do in one round, in this order: accept the last
+/// trial point, then compute a new direction, or evaluate at a trial point.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Step {
+    /// Make the last trial the iterate ([`Backend::accept`]).
+    pub accept: bool,
+    /// Compute a direction: `Some(false)` by the two-loop recursion, `Some(true)` steepest descent.
+    pub direction: Option<bool>,
+    /// Evaluate at x + t·d.
+    pub evaluate: Option<f64>,
+}
+
+impl Step {
+    /// Nothing to do: the problem has finished.
+    pub(crate) fn is_idle(&self) -> bool {
+        !self.accept && self.direction.is_none() && self.evaluate.is_none()
+    }
+}
+
+/// What the device reports for one problem after a round: the evaluation or the direction asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Reply {
+    /// The evaluation, when the step asked for one.
+    pub eval: Option<Eval>,
+    /// (g·d, suggested first step), when the step asked for a direction.
+    pub direction: Option<(f64, f64)>,
+}
+
+/// The vector side of a batch of L-BFGS runs: one round serves every problem's [`Step`] at once (a device
+/// backend records it as a fixed set of batched dispatches).
+pub(crate) trait Lockstep {
+    /// Performs `steps[p]` for every problem p and returns one reply per problem.
+    fn round(&mut self, steps: &[Step]) -> Vec<Reply>;
+}
+
+/// A single-problem [`Backend`] as a batch of one.
+struct One<'a, B: Backend>(&'a mut B);
+
+impl<B: Backend> Lockstep for One<'_, B> {
+    fn round(&mut self, steps: &[Step]) -> Vec<Reply> {
+        steps
+            .iter()
+            .map(|s| {
+                if s.accept {
+                    self.0.accept();
+                }
+                Reply {
+                    direction: s.direction.map(|steepest| {
+                        if steepest {
+                            self.0.steepest()
+                        } else {
+                            self.0.direction()
+                        }
+                    }),
+                    eval: s.evaluate.map(|t| self.0.evaluate(t)),
+                }
+            })
+            .collect()
+    }
+}
+
 /// Runs one driver against one backend to the end; `observe` sees (driver) after every accepted step.
 pub(crate) fn run<B: Backend>(
     settings: Settings,
     backend: &mut B,
     mut observe: impl FnMut(&Driver),
 ) -> (Termination, Driver) {
-    let mut driver = Driver::new(settings);
-    let mut action = driver.start();
+    let mut out = run_lockstep(&[settings], &mut One(backend), |_, d| observe(d));
+    out.swap_remove(0)
+}
+
+/// Runs one driver per problem in lockstep until every problem has finished: each round collects every
+/// unfinished problem's next [`Step`], has the backend perform them all, and feeds each reply to its own
+/// driver, so every problem takes exactly the decisions it would take alone. `observe(p, driver)` sees
+/// problem p after each of its accepted steps. Returns (termination, driver) per problem.
+pub(crate) fn run_lockstep<L: Lockstep>(
+    settings: &[Settings],
+    backend: &mut L,
+    mut observe: impl FnMut(usize, &Driver),
+) -> Vec<(Termination, Driver)> {
+    let mut drivers: Vec<Driver> = settings.iter().map(|&s| Driver::new(s)).collect();
+    let mut pending: Vec<Option<Action>> = drivers.iter().map(|d| Some(d.start())).collect();
+    let mut finished = vec![Termination::Stalled; drivers.len()];
     loop {
-        action = match action {
-            Action::Evaluate(t) => {
-                let e = backend.evaluate(t);
-                driver.on_eval(e)
+        let mut steps = vec![Step::default(); drivers.len()];
+        for (p, step) in steps.iter_mut().enumerate() {
+            let mut action = pending[p].take();
+            // Accepting needs no device answer (the driver decides from the trial already reported), so an
+            // accept and the direction after it share a round.
+            while let Some(a) = action.take() {
+                match a {
+                    Action::Evaluate(t) => step.evaluate = Some(t),
+                    Action::Direction => step.direction = Some(false),
+                    Action::Steepest => step.direction = Some(true),
+                    Action::Finish(t) => finished[p] = t,
+                    Action::Accept => {
+                        step.accept = true;
+                        let next = drivers[p].on_accept();
+                        observe(p, &drivers[p]);
+                        action = Some(next);
+                    }
+                }
             }
-            Action::Accept => {
-                backend.accept();
-                let next = driver.on_accept();
-                observe(&driver);
-                next
-            }
-            Action::Direction => {
-                let (slope, t0) = backend.direction();
-                driver.on_direction(slope, false, t0)
-            }
-            Action::Steepest => {
-                let (slope, t0) = backend.steepest();
-                driver.on_direction(slope, true, t0)
-            }
-            Action::Finish(t) => return (t, driver),
-        };
+        }
+        if steps.iter().all(Step::is_idle) {
+            break;
+        }
+        let replies = backend.round(&steps);
+        for (p, (step, reply)) in steps.iter().zip(replies).enumerate() {
+            pending[p] = match (step.direction, reply.direction, step.evaluate, reply.eval) {
+                (Some(steepest), Some((slope, t0)), _, _) => {
+                    Some(drivers[p].on_direction(slope, steepest, t0))
+                }
+                (_, _, Some(_), Some(e)) => Some(drivers[p].on_eval(e)),
+                _ => None,
+            };
+        }
     }
+    finished.into_iter().zip(drivers).collect()
 }

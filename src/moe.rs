@@ -15,8 +15,8 @@
 //! 20 steps from α = 0) and the accurate L-BFGS solver of [`SparseOt`]. Groups are independent problems of
 //! one shape and are solved as a [`Batch`]: in parallel on the CPU; on a GPU ([`Router::route_on`]) the
 //! authors' recipe runs the whole batch at once (each Adam step is a fixed number of dispatches covering
-//! every group, see [`SparseOt::solve_batch_adam_on`]) while the accurate solver solves the groups one
-//! after another with the single-problem GPU path ([`SparseOt::solve_batch_on`]).
+//! every group, see [`SparseOt::solve_batch_adam_on`]) and the accurate solver runs the L-BFGS phases of all
+//! groups in lockstep, each round a fixed set of dispatches covering every group ([`SparseOt::solve_batch_on`]).
 //!
 //! ```
 //! use ndarray::Array3;
@@ -206,8 +206,9 @@ impl Router {
     }
 
     /// Routes f64 logits (G × S × E) on `device`. On a GPU the authors' recipe solves all G groups as one
-    /// batch (f32, one fixed set of dispatches per Adam step whatever G is); the accurate solver solves the
-    /// groups one after another on the GPU. [`Routing::device`] names where it ran.
+    /// batch (f32, one fixed set of dispatches per Adam step whatever G is); the accurate solver runs all
+    /// groups' L-BFGS in lockstep (one fixed set of dispatches per round whatever G is). [`Routing::device`]
+    /// names where it ran.
     ///
     /// Errors: as [`Router::route`].
     pub fn route_on(&self, logits: ArrayView3<f64>, device: &Device) -> Result<Routing> {

@@ -280,3 +280,155 @@ fn accurate_router_on_gpu() {
     }
     assert!(out.load.tokens_per_expert.max <= 8.0);
 }
+
+/// The accurate solvers' configurations the lockstep tests run: sparse semi-dual and dual (k < m, so f32
+/// L-BFGS may stall and hand over to the CPU finish), quadratic (k = m), and row sparsity (transposed).
+/// (name, configuration, nonzeros per lane at most).
+fn lbfgs_configs() -> Vec<(&'static str, SparseOt, Option<usize>)> {
+    vec![
+        ("semi-dual k 3", SparseOt::new(3, 0.5).unwrap(), Some(3)),
+        (
+            "dual k 3",
+            SparseOt::new(3, 0.5)
+                .unwrap()
+                .formulation(Formulation::Dual),
+            Some(3),
+        ),
+        (
+            "quadratic",
+            SparseOt::quadratic(1.0).unwrap().tol(1e-6).unwrap(),
+            None,
+        ),
+        (
+            "rows k 2",
+            SparseOt::new(2, 1.0).unwrap().row_sparsity(),
+            Some(2),
+        ),
+    ]
+}
+
+/// Lockstep L-BFGS: every problem of a batch keeps its own driver and takes the decisions it takes alone,
+/// and its workgroups do the same arithmetic in the same order whatever B is, so each batched result equals
+/// the single-problem GPU solve bit for bit, iteration counts and statuses included, although the problems
+/// need different numbers of iterations (they run out of phase).
+#[test]
+fn lbfgs_batch_equals_one_by_one() {
+    let Some(ctx) = gpu() else { return };
+    let device = Device::Gpu(ctx);
+    let batch = random_batch(5, 9, 7, 11);
+    let mut iteration_counts = std::collections::BTreeSet::new();
+    for (name, cfg, _) in lbfgs_configs() {
+        let together = cfg.solve_batch_on(&batch, &device);
+        assert_eq!(together.len(), batch.len());
+        for (i, sol) in together.iter().enumerate() {
+            let sol = sol.as_ref().unwrap();
+            let alone = cfg.solve_on(&batch.problem(i).unwrap(), &device).unwrap();
+            let what = format!("{name} problem {i}");
+            assert_eq!(sol.iterations, alone.iterations, "{what}: iterations");
+            assert_eq!(sol.termination, alone.termination, "{what}: status");
+            assert_eq!(sol.alpha, alone.alpha, "{what}: α");
+            assert_eq!(sol.beta, alone.beta, "{what}: β");
+            assert_eq!(sol.value.to_bits(), alone.value.to_bits(), "{what}: value");
+            assert_eq!(sol.plan, alone.plan, "{what}: plan");
+            assert_eq!(sol.device, alone.device, "{what}: device");
+            iteration_counts.insert(sol.iterations);
+        }
+    }
+    assert!(
+        iteration_counts.len() > 1,
+        "the problems should need different iteration counts: {iteration_counts:?}"
+    );
+}
+
+/// Batched GPU against batched CPU (f64): the values agree to the f32 value tolerance of tests/gpu.rs
+/// (1e-6 marginals ≈ 16 u of unit mass; values ≈ 1e-6 · ‖α‖ · conditioning → 2e-5), every GPU result says
+/// it converged and every plan respects k.
+#[test]
+fn lbfgs_batch_agrees_with_cpu_batch() {
+    let Some(ctx) = gpu() else { return };
+    let device = Device::Gpu(ctx);
+    let batch = random_batch(6, 10, 8, 12);
+    for (name, cfg, k) in lbfgs_configs() {
+        let cfg = cfg.tol(1e-6).unwrap();
+        let gpu = cfg.solve_batch_on(&batch, &device);
+        let cpu = cfg.solve_batch(&batch);
+        for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+            let (g, c) = (g.as_ref().unwrap(), c.as_ref().unwrap());
+            let what = format!("{name} problem {i}");
+            assert!(
+                (g.value - c.value).abs() <= 2e-5,
+                "{what}: value {} (gpu) vs {} (cpu)",
+                g.value,
+                c.value
+            );
+            assert!(g.converged(), "{what}: {g}");
+            // Quadratic OT's optimum has exact marginals; with k < m the (semi-)dual optimum certifies
+            // itself by the duality gap instead (its row sums need not equal a).
+            if k.is_none() {
+                assert!(
+                    g.marginal_error_rows.max(g.marginal_error_cols) <= 1e-5,
+                    "{what}: {g}"
+                );
+            }
+            if let Some(k) = k {
+                let sparse = match &g.plan {
+                    sparse_ot::Plan::Sparse(p) => p.max_lane_nnz(),
+                    sparse_ot::Plan::Dense(_) => panic!("{what}: sparse plan expected"),
+                };
+                assert!(sparse <= k, "{what}: {sparse} nonzeros in a lane, k = {k}");
+            }
+        }
+    }
+}
+
+/// One bad problem (a NaN cost, or a zero target mass for the semi-dual) gets its own error in a GPU
+/// L-BFGS batch; the others equal the batch without it.
+#[test]
+fn lbfgs_batch_bad_problem_keeps_its_own_error() {
+    let Some(ctx) = gpu() else { return };
+    let device = Device::Gpu(ctx);
+    let batch = random_batch(4, 6, 5, 13);
+    let mut cost = batch.cost().to_owned();
+    cost[[2, 1, 1]] = f64::NAN;
+    let bad = Batch::new(batch.a(), batch.b(), cost.view()).unwrap();
+    let cfg = SparseOt::new(2, 1.0).unwrap();
+    let out = cfg.solve_batch_on(&bad, &device);
+    assert!(
+        matches!(out[2], Err(sparse_ot::Error::NonFinite { .. })),
+        "{:?}",
+        out[2]
+    );
+    let good = cfg.solve_batch_on(&batch, &device);
+    for i in [0, 1, 3] {
+        let (o, g) = (out[i].as_ref().unwrap(), good[i].as_ref().unwrap());
+        assert_eq!(o.alpha, g.alpha, "problem {i}");
+        assert_eq!(o.plan, g.plan, "problem {i}");
+    }
+}
+
+/// A round of the lockstep L-BFGS is a fixed set of dispatches for the whole batch: B copies of one problem
+/// take exactly the dispatches of that problem alone.
+#[test]
+fn lbfgs_dispatches_do_not_grow_with_batch_size() {
+    let Some(shared) = gpu() else { return };
+    let ctx = Arc::new(GpuContext::from_device(
+        shared.device().clone(),
+        shared.queue().clone(),
+        shared.adapter_name(),
+    ));
+    let device = Device::Gpu(ctx.clone());
+    let one = random_batch(1, 8, 6, 14);
+    let p = one.problem(0).unwrap();
+    let cfg = SparseOt::quadratic(1.0).unwrap().tol(1e-6).unwrap();
+    let mut per_run = Vec::new();
+    for nb in [1, 8] {
+        let costs = p.cost().broadcast((nb, 8, 6)).unwrap().to_owned();
+        let batch = Batch::shared_marginals(p.a(), p.b(), costs.view()).unwrap();
+        let before = ctx.dispatches_recorded();
+        let out = cfg.solve_batch_on(&batch, &device);
+        assert!(out.iter().all(|r| r.is_ok()));
+        per_run.push(ctx.dispatches_recorded() - before);
+    }
+    assert!(per_run[0] > 0);
+    assert_eq!(per_run[0], per_run[1], "dispatches for B = 1 and B = 8");
+}

@@ -8,17 +8,19 @@
 //! back once at the end. The host then builds each problem's [`Solution`] as the single-problem GPU path does
 //! (plan compressed, cost and marginal errors measured in f64 against the f64 problem).
 
+use std::borrow::Cow;
+
 use crate::batch::Batch;
 use crate::config::SparseOt;
 use crate::cpu::adam::{bias_correction, set_termination, Adam, BETA1, BETA2, EPS};
-use crate::cpu::sparse::{resolve, transpose_solution};
 use crate::error::Result;
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
-use crate::gpu::sparse::{build_solution, check_shape, read, Readback, Run, Workspace};
+use crate::gpu::problems::{self, Run, Valid};
+use crate::gpu::sparse::{check_batch, read, Workspace};
 use crate::problem::Problem;
-use crate::solution::{Lanes, Solution, Termination};
+use crate::solution::{Solution, Termination};
 use crate::Formulation;
 
 #[repr(C)]
@@ -132,14 +134,6 @@ impl AdamWorkspace {
     }
 }
 
-/// A problem of the batch that passed validation: its index and the column-sparse problem the device solves
-/// (the transpose for row sparsity), with the starting point.
-struct Valid {
-    index: usize,
-    columns: Problem,
-    x0: Vec<f64>,
-}
-
 /// Runs the recipe on every problem of `batch`; entry i is problem i's result (validation errors are per
 /// problem, as on the CPU). Device failures are reported on every problem that went to the device.
 pub(crate) fn solve_batch(
@@ -148,60 +142,21 @@ pub(crate) fn solve_batch(
     adam: Adam,
     batch: &Batch,
 ) -> Vec<Result<Solution>> {
-    let col_cfg = match cfg.lanes {
-        Lanes::Columns => cfg.clone(),
-        Lanes::Rows => {
-            let mut t_cfg = cfg.clone();
-            t_cfg.warm_alpha = cfg.warm_beta.clone();
-            t_cfg.warm_beta = cfg.warm_alpha.clone();
-            t_cfg
-        }
-    };
-    let mut results: Vec<Option<Result<Solution>>> = (0..batch.len()).map(|_| None).collect();
-    let mut valid = Vec::new();
-    let mut k = 0;
-    for (index, slot) in results.iter_mut().enumerate() {
-        let checked = batch.problem(index).and_then(|given| {
-            let (columns, axis) = match cfg.lanes {
-                Lanes::Columns => (given, "rows"),
-                Lanes::Rows => (given.transposed(), "columns"),
-            };
-            let r = resolve(&col_cfg, &columns, axis)?;
-            Ok((columns, r))
-        });
-        match checked {
-            Ok((columns, r)) => {
-                k = r.k;
-                valid.push(Valid {
-                    index,
-                    columns,
-                    x0: r.x0,
-                });
-            }
-            Err(e) => *slot = Some(Err(e)),
-        }
+    let problems = (0..batch.len()).map(|i| batch.problem(i).map(Cow::Owned));
+    let mut prep = problems::prepare(cfg, problems);
+    if prep.valid.is_empty() {
+        return prep.into_results(Ok(()));
     }
-    if !valid.is_empty() {
-        match run(ctx, &col_cfg, adam, &valid, k) {
-            Ok(sols) => {
-                for (v, mut sol) in valid.iter().zip(sols) {
-                    if cfg.lanes == Lanes::Rows {
-                        sol = transpose_solution(sol, cfg);
-                    }
-                    results[v.index] = Some(Ok(sol));
-                }
+    let valid: Vec<&Valid<'_>> = prep.valid.iter().collect();
+    match run(ctx, &prep.cfg, adam, &valid, prep.k) {
+        Ok(sols) => {
+            for (v, sol) in sols.into_iter().enumerate() {
+                prep.set(cfg, v, Ok(sol));
             }
-            Err(e) => {
-                for v in &valid {
-                    results[v.index] = Some(Err(e.clone()));
-                }
-            }
+            prep.into_results(Ok(()))
         }
+        Err(e) => prep.into_results(Err(e)),
     }
-    results
-        .into_iter()
-        .map(|r| r.expect("every problem is either rejected or solved"))
-        .collect()
 }
 
 /// Uploads the valid problems, records all steps into one submission and builds the solutions.
@@ -209,26 +164,12 @@ fn run(
     ctx: &GpuContext,
     cfg: &SparseOt,
     adam: Adam,
-    valid: &[Valid],
+    valid: &[&Valid<'_>],
     k: usize,
 ) -> Result<Vec<Solution>> {
     let nb = valid.len();
     let (m, n) = (valid[0].columns.m(), valid[0].columns.n());
-    check_shape(ctx, m, n, k)?;
-    let per_problem = [
-        (
-            "max_storage_buffer_binding_size (batch of cost matrices, f32)",
-            m * n,
-        ),
-        (
-            "max_storage_buffer_binding_size (batch of plans, k per column)",
-            n * k,
-        ),
-    ];
-    for (what, words) in per_problem {
-        ctx.check_binding(what, 4 * (nb as u64) * (words as u64))?;
-    }
-    ctx.check_batch(nb)?;
+    check_batch(ctx, nb, (m, n, k))?;
     let dual = cfg.formulation == Formulation::Dual;
     let key = WorkspaceKey::AdamBatch {
         m,
@@ -251,29 +192,21 @@ fn run_in(
     ws: &AdamWorkspace,
     cfg: &SparseOt,
     adam: Adam,
-    valid: &[Valid],
+    valid: &[&Valid<'_>],
 ) -> Result<Vec<Solution>> {
     let d = &ws.dual;
-    let (nb, dim, n, k) = (valid.len(), d.dim(), d.n, d.k);
-    let mut cost_t = Vec::with_capacity(nb * d.m * n);
-    let (mut a, mut b, mut x0) = (Vec::new(), Vec::new(), Vec::new());
-    let mut state = Vec::with_capacity(nb * STATE_WORDS);
+    let nb = valid.len();
     let tols: Vec<f64> = valid
         .iter()
         .map(|v| stop_tolerance(cfg, &v.columns))
         .collect();
-    for (v, &tol) in valid.iter().zip(&tols) {
-        cost_t.extend(v.columns.cost().t().iter().map(|&c| c as f32));
-        a.extend(v.columns.a().iter().map(|&c| c as f32));
-        b.extend(v.columns.b().iter().map(|&c| c as f32));
-        x0.extend(v.x0.iter().map(|&c| c as f32));
-        state.extend([0.0, 0.0, tol as f32, 0.0]);
-    }
     // steps = 0 and stopped = 0 are the bit patterns of 0.0.
+    let state: Vec<f32> = tols
+        .iter()
+        .flat_map(|&t| [0.0, 0.0, t as f32, 0.0])
+        .collect();
     buffers::upload(ctx, &ws.state, &state);
-    buffers::upload(ctx, &d.cost_t, &cost_t);
-    buffers::upload(ctx, &d.a, &a);
-    buffers::upload(ctx, &d.b, &b);
+    let x0 = problems::upload(ctx, d, valid);
     buffers::upload(ctx, &d.lbfgs.xt, &x0);
     let mut enc = ctx.device().create_command_encoder(&Default::default());
     for buf in [&ws.m1, &ws.m2] {
@@ -287,42 +220,20 @@ fn run_in(
     }
     passes.extend([&d.column, &d.row, &d.finalize, &d.extract]);
     buffers::submit(ctx, buffers::encode(ctx, &passes));
-    let x: Vec<f32> = read(ctx, d, &d.lbfgs.xt, 0, nb * dim)?;
-    let beta: Vec<f32> = if d.dual {
-        Vec::new()
-    } else {
-        read(ctx, d, &d.beta, 0, nb * n)?
-    };
-    let values: Vec<f32> = read(ctx, d, &d.plan_values, 0, nb * n * k)?;
-    let rows: Vec<u32> = read(ctx, d, &d.plan_rows, 0, nb * n * k)?;
     let scalars: Vec<f32> = read(ctx, d, &d.scalars, 0, nb * 4)?;
     let state: Vec<u32> = read(ctx, d, &ws.state, 0, nb * STATE_WORDS)?;
-    let m = d.m;
-    Ok(valid
-        .iter()
-        .enumerate()
-        .map(|(p, v)| {
-            let xp = &x[p * dim..(p + 1) * dim];
-            let data = Readback {
-                alpha: &xp[..m],
-                beta: if d.dual {
-                    &xp[m..]
-                } else {
-                    &beta[p * n..(p + 1) * n]
-                },
-                values: &values[p * n * k..(p + 1) * n * k],
-                rows: &rows[p * n * k..(p + 1) * n * k],
-            };
-            let r = Run {
-                termination: Termination::MaxIterations,
-                iterations: state[p * STATE_WORDS] as usize,
-                value: -f64::from(scalars[4 * p]),
-            };
-            let mut sol = build_solution(ctx, cfg, &v.columns, k, data, r);
-            set_termination(cfg, tols[p], &mut sol);
-            sol
+    let runs = (0..nb)
+        .map(|p| Run {
+            termination: Termination::MaxIterations,
+            iterations: state[p * STATE_WORDS] as usize,
+            value: -f64::from(scalars[4 * p]),
         })
-        .collect())
+        .collect();
+    let mut sols = problems::read_solutions(ctx, d, &d.lbfgs.xt, cfg, valid, runs)?;
+    for (sol, &tol) in sols.iter_mut().zip(&tols) {
+        set_termination(cfg, tol, sol);
+    }
+    Ok(sols)
 }
 
 /// The tolerance a problem's run uses on the device: `cfg.tol`, raised to the f32 gradient noise of its

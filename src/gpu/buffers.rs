@@ -52,6 +52,13 @@ pub(crate) fn upload(ctx: &GpuContext, buf: &wgpu::Buffer, data: &[f32]) {
     }
 }
 
+/// Writes u32 data at the start of `buf` (staged until the next submission).
+pub(crate) fn upload_words(ctx: &GpuContext, buf: &wgpu::Buffer, data: &[u32]) {
+    if !data.is_empty() {
+        ctx.queue().write_buffer(buf, 0, bytemuck::cast_slice(data));
+    }
+}
+
 /// A bind group for `kernel`'s auto layout from (binding, buffer) pairs.
 pub(crate) fn bind(
     ctx: &GpuContext,
@@ -152,13 +159,28 @@ pub(crate) fn encode(ctx: &GpuContext, passes: &[&Pass]) -> wgpu::CommandEncoder
 /// Copies `bytes` of `src` (from `offset`) into `staging`, submits `enc`, waits and returns the words.
 pub(crate) fn read_back<T: bytemuck::Pod>(
     ctx: &GpuContext,
-    mut enc: wgpu::CommandEncoder,
+    enc: wgpu::CommandEncoder,
     src: &wgpu::Buffer,
     offset: u64,
     bytes: u64,
     staging: &wgpu::Buffer,
 ) -> Result<Vec<T>> {
-    enc.copy_buffer_to_buffer(src, offset, staging, 0, bytes);
+    read_back_many(ctx, enc, &[(src, offset, bytes)], staging)
+}
+
+/// Copies each (buffer, offset, bytes) segment into `staging` one after the other, submits `enc`, waits
+/// once and returns the words of all segments concatenated.
+pub(crate) fn read_back_many<T: bytemuck::Pod>(
+    ctx: &GpuContext,
+    mut enc: wgpu::CommandEncoder,
+    segments: &[(&wgpu::Buffer, u64, u64)],
+    staging: &wgpu::Buffer,
+) -> Result<Vec<T>> {
+    let mut bytes = 0;
+    for &(src, offset, len) in segments {
+        enc.copy_buffer_to_buffer(src, offset, staging, bytes, len);
+        bytes += len;
+    }
     ctx.queue().submit([enc.finish()]);
     let slice = staging.slice(0..bytes);
     let (tx, rx) = mpsc::channel();

@@ -66,6 +66,8 @@ pub(crate) enum WorkspaceKey {
         k: usize,
         dual: bool,
         memory: usize,
+        /// Problems solved together (1 for a single solve).
+        batch: usize,
     },
     /// A batch of `batch` sparse problems of one shape run by the Adam recipe (`gpu::adam`).
     AdamBatch {

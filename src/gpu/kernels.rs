@@ -65,7 +65,6 @@ pub(crate) enum Kernel {
     Trial,
     Accept,
     Direction,
-    Steepest,
     AdamStep,
 }
 
@@ -75,7 +74,7 @@ impl Kernel {
             Kernel::SinkhornG | Kernel::SinkhornF => Family::Sinkhorn,
             Kernel::MaxAbs | Kernel::Transpose | Kernel::LogInto | Kernel::Range => Family::Reduce,
             Kernel::Column | Kernel::Row | Kernel::Finalize | Kernel::Extract => Family::SparseDual,
-            Kernel::Trial | Kernel::Accept | Kernel::Direction | Kernel::Steepest => Family::Lbfgs,
+            Kernel::Trial | Kernel::Accept | Kernel::Direction => Family::Lbfgs,
             Kernel::AdamStep => Family::Adam,
         }
     }
@@ -95,7 +94,6 @@ impl Kernel {
             Kernel::Trial => "trial",
             Kernel::Accept => "accept",
             Kernel::Direction => "direction",
-            Kernel::Steepest => "steepest",
             Kernel::AdamStep => "adam_step",
         }
     }

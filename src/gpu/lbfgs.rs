@@ -1,48 +1,62 @@
-//! The L-BFGS [`Backend`] on GPU buffers (`shaders/lbfgs.wgsl` + an objective's kernels).
+//! The L-BFGS vectors on GPU buffers (`shaders/lbfgs.wgsl` + an objective's kernels), for a batch of B
+//! problems of one dimension run in lockstep ([`crate::lbfgs::run_lockstep`]; a single problem is B = 1).
 //!
-//! x, g, d, the trial point and the (s, y) memory live on the device; per evaluation the host reads back
-//! three f32 (value, g·d, max|g|), per direction two (g·d, max|g|), and nothing per accepted step. The shared
-//! [`crate::lbfgs::Driver`] makes every decision, so stopping rules and statuses are those of the CPU path.
+//! x, g, d, the trial points and the (s, y) memories of all B problems live on the device back to back. A
+//! round is one submission of at most six dispatches whatever B is (accept, direction, trial and the
+//! objective's passes; kernels no problem needs are left out), each kernel skipping the problems whose
+//! control word lacks its flag; then one readback of four f32 per problem (value, g·d, max|g| of an
+//! evaluation, or g·d, max|g| of a new direction). The shared [`crate::lbfgs::Driver`] makes every decision, so
+//! stopping rules and statuses are those of the CPU path, problem by problem.
 
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::Kernel;
-use crate::lbfgs::{Backend, Eval};
+use crate::lbfgs::{Eval, Lockstep, Reply, Step};
 
 /// Largest memory the direction kernel holds (`MAX_MEM` in `shaders/lbfgs.wgsl`).
 pub(crate) const MAX_MEMORY: usize = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct Params {
+struct Params {
     dim: u32,
     mem: u32,
-    t: f32,
-    _pad: u32,
+    _pad: [u32; 2],
 }
 
-/// Bytes of `LbfgsState` in the shader: head, len, 2 pads, out[4], rho[MAX_MEM].
-const STATE_WORDS: usize = 4 + 4 + MAX_MEMORY;
+/// Words of one `LbfgsState` in the shader: head, len, 2 pads, rho[MAX_MEM].
+const STATE_WORDS: usize = 4 + MAX_MEMORY;
 
-/// The L-BFGS vectors of one problem shape.
+/// Control flags of `shaders/lbfgs.wgsl` (`OP_*`).
+const OP_ACCEPT: u32 = 1;
+const OP_DIRECTION: u32 = 2;
+const OP_STEEPEST: u32 = 4;
+const OP_TRIAL: u32 = 8;
+
+/// The L-BFGS vectors of B problems of dimension `dim`.
 pub(crate) struct LbfgsBuffers {
-    pub dim: usize,
-    pub memory: usize,
-    pub params: wgpu::Buffer,
+    pub problems: usize,
     pub x: wgpu::Buffer,
     pub d: wgpu::Buffer,
     pub xt: wgpu::Buffer,
     pub gt: wgpu::Buffer,
-    pub state: wgpu::Buffer,
+    state: wgpu::Buffer,
+    ctrl: wgpu::Buffer,
+    res: wgpu::Buffer,
     trial: Pass,
     accept: Pass,
     direction: Pass,
-    steepest: Pass,
 }
 
 impl LbfgsBuffers {
-    pub(crate) fn new(ctx: &GpuContext, dim: usize, memory: usize) -> Result<Self> {
+    /// Buffers for `problems` problems of dimension `dim` with `memory` pairs each.
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        dim: usize,
+        memory: usize,
+        problems: usize,
+    ) -> Result<Self> {
         if memory > MAX_MEMORY {
             return Err(Error::DeviceLimit {
                 what: "L-BFGS memory on the GPU (pairs)",
@@ -52,7 +66,7 @@ impl LbfgsBuffers {
         }
         ctx.check_binding(
             "max_storage_buffer_binding_size (L-BFGS memory, f32)",
-            8 * (memory * dim) as u64,
+            8 * (memory * dim * problems) as u64,
         )?;
         let params = buffers::uniform(
             ctx,
@@ -60,17 +74,19 @@ impl LbfgsBuffers {
             &Params {
                 dim: dim as u32,
                 mem: memory as u32,
-                t: 0.0,
-                _pad: 0,
+                _pad: [0; 2],
             },
         );
-        let x = buffers::storage(ctx, "x", dim);
-        let g = buffers::storage(ctx, "g", dim);
-        let d = buffers::storage(ctx, "d", dim);
-        let xt = buffers::storage(ctx, "xt", dim);
-        let gt = buffers::storage(ctx, "gt", dim);
-        let sy = buffers::storage(ctx, "s/y memory", 2 * memory * dim);
-        let state = buffers::storage(ctx, "lbfgs state", STATE_WORDS);
+        let len = dim * problems;
+        let x = buffers::storage(ctx, "x", len);
+        let g = buffers::storage(ctx, "g", len);
+        let d = buffers::storage(ctx, "d", len);
+        let xt = buffers::storage(ctx, "xt", len);
+        let gt = buffers::storage(ctx, "gt", len);
+        let sy = buffers::storage(ctx, "s/y memory", 2 * memory * len);
+        let state = buffers::storage(ctx, "lbfgs state", STATE_WORDS * problems);
+        let ctrl = buffers::storage(ctx, "lbfgs control", 2 * problems);
+        let res = buffers::storage(ctx, "lbfgs directions", 4 * problems);
         let all = [
             (0, &params),
             (1, &x),
@@ -80,41 +96,46 @@ impl LbfgsBuffers {
             (5, &gt),
             (6, &sy),
             (7, &state),
+            (8, &ctrl),
+            (9, &res),
         ];
         let trial = Pass::per_thread(
             ctx,
             Kernel::Trial,
-            &[(0, &params), (1, &x), (3, &d), (4, &xt)],
+            &[all[0], all[1], all[3], all[4], all[8]],
             dim,
-        )?;
+        )?
+        .batched(problems);
         let accept = Pass::single(
             ctx,
             Kernel::Accept,
-            &[all[0], all[1], all[2], all[4], all[5], all[6], all[7]],
-        )?;
+            &[
+                all[0], all[1], all[2], all[4], all[5], all[6], all[7], all[8],
+            ],
+        )?
+        .batched(problems);
         let direction = Pass::single(
             ctx,
             Kernel::Direction,
-            &[all[0], all[2], all[3], all[6], all[7]],
-        )?;
-        let steepest = Pass::single(ctx, Kernel::Steepest, &[all[0], all[2], all[3], all[7]])?;
+            &[all[0], all[2], all[3], all[6], all[7], all[8], all[9]],
+        )?
+        .batched(problems);
         Ok(Self {
-            dim,
-            memory,
-            params,
+            problems,
             x,
             d,
             xt,
             gt,
             state,
+            ctrl,
+            res,
             trial,
             accept,
             direction,
-            steepest,
         })
     }
 
-    /// Starts a run at x0: clears d and the memory.
+    /// Starts a run at x0 (B·dim entries): clears the directions and the memories.
     pub(crate) fn reset(&self, ctx: &GpuContext, x0: &[f32]) {
         buffers::upload(ctx, &self.x, x0);
         let mut enc = ctx.device().create_command_encoder(&Default::default());
@@ -123,27 +144,44 @@ impl LbfgsBuffers {
         buffers::submit(ctx, enc);
     }
 
-    fn set_t(&self, ctx: &GpuContext, t: f64) {
-        let p = Params {
-            dim: self.dim as u32,
-            mem: self.memory as u32,
-            t: t as f32,
-            _pad: 0,
-        };
+    /// Writes this round's control words: the flags and step length of every problem.
+    fn set_steps(&self, ctx: &GpuContext, steps: &[Step]) {
+        let words: Vec<u32> = steps
+            .iter()
+            .flat_map(|s| {
+                let mut ops = 0;
+                if s.accept {
+                    ops |= OP_ACCEPT;
+                }
+                match s.direction {
+                    Some(true) => ops |= OP_STEEPEST,
+                    Some(false) => ops |= OP_DIRECTION,
+                    None => {}
+                }
+                if s.evaluate.is_some() {
+                    ops |= OP_TRIAL;
+                }
+                [ops, (s.evaluate.unwrap_or(0.0) as f32).to_bits()]
+            })
+            .collect();
         ctx.queue()
-            .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
+            .write_buffer(&self.ctrl, 0, bytemuck::cast_slice(&words));
     }
 }
 
-/// An objective evaluated on the device at the trial point `xt`, writing its gradient into `gt`.
+/// An objective evaluated on the device at the trial points `xt` of a batch, writing its gradients into `gt`.
 pub(crate) trait DeviceObjective {
-    /// The passes computing the objective, its gradient and [value, gt·d, max|gt|] into `scalars`.
+    /// The passes computing, for every active problem p, the objective, its gradient and
+    /// [value, gt·d, max|gt|, ·] into `scalars[4p..4p + 4]`.
     fn passes(&self) -> Vec<&Pass>;
-    /// The buffer holding [value, slope, max|g|] after the passes.
+    /// The buffer of four f32 per problem written by the passes.
     fn scalars(&self) -> &wgpu::Buffer;
+    /// Which problems the next passes evaluate (the others are left untouched).
+    fn set_active(&self, ctx: &GpuContext, active: &[bool]);
 }
 
-/// L-BFGS backend: buffers + objective + a small readback buffer. Device errors are kept and end the run.
+/// L-BFGS backend of a batch: buffers + objective + a readback buffer. Device errors are kept (the first one)
+/// and end the run: every later reply is empty, so every driver stops.
 pub(crate) struct GpuLbfgs<'a, O: DeviceObjective> {
     pub ctx: &'a GpuContext,
     pub buf: &'a LbfgsBuffers,
@@ -153,52 +191,79 @@ pub(crate) struct GpuLbfgs<'a, O: DeviceObjective> {
 }
 
 impl<O: DeviceObjective> GpuLbfgs<'_, O> {
-    fn read3(&mut self, enc: wgpu::CommandEncoder, src: &wgpu::Buffer, offset: u64) -> [f64; 3] {
-        match buffers::read_back::<f32>(self.ctx, enc, src, offset, 12, self.staging) {
-            Ok(v) => [v[0] as f64, v[1] as f64, v[2] as f64],
-            Err(e) => {
-                self.error.get_or_insert(e);
-                [f64::NAN; 3]
-            }
+    /// The passes of one round: only the kernels some problem needs, in the order accept, direction, trial
+    /// and the objective's passes.
+    fn passes(&self, steps: &[Step]) -> Vec<&Pass> {
+        let mut passes = Vec::with_capacity(6);
+        if steps.iter().any(|s| s.accept) {
+            passes.push(&self.buf.accept);
         }
-    }
-
-    fn direction_with(&mut self, kernel: &Pass) -> (f64, f64) {
-        let enc = buffers::encode(self.ctx, &[kernel]);
-        // out[0..3] of LbfgsState sits after head, len and two pads.
-        let [gd, gmax, steepest] = self.read3(enc, &self.buf.state, 16);
-        let t0 = if steepest != 0.0 && gmax > 0.0 {
-            1.0 / gmax
-        } else {
-            1.0
-        };
-        (gd, t0)
+        if steps.iter().any(|s| s.direction.is_some()) {
+            passes.push(&self.buf.direction);
+        }
+        if steps.iter().any(|s| s.evaluate.is_some()) {
+            passes.push(&self.buf.trial);
+            passes.extend(self.obj.passes());
+        }
+        passes
     }
 }
 
-impl<O: DeviceObjective> Backend for GpuLbfgs<'_, O> {
-    fn evaluate(&mut self, t: f64) -> Eval {
-        self.buf.set_t(self.ctx, t);
-        let mut passes = vec![&self.buf.trial];
-        passes.extend(self.obj.passes());
-        let enc = buffers::encode(self.ctx, &passes);
-        let [value, slope, grad_norm] = self.read3(enc, self.obj.scalars(), 0);
-        Eval {
-            value,
-            slope,
-            grad_norm,
+impl<O: DeviceObjective> Lockstep for GpuLbfgs<'_, O> {
+    fn round(&mut self, steps: &[Step]) -> Vec<Reply> {
+        let nb = steps.len();
+        if self.error.is_some() || nb != self.buf.problems {
+            self.error.get_or_insert(Error::Gpu(format!(
+                "an L-BFGS round of {nb} problems on buffers for {}",
+                self.buf.problems
+            )));
+            return vec![Reply::default(); nb];
         }
-    }
-
-    fn accept(&mut self) {
-        buffers::submit(self.ctx, buffers::encode(self.ctx, &[&self.buf.accept]));
-    }
-
-    fn direction(&mut self) -> (f64, f64) {
-        self.direction_with(&self.buf.direction)
-    }
-
-    fn steepest(&mut self) -> (f64, f64) {
-        self.direction_with(&self.buf.steepest)
+        self.buf.set_steps(self.ctx, steps);
+        self.obj.set_active(
+            self.ctx,
+            &steps
+                .iter()
+                .map(|s| s.evaluate.is_some())
+                .collect::<Vec<_>>(),
+        );
+        let enc = buffers::encode(self.ctx, &self.passes(steps));
+        let words = 4 * nb as u64 * 4;
+        // Evaluations in the first 4B words, directions in the next 4B.
+        let read = buffers::read_back_many::<f32>(
+            self.ctx,
+            enc,
+            &[(self.obj.scalars(), 0, words), (&self.buf.res, 0, words)],
+            self.staging,
+        );
+        let v = match read {
+            Ok(v) => v,
+            Err(e) => {
+                self.error = Some(e);
+                return vec![Reply::default(); nb];
+            }
+        };
+        let (evals, dirs) = v.split_at(4 * nb);
+        steps
+            .iter()
+            .enumerate()
+            .map(|(p, s)| Reply {
+                eval: s.evaluate.map(|_| Eval {
+                    value: evals[4 * p] as f64,
+                    slope: evals[4 * p + 1] as f64,
+                    grad_norm: evals[4 * p + 2] as f64,
+                }),
+                direction: s.direction.map(|_| {
+                    let (gd, gmax, steepest) =
+                        (dirs[4 * p] as f64, dirs[4 * p + 1] as f64, dirs[4 * p + 2]);
+                    let t0 = if steepest != 0.0 && gmax > 0.0 {
+                        1.0 / gmax
+                    } else {
+                        1.0
+                    };
+                    (gd, t0)
+                }),
+            })
+            .collect()
     }
 }

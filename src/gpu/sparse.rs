@@ -1,17 +1,24 @@
 //! Sparsity-constrained and quadratic OT on the GPU (`shaders/sparse_dual.wgsl`): the (semi-)dual objective
-//! and gradient as device passes, minimised by the shared L-BFGS driver over [`GpuLbfgs`], then the sparse
-//! plan extracted on the device (k row indices and values per column).
+//! and gradient as device passes for a batch of B problems of one shape, minimised by one shared-logic
+//! L-BFGS driver per problem run in lockstep over [`GpuLbfgs`] (a round is a fixed set of dispatches whatever
+//! B is), then the sparse plans extracted on the device (k row indices and values per column). A single
+//! problem is the batch B = 1.
 
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+use crate::batch::Batch;
 use crate::config::{Observer, SparseOt};
-use crate::cpu::sparse::{method, resolve, transpose_error, transpose_solution, Resolved};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::lbfgs::{DeviceObjective, GpuLbfgs, LbfgsBuffers};
-use crate::lbfgs::{self, Settings};
+use crate::gpu::problems::{self, Run, Valid};
+use crate::lbfgs::{self, Settings, Step};
 use crate::problem::Problem;
-use crate::solution::{plan_metrics, Lanes, Plan, Progress, Solution, SparsePlan, Termination};
+use crate::solution::{Lanes, Progress, Solution, Termination};
 use crate::Formulation;
 
 #[repr(C)]
@@ -57,6 +64,10 @@ pub(crate) struct Workspace {
     pub(super) plan_rows: wgpu::Buffer,
     pub(super) beta: wgpu::Buffer,
     pub(super) staging: wgpu::Buffer,
+    /// B u32: nonzero for the problems the next passes evaluate (all, unless an L-BFGS round says otherwise).
+    active: wgpu::Buffer,
+    /// Problems B.
+    pub(super) problems: usize,
     pub(super) lbfgs: LbfgsBuffers,
     pub(super) column: Pass,
     pub(super) row: Pass,
@@ -72,20 +83,15 @@ impl DeviceObjective for Workspace {
     fn scalars(&self) -> &wgpu::Buffer {
         &self.scalars
     }
+
+    fn set_active(&self, ctx: &GpuContext, active: &[bool]) {
+        let words: Vec<u32> = active.iter().map(|&a| a as u32).collect();
+        ctx.queue()
+            .write_buffer(&self.active, 0, bytemuck::cast_slice(&words));
+    }
 }
 
 impl Workspace {
-    fn new(
-        ctx: &GpuContext,
-        m: usize,
-        n: usize,
-        k: usize,
-        dual: bool,
-        memory: usize,
-    ) -> Result<Self> {
-        Self::batched(ctx, (m, n, k), dual, memory, 1)
-    }
-
     /// Buffers for `nb` problems of one shape (m, n, k); the L-BFGS vectors hold all of them back to back.
     pub(super) fn batched(
         ctx: &GpuContext,
@@ -121,7 +127,9 @@ impl Workspace {
             "sparse readback",
             buffers::words(nb * (n * k).max(dim).max(COL_WORDS)),
         );
-        let lbfgs = LbfgsBuffers::new(ctx, nb * dim, memory)?;
+        let active = buffers::storage(ctx, "active problems", nb);
+        buffers::upload_words(ctx, &active, &vec![1u32; nb]);
+        let lbfgs = LbfgsBuffers::new(ctx, dim, memory, nb)?;
         let (x, g, d) = (&lbfgs.xt, &lbfgs.gt, &lbfgs.d);
         let column = Pass::per_workgroup(
             ctx,
@@ -133,6 +141,7 @@ impl Workspace {
                 (4, &b),
                 (5, &cols),
                 (6, g),
+                (11, &active),
             ],
             n,
         )?
@@ -147,6 +156,7 @@ impl Workspace {
                 (3, &a),
                 (5, &cols),
                 (6, g),
+                (11, &active),
             ],
             m,
         )?
@@ -163,6 +173,7 @@ impl Workspace {
                 (6, g),
                 (7, d),
                 (8, &scalars),
+                (11, &active),
             ],
         )?
         .batched(nb);
@@ -177,6 +188,7 @@ impl Workspace {
                 (8, &plan_values),
                 (9, &plan_rows),
                 (10, &beta),
+                (11, &active),
             ],
             n,
         )?
@@ -195,6 +207,8 @@ impl Workspace {
             plan_rows,
             beta,
             staging,
+            active,
+            problems: nb,
             lbfgs,
             column,
             row,
@@ -227,14 +241,6 @@ impl Workspace {
     }
 }
 
-/// The outcome of one device run; the potentials and plan stay in the workspace buffers.
-pub(super) struct Run {
-    pub(super) termination: Termination,
-    pub(super) iterations: usize,
-    /// Objective (maximised) at the returned potentials.
-    pub(super) value: f64,
-}
-
 pub(super) fn check_shape(ctx: &GpuContext, m: usize, n: usize, k: usize) -> Result<()> {
     ctx.check_binding(
         "max_storage_buffer_binding_size (cost matrix, f32)",
@@ -247,25 +253,50 @@ pub(super) fn check_shape(ctx: &GpuContext, m: usize, n: usize, k: usize) -> Res
     ctx.check_lanes("max_compute_workgroups_per_dimension² (columns)", n)
 }
 
-fn workspace_key(cfg: &SparseOt, m: usize, n: usize, k: usize) -> WorkspaceKey {
+/// Checks that `nb` problems of shape (m, n) with k per column fit the device as one batch.
+pub(super) fn check_batch(
+    ctx: &GpuContext,
+    nb: usize,
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
+    check_shape(ctx, m, n, k)?;
+    let per_problem = [
+        (
+            "max_storage_buffer_binding_size (batch of cost matrices, f32)",
+            m * n,
+        ),
+        (
+            "max_storage_buffer_binding_size (batch of plans, k per column)",
+            n * k,
+        ),
+    ];
+    for (what, words) in per_problem {
+        ctx.check_binding(what, 4 * (nb as u64) * (words as u64))?;
+    }
+    ctx.check_batch(nb)
+}
+
+fn workspace_key(cfg: &SparseOt, (m, n, k): (usize, usize, usize), batch: usize) -> WorkspaceKey {
     WorkspaceKey::Sparse {
         m,
         n,
         k,
         dual: cfg.formulation == Formulation::Dual,
         memory: cfg.memory,
+        batch,
     }
 }
 
-/// Minimises −S or −D from x0 (already in the workspace) with the shared driver, then re-evaluates at the
-/// returned point and extracts the plan on the device.
+/// Minimises −S or −D of every problem of the workspace from `x0` (B × dim) with one driver each, in
+/// lockstep; then re-evaluates every problem at its returned point and extracts the plans on the device.
+/// `observe(p, progress)` sees problem p after each of its accepted steps.
 fn run(
     ctx: &GpuContext,
     ws: &Workspace,
     cfg: &SparseOt,
     x0: &[f32],
-    observer: Observer<'_>,
-) -> Result<Run> {
+    observe: &mut dyn FnMut(usize, &Progress),
+) -> Result<Vec<Run>> {
     ws.set_gamma(ctx, cfg.gamma);
     ws.lbfgs.reset(ctx, x0);
     // f32 objective values: sums of O(m + n) terms carry a relative rounding noise of ~16 u.
@@ -280,25 +311,42 @@ fn run(
         staging: &ws.staging,
         error: None,
     };
-    let (termination, driver) = lbfgs::run(settings, &mut backend, |d| {
-        observer(&Progress {
-            iteration: d.iterations,
-            value: -d.value,
-            marginal_error: d.grad_norm,
-            stage: "lbfgs (gpu)",
-        })
+    let nb = ws.problems;
+    let ends = lbfgs::run_lockstep(&vec![settings; nb], &mut backend, |p, d| {
+        observe(
+            p,
+            &Progress {
+                iteration: d.iterations,
+                value: -d.value,
+                marginal_error: d.grad_norm,
+                stage: "lbfgs (gpu)",
+            },
+        )
     });
-    // Objective, column states and plan at the returned iterate (t = 0 makes the trial point x).
-    let at_x = lbfgs::Backend::evaluate(&mut backend, 0.0);
+    // Objectives, column states and plans at the returned iterates (t = 0 makes the trial point x).
+    let at_x = lbfgs::Lockstep::round(
+        &mut backend,
+        &vec![
+            Step {
+                evaluate: Some(0.0),
+                ..Step::default()
+            };
+            nb
+        ],
+    );
     if let Some(e) = backend.error {
         return Err(e);
     }
     buffers::submit(ctx, buffers::encode(ctx, &[&ws.extract]));
-    Ok(Run {
-        termination,
-        iterations: driver.iterations,
-        value: -at_x.value,
-    })
+    Ok(ends
+        .into_iter()
+        .zip(at_x)
+        .map(|((termination, driver), at)| Run {
+            termination,
+            iterations: driver.iterations,
+            value: at.eval.map_or(f64::NAN, |e| -e.value),
+        })
+        .collect())
 }
 
 pub(super) fn read<T: bytemuck::Pod>(
@@ -321,152 +369,133 @@ pub(super) fn read<T: bytemuck::Pod>(
     Ok(v)
 }
 
+/// One problem on the GPU; `observer` sees every accepted L-BFGS step (and the CPU finish, if any).
 pub(crate) fn solve(
     ctx: &GpuContext,
     cfg: &SparseOt,
     problem: &Problem,
     observer: Observer<'_>,
 ) -> Result<Solution> {
-    match cfg.lanes {
-        Lanes::Columns => solve_columns(ctx, cfg, problem, "rows", observer),
-        Lanes::Rows => {
-            let mut t_cfg = cfg.clone();
-            t_cfg.warm_alpha = cfg.warm_beta.clone();
-            t_cfg.warm_beta = cfg.warm_alpha.clone();
-            let sol = solve_columns(ctx, &t_cfg, &problem.transposed(), "columns", observer)
-                .map_err(transpose_error)?;
-            Ok(transpose_solution(sol, cfg))
-        }
-    }
+    let mut out = solve_all(ctx, cfg, [Ok(Cow::Borrowed(problem))], observer);
+    out.pop()
+        .unwrap_or_else(|| Err(Error::Gpu("a solve of one problem returned nothing".into())))
 }
 
-fn solve_columns(
+/// Every problem of `batch` on the GPU, the L-BFGS phases of all of them in lockstep (see the module docs).
+pub(crate) fn solve_batch(
     ctx: &GpuContext,
     cfg: &SparseOt,
-    p: &Problem,
-    axis: &'static str,
+    batch: &Batch,
+) -> Vec<Result<Solution>> {
+    let problems = (0..batch.len()).map(|i| batch.problem(i).map(Cow::Owned));
+    solve_all(ctx, cfg, problems, &mut |_| {})
+}
+
+/// The batch pipeline: validate each problem; k = 1 goes to the exact CPU solver; the rest run on the
+/// device together; a problem whose f32 L-BFGS stalled (as it does on the kinks of k < m) is finished in
+/// f64 on the CPU from its potentials. `observer` is only called for a batch of one problem.
+fn solve_all<'p>(
+    ctx: &GpuContext,
+    user_cfg: &SparseOt,
+    problems: impl IntoIterator<Item = Result<Cow<'p, Problem>>>,
     observer: Observer<'_>,
-) -> Result<Solution> {
-    let Resolved { k, x0 } = resolve(cfg, p, axis)?;
-    if crate::cpu::sparse::k1_is_exact(cfg, p, k) {
+) -> Vec<Result<Solution>> {
+    let mut prep = problems::prepare(user_cfg, problems);
+    let single = prep.valid.len() == 1;
+    let cfg = prep.cfg.clone();
+    let axis = if user_cfg.lanes == Lanes::Rows {
+        "columns"
+    } else {
+        "rows"
+    };
+    let (exact, device): (Vec<usize>, Vec<usize>) = (0..prep.valid.len())
+        .partition(|&v| crate::cpu::sparse::k1_is_exact(&cfg, &prep.valid[v].columns, prep.k));
+    for v in exact {
         // k = 1 is unregularised OT (SPEC §2.3), solved exactly by the CPU network simplex.
-        let mut sol = crate::cpu::sparse::solve_columns(cfg, p, axis, observer)?;
-        sol.device = "cpu (k = 1: exact network simplex)".into();
-        return Ok(sol);
+        let sol = crate::cpu::sparse::solve_columns(&cfg, &prep.valid[v].columns, axis, observer)
+            .map(|mut s| {
+                s.device = "cpu (k = 1: exact network simplex)".into();
+                s
+            });
+        prep.set(user_cfg, v, sol);
     }
-    let (m, n) = (p.m(), p.n());
-    check_shape(ctx, m, n, k)?;
-    let key = workspace_key(cfg, m, n, k);
+    if device.is_empty() {
+        return prep.into_results(Ok(()));
+    }
+    let mut forward = |_: usize, p: &Progress| {
+        if single {
+            observer(p)
+        }
+    };
+    let on_device: Vec<&Valid<'_>> = device.iter().map(|&v| &prep.valid[v]).collect();
+    let sols = match run_on_device(ctx, &cfg, &on_device, prep.k, &mut forward) {
+        Ok(s) => s,
+        Err(e) => return prep.into_results(Err(e)),
+    };
+    let finished: Vec<Solution> = if single {
+        let mut only = sols;
+        let sol = only
+            .pop()
+            .map(|s| finish_stalled(ctx, &cfg, on_device[0], prep.k, s, observer));
+        sol.into_iter().collect()
+    } else {
+        sols.into_par_iter()
+            .zip(on_device.par_iter())
+            .map(|(s, v)| finish_stalled(ctx, &cfg, v, prep.k, s, &mut |_| {}))
+            .collect()
+    };
+    for (v, sol) in device.into_iter().zip(finished) {
+        prep.set(user_cfg, v, Ok(sol));
+    }
+    prep.into_results(Ok(()))
+}
+
+/// Uploads the problems, runs them in lockstep and reads every solution back.
+fn run_on_device(
+    ctx: &GpuContext,
+    cfg: &SparseOt,
+    valid: &[&Valid<'_>],
+    k: usize,
+    observe: &mut dyn FnMut(usize, &Progress),
+) -> Result<Vec<Solution>> {
+    let nb = valid.len();
+    let (m, n) = (valid[0].columns.m(), valid[0].columns.n());
+    check_batch(ctx, nb, (m, n, k))?;
+    let key = workspace_key(cfg, (m, n, k), nb);
     let dual = cfg.formulation == Formulation::Dual;
-    let ws = ctx.take_workspace(key, || Workspace::new(ctx, m, n, k, dual, cfg.memory))?;
+    let ws = ctx.take_workspace(key, || {
+        Workspace::batched(ctx, (m, n, k), dual, cfg.memory, nb)
+    })?;
     let out = (|| {
-        let f32s = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x as f32).collect::<Vec<f32>>();
-        buffers::upload(ctx, &ws.cost_t, &f32s(&mut p.cost().t().iter().copied()));
-        buffers::upload(ctx, &ws.a, &f32s(&mut p.a().iter().copied()));
-        buffers::upload(ctx, &ws.b, &f32s(&mut p.b().iter().copied()));
-        let x0: Vec<f32> = x0.iter().map(|&x| x as f32).collect();
-        let r = run(ctx, &ws, cfg, &x0, &mut *observer)?;
-        assemble(ctx, &ws, cfg, p, r)
+        let x0 = problems::upload(ctx, &ws, valid);
+        let runs = run(ctx, &ws, cfg, &x0, observe)?;
+        problems::read_solutions(ctx, &ws, &ws.lbfgs.x, cfg, valid, runs)
     })();
     ctx.put_workspace(key, ws);
-    let sol = out?;
+    out
+}
+
+/// A solution whose f32 L-BFGS stalled is finished in f64 on the CPU from its potentials (SPEC: the
+/// nonsmooth finish); others are returned as they are.
+fn finish_stalled(
+    ctx: &GpuContext,
+    cfg: &SparseOt,
+    v: &Valid<'_>,
+    k: usize,
+    sol: Solution,
+    observer: Observer<'_>,
+) -> Solution {
     if sol.termination != Termination::Stalled || cfg.tol == 0.0 {
-        return Ok(sol);
+        return sol;
     }
-    // The f32 L-BFGS stalled, as it does on the kinks of k < m: finish in f64 on the CPU, from its potentials.
     let mut x: Vec<f64> = sol.alpha.to_vec();
     if cfg.formulation == Formulation::Dual {
         x.extend(sol.beta.iter());
     }
-    let mut fin = crate::cpu::sparse::finish_after_stall(cfg, p, k, x, sol.iterations, observer);
+    let mut fin =
+        crate::cpu::sparse::finish_after_stall(cfg, &v.columns, k, x, sol.iterations, observer);
     fin.device = format!("{} + cpu (nonsmooth finish)", ctx.adapter_name());
-    Ok(fin)
-}
-
-/// Reads potentials and plan back and builds the [`Solution`]; metrics are measured in f64 on the host.
-fn assemble(
-    ctx: &GpuContext,
-    ws: &Workspace,
-    cfg: &SparseOt,
-    p: &Problem,
-    r: Run,
-) -> Result<Solution> {
-    let (m, n, k) = (ws.m, ws.n, ws.k);
-    let alpha: Vec<f32> = read(ctx, ws, &ws.lbfgs.x, 0, m)?;
-    let beta: Vec<f32> = if ws.dual {
-        read(ctx, ws, &ws.lbfgs.x, m, n)?
-    } else {
-        read(ctx, ws, &ws.beta, 0, n)?
-    };
-    let values: Vec<f32> = read(ctx, ws, &ws.plan_values, 0, n * k)?;
-    let rows: Vec<u32> = read(ctx, ws, &ws.plan_rows, 0, n * k)?;
-    let data = Readback {
-        alpha: &alpha,
-        beta: &beta,
-        values: &values,
-        rows: &rows,
-    };
-    Ok(build_solution(ctx, cfg, p, k, data, r))
-}
-
-/// One problem's potentials and plan as read back from the device (f32; the plan is k entries per column,
-/// padded with row index `u32::MAX`).
-pub(super) struct Readback<'a> {
-    pub(super) alpha: &'a [f32],
-    pub(super) beta: &'a [f32],
-    pub(super) values: &'a [f32],
-    pub(super) rows: &'a [u32],
-}
-
-/// The host side of a device solve (single problem or one problem of a batch): compresses the plan and
-/// measures its cost and marginal errors in f64 against the f64 problem.
-pub(super) fn build_solution(
-    ctx: &GpuContext,
-    cfg: &SparseOt,
-    p: &Problem,
-    k: usize,
-    data: Readback<'_>,
-    r: Run,
-) -> Solution {
-    let (m, n) = (p.m(), p.n());
-    let Readback {
-        alpha,
-        beta,
-        values,
-        rows,
-    } = data;
-    let mut ptr = Vec::with_capacity(n + 1);
-    ptr.push(0);
-    let mut indices = Vec::new();
-    let mut vals = Vec::new();
-    for j in 0..n {
-        for (&i, &v) in rows[j * k..(j + 1) * k]
-            .iter()
-            .zip(&values[j * k..(j + 1) * k])
-        {
-            if (i as usize) < m && v > 0.0 {
-                indices.push(i as usize);
-                vals.push(v as f64);
-            }
-        }
-        ptr.push(indices.len());
-    }
-    let plan = SparsePlan::from_parts((m, n), Lanes::Columns, ptr, indices, vals);
-    let (transport_cost, marginal_error_rows, marginal_error_cols) =
-        plan_metrics(plan.triplets(), p.cost(), p.a_slice(), p.b_slice());
-    Solution {
-        method: method(cfg, Lanes::Columns),
-        device: ctx.adapter_name().to_string(),
-        plan: Plan::Sparse(plan),
-        alpha: alpha.iter().map(|&x| x as f64).collect(),
-        beta: beta.iter().map(|&x| x as f64).collect(),
-        value: r.value,
-        transport_cost,
-        marginal_error_rows,
-        marginal_error_cols,
-        iterations: r.iterations,
-        termination: r.termination,
-    }
+    fin
 }
 
 /// A problem whose data already lives in the application's GPU buffers (f32, on this context's device).
@@ -593,8 +622,10 @@ impl GpuContext {
             }
         }
         check_shape(self, m, n, k)?;
-        let key = workspace_key(cfg, m, n, k);
-        let ws = self.take_workspace(key, || Workspace::new(self, m, n, k, dual, cfg.memory))?;
+        let key = workspace_key(cfg, (m, n, k), 1);
+        let ws = self.take_workspace(key, || {
+            Workspace::batched(self, (m, n, k), dual, cfg.memory, 1)
+        })?;
         let out = self.solve_in(&ws, cfg, input, &x0);
         self.put_workspace(key, ws);
         out
@@ -628,7 +659,9 @@ impl GpuContext {
         enc.copy_buffer_to_buffer(input.a, 0, &ws.a, 0, 4 * m as u64);
         enc.copy_buffer_to_buffer(input.b, 0, &ws.b, 0, 4 * n as u64);
         buffers::submit(self, enc);
-        let r = run(self, ws, cfg, x0, &mut |_| {})?;
+        let r = run(self, ws, cfg, x0, &mut |_, _| {})?
+            .pop()
+            .ok_or_else(|| Error::Gpu("a run of one problem returned nothing".into()))?;
         let out = |label, words| buffers::storage(self, label, words);
         let (alpha, beta, plan_values, plan_rows) = (
             out("alpha", m),
