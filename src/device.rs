@@ -169,7 +169,9 @@ impl Sinkhorn {
     /// iteration count and [`crate::Termination`]; a problem that converged is frozen on the device while
     /// the others go on, and its result equals [`Sinkhorn::solve_on`] on [`Batch::problem`]`(i)` on the same
     /// device bit for bit. Entry i is problem i's own result: a problem that fails validation gets its own
-    /// `Err` and is not uploaded; the others are unaffected.
+    /// `Err` and is not uploaded; the others are unaffected. A batch beyond the device's limits (B × m × n
+    /// f32 costs in one storage binding, B ≤ `max_compute_workgroups_per_dimension`) gets
+    /// [`crate::Error::DeviceLimit`] on every valid problem.
     pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
         match device.target() {
             Target::Cpu => self.solve_batch(batch),

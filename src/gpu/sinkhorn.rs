@@ -456,7 +456,9 @@ fn run_in(
         .zip(&tracks)
         .enumerate()
         .map(|(p, (s, t))| {
-            let f_all = f_bufs[t.f_at].as_deref().unwrap_or_default();
+            let f_all = f_bufs[t.f_at]
+                .as_deref()
+                .expect("every problem's f buffer was read above");
             let f = Array1::from(f_all[p * m..(p + 1) * m].to_vec());
             let g = Array1::from(g[p * n..(p + 1) * n].to_vec());
             let mut sol = assemble(cfg, s.problem, f, g, t.iterations, t.termination);
