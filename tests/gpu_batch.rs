@@ -457,6 +457,40 @@ fn sinkhorn_problems_keep_their_own_schedules() {
     }
 }
 
+/// Within one batch some problems converge and others run out of iterations: each gets its own status and
+/// count (as alone), and the single-problem path (B = 1) still reports every check to its observer.
+#[test]
+fn sinkhorn_statuses_are_per_problem() {
+    let Some(ctx) = gpu() else { return };
+    let device = Device::Gpu(ctx);
+    // Problem 1 has a constant cost (converges at the first check); the others need more than 40 iterations.
+    let batch = scaled(&random_batch(3, 8, 6, 26), &[1.0, 0.0, 4.0]);
+    let cfg = Sinkhorn::new(0.1).unwrap().tol(1e-5).unwrap().max_iter(40);
+    let out = sinkhorn_batch(&cfg, &batch, &device);
+    assert!(out[1].converged(), "{}", out[1]);
+    assert_eq!(out[1].iterations, 10);
+    for i in [0, 2] {
+        assert_eq!(out[i].termination, Termination::MaxIterations, "{}", out[i]);
+        assert_eq!(out[i].iterations, 40);
+    }
+    for (i, sol) in out.iter().enumerate() {
+        let p = batch.problem(i).unwrap();
+        let mut checks = Vec::new();
+        let alone = cfg
+            .solve_on_observed(&p, &device, &mut |pr| {
+                checks.push((pr.iteration, pr.marginal_error))
+            })
+            .unwrap();
+        assert_same_bits(&format!("problem {i}"), sol, &alone);
+        let at: Vec<usize> = checks.iter().map(|c| c.0).collect();
+        let expected: Vec<usize> = (1..=sol.iterations / 10).map(|c| 10 * c).collect();
+        assert_eq!(at, expected, "problem {i}: checks");
+        if sol.converged() {
+            assert!(checks.last().unwrap().1 <= 1e-5, "problem {i}: {checks:?}");
+        }
+    }
+}
+
 /// A round is 2 dispatches per iteration for the whole batch plus 1 reduction at the check, whatever B is.
 #[test]
 fn sinkhorn_dispatches_do_not_grow_with_batch_size() {
