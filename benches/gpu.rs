@@ -3,15 +3,19 @@
 //! at several sizes. GPU timings include the device sync (every solve reads its result back
 //! and waits on the queue), so nothing is left in flight when the clock stops.
 //!
+//! `sinkhorn_batch` times B problems of one shape (100 iterations each) solved as one batch
+//! (`Sinkhorn::solve_batch_on`: two dispatches per iteration for the whole batch) against the same problems
+//! solved one by one on the same device.
+//!
 //! Run `cargo bench --bench gpu`. Without an adapter only the CPU side runs. On a software adapter
 //! (lavapipe) the "gpu" numbers are timings of an emulation on the CPU, not of a GPU.
 
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, Array3};
 use sparse_ot::gpu::GpuContext;
-use sparse_ot::{Device, Problem, Sinkhorn, SparseOt};
+use sparse_ot::{Batch, Device, Problem, Sinkhorn, SparseOt};
 
 fn problem(m: usize, n: usize) -> Problem {
     let x = |i: usize| (i as f64 * 0.618_033_988_75).fract();
@@ -96,5 +100,59 @@ fn sparse_solve(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sinkhorn_iteration, sparse_solve);
+/// B problems of one shape with shifted point sets (each its own cost), uniform marginals.
+fn batch(nb: usize, m: usize, n: usize) -> Batch {
+    let x = |i: usize, p: usize| ((i + 7 * p) as f64 * 0.618_033_988_75).fract();
+    let y = |j: usize| (j as f64 * 0.414_213_562_37 + 0.1).fract();
+    let cost = Array3::from_shape_fn((nb, m, n), |(p, i, j)| (x(i, p) - y(j)).powi(2));
+    let a = Array1::from_elem(m, 1.0 / m as f64);
+    let b = Array1::from_elem(n, 1.0 / n as f64);
+    Batch::shared_marginals(a.view(), b.view(), cost.view()).expect("valid batch")
+}
+
+fn sinkhorn_batch(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sinkhorn_batch");
+    group.sample_size(10);
+    let devices = devices();
+    let iterations = 100;
+    let cfg = Sinkhorn::new(0.05)
+        .unwrap()
+        .epsilon_scaling(None)
+        .unwrap()
+        .max_iter(iterations)
+        .tol(0.0)
+        .unwrap();
+    for &(nb, m, n) in &[(64usize, 64usize, 64usize), (16, 256, 256)] {
+        let batch = batch(nb, m, n);
+        let problems: Vec<Problem> = (0..nb).map(|i| batch.problem(i).unwrap()).collect();
+        group.throughput(Throughput::Elements((nb * iterations * m * n) as u64));
+        let size = format!("{nb}x{m}x{n}");
+        for (name, device) in &devices {
+            // Warm-up: pipelines and both workspaces (batch of B and single problem).
+            cfg.solve_batch_on(&batch, device);
+            cfg.solve_on(&problems[0], device).unwrap();
+            let id = BenchmarkId::new(format!("{name}/batched"), &size);
+            group.bench_function(id, |bch| {
+                bch.iter_custom(|iters| {
+                    time_solves(iters, || {
+                        assert!(cfg.solve_batch_on(&batch, device).iter().all(Result::is_ok))
+                    })
+                })
+            });
+            let id = BenchmarkId::new(format!("{name}/one_by_one"), &size);
+            group.bench_function(id, |bch| {
+                bch.iter_custom(|iters| {
+                    time_solves(iters, || {
+                        for p in &problems {
+                            drop(cfg.solve_on(p, device).unwrap());
+                        }
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, sinkhorn_iteration, sparse_solve, sinkhorn_batch);
 criterion_main!(benches);

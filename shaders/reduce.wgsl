@@ -2,13 +2,18 @@
 //
 // Bindings (group 0):
 //   0 uniform                 R: ReduceParams { len, rows, cols }
-//   1 storage read            src: array<f32>   (max_abs: len entries; transpose: rows×cols row-major)
-//   2 storage read_write      dst: array<f32>   (max_abs: dst[0] = max_i |src_i|; transpose: cols×rows)
-// Dispatch: max_abs and range one workgroup (they stride over the whole vector); transpose and log_into one
-//   thread per destination entry, ceil(entries / WG) workgroups laid out as in common.wgsl.
+//   1 storage read            src: array<f32>   (max_abs, range: B × len; transpose: rows×cols row-major;
+//                                               log_into: len)
+//   2 storage read_write      dst: array<f32>   (max_abs, range: B; transpose: cols×rows; log_into: len)
+// Dispatch: max_abs and range one workgroup per problem (it strides over the problem's vector), workgroup_id.z
+//   the problem index p (z = B; 1 for a single vector); transpose and log_into one thread per destination
+//   entry, ceil(entries / WG) workgroups laid out as in common.wgsl (z = 1).
+// Batches (max_abs, range): src holds B vectors of len entries back to back; problem p reduces
+//   src[p·len .. (p+1)·len] into dst[p].
 // Overrides: WG.
-// Formula: max-norm ‖src‖_∞ (marginal errors); dst[c·rows + r] = src[r·cols + c] (transpose);
-//   dst_i = log src_i (log_into); max src − min src (range, the cost range of the ε schedule).
+// Formula: dst_p = max_i |src_pi|, the max-norm (marginal errors); dst[c·rows + r] = src[r·cols + c]
+//   (transpose); dst_i = log src_i (log_into); dst_p = max_i src_pi − min_i src_pi (range, the cost range of
+//   the ε schedule).
 
 struct ReduceParams {
     len: u32,
@@ -22,14 +27,15 @@ struct ReduceParams {
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
 @compute @workgroup_size(WG)
-fn max_abs(@builtin(local_invocation_index) tid: u32) {
+fn max_abs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let base = wid.z * R.len;
     var v = 0.0;
     for (var i = tid; i < R.len; i = i + WG) {
-        v = max(v, abs(src[i]));
+        v = max(v, abs(src[base + i]));
     }
     let r = wg_max(tid, v);
     if (tid == 0u) {
-        dst[0] = r;
+        dst[wid.z] = r;
     }
 }
 
@@ -54,18 +60,19 @@ fn log_into(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 }
 
-// range: dst[0] = max_i src_i − min_i src_i over len entries (one workgroup).
+// range: dst[p] = max_i src_pi − min_i src_pi over problem p's len entries (one workgroup per problem).
 @compute @workgroup_size(WG)
-fn range(@builtin(local_invocation_index) tid: u32) {
+fn range(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let base = wid.z * R.len;
     var hi = NEG_BIG;
     var lo = -NEG_BIG;
     for (var i = tid; i < R.len; i = i + WG) {
-        hi = max(hi, src[i]);
-        lo = min(lo, src[i]);
+        hi = max(hi, src[base + i]);
+        lo = min(lo, src[base + i]);
     }
     let top = wg_max(tid, hi);
     let bottom = -wg_max(tid, -lo);
     if (tid == 0u) {
-        dst[0] = top - bottom;
+        dst[wid.z] = top - bottom;
     }
 }

@@ -158,6 +158,24 @@ impl Sinkhorn {
         }
     }
 
+    /// Solves every problem of the batch on `device`. On the CPU this is [`Sinkhorn::solve_batch`]. On a GPU
+    /// the whole batch is one workspace and every iteration is two dispatches covering all B problems (f32):
+    /// a round of up to `check_every` iterations is one submission, after which the B row-marginal errors
+    /// are read back together. Each problem keeps its own ε schedule (it depends on its cost range), stage,
+    /// iteration count and [`crate::Termination`]; a problem that converged is frozen on the device while
+    /// the others go on, and its result equals [`Sinkhorn::solve_on`] on [`Batch::problem`]`(i)` on the same
+    /// device bit for bit. Entry i is problem i's own result: a problem that fails validation gets its own
+    /// `Err` and is not uploaded; the others are unaffected. A batch beyond the device's limits (B × m × n
+    /// f32 costs in one storage binding, B ≤ `max_compute_workgroups_per_dimension`) gets
+    /// [`crate::Error::DeviceLimit`] on every valid problem.
+    pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
+        match device.target() {
+            Target::Cpu => self.solve_batch(batch),
+            #[cfg(feature = "gpu")]
+            Target::Gpu(ctx) => crate::gpu::sinkhorn::solve_batch(&ctx, self, batch),
+        }
+    }
+
     /// Async [`Sinkhorn::solve_on`]; see [`SparseOt::solve_on_async`] about blocking.
     pub async fn solve_on_async(&self, problem: &Problem, device: &Device) -> Result<Solution> {
         self.solve_on(problem, device)

@@ -1,5 +1,8 @@
 //! Batches on the GPU: the authors' Adam recipe for B problems at once against the f64 CPU recipe
-//! (`src/cpu/adam.rs`), against one-by-one GPU runs, the router on a GPU, and the dispatch count per step.
+//! (`src/cpu/adam.rs`), against one-by-one GPU runs, the router on a GPU, and the dispatch count per step;
+//! then the lockstep L-BFGS batches (`SparseOt::solve_batch_on`) and the batched Sinkhorn
+//! (`Sinkhorn::solve_batch_on`), each against one-by-one GPU solves (bit for bit), the f64 CPU batch, bad
+//! problems and dispatch counts. The tolerance paragraph below is the Adam tests'; the others state theirs.
 //!
 //! GPU tests need an adapter (lavapipe, Mesa's software Vulkan, is enough). Without one they print
 //! "SKIPPED: no GPU adapter" and pass, unless `SPARSE_OT_REQUIRE_GPU=1`, where they fail.
@@ -19,7 +22,9 @@ use std::sync::Arc;
 
 use ndarray::{Array2, Array3, Axis};
 use sparse_ot::gpu::GpuContext;
-use sparse_ot::{Batch, Device, Formulation, Router, RouterSolver, Solution, SparseOt};
+use sparse_ot::{
+    Batch, Device, Formulation, Router, RouterSolver, Sinkhorn, Solution, SparseOt, Termination,
+};
 
 /// The shared GPU context, or None (test skipped) when no adapter exists and a GPU is not required.
 fn gpu() -> Option<Arc<GpuContext>> {
@@ -431,4 +436,244 @@ fn lbfgs_dispatches_do_not_grow_with_batch_size() {
     }
     assert!(per_run[0] > 0);
     assert_eq!(per_run[0], per_run[1], "dispatches for B = 1 and B = 8");
+}
+
+// ---- Batched log-domain Sinkhorn (`Sinkhorn::solve_batch_on`) ----
+
+/// Every problem of `batch` solved with `cfg` on `device`; panics on any per-problem error.
+fn sinkhorn_batch(cfg: &Sinkhorn, batch: &Batch, device: &Device) -> Vec<Solution> {
+    cfg.solve_batch_on(batch, device)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.unwrap_or_else(|e| panic!("problem {i}: {e}")))
+        .collect()
+}
+
+/// Asserts that a batched GPU Sinkhorn result is bit for bit the one-by-one GPU result of the same problem.
+#[track_caller]
+fn assert_same_bits(what: &str, batched: &Solution, alone: &Solution) {
+    assert_eq!(batched.iterations, alone.iterations, "{what}: iterations");
+    assert_eq!(batched.termination, alone.termination, "{what}: status");
+    assert_eq!(batched.alpha, alone.alpha, "{what}: f");
+    assert_eq!(batched.beta, alone.beta, "{what}: g");
+    assert_eq!(batched.plan, alone.plan, "{what}: plan");
+    assert_eq!(
+        batched.value.to_bits(),
+        alone.value.to_bits(),
+        "{what}: value"
+    );
+}
+
+/// `batch` with problem p's cost multiplied by `scales[p]` (so each has its own cost range, hence its own
+/// ε schedule length).
+fn scaled(batch: &Batch, scales: &[f64]) -> Batch {
+    let mut cost = batch.cost().to_owned();
+    for (mut c, &s) in cost.axis_iter_mut(Axis(0)).zip(scales) {
+        c *= s;
+    }
+    Batch::new(batch.a(), batch.b(), cost.view()).unwrap()
+}
+
+/// Each problem's workgroups (`workgroup_id.z` = p) do the same f32 arithmetic in the same order whatever B
+/// is, its ε and stage changes come from the same host decisions, and frozen problems are never written:
+/// batched results equal one-by-one GPU results bit for bit, iterations included.
+#[test]
+fn batched_sinkhorn_equals_one_by_one() {
+    let Some(ctx) = gpu() else { return };
+    let device = Device::Gpu(ctx.clone());
+    let batch = scaled(&random_batch(5, 9, 7, 21), &[1.0, 3.0, 0.5, 2.0, 1.0]);
+    let cfg = Sinkhorn::new(0.05).unwrap().tol(1e-5).unwrap();
+    let together = sinkhorn_batch(&cfg, &batch, &device);
+    for (i, sol) in together.iter().enumerate() {
+        assert_eq!(sol.device, ctx.adapter_name());
+        let alone = cfg.solve_on(&batch.problem(i).unwrap(), &device).unwrap();
+        assert_same_bits(&format!("problem {i}"), sol, &alone);
+    }
+}
+
+/// The batched f32 GPU solve against the f64 CPU batch solved to 1e-12 (ε = 0.05, unit masses, costs in
+/// [0, 1) times a scale ≤ 3, so range/ε ≤ 60). What is compared and why:
+/// * row marginals: the GPU stops at max |T1 − a| ≤ 1e-5, measured on the f32 iterate; the plan is rebuilt
+///   and measured in f64 on the host, which adds f32 rounding of the potentials, ≈ |f| u / ε ≈ 1e-6 relative
+///   per entry; 2e-5. Columns are exact after the g-update up to the same rounding; 2e-5.
+/// * plan entries and transport cost: the GPU plan is the f64 optimum perturbed by its row gap ≤ 1e-5, and
+///   entries move by about the gap they carry (measured on lavapipe: ≤ 9e-6 per entry, ≤ 5e-6 on ⟨T,C⟩);
+///   5e-5 for entries, and max C (≤ 3) × the summed row gaps (≤ m × 1e-5) ≈ 3e-4 for ⟨T,C⟩.
+/// * dual value f·a + g·b − ε ΣT: stationary at the optimum (its gradient is the marginal gap), so it moves
+///   to second order, ≈ gap × potential difference ≈ 1e-5 × 3e-4 = 3e-9 (measured ≤ 1.2e-9); 1e-7.
+/// * the potentials are not compared entry by entry: at range/ε = 60 the dual is nearly flat along
+///   directions that move f_i where row i's mass sits on tiny entries, so a 1e-5 gap allows potential
+///   differences ~1e-4 (measured 2.8e-4) that change the plan by less than the gap.
+#[test]
+fn batched_sinkhorn_agrees_with_cpu_batch() {
+    let Some(ctx) = gpu() else { return };
+    let batch = scaled(&random_batch(4, 9, 7, 22), &[1.0, 3.0, 0.5, 2.0]);
+    let cfg = Sinkhorn::new(0.05).unwrap().tol(1e-5).unwrap();
+    let gpu = sinkhorn_batch(&cfg, &batch, &Device::Gpu(ctx));
+    let cpu = sinkhorn_batch(&cfg.clone().tol(1e-12).unwrap(), &batch, &Device::Cpu);
+    for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+        assert!(g.converged() && c.converged(), "problem {i}: {g} / {c}");
+        assert!(g.marginal_error_rows <= 2e-5, "problem {i}: {g}");
+        assert!(g.marginal_error_cols <= 2e-5, "problem {i}: {g}");
+        let dp = max_diff(&g.plan.to_dense(), &c.plan.to_dense());
+        let dc = (g.transport_cost - c.transport_cost).abs();
+        let dv = (g.value - c.value).abs();
+        eprintln!(
+            "problem {i}: {} vs {} iterations, |Δplan| {dp:.1e} |Δcost| {dc:.1e} |Δvalue| {dv:.1e} \
+             rows {:.1e} cols {:.1e}",
+            g.iterations, c.iterations, g.marginal_error_rows, g.marginal_error_cols
+        );
+        assert!(dp <= 5e-5, "problem {i}: plan entries differ by {dp:.2e}");
+        assert!(
+            dc <= 3e-4,
+            "problem {i}: transport cost differs by {dc:.2e}"
+        );
+        assert!(dv <= 1e-7, "problem {i}: value {} vs {}", g.value, c.value);
+    }
+}
+
+/// A problem with a NaN cost and one with a zero source mass (Sinkhorn takes log a_i) get their own errors;
+/// the valid ones are solved as if the bad ones were not there (equal bits).
+#[test]
+fn sinkhorn_bad_problem_keeps_its_own_error() {
+    let Some(ctx) = gpu() else { return };
+    let device = Device::Gpu(ctx);
+    let batch = random_batch(4, 6, 5, 23);
+    let mut cost = batch.cost().to_owned();
+    cost[[1, 2, 3]] = f64::NAN;
+    let mut a = batch.a().to_owned();
+    // Problem 3: move a_0 to a_1, keeping the mass.
+    let a0 = a[[3, 0]];
+    a[[3, 0]] = 0.0;
+    a[[3, 1]] += a0;
+    let bad = Batch::new(a.view(), batch.b(), cost.view()).unwrap();
+    let cfg = Sinkhorn::new(0.05).unwrap().tol(1e-5).unwrap();
+    let out = cfg.solve_batch_on(&bad, &device);
+    assert!(
+        matches!(out[1], Err(sparse_ot::Error::NonFinite { .. })),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(out[3], Err(sparse_ot::Error::ZeroMass { .. })),
+        "{:?}",
+        out[3]
+    );
+    let good = sinkhorn_batch(&cfg, &batch, &device);
+    for i in [0, 2] {
+        let sol = out[i].as_ref().unwrap();
+        assert!(sol.converged(), "problem {i}: {sol}");
+        assert_same_bits(&format!("problem {i}"), sol, &good[i]);
+    }
+    // The CPU batch rejects the same problems.
+    let cpu = cfg.solve_batch_on(&bad, &Device::Cpu);
+    assert!(cpu[1].is_err() && cpu[3].is_err() && cpu[0].is_ok() && cpu[2].is_ok());
+}
+
+/// Problems with different cost ranges have ε schedules of different lengths (ε₀ = range, halved down to
+/// ε): a constant cost (range 0, one stage, its plan a bᵀ is reached at the first check) stops long before
+/// the others, which go on through their own stages. Each ends as it would alone and agrees with the CPU.
+#[test]
+fn sinkhorn_problems_keep_their_own_schedules() {
+    let Some(ctx) = gpu() else { return };
+    let device = Device::Gpu(ctx);
+    let scales = [1.0, 0.0, 4.0, 0.25];
+    let batch = scaled(&random_batch(4, 8, 6, 24), &scales);
+    let every = 10;
+    let cfg = Sinkhorn::new(0.1)
+        .unwrap()
+        .tol(1e-5)
+        .unwrap()
+        .check_every(every)
+        .unwrap();
+    let gpu = sinkhorn_batch(&cfg, &batch, &device);
+    let iterations: Vec<usize> = gpu.iter().map(|s| s.iterations).collect();
+    eprintln!("iterations per problem (cost scales {scales:?}): {iterations:?}");
+    assert_eq!(
+        iterations[1], every,
+        "the constant cost converges at the first check"
+    );
+    assert!(
+        iterations
+            .iter()
+            .enumerate()
+            .all(|(i, &it)| i == 1 || it > iterations[1]),
+        "{iterations:?}"
+    );
+    for (i, sol) in gpu.iter().enumerate() {
+        assert!(sol.converged(), "problem {i}: {sol}");
+        let p = batch.problem(i).unwrap();
+        let alone = cfg.solve_on(&p, &device).unwrap();
+        assert_same_bits(&format!("problem {i}"), sol, &alone);
+        // f32 against f64 (see batched_sinkhorn_agrees_with_cpu_batch; ε = 0.1 here, scale ≤ 4).
+        let reference = cfg.clone().tol(1e-12).unwrap().solve(&p).unwrap();
+        let dp = max_diff(&sol.plan.to_dense(), &reference.plan.to_dense());
+        assert!(dp <= 1e-4, "problem {i}: plan entries differ by {dp:.2e}");
+    }
+}
+
+/// Within one batch some problems converge and others run out of iterations: each gets its own status and
+/// count (as alone), and the single-problem path (B = 1) still reports every check to its observer.
+#[test]
+fn sinkhorn_statuses_are_per_problem() {
+    let Some(ctx) = gpu() else { return };
+    let device = Device::Gpu(ctx);
+    // Problem 1 has a constant cost (converges at the first check); the others need more than 40 iterations.
+    let batch = scaled(&random_batch(3, 8, 6, 26), &[1.0, 0.0, 4.0]);
+    let cfg = Sinkhorn::new(0.1).unwrap().tol(1e-5).unwrap().max_iter(40);
+    let out = sinkhorn_batch(&cfg, &batch, &device);
+    assert!(out[1].converged(), "{}", out[1]);
+    assert_eq!(out[1].iterations, 10);
+    for i in [0, 2] {
+        assert_eq!(out[i].termination, Termination::MaxIterations, "{}", out[i]);
+        assert_eq!(out[i].iterations, 40);
+    }
+    for (i, sol) in out.iter().enumerate() {
+        let p = batch.problem(i).unwrap();
+        let mut checks = Vec::new();
+        let alone = cfg
+            .solve_on_observed(&p, &device, &mut |pr| {
+                checks.push((pr.iteration, pr.marginal_error))
+            })
+            .unwrap();
+        assert_same_bits(&format!("problem {i}"), sol, &alone);
+        let at: Vec<usize> = checks.iter().map(|c| c.0).collect();
+        let expected: Vec<usize> = (1..=sol.iterations / 10).map(|c| 10 * c).collect();
+        assert_eq!(at, expected, "problem {i}: checks");
+        if sol.converged() {
+            assert!(checks.last().unwrap().1 <= 1e-5, "problem {i}: {checks:?}");
+        }
+    }
+}
+
+/// A round is 2 dispatches per iteration for the whole batch plus 1 reduction at the check, whatever B is.
+#[test]
+fn sinkhorn_dispatches_do_not_grow_with_batch_size() {
+    let Some(shared) = gpu() else { return };
+    let ctx = Arc::new(GpuContext::from_device(
+        shared.device().clone(),
+        shared.queue().clone(),
+        shared.adapter_name(),
+    ));
+    let device = Device::Gpu(ctx.clone());
+    // tol 0 runs exactly max_iter iterations: 25 = two checked rounds of 10 and a last round of 5 unchecked.
+    let cfg = Sinkhorn::new(0.05)
+        .unwrap()
+        .tol(0.0)
+        .unwrap()
+        .max_iter(25)
+        .check_every(10)
+        .unwrap();
+    let mut per_run = Vec::new();
+    for nb in [1, 7] {
+        let before = ctx.dispatches_recorded();
+        let out = sinkhorn_batch(&cfg, &random_batch(nb, 6, 4, 25), &device);
+        for sol in &out {
+            assert_eq!(sol.termination, Termination::MaxIterations, "{sol}");
+            assert_eq!(sol.iterations, 25);
+        }
+        per_run.push(ctx.dispatches_recorded() - before);
+    }
+    let expected = 2 * (2 * 10 + 1) + 2 * 5;
+    assert_eq!(per_run, vec![expected, expected]);
 }

@@ -56,10 +56,8 @@ impl std::fmt::Debug for GpuContext {
 /// Identifies a reusable set of buffers: kind of solver and every size its buffers depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum WorkspaceKey {
-    Sinkhorn {
-        m: usize,
-        n: usize,
-    },
+    /// A batch of `batch` Sinkhorn problems of one shape (1 for a single problem).
+    Sinkhorn { m: usize, n: usize, batch: usize },
     Sparse {
         m: usize,
         n: usize,

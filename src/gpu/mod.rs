@@ -7,18 +7,22 @@
 //!   problem's conditioning, and tolerances below ~1e-6 of the marginal mass are not reachable (the solver
 //!   then reports `Stalled` or `MaxIterations`, never silence).
 //! * Iterations stay on the device. Sparse solves read back four scalars per problem and L-BFGS round (an
-//!   evaluation or a new direction); Sinkhorn reads back one scalar (the row-marginal error) every `check_every` iterations. The
-//!   potentials and the plan are read back once at the end (or stay in buffers with
+//!   evaluation or a new direction); Sinkhorn reads back one scalar per problem (its row-marginal error)
+//!   every `check_every` iterations. The potentials and the plan are read back once at the end (or stay in
+//!   buffers with
 //!   [`GpuContext::solve_sparse_buffers`]).
 //! * Problems that do not fit one storage binding are refused with [`crate::Error::DeviceLimit`].
 //! * Batches: the sparse kernels take the problem index from `workgroup_id.z` and find problem p's data at
 //!   p × its per-problem length in every buffer, so one dispatch covers B problems of one shape (B = 1 is the
 //!   single-problem path). [`crate::SparseOt::solve_batch_adam_on`] (the router recipe) runs a whole batch
 //!   with three dispatches per Adam step whatever B is, all steps in one submission, one readback at the end
-//!   ([`GpuContext::dispatches_recorded`] counts dispatches). L-BFGS solves of a batch
-//!   ([`crate::SparseOt::solve_batch_on`]) run one driver per problem in lockstep: a round serves every
-//!   problem's next step (accept, new direction or trial evaluation) with at most six dispatches whatever B
-//!   is, each kernel skipping the problems that do something else this round.
+//!   ([`GpuContext::dispatches_recorded`] counts dispatches). [`crate::Sinkhorn::solve_batch_on`] runs a
+//!   batch with two dispatches per iteration and one reduction per check whatever B is, each problem with its
+//!   own ε schedule and stopping decision (a converged problem is frozen while the others go on; a single
+//!   solve is B = 1). L-BFGS solves of a batch ([`crate::SparseOt::solve_batch_on`]) run one driver per
+//!   problem in lockstep: a round serves every problem's next step (accept, new direction or trial
+//!   evaluation) with at most six dispatches whatever B is, each kernel skipping the problems that do
+//!   something else this round.
 
 pub(crate) mod adam;
 mod buffers;

@@ -1,15 +1,23 @@
-//! Log-domain Sinkhorn on the GPU (`shaders/sinkhorn.wgsl`), with the CPU path's ε schedule, stopping rule
-//! and assembly.
+//! Log-domain Sinkhorn on the GPU (`shaders/sinkhorn.wgsl`) for a batch of B problems of one shape, with the
+//! CPU path's ε schedule, stopping rule and assembly. A single problem is the batch B = 1.
 //!
-//! One submission covers up to `check_every` iterations; the row-marginal error is reduced on the device
-//! and read back (one f32) only at checks. The potential f ping-pongs between two buffers, so on convergence
-//! the state *before* the last f-update (exact columns, measured row error) is still there, as on the CPU.
+//! All B problems share one workspace: costs, log marginals and potentials lie back to back and every kernel
+//! runs the B problems along `workgroup_id.z`. One round covers up to `check_every` iterations of every
+//! problem still running, in one submission of 2 dispatches per iteration plus 1 reduction at the check,
+//! whatever B is; then the B row-marginal errors (one f32 each) are read back and every problem goes through
+//! the shared stopping rule ([`check`]) with its own ε schedule, stage and tolerance. A problem that converged
+//! is frozen on the device (its workgroups return at once), so the others go on without it.
+//!
+//! The potential f ping-pongs between two buffers, so on convergence the state *before* the last f-update
+//! (exact columns, measured row error) is still there, as on the CPU; the host remembers which buffer holds
+//! each problem's final f.
 
 use ndarray::Array1;
 
+use crate::batch::Batch;
 use crate::config::{Observer, Sinkhorn};
 use crate::cpu::sinkhorn::{assemble, check, epsilon_schedule, validate, Check};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
@@ -22,8 +30,15 @@ use crate::solution::{Solution, Termination};
 struct Params {
     m: u32,
     n: u32,
+    _pad: [u32; 2],
+}
+
+/// Problem p's entry of the `ctl` buffer: its current ε and whether it still iterates.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Control {
     eps: f32,
-    _pad: u32,
+    running: u32,
 }
 
 #[repr(C)]
@@ -35,9 +50,13 @@ struct ReduceParams {
     _pad: u32,
 }
 
-/// Buffers and prepared passes of one shape.
+/// Dispatches of one Sinkhorn iteration (g-update, f-update), whatever the batch size.
+pub(crate) const DISPATCHES_PER_ITERATION: usize = 2;
+
+/// Buffers and prepared passes of B problems of one shape.
 pub(crate) struct Workspace {
-    params: wgpu::Buffer,
+    batch: usize,
+    ctl: wgpu::Buffer,
     cost: wgpu::Buffer,
     cost_t: wgpu::Buffer,
     log_a: wgpu::Buffer,
@@ -53,15 +72,14 @@ pub(crate) struct Workspace {
 }
 
 impl Workspace {
-    fn new(ctx: &GpuContext, m: usize, n: usize) -> Result<Self> {
+    fn new(ctx: &GpuContext, m: usize, n: usize, nb: usize) -> Result<Self> {
         let params = buffers::uniform(
             ctx,
             "sinkhorn params",
             &Params {
                 m: m as u32,
                 n: n as u32,
-                eps: 1.0,
-                _pad: 0,
+                _pad: [0; 2],
             },
         );
         let reduce_params = buffers::uniform(
@@ -74,40 +92,55 @@ impl Workspace {
                 _pad: 0,
             },
         );
-        let cost = buffers::storage(ctx, "cost", m * n);
-        let cost_t = buffers::storage(ctx, "cost_t", m * n);
-        let log_a = buffers::storage(ctx, "log a", m);
-        let log_b = buffers::storage(ctx, "log b", n);
+        let ctl = buffers::storage(ctx, "sinkhorn control", 2 * nb);
+        let cost = buffers::storage(ctx, "cost", nb * m * n);
+        let cost_t = buffers::storage(ctx, "cost_t", nb * m * n);
+        let log_a = buffers::storage(ctx, "log a", nb * m);
+        let log_b = buffers::storage(ctx, "log b", nb * n);
         let f = [
-            buffers::storage(ctx, "f0", m),
-            buffers::storage(ctx, "f1", m),
+            buffers::storage(ctx, "f0", nb * m),
+            buffers::storage(ctx, "f1", nb * m),
         ];
-        let g = buffers::storage(ctx, "g", n);
-        let err = buffers::storage(ctx, "row errors", m);
-        let max_err = buffers::storage(ctx, "max row error", 1);
-        let staging = buffers::staging(ctx, "sinkhorn readback", buffers::words(m.max(n)));
+        let g = buffers::storage(ctx, "g", nb * n);
+        let err = buffers::storage(ctx, "row errors", nb * m);
+        let max_err = buffers::storage(ctx, "max row error", nb);
+        let staging = buffers::staging(ctx, "sinkhorn readback", buffers::words(nb * m.max(n)));
         let pass_g = |p: usize| {
-            Pass::per_workgroup(
-                ctx,
-                Kernel::SinkhornG,
-                &[(0, &params), (2, &cost_t), (4, &log_b), (5, &f[p]), (6, &g)],
-                n,
+            Ok::<_, Error>(
+                Pass::per_workgroup(
+                    ctx,
+                    Kernel::SinkhornG,
+                    &[
+                        (0, &params),
+                        (2, &cost_t),
+                        (4, &log_b),
+                        (5, &f[p]),
+                        (6, &g),
+                        (9, &ctl),
+                    ],
+                    n,
+                )?
+                .batched(nb),
             )
         };
         let pass_f = |p: usize| {
-            Pass::per_workgroup(
-                ctx,
-                Kernel::SinkhornF,
-                &[
-                    (0, &params),
-                    (1, &cost),
-                    (3, &log_a),
-                    (5, &f[p]),
-                    (6, &g),
-                    (7, &f[1 - p]),
-                    (8, &err),
-                ],
-                m,
+            Ok::<_, Error>(
+                Pass::per_workgroup(
+                    ctx,
+                    Kernel::SinkhornF,
+                    &[
+                        (0, &params),
+                        (1, &cost),
+                        (3, &log_a),
+                        (5, &f[p]),
+                        (6, &g),
+                        (7, &f[1 - p]),
+                        (8, &err),
+                        (9, &ctl),
+                    ],
+                    m,
+                )?
+                .batched(nb),
             )
         };
         let update_g = [pass_g(0)?, pass_g(1)?];
@@ -116,9 +149,11 @@ impl Workspace {
             ctx,
             Kernel::MaxAbs,
             &[(0, &reduce_params), (1, &err), (2, &max_err)],
-        )?;
+        )?
+        .batched(nb);
         Ok(Self {
-            params,
+            batch: nb,
+            ctl,
             cost,
             cost_t,
             log_a,
@@ -132,23 +167,158 @@ impl Workspace {
             reduce,
         })
     }
+
+    /// Uploads every problem's current ε and active flag (staged until the next submission).
+    fn write_controls(&self, ctx: &GpuContext, tracks: &[Track]) {
+        let ctl: Vec<Control> = tracks.iter().map(Track::control).collect();
+        ctx.queue()
+            .write_buffer(&self.ctl, 0, bytemuck::cast_slice(&ctl));
+    }
+
+    /// Reads `len` f32 words of `buf` (from word 0) as f64.
+    fn read(&self, ctx: &GpuContext, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f64>> {
+        let enc = ctx.device().create_command_encoder(&Default::default());
+        let v: Vec<f32> = buffers::read_back(ctx, enc, buf, 0, buffers::words(len), &self.staging)?;
+        Ok(v[..len].iter().map(|&x| f64::from(x)).collect())
+    }
 }
 
-fn to_f32(v: impl IntoIterator<Item = f64>) -> Vec<f32> {
-    v.into_iter().map(|x| x as f32).collect()
+/// One problem's way through its ε schedule: the host side of the batched loop.
+struct Track {
+    /// ε of each stage (`epsilon_schedule`), ending at the target ε.
+    stages: Vec<f64>,
+    stage: usize,
+    /// Tolerance of the intermediate stages, max(tol, 1e-2 · max a): they only need a rough fit.
+    mid_tol: f64,
+    /// Still iterating (false once converged; the device then skips its workgroups).
+    active: bool,
+    iterations: usize,
+    termination: Termination,
+    /// The f buffer (0 or 1) that holds this problem's f once it stopped.
+    f_at: usize,
+    /// The last measured max-norm row-marginal error (NaN before the first check).
+    error: f64,
 }
 
-fn read_vec(
+impl Track {
+    fn new(cfg: &Sinkhorn, cost_range: f64, amax: f64) -> Self {
+        Self {
+            stages: epsilon_schedule(cfg.epsilon, cfg.scaling, cost_range, cfg.warm.is_some()),
+            stage: 0,
+            mid_tol: cfg.tol.max(1e-2 * amax),
+            active: true,
+            iterations: 0,
+            termination: Termination::MaxIterations,
+            f_at: 0,
+            error: f64::NAN,
+        }
+    }
+
+    fn last(&self) -> bool {
+        self.stage + 1 == self.stages.len()
+    }
+
+    fn control(&self) -> Control {
+        Control {
+            eps: self.stages[self.stage] as f32,
+            running: u32::from(self.active),
+        }
+    }
+
+    /// Applies the stopping rule to the error measured after `iterations` iterations (f in buffer
+    /// `before_last` before the last f-update). Returns whether the device's control entry changes.
+    fn at_check(
+        &mut self,
+        cfg: &Sinkhorn,
+        iterations: usize,
+        err: f64,
+        before_last: usize,
+        observer: Observer<'_>,
+    ) -> bool {
+        self.error = err;
+        let (last, tol) = if self.last() {
+            (true, cfg.tol)
+        } else {
+            (false, self.mid_tol)
+        };
+        match check(cfg, iterations, err, last, tol, observer) {
+            Check::Continue => false,
+            Check::NextStage => {
+                self.stage += 1;
+                true
+            }
+            Check::Converged(t) => {
+                // Keep the state before the f-update: columns exact, row error = err.
+                self.active = false;
+                self.f_at = before_last;
+                self.termination = t;
+                true
+            }
+        }
+    }
+}
+
+/// Runs every problem's ε schedule from the state in the workspace (f in `f[0]`, g, log marginals and both
+/// cost layouts of the B problems) until each has converged or `max_iter` iterations ran. Rounds of up to
+/// `check_every` iterations cover all problems still active; `observer` sees every check of every problem.
+fn iterate(
     ctx: &GpuContext,
     ws: &Workspace,
-    buf: &wgpu::Buffer,
-    len: usize,
-) -> Result<Array1<f64>> {
-    let enc = ctx.device().create_command_encoder(&Default::default());
-    let v: Vec<f32> = buffers::read_back(ctx, enc, buf, 0, buffers::words(len), &ws.staging)?;
-    Ok(v[..len].iter().map(|&x| x as f64).collect())
+    cfg: &Sinkhorn,
+    tracks: &mut [Track],
+    observer: Observer<'_>,
+) -> Result<()> {
+    debug_assert_eq!(tracks.len(), ws.batch);
+    ws.write_controls(ctx, tracks);
+    // f[cur] holds the current potential f of every active problem.
+    let mut cur = 0usize;
+    let mut iterations = 0usize;
+    while iterations < cfg.max_iter && tracks.iter().any(|t| t.active) {
+        // Iterations up to the next check (or the limit), in one submission.
+        let to_check = cfg.check_every - iterations % cfg.check_every;
+        let batch = to_check.min(cfg.max_iter - iterations);
+        let mut passes: Vec<&Pass> = Vec::with_capacity(DISPATCHES_PER_ITERATION * batch + 1);
+        let mut before_last = cur;
+        for _ in 0..batch {
+            passes.push(&ws.update_g[cur]);
+            passes.push(&ws.update_f[cur]);
+            before_last = cur;
+            cur = 1 - cur;
+        }
+        iterations += batch;
+        for t in tracks.iter_mut().filter(|t| t.active) {
+            t.iterations = iterations;
+        }
+        if batch < to_check {
+            buffers::submit(ctx, buffers::encode(ctx, &passes));
+            continue;
+        }
+        passes.push(&ws.reduce);
+        let enc = buffers::encode(ctx, &passes);
+        let bytes = 4 * tracks.len() as u64;
+        let errors = buffers::read_back::<f32>(ctx, enc, &ws.max_err, 0, bytes, &ws.staging)?;
+        let mut changed = false;
+        for (t, &err) in tracks.iter_mut().zip(&errors).filter(|(t, _)| t.active) {
+            changed |= t.at_check(cfg, iterations, f64::from(err), before_last, &mut *observer);
+        }
+        if changed {
+            ws.write_controls(ctx, tracks);
+        }
+    }
+    for t in tracks.iter_mut().filter(|t| t.active) {
+        t.f_at = cur;
+    }
+    ctx.check_errors()
 }
 
+/// A validated problem of a batch and its starting potentials.
+struct Start<'a> {
+    problem: &'a Problem,
+    f0: &'a [f64],
+    g0: &'a [f64],
+}
+
+/// One problem on the GPU (the batch B = 1); `observer` is called at every marginal-error check.
 pub(crate) fn solve(
     ctx: &GpuContext,
     cfg: &Sinkhorn,
@@ -156,131 +326,154 @@ pub(crate) fn solve(
     observer: Observer<'_>,
 ) -> Result<Solution> {
     let (f0, g0) = validate(cfg, p)?;
-    let (m, n) = (p.m(), p.n());
-    check_shape(ctx, m, n)?;
-    let key = WorkspaceKey::Sinkhorn { m, n };
-    let ws = ctx.take_workspace(key, || Workspace::new(ctx, m, n))?;
-    let result = run(ctx, &ws, cfg, p, f0, g0, observer);
+    let start = Start {
+        problem: p,
+        f0: &f0,
+        g0: &g0,
+    };
+    let mut sols = run(ctx, cfg, &[start], observer)?;
+    Ok(sols.remove(0))
+}
+
+/// Every problem of `batch` on the GPU; entry i is problem i's result. Validation errors are per problem (an
+/// invalid problem is not uploaded); a device failure is reported on every problem that went to the device.
+pub(crate) fn solve_batch(
+    ctx: &GpuContext,
+    cfg: &Sinkhorn,
+    batch: &Batch,
+) -> Vec<Result<Solution>> {
+    let mut results: Vec<Option<Result<Solution>>> = (0..batch.len()).map(|_| None).collect();
+    let mut valid = Vec::new();
+    for (i, slot) in results.iter_mut().enumerate() {
+        let checked = batch.problem(i).and_then(|p| {
+            let (f0, g0) = validate(cfg, &p)?;
+            Ok((p, f0, g0))
+        });
+        match checked {
+            Ok(v) => valid.push((i, v)),
+            Err(e) => *slot = Some(Err(e)),
+        }
+    }
+    if !valid.is_empty() {
+        let starts: Vec<Start> = valid
+            .iter()
+            .map(|(_, (p, f0, g0))| Start { problem: p, f0, g0 })
+            .collect();
+        match run(ctx, cfg, &starts, &mut |_| {}) {
+            Ok(sols) => {
+                for ((i, _), sol) in valid.iter().zip(sols) {
+                    results[*i] = Some(Ok(sol));
+                }
+            }
+            Err(e) => {
+                for (i, _) in &valid {
+                    results[*i] = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every problem is either rejected or solved"))
+        .collect()
+}
+
+/// Solves the problems of `starts` (one shape) together in one workspace; solutions in the same order.
+fn run(
+    ctx: &GpuContext,
+    cfg: &Sinkhorn,
+    starts: &[Start<'_>],
+    observer: Observer<'_>,
+) -> Result<Vec<Solution>> {
+    let nb = starts.len();
+    let (m, n) = (starts[0].problem.m(), starts[0].problem.n());
+    check_shape(ctx, m, n, nb)?;
+    let key = WorkspaceKey::Sinkhorn { m, n, batch: nb };
+    let ws = ctx.take_workspace(key, || Workspace::new(ctx, m, n, nb))?;
+    let result = run_in(ctx, &ws, cfg, starts, observer);
     ctx.put_workspace(key, ws);
     result
 }
 
-fn run(
+fn run_in(
     ctx: &GpuContext,
     ws: &Workspace,
     cfg: &Sinkhorn,
-    p: &Problem,
-    f0: Vec<f64>,
-    g0: Vec<f64>,
+    starts: &[Start<'_>],
     observer: Observer<'_>,
-) -> Result<Solution> {
-    let (m, n) = (p.m(), p.n());
-    let cost = p.cost_slice();
-    buffers::upload(ctx, &ws.cost, &to_f32(cost.iter().copied()));
-    buffers::upload(ctx, &ws.cost_t, &to_f32(p.cost().t().iter().copied()));
-    buffers::upload(ctx, &ws.log_a, &to_f32(p.a().iter().map(|x| x.ln())));
-    buffers::upload(ctx, &ws.log_b, &to_f32(p.b().iter().map(|x| x.ln())));
-    buffers::upload(ctx, &ws.f[0], &to_f32(f0));
-    buffers::upload(ctx, &ws.g, &to_f32(g0));
-    let (cmin, cmax) = cost
+) -> Result<Vec<Solution>> {
+    let (m, n) = (starts[0].problem.m(), starts[0].problem.n());
+    buffers::upload(
+        ctx,
+        &ws.cost,
+        &concat(starts, |s| s.problem.cost_slice().iter().copied()),
+    );
+    buffers::upload(
+        ctx,
+        &ws.cost_t,
+        &concat(starts, |s| {
+            s.problem.cost().reversed_axes().into_iter().copied()
+        }),
+    );
+    buffers::upload(
+        ctx,
+        &ws.log_a,
+        &concat(starts, |s| s.problem.a().into_iter().map(|x| x.ln())),
+    );
+    buffers::upload(
+        ctx,
+        &ws.log_b,
+        &concat(starts, |s| s.problem.b().into_iter().map(|x| x.ln())),
+    );
+    buffers::upload(ctx, &ws.f[0], &concat(starts, |s| s.f0.iter().copied()));
+    buffers::upload(ctx, &ws.g, &concat(starts, |s| s.g0.iter().copied()));
+    let mut tracks: Vec<Track> = starts
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| {
-            (lo.min(c), hi.max(c))
-        });
-    let amax = p.a().iter().fold(0.0f64, |x, &y| x.max(y));
-    let out = iterate(ctx, ws, cfg, (m, n), cmax - cmin, amax, observer)?;
-    let f = read_vec(ctx, ws, &ws.f[out.cur], m)?;
-    let g = read_vec(ctx, ws, &ws.g, n)?;
-    let mut sol = assemble(cfg, p, f, g, out.iterations, out.termination);
-    sol.device = ctx.adapter_name().to_string();
-    Ok(sol)
-}
-
-/// Where the iterations ended: f is in `ws.f[cur]`.
-struct Outcome {
-    cur: usize,
-    iterations: usize,
-    termination: Termination,
-    /// The last measured row-marginal error (NaN if none was measured).
-    error: f64,
-}
-
-/// Runs the ε schedule from the state in the workspace (f in `f[0]`, g, log marginals and both cost layouts).
-fn iterate(
-    ctx: &GpuContext,
-    ws: &Workspace,
-    cfg: &Sinkhorn,
-    (m, n): (usize, usize),
-    cost_range: f64,
-    amax: f64,
-    observer: Observer<'_>,
-) -> Result<Outcome> {
-    let stages = epsilon_schedule(cfg.epsilon, cfg.scaling, cost_range, cfg.warm.is_some());
-    // f[cur] holds the current potential f.
-    let mut cur = 0usize;
-    let mut iterations = 0usize;
-    let mut termination = Termination::MaxIterations;
-    let mut error = f64::NAN;
-
-    'stages: for (s, &eps) in stages.iter().enumerate() {
-        let last = s + 1 == stages.len();
-        let stage_tol = if last {
-            cfg.tol
-        } else {
-            cfg.tol.max(1e-2 * amax)
-        };
-        let params = Params {
-            m: m as u32,
-            n: n as u32,
-            eps: eps as f32,
-            _pad: 0,
-        };
-        ctx.queue()
-            .write_buffer(&ws.params, 0, bytemuck::bytes_of(&params));
-        loop {
-            if iterations >= cfg.max_iter {
-                break 'stages;
-            }
-            // Iterations up to the next check (or the limit), in one submission.
-            let to_check = cfg.check_every - iterations % cfg.check_every;
-            let batch = to_check.min(cfg.max_iter - iterations);
-            let mut passes: Vec<&Pass> = Vec::with_capacity(2 * batch + 1);
-            let mut p_before_last = cur;
-            for _ in 0..batch {
-                passes.push(&ws.update_g[cur]);
-                passes.push(&ws.update_f[cur]);
-                p_before_last = cur;
-                cur = 1 - cur;
-            }
-            iterations += batch;
-            if batch < to_check {
-                buffers::submit(ctx, buffers::encode(ctx, &passes));
-                continue;
-            }
-            passes.push(&ws.reduce);
-            let enc = buffers::encode(ctx, &passes);
-            let err =
-                buffers::read_back::<f32>(ctx, enc, &ws.max_err, 0, 4, &ws.staging)?[0] as f64;
-            error = err;
-            match check(cfg, iterations, err, last, stage_tol, &mut *observer) {
-                Check::Continue => {}
-                Check::Converged(t) => {
-                    // Keep the state before the f-update: columns exact, row error = err.
-                    cur = p_before_last;
-                    termination = t;
-                    break 'stages;
-                }
-                Check::NextStage => continue 'stages,
-            }
+        .map(|s| {
+            let p = s.problem;
+            let (lo, hi) = p
+                .cost_slice()
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| {
+                    (lo.min(c), hi.max(c))
+                });
+            let amax = p.a().iter().fold(0.0f64, |x, &y| x.max(y));
+            Track::new(cfg, hi - lo, amax)
+        })
+        .collect();
+    iterate(ctx, ws, cfg, &mut tracks, observer)?;
+    let nb = starts.len();
+    // Each f buffer is read only if some problem's final f lies there.
+    let mut f_bufs: [Option<Vec<f64>>; 2] = [None, None];
+    for t in &tracks {
+        if f_bufs[t.f_at].is_none() {
+            f_bufs[t.f_at] = Some(ws.read(ctx, &ws.f[t.f_at], nb * m)?);
         }
     }
-    ctx.check_errors()?;
-    Ok(Outcome {
-        cur,
-        iterations,
-        termination,
-        error,
-    })
+    let g = ws.read(ctx, &ws.g, nb * n)?;
+    Ok(starts
+        .iter()
+        .zip(&tracks)
+        .enumerate()
+        .map(|(p, (s, t))| {
+            let f_all = f_bufs[t.f_at]
+                .as_deref()
+                .expect("every problem's f buffer was read above");
+            let f = Array1::from(f_all[p * m..(p + 1) * m].to_vec());
+            let g = Array1::from(g[p * n..(p + 1) * n].to_vec());
+            let mut sol = assemble(cfg, s.problem, f, g, t.iterations, t.termination);
+            sol.device = ctx.adapter_name().to_string();
+            sol
+        })
+        .collect())
+}
+
+/// The problems' values back to back, in f32 (the layout of every batched buffer).
+fn concat<'a, I>(starts: &'a [Start<'a>], values: impl Fn(&'a Start<'a>) -> I) -> Vec<f32>
+where
+    I: Iterator<Item = f64>,
+{
+    starts.iter().flat_map(values).map(|x| x as f32).collect()
 }
 
 /// The result of [`GpuContext::sinkhorn_buffers`]: the potentials as new GPU buffers and the run's report.
@@ -317,7 +510,7 @@ impl GpuContext {
         if let Some((f, g)) = &cfg.warm {
             for (what, v, dst) in [("alpha", f, &mut f0), ("beta", g, &mut g0)] {
                 if v.len() != dst.len() {
-                    return Err(crate::Error::WarmStartMismatch {
+                    return Err(Error::WarmStartMismatch {
                         what,
                         expected: dst.len(),
                         found: v.len(),
@@ -329,9 +522,9 @@ impl GpuContext {
                     .for_each(|(d, &x)| *d = x as f32);
             }
         }
-        check_shape(self, m, n)?;
-        let key = WorkspaceKey::Sinkhorn { m, n };
-        let ws = self.take_workspace(key, || Workspace::new(self, m, n))?;
+        check_shape(self, m, n, 1)?;
+        let key = WorkspaceKey::Sinkhorn { m, n, batch: 1 };
+        let ws = self.take_workspace(key, || Workspace::new(self, m, n, 1))?;
         let out = self.sinkhorn_in(&ws, cfg, input, &f0, &g0);
         self.put_workspace(key, ws);
         out
@@ -396,37 +589,47 @@ impl GpuContext {
         enc.copy_buffer_to_buffer(&range, 0, &both, 0, 4);
         enc.copy_buffer_to_buffer(&amax, 0, &both, 4, 4);
         let scalars = buffers::read_back::<f32>(self, enc, &both, 0, 8, &ws.staging)?;
-        let out = iterate(
-            self,
-            ws,
+        let mut tracks = [Track::new(
             cfg,
-            (m, n),
-            scalars[0] as f64,
-            scalars[1] as f64,
-            &mut |_| {},
-        )?;
+            f64::from(scalars[0]),
+            f64::from(scalars[1]),
+        )];
+        iterate(self, ws, cfg, &mut tracks, &mut |_| {})?;
+        let [t] = tracks;
         let f = buffers::storage(self, "f", m);
         let g = buffers::storage(self, "g", n);
         let mut enc = self.device().create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&ws.f[out.cur], 0, &f, 0, 4 * m as u64);
+        enc.copy_buffer_to_buffer(&ws.f[t.f_at], 0, &f, 0, 4 * m as u64);
         enc.copy_buffer_to_buffer(&ws.g, 0, &g, 0, 4 * n as u64);
         buffers::submit(self, enc);
         self.check_errors()?;
         Ok(GpuSinkhornOutput {
             f,
             g,
-            iterations: out.iterations,
-            termination: out.termination,
-            marginal_error: out.error,
+            iterations: t.iterations,
+            termination: t.termination,
+            marginal_error: t.error,
         })
     }
 }
 
-fn check_shape(ctx: &GpuContext, m: usize, n: usize) -> Result<()> {
-    ctx.check_binding(
-        "max_storage_buffer_binding_size (cost matrix, f32)",
-        4 * (m as u64) * (n as u64),
-    )?;
+/// Refuses shapes and batch sizes beyond the device's limits (and beyond the shader's u32 indexing).
+fn check_shape(ctx: &GpuContext, m: usize, n: usize, nb: usize) -> Result<()> {
+    let what = if nb == 1 {
+        "max_storage_buffer_binding_size (cost matrix, f32)"
+    } else {
+        "max_storage_buffer_binding_size (batch of cost matrices, f32)"
+    };
+    let words = (nb as u64) * (m as u64) * (n as u64);
+    ctx.check_binding(what, 4 * words)?;
+    if words > u64::from(u32::MAX) {
+        return Err(Error::DeviceLimit {
+            what: "u32 indexing of the batch's cost entries in the shader",
+            limit: u64::from(u32::MAX),
+            needed: words,
+        });
+    }
     ctx.check_lanes("max_compute_workgroups_per_dimension² (rows)", m)?;
-    ctx.check_lanes("max_compute_workgroups_per_dimension² (columns)", n)
+    ctx.check_lanes("max_compute_workgroups_per_dimension² (columns)", n)?;
+    ctx.check_batch(nb)
 }
