@@ -586,7 +586,10 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
         }
     }
     let dim = m + n + ties.len();
-    if dim > POLISH_MAX_DIM {
+    // The tie equations act on m + n potentials with one direction (the shift α + c, β − c) they cannot
+    // see: m + n or more of them cannot be independent, so the structure is not an optimal one (typically
+    // μ is still large and many entries sit on the smoothing ramp). Skip the dense solve.
+    if dim > POLISH_MAX_DIM || ties.len() >= m + n {
         return None;
     }
     let mut xk = x.to_vec();
@@ -610,41 +613,50 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
             .chain(cs.tied.iter().map(|&i| (i, weights[j])))
             .collect()
     };
+    // The objective is quadratic on each pattern of positive scores: once a Newton step keeps the pattern
+    // it was computed on, it landed on that quadratic's exact KKT point.
+    let mut pattern: Vec<bool> = Vec::new();
     for _ in 0..30 {
         // Newton–KKT step for min f = −α·a − β·b + Σ_j Σ_i w_ij [s_ij]_+²/(2γ) s.t. the tie equations.
-        let mut kkt = Array2::<f64>::zeros((dim, dim));
+        let mut kkt = Dense::zeros(dim);
         let mut rhs = vec![0.0; dim];
         rhs[..m].copy_from_slice(sm.a);
         rhs[m..m + n].copy_from_slice(sm.b);
+        let mut now = Vec::with_capacity(pattern.len());
         for j in 0..n {
             for (i, w) in entries(j) {
                 let s = xk[i] - sm.cost_t[[j, i]] + xk[m + j];
+                now.push(s > 0.0);
                 if s <= 0.0 {
                     continue;
                 }
                 let (t, h) = (w * s / gamma, w / gamma);
                 rhs[i] -= t;
                 rhs[m + j] -= t;
-                kkt[[i, i]] += h;
-                kkt[[i, m + j]] += h;
-                kkt[[m + j, i]] += h;
-                kkt[[m + j, m + j]] += h;
+                kkt.add(i, i, h);
+                kkt.add(i, m + j, h);
+                kkt.add(m + j, i, h);
+                kkt.add(m + j, m + j, h);
             }
         }
+        if now == pattern {
+            break;
+        }
+        pattern = now;
         for (r, &(j, i, l)) in ties.iter().enumerate() {
             let row = m + n + r;
-            kkt[[row, i]] = 1.0;
-            kkt[[row, l]] = -1.0;
-            kkt[[i, row]] = 1.0;
-            kkt[[l, row]] = -1.0;
+            kkt.add(row, i, 1.0);
+            kkt.add(row, l, -1.0);
+            kkt.add(i, row, 1.0);
+            kkt.add(l, row, -1.0);
             rhs[row] = -((xk[i] - sm.cost_t[[j, i]]) - (xk[l] - sm.cost_t[[j, l]]));
         }
         // The shift (α + c, β − c) leaves everything unchanged: pin it with a tiny diagonal term.
-        let dmax = (0..m + n).map(|i| kkt[[i, i]].abs()).fold(0.0, f64::max);
+        let dmax = (0..m + n).map(|i| kkt.get(i, i).abs()).fold(0.0, f64::max);
         for i in 0..m + n {
-            kkt[[i, i]] += 1e-14 * dmax;
+            kkt.add(i, i, 1e-14 * dmax);
         }
-        let step = solve_dense(kkt, rhs)?;
+        let step = kkt.solve(rhs)?;
         xk.iter_mut().zip(&step).for_each(|(x, d)| *x += d);
         lambda.copy_from_slice(&step[m + n..]);
         let change = step[..m + n].iter().fold(0.0f64, |a, v| a.max(v.abs()));
@@ -702,42 +714,71 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
     })
 }
 
-/// Gaussian elimination with partial pivoting; `None` if singular.
-fn solve_dense(mut a: Array2<f64>, mut b: Vec<f64>) -> Option<Vec<f64>> {
-    let n = b.len();
-    for c in 0..n {
-        let p = (c..n).max_by(|&x, &y| {
-            a[[x, c]]
-                .abs()
-                .partial_cmp(&a[[y, c]].abs())
-                .unwrap_or(std::cmp::Ordering::Equal)
-        })?;
-        if a[[p, c]].abs() < 1e-300 {
-            return None;
+/// A dense square matrix stored row-major in one contiguous vector (rows are slices, so elimination's
+/// row updates are straight loops the compiler vectorises).
+struct Dense {
+    n: usize,
+    a: Vec<f64>,
+}
+
+impl Dense {
+    fn zeros(n: usize) -> Self {
+        Self {
+            n,
+            a: vec![0.0; n * n],
         }
-        if p != c {
-            for k in 0..n {
-                a.swap([c, k], [p, k]);
+    }
+
+    fn get(&self, r: usize, c: usize) -> f64 {
+        self.a[r * self.n + c]
+    }
+
+    fn add(&mut self, r: usize, c: usize, v: f64) {
+        self.a[r * self.n + c] += v;
+    }
+
+    /// Solves A x = b by Gaussian elimination with partial pivoting; `None` if singular.
+    fn solve(mut self, mut b: Vec<f64>) -> Option<Vec<f64>> {
+        let n = self.n;
+        let a = &mut self.a;
+        for c in 0..n {
+            let p = (c..n).max_by(|&x, &y| {
+                a[x * n + c]
+                    .abs()
+                    .partial_cmp(&a[y * n + c].abs())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })?;
+            if a[p * n + c].abs() < 1e-300 {
+                return None;
             }
-            b.swap(c, p);
-        }
-        let piv = a[[c, c]];
-        for r in c + 1..n {
-            let f = a[[r, c]] / piv;
-            if f != 0.0 {
-                for k in c..n {
-                    a[[r, k]] -= f * a[[c, k]];
+            if p != c {
+                for k in 0..n {
+                    a.swap(c * n + k, p * n + k);
                 }
-                b[r] -= f * b[c];
+                b.swap(c, p);
+            }
+            let (upper, lower) = a.split_at_mut((c + 1) * n);
+            let pivot_row = &upper[c * n + c..(c + 1) * n];
+            let piv = pivot_row[0];
+            for (r, row) in lower.chunks_exact_mut(n).enumerate() {
+                let f = row[c] / piv;
+                if f != 0.0 {
+                    row[c..]
+                        .iter_mut()
+                        .zip(pivot_row)
+                        .for_each(|(x, &y)| *x -= f * y);
+                    b[c + 1 + r] -= f * b[c];
+                }
             }
         }
+        let mut x = vec![0.0; n];
+        for r in (0..n).rev() {
+            let row = &a[r * n..(r + 1) * n];
+            let s: f64 = row[r + 1..].iter().zip(&x[r + 1..]).map(|(a, x)| a * x).sum();
+            x[r] = (b[r] - s) / row[r];
+        }
+        x.iter().all(|v| v.is_finite()).then_some(x)
     }
-    let mut x = vec![0.0; n];
-    for r in (0..n).rev() {
-        let s: f64 = (r + 1..n).map(|k| a[[r, k]] * x[k]).sum();
-        x[r] = (b[r] - s) / a[[r, r]];
-    }
-    x.iter().all(|v| v.is_finite()).then_some(x)
 }
 
 #[cfg(test)]
