@@ -6,11 +6,12 @@
 //! * `accurate`: L-BFGS with the nonsmooth finish ([`RouterSolver::ACCURATE`]) on a smaller batch,
 //!   16 × 256 × 32, because the full batch takes minutes per run on a small machine.
 //!
-//! * `adam-gpu`: the recipe on the GPU (`Router::route_on`, the whole batch per step), same batch, when an
-//!   adapter exists (else skipped with a note on stderr). The timed region is the whole call: upload, the
-//!   one submission of all steps, the blocking readback (`poll` waits for the device) and the host-side
-//!   assembly, so the time is honest wall time. On a machine whose only adapter is lavapipe (Mesa's software
-//!   Vulkan) this measures a CPU emulation, not a GPU.
+//! * `adam-gpu`: the recipe on the GPU (`Router::route_on`, the whole batch per step), same batch, and
+//!   `accurate-gpu`: the accurate solver on the GPU (lockstep L-BFGS for all groups, CPU finish of the groups
+//!   whose f32 iteration stalls), 64 × 256 × 32, when a hardware adapter exists (else skipped with a note on
+//!   stderr; lavapipe, Mesa's software Vulkan, only with `SPARSE_OT_BENCH_SOFTWARE_GPU=1`). The timed region
+//!   is the whole call: upload, the submissions, the blocking readbacks (`poll` waits for the device) and the
+//!   host-side assembly, so the time is honest wall time.
 //!
 //! Throughput is reported in logits (G · S · E) per second.
 
@@ -71,32 +72,46 @@ fn router(c: &mut Criterion) {
             }
         }
     }
-    gpu_adam(&mut group);
+    gpu_router(&mut group);
     group.finish();
 }
 
-/// The recipe on the GPU, when an adapter exists.
+/// The recipe (1024 groups) and the accurate solver (64 groups) on the GPU, when a hardware adapter exists.
+/// A software adapter (lavapipe) emulates the GPU on the CPU and is skipped unless
+/// `SPARSE_OT_BENCH_SOFTWARE_GPU=1`: its timings say nothing about a GPU.
 #[cfg(feature = "gpu")]
-fn gpu_adam(group: &mut BenchmarkGroup<'_, WallTime>) {
-    let (g, s, e) = (1024, 256, 32);
-    match Device::gpu() {
-        Ok(device) => {
-            let l = logits(g, s, e);
-            let r = Router::experts_choose(1.0).unwrap();
-            let name = r.route_on(l.view(), &device).unwrap().device;
-            eprintln!("adam-gpu runs on {name}");
-            group.throughput(Throughput::Elements((g * s * e) as u64));
-            let id = BenchmarkId::new("adam-gpu", format!("{g}x{s}x{e}"));
-            group.bench_function(id, |bch| {
-                bch.iter(|| r.route_on(l.view(), &device).unwrap())
-            });
-        }
-        Err(err) => eprintln!("adam-gpu skipped: {err}"),
+fn gpu_router(group: &mut BenchmarkGroup<'_, WallTime>) {
+    let ctx = match sparse_ot::gpu::GpuContext::shared() {
+        Ok(ctx) => ctx,
+        Err(err) => return eprintln!("router GPU benches skipped: {err}"),
+    };
+    let software_ok = std::env::var("SPARSE_OT_BENCH_SOFTWARE_GPU").is_ok_and(|v| v == "1");
+    if ctx.is_software() && !software_ok {
+        return eprintln!(
+            "router GPU benches skipped: {} is a software adapter (set SPARSE_OT_BENCH_SOFTWARE_GPU=1 to time it)",
+            ctx.adapter_name()
+        );
+    }
+    let device = Device::Gpu(ctx);
+    for (name, solver, g) in [
+        ("adam-gpu", RouterSolver::AUTHORS, 1024),
+        ("accurate-gpu", RouterSolver::ACCURATE, 64),
+    ] {
+        let (s, e) = (256, 32);
+        let l = logits(g, s, e);
+        let r = Router::experts_choose(1.0).unwrap().solver(solver).unwrap();
+        let ran_on = r.route_on(l.view(), &device).unwrap().device;
+        eprintln!("{name} runs on {ran_on}");
+        group.throughput(Throughput::Elements((g * s * e) as u64));
+        let id = BenchmarkId::new(name, format!("{g}x{s}x{e}"));
+        group.bench_function(id, |bch| {
+            bch.iter(|| r.route_on(l.view(), &device).unwrap())
+        });
     }
 }
 
 #[cfg(not(feature = "gpu"))]
-fn gpu_adam(_: &mut BenchmarkGroup<'_, WallTime>) {}
+fn gpu_router(_: &mut BenchmarkGroup<'_, WallTime>) {}
 
 criterion_group!(benches, router);
 criterion_main!(benches);

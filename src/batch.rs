@@ -28,6 +28,8 @@
 //! # Ok::<(), sparse_ot::Error>(())
 //! ```
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis};
 use rayon::prelude::*;
 
@@ -36,6 +38,10 @@ use crate::error::{Error, Result};
 use crate::exact::ExactOt;
 use crate::problem::{validate_shapes, Problem, DEFAULT_MASS_TOLERANCE};
 use crate::solution::Solution;
+
+/// Progress of a batched solve: called as `progress(done, total)` each time one more problem's result is
+/// ready (from any thread; `done` counts up to `total` = the batch size, rejected problems included).
+pub type BatchProgress<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
 /// B optimal-transport problems of one shape: costs B × m × n, marginals B × m and B × n, all f64,
 /// row-major and contiguous.
@@ -181,9 +187,26 @@ impl Batch {
     where
         F: Fn(&Problem) -> Result<Solution> + Sync,
     {
+        self.map_problems_observed(solve, &|_, _| {})
+    }
+
+    /// [`Batch::map_problems`], reporting each finished problem to `progress`.
+    pub(crate) fn map_problems_observed<F>(
+        &self,
+        solve: F,
+        progress: BatchProgress<'_>,
+    ) -> Vec<Result<Solution>>
+    where
+        F: Fn(&Problem) -> Result<Solution> + Sync,
+    {
+        let done = AtomicUsize::new(0);
         (0..self.len())
             .into_par_iter()
-            .map(|i| self.problem(i).and_then(|p| solve(&p)))
+            .map(|i| {
+                let out = self.problem(i).and_then(|p| solve(&p));
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1, self.len());
+                out
+            })
             .collect()
     }
 }

@@ -3,7 +3,7 @@
 #[cfg(feature = "gpu")]
 use std::sync::Arc;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, BatchProgress};
 use crate::config::{Observer, Sinkhorn, SparseOt};
 use crate::cpu::adam::{self, Adam};
 use crate::error::{positive, Result};
@@ -93,10 +93,22 @@ impl SparseOt {
     /// of four f32 per problem; each problem's result equals its single-problem GPU solve. Entry i is problem
     /// i's own result: a bad problem gets its own `Err` and does not touch the others.
     pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
+        self.solve_batch_on_observed(batch, device, &|_, _| {})
+    }
+
+    /// [`SparseOt::solve_batch_on`], calling `progress(done, total)` each time a problem's result is ready:
+    /// on the CPU as each problem finishes; on a GPU as each problem's L-BFGS driver stops (or, when its f32
+    /// iteration stalled and is finished on the CPU, when that finish is done).
+    pub fn solve_batch_on_observed(
+        &self,
+        batch: &Batch,
+        device: &Device,
+        progress: BatchProgress<'_>,
+    ) -> Vec<Result<Solution>> {
         match device.target() {
-            Target::Cpu => self.solve_batch(batch),
+            Target::Cpu => batch.map_problems_observed(|p| self.solve(p), progress),
             #[cfg(feature = "gpu")]
-            Target::Gpu(ctx) => crate::gpu::sparse::solve_batch(&ctx, self, batch),
+            Target::Gpu(ctx) => crate::gpu::sparse::solve_batch(&ctx, self, batch, progress),
         }
     }
 

@@ -448,18 +448,20 @@ pub(crate) fn run<B: Backend>(
     backend: &mut B,
     mut observe: impl FnMut(&Driver),
 ) -> (Termination, Driver) {
-    let mut out = run_lockstep(&[settings], &mut One(backend), |_, d| observe(d));
+    let mut out = run_lockstep(&[settings], &mut One(backend), |_, d| observe(d), |_, _| {});
     out.swap_remove(0)
 }
 
 /// Runs one driver per problem in lockstep until every problem has finished: each round collects every
 /// unfinished problem's next [`Step`], has the backend perform them all, and feeds each reply to its own
 /// driver, so every problem takes exactly the decisions it would take alone. `observe(p, driver)` sees
-/// problem p after each of its accepted steps. Returns (termination, driver) per problem.
+/// problem p after each of its accepted steps, `finished(p, termination)` when it stops. Returns
+/// (termination, driver) per problem.
 pub(crate) fn run_lockstep<L: Lockstep>(
     settings: &[Settings],
     backend: &mut L,
     mut observe: impl FnMut(usize, &Driver),
+    mut finished_hook: impl FnMut(usize, Termination),
 ) -> Vec<(Termination, Driver)> {
     let mut drivers: Vec<Driver> = settings.iter().map(|&s| Driver::new(s)).collect();
     let mut pending: Vec<Option<Action>> = drivers.iter().map(|d| Some(d.start())).collect();
@@ -475,7 +477,10 @@ pub(crate) fn run_lockstep<L: Lockstep>(
                     Action::Evaluate(t) => step.evaluate = Some(t),
                     Action::Direction => step.direction = Some(false),
                     Action::Steepest => step.direction = Some(true),
-                    Action::Finish(t) => finished[p] = t,
+                    Action::Finish(t) => {
+                        finished[p] = t;
+                        finished_hook(p, t);
+                    }
                     Action::Accept => {
                         step.accept = true;
                         let next = drivers[p].on_accept();
@@ -495,6 +500,12 @@ pub(crate) fn run_lockstep<L: Lockstep>(
                     Some(drivers[p].on_direction(slope, steepest, t0))
                 }
                 (_, _, Some(_), Some(e)) => Some(drivers[p].on_eval(e)),
+                // No answer where one was asked for (a device error, kept by the backend): the problem
+                // stops here.
+                _ if step.direction.is_some() || step.evaluate.is_some() => {
+                    finished_hook(p, Termination::Stalled);
+                    None
+                }
                 _ => None,
             };
         }

@@ -78,7 +78,7 @@ pub mod ops;
 mod problem;
 mod solution;
 
-pub use batch::Batch;
+pub use batch::{Batch, BatchProgress};
 pub use config::{
     Formulation, Observer, Precision, Sinkhorn, SparseOt, DEFAULT_MAX_ITER,
     DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,

@@ -216,7 +216,8 @@ impl Router {
     }
 
     /// [`Router::route_on`] with a progress callback. On the CPU it is called as each group finishes; on a
-    /// GPU the batched recipe reports all groups once the batch is done.
+    /// GPU the batched recipe reports all groups once the batch is done (its steps are one submission), and
+    /// the accurate solver as each group's L-BFGS (or CPU finish) ends.
     pub fn route_on_observed(
         &self,
         logits: ArrayView3<f64>,
@@ -256,9 +257,12 @@ impl Router {
                     steps,
                 },
             ) => cfg.solve_batch_adam_on(&batch, learning_rate, steps, device)?,
-            (true, RouterSolver::Accurate { .. }) => cfg.solve_batch_on(&batch, device),
+            (true, RouterSolver::Accurate { .. }) => {
+                cfg.solve_batch_on_observed(&batch, device, progress)
+            }
         };
-        if device.is_gpu() {
+        if device.is_gpu() && matches!(self.solver, RouterSolver::Adam { .. }) {
+            // The recipe's steps for all groups are one submission: every group is ready at once.
             (1..=g).for_each(|done| progress(done, g));
         }
         let mut ran_on = String::from("cpu");

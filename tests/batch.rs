@@ -227,3 +227,21 @@ fn batched_operators_equal_per_matrix() {
         Err(Error::Empty { what: "batch" })
     ));
 }
+
+/// Batch progress counts every problem once, rejected ones included, and ends at the batch size.
+#[test]
+fn batch_progress_counts_every_problem() {
+    let (a, b, mut cost) = batch_data(5, 6, 4);
+    cost[[3, 0, 0]] = f64::NAN;
+    let batch = Batch::new(a.view(), b.view(), cost.view()).unwrap();
+    let seen = std::sync::Mutex::new(Vec::new());
+    let out = SparseOt::new(2, 0.5).unwrap().solve_batch_on_observed(
+        &batch,
+        &sparse_ot::Device::Cpu,
+        &|done, total| seen.lock().unwrap().push((done, total)),
+    );
+    assert!(out[3].is_err() && out.iter().filter(|r| r.is_ok()).count() == 4);
+    let mut seen = seen.into_inner().unwrap();
+    seen.sort();
+    assert_eq!(seen, (1..=5).map(|d| (d, 5)).collect::<Vec<_>>());
+}

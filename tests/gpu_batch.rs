@@ -677,3 +677,24 @@ fn sinkhorn_dispatches_do_not_grow_with_batch_size() {
     let expected = 2 * (2 * 10 + 1) + 2 * 5;
     assert_eq!(per_run, vec![expected, expected]);
 }
+
+/// GPU batch progress: every problem is reported once (rejected, converged on the device, or finished on
+/// the CPU after its f32 iteration stalled), and the count ends at the batch size.
+#[test]
+fn lbfgs_batch_progress_counts_every_problem() {
+    let Some(ctx) = gpu() else { return };
+    let batch = random_batch(6, 9, 7, 15);
+    let mut cost = batch.cost().to_owned();
+    cost[[4, 0, 0]] = f64::INFINITY;
+    let batch = Batch::new(batch.a(), batch.b(), cost.view()).unwrap();
+    for (name, cfg, _) in lbfgs_configs() {
+        let seen = std::sync::Mutex::new(Vec::new());
+        let out = cfg.solve_batch_on_observed(&batch, &Device::Gpu(ctx.clone()), &|d, t| {
+            seen.lock().unwrap().push((d, t))
+        });
+        assert!(out[4].is_err(), "{name}");
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(seen, (1..=6).map(|d| (d, 6)).collect::<Vec<_>>(), "{name}");
+    }
+}

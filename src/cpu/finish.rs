@@ -774,7 +774,11 @@ impl Dense {
         let mut x = vec![0.0; n];
         for r in (0..n).rev() {
             let row = &a[r * n..(r + 1) * n];
-            let s: f64 = row[r + 1..].iter().zip(&x[r + 1..]).map(|(a, x)| a * x).sum();
+            let s: f64 = row[r + 1..]
+                .iter()
+                .zip(&x[r + 1..])
+                .map(|(a, x)| a * x)
+                .sum();
             x[r] = (b[r] - s) / row[r];
         }
         x.iter().all(|v| v.is_finite()).then_some(x)

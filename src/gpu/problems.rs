@@ -78,6 +78,11 @@ pub(super) fn prepare<'p>(
 }
 
 impl Prepared<'_> {
+    /// Problems in the batch (valid or not).
+    pub(super) fn len(&self) -> usize {
+        self.results.len()
+    }
+
     /// Sets the result of valid problem `v` (an index into `valid`), transposing back for row sparsity.
     pub(super) fn set(&mut self, user_cfg: &SparseOt, v: usize, sol: Result<Solution>) {
         let sol = match user_cfg.lanes {

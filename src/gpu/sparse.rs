@@ -5,10 +5,11 @@
 //! problem is the batch B = 1.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, BatchProgress};
 use crate::config::{Observer, SparseOt};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
@@ -296,6 +297,7 @@ fn run(
     cfg: &SparseOt,
     x0: &[f32],
     observe: &mut dyn FnMut(usize, &Progress),
+    finished: &mut dyn FnMut(usize, Termination),
 ) -> Result<Vec<Run>> {
     ws.set_gamma(ctx, cfg.gamma);
     ws.lbfgs.reset(ctx, x0);
@@ -312,17 +314,22 @@ fn run(
         error: None,
     };
     let nb = ws.problems;
-    let ends = lbfgs::run_lockstep(&vec![settings; nb], &mut backend, |p, d| {
-        observe(
-            p,
-            &Progress {
-                iteration: d.iterations,
-                value: -d.value,
-                marginal_error: d.grad_norm,
-                stage: "lbfgs (gpu)",
-            },
-        )
-    });
+    let ends = lbfgs::run_lockstep(
+        &vec![settings; nb],
+        &mut backend,
+        |p, d| {
+            observe(
+                p,
+                &Progress {
+                    iteration: d.iterations,
+                    value: -d.value,
+                    marginal_error: d.grad_norm,
+                    stage: "lbfgs (gpu)",
+                },
+            )
+        },
+        finished,
+    );
     // Objectives, column states and plans at the returned iterates (t = 0 makes the trial point x).
     let at_x = lbfgs::Lockstep::round(
         &mut backend,
@@ -376,7 +383,7 @@ pub(crate) fn solve(
     problem: &Problem,
     observer: Observer<'_>,
 ) -> Result<Solution> {
-    let mut out = solve_all(ctx, cfg, [Ok(Cow::Borrowed(problem))], observer);
+    let mut out = solve_all(ctx, cfg, [Ok(Cow::Borrowed(problem))], observer, &|_, _| {});
     out.pop()
         .unwrap_or_else(|| Err(Error::Gpu("a solve of one problem returned nothing".into())))
 }
@@ -386,21 +393,28 @@ pub(crate) fn solve_batch(
     ctx: &GpuContext,
     cfg: &SparseOt,
     batch: &Batch,
+    progress: BatchProgress<'_>,
 ) -> Vec<Result<Solution>> {
     let problems = (0..batch.len()).map(|i| batch.problem(i).map(Cow::Owned));
-    solve_all(ctx, cfg, problems, &mut |_| {})
+    solve_all(ctx, cfg, problems, &mut |_| {}, progress)
 }
 
 /// The batch pipeline: validate each problem; k = 1 goes to the exact CPU solver; the rest run on the
 /// device together; a problem whose f32 L-BFGS stalled (as it does on the kinks of k < m) is finished in
-/// f64 on the CPU from its potentials. `observer` is only called for a batch of one problem.
+/// f64 on the CPU from its potentials. `observer` is only called for a batch of one problem; `progress`
+/// counts the problems whose result is ready.
 fn solve_all<'p>(
     ctx: &GpuContext,
     user_cfg: &SparseOt,
     problems: impl IntoIterator<Item = Result<Cow<'p, Problem>>>,
     observer: Observer<'_>,
+    progress: BatchProgress<'_>,
 ) -> Vec<Result<Solution>> {
     let mut prep = problems::prepare(user_cfg, problems);
+    let total = prep.len();
+    let done = AtomicUsize::new(0);
+    let tick = || progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+    (prep.valid.len()..total).for_each(|_| tick());
     let single = prep.valid.len() == 1;
     let cfg = prep.cfg.clone();
     let axis = if user_cfg.lanes == Lanes::Rows {
@@ -418,6 +432,7 @@ fn solve_all<'p>(
                 s
             });
         prep.set(user_cfg, v, sol);
+        tick();
     }
     if device.is_empty() {
         return prep.into_results(Ok(()));
@@ -428,7 +443,13 @@ fn solve_all<'p>(
         }
     };
     let on_device: Vec<&Valid<'_>> = device.iter().map(|&v| &prep.valid[v]).collect();
-    let sols = match run_on_device(ctx, &cfg, &on_device, prep.k, &mut forward) {
+    // A driver that stalled with a tolerance set is finished on the CPU below; the others are done here.
+    let mut lbfgs_done = |_: usize, t: Termination| {
+        if t != Termination::Stalled || cfg.tol == 0.0 {
+            tick();
+        }
+    };
+    let sols = match run_on_device(ctx, &cfg, &on_device, prep.k, &mut forward, &mut lbfgs_done) {
         Ok(s) => s,
         Err(e) => return prep.into_results(Err(e)),
     };
@@ -436,12 +457,12 @@ fn solve_all<'p>(
         let mut only = sols;
         let sol = only
             .pop()
-            .map(|s| finish_stalled(ctx, &cfg, on_device[0], prep.k, s, observer));
+            .map(|s| finish_stalled(ctx, &cfg, on_device[0], prep.k, s, observer, &tick));
         sol.into_iter().collect()
     } else {
         sols.into_par_iter()
             .zip(on_device.par_iter())
-            .map(|(s, v)| finish_stalled(ctx, &cfg, v, prep.k, s, &mut |_| {}))
+            .map(|(s, v)| finish_stalled(ctx, &cfg, v, prep.k, s, &mut |_| {}, &tick))
             .collect()
     };
     for (v, sol) in device.into_iter().zip(finished) {
@@ -457,6 +478,7 @@ fn run_on_device(
     valid: &[&Valid<'_>],
     k: usize,
     observe: &mut dyn FnMut(usize, &Progress),
+    finished: &mut dyn FnMut(usize, Termination),
 ) -> Result<Vec<Solution>> {
     let nb = valid.len();
     let (m, n) = (valid[0].columns.m(), valid[0].columns.n());
@@ -468,15 +490,15 @@ fn run_on_device(
     })?;
     let out = (|| {
         let x0 = problems::upload(ctx, &ws, valid);
-        let runs = run(ctx, &ws, cfg, &x0, observe)?;
+        let runs = run(ctx, &ws, cfg, &x0, observe, finished)?;
         problems::read_solutions(ctx, &ws, &ws.lbfgs.x, cfg, valid, runs)
     })();
     ctx.put_workspace(key, ws);
     out
 }
 
-/// A solution whose f32 L-BFGS stalled is finished in f64 on the CPU from its potentials (SPEC: the
-/// nonsmooth finish); others are returned as they are.
+/// A solution whose f32 L-BFGS stalled is finished in f64 on the CPU from its potentials (the nonsmooth
+/// finish of `cpu::finish`), then `tick` reports it; others are returned as they are.
 fn finish_stalled(
     ctx: &GpuContext,
     cfg: &SparseOt,
@@ -484,6 +506,7 @@ fn finish_stalled(
     k: usize,
     sol: Solution,
     observer: Observer<'_>,
+    tick: &(dyn Fn() + Sync),
 ) -> Solution {
     if sol.termination != Termination::Stalled || cfg.tol == 0.0 {
         return sol;
@@ -495,6 +518,7 @@ fn finish_stalled(
     let mut fin =
         crate::cpu::sparse::finish_after_stall(cfg, &v.columns, k, x, sol.iterations, observer);
     fin.device = format!("{} + cpu (nonsmooth finish)", ctx.adapter_name());
+    tick();
     fin
 }
 
@@ -659,7 +683,7 @@ impl GpuContext {
         enc.copy_buffer_to_buffer(input.a, 0, &ws.a, 0, 4 * m as u64);
         enc.copy_buffer_to_buffer(input.b, 0, &ws.b, 0, 4 * n as u64);
         buffers::submit(self, enc);
-        let r = run(self, ws, cfg, x0, &mut |_, _| {})?
+        let r = run(self, ws, cfg, x0, &mut |_, _| {}, &mut |_, _| {})?
             .pop()
             .ok_or_else(|| Error::Gpu("a run of one problem returned nothing".into()))?;
         let out = |label, words| buffers::storage(self, label, words);
