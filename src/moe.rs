@@ -32,6 +32,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
+use rayon::prelude::*;
 
 use crate::batch::Batch;
 use crate::config::SparseOt;
@@ -453,7 +454,7 @@ impl Routing {
         Zip::from(&mut combine)
             .and(&dispatch)
             .and(gates)
-            .for_each(|c, &d, &g| *c = if d { g } else { 0.0 });
+            .par_for_each(|c, &d, &g| *c = if d { g } else { 0.0 });
         let load = LoadMetrics::of(dispatch.view(), capacity);
         Self {
             dispatch,
@@ -493,12 +494,16 @@ pub fn gates(logits: ArrayView3<f64>) -> Result<Array3<f64>> {
         }
     }
     let mut out = logits.to_owned();
-    for mut row in out.lanes_mut(Axis(2)) {
-        let mx = row.fold(f64::NEG_INFINITY, |m, &x| m.max(x));
-        row.mapv_inplace(|x| (x - mx).exp());
-        let z = row.sum();
-        row.mapv_inplace(|x| x / z);
-    }
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .for_each(|mut grp| {
+            for mut row in grp.rows_mut() {
+                let mx = row.fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+                row.mapv_inplace(|x| (x - mx).exp());
+                let z = row.sum();
+                row.mapv_inplace(|x| x / z);
+            }
+        });
     Ok(out)
 }
 
@@ -529,19 +534,23 @@ pub fn greedy_top_k(
         });
     }
     let mut dispatch = Array3::from_elem((g, s, e), false);
-    for (grp, mut d) in gates.outer_iter().zip(dispatch.outer_iter_mut()) {
-        let choices = ranked_choices(grp, experts_per_token);
-        let mut load = vec![0usize; e];
-        for rank in 0..experts_per_token {
-            for token in 0..s {
-                let expert = choices[[token, rank]];
-                if load[expert] < capacity {
-                    load[expert] += 1;
-                    d[[token, expert]] = true;
+    dispatch
+        .axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .zip(gates.axis_iter(Axis(0)).into_par_iter())
+        .for_each(|(mut d, grp)| {
+            let choices = ranked_choices(grp, experts_per_token);
+            let mut load = vec![0usize; e];
+            for rank in 0..experts_per_token {
+                for token in 0..s {
+                    let expert = choices[[token, rank]];
+                    if load[expert] < capacity {
+                        load[expert] += 1;
+                        d[[token, expert]] = true;
+                    }
                 }
             }
-        }
-    }
+        });
     Ok(Routing::new(dispatch, &gates, capacity, Vec::new()))
 }
 
