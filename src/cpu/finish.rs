@@ -533,19 +533,24 @@ pub(crate) fn run(
     let mut steps = 0;
     let mut residual = f64::INFINITY;
     let mut certified = None;
-    // μ from 10 q down to q·1e-10 by factors of 10; polish from q·1e-4 on, stop once certified.
-    for stage in -1..=10 {
+    // μ from 10 q down to q·1e-10 by factors of 10; polish from μ = q on, stop once certified. A stage
+    // only has to bring the next one within reach and reveal the tie structure to the polish, so stage s
+    // is solved to 1e-3 · 10^−(s+1) of the mass scale (never below the final tolerance); the last stage is
+    // solved to the final tolerance.
+    const LAST: i32 = 10;
+    let final_tol = settings.tol.max(1e-12 * mass_scale);
+    for stage in -1..=LAST {
         let mu = q_scale * 10f64.powi(-stage);
         let budget = settings.max_steps.saturating_sub(steps);
         if budget == 0 {
             break;
         }
-        let (st, r) = sm.newton_stage(
-            &mut x,
-            mu,
-            settings.tol.max(1e-12 * mass_scale),
-            budget.min(50),
-        );
+        let stage_tol = if stage == LAST {
+            final_tol
+        } else {
+            final_tol.max(1e-3 * mass_scale * 10f64.powi(-(stage + 1)))
+        };
+        let (st, r) = sm.newton_stage(&mut x, mu, stage_tol, budget.min(50));
         steps += st;
         residual = r;
         report(steps, residual);
