@@ -89,3 +89,8 @@ pub use exact::{ExactOt, DEFAULT_EXACT_MAX_ITER};
 pub use moe::{greedy_top_k, Router, RouterSolver, Routing, RoutingMode};
 pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE};
 pub use solution::{Criterion, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination};
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
