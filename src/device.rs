@@ -181,10 +181,21 @@ impl Sinkhorn {
     /// f32 costs in one storage binding, B ≤ `max_compute_workgroups_per_dimension`) gets
     /// [`crate::Error::DeviceLimit`] on every valid problem.
     pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
+        self.solve_batch_on_observed(batch, device, &|_, _| {})
+    }
+
+    /// [`Sinkhorn::solve_batch_on`], calling `progress(done, total)` each time a problem's result is ready
+    /// (on a GPU: when it converges at a check, or when the iteration limit ends the run).
+    pub fn solve_batch_on_observed(
+        &self,
+        batch: &Batch,
+        device: &Device,
+        progress: BatchProgress<'_>,
+    ) -> Vec<Result<Solution>> {
         match device.target() {
-            Target::Cpu => self.solve_batch(batch),
+            Target::Cpu => batch.map_problems_observed(|p| self.solve(p), progress),
             #[cfg(feature = "gpu")]
-            Target::Gpu(ctx) => crate::gpu::sinkhorn::solve_batch(&ctx, self, batch),
+            Target::Gpu(ctx) => crate::gpu::sinkhorn::solve_batch(&ctx, self, batch, progress),
         }
     }
 

@@ -698,3 +698,29 @@ fn lbfgs_batch_progress_counts_every_problem() {
         assert_eq!(seen, (1..=6).map(|d| (d, 6)).collect::<Vec<_>>(), "{name}");
     }
 }
+
+/// Batched Sinkhorn progress on the GPU: each problem reported once (rejected, converged at a check, or
+/// stopped by the iteration limit), ending at the batch size.
+#[test]
+fn sinkhorn_batch_progress_counts_every_problem() {
+    let Some(ctx) = gpu() else { return };
+    let batch = random_batch(5, 7, 6, 16);
+    let mut cost = batch.cost().to_owned();
+    cost[[1, 2, 2]] = f64::NAN;
+    let batch = Batch::new(batch.a(), batch.b(), cost.view()).unwrap();
+    for max_iter in [3, 10_000] {
+        let cfg = Sinkhorn::new(0.1).unwrap().max_iter(max_iter);
+        let seen = std::sync::Mutex::new(Vec::new());
+        let out = cfg.solve_batch_on_observed(&batch, &Device::Gpu(ctx.clone()), &|d, t| {
+            seen.lock().unwrap().push((d, t))
+        });
+        assert!(out[1].is_err());
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(
+            seen,
+            (1..=5).map(|d| (d, 5)).collect::<Vec<_>>(),
+            "max_iter {max_iter}"
+        );
+    }
+}

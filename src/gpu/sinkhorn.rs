@@ -14,7 +14,7 @@
 
 use ndarray::Array1;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, BatchProgress};
 use crate::config::{Observer, Sinkhorn};
 use crate::cpu::sinkhorn::{assemble, check, epsilon_schedule, validate, Check};
 use crate::error::{Error, Result};
@@ -267,6 +267,7 @@ fn iterate(
     cfg: &Sinkhorn,
     tracks: &mut [Track],
     observer: Observer<'_>,
+    finished: &mut dyn FnMut(),
 ) -> Result<()> {
     debug_assert_eq!(tracks.len(), ws.batch);
     ws.write_controls(ctx, tracks);
@@ -300,6 +301,9 @@ fn iterate(
         let mut changed = false;
         for (t, &err) in tracks.iter_mut().zip(&errors).filter(|(t, _)| t.active) {
             changed |= t.at_check(cfg, iterations, f64::from(err), before_last, &mut *observer);
+            if !t.active {
+                finished();
+            }
         }
         if changed {
             ws.write_controls(ctx, tracks);
@@ -307,6 +311,7 @@ fn iterate(
     }
     for t in tracks.iter_mut().filter(|t| t.active) {
         t.f_at = cur;
+        finished();
     }
     ctx.check_errors()
 }
@@ -331,7 +336,7 @@ pub(crate) fn solve(
         f0: &f0,
         g0: &g0,
     };
-    let mut sols = run(ctx, cfg, &[start], observer)?;
+    let mut sols = run(ctx, cfg, &[start], observer, &mut || {})?;
     Ok(sols.remove(0))
 }
 
@@ -341,7 +346,13 @@ pub(crate) fn solve_batch(
     ctx: &GpuContext,
     cfg: &Sinkhorn,
     batch: &Batch,
+    progress: BatchProgress<'_>,
 ) -> Vec<Result<Solution>> {
+    let mut done = 0;
+    let mut tick = || {
+        done += 1;
+        progress(done, batch.len());
+    };
     let mut results: Vec<Option<Result<Solution>>> = (0..batch.len()).map(|_| None).collect();
     let mut valid = Vec::new();
     for (i, slot) in results.iter_mut().enumerate() {
@@ -351,7 +362,10 @@ pub(crate) fn solve_batch(
         });
         match checked {
             Ok(v) => valid.push((i, v)),
-            Err(e) => *slot = Some(Err(e)),
+            Err(e) => {
+                *slot = Some(Err(e));
+                tick();
+            }
         }
     }
     if !valid.is_empty() {
@@ -359,7 +373,7 @@ pub(crate) fn solve_batch(
             .iter()
             .map(|(_, (p, f0, g0))| Start { problem: p, f0, g0 })
             .collect();
-        match run(ctx, cfg, &starts, &mut |_| {}) {
+        match run(ctx, cfg, &starts, &mut |_| {}, &mut tick) {
             Ok(sols) => {
                 for ((i, _), sol) in valid.iter().zip(sols) {
                     results[*i] = Some(Ok(sol));
@@ -384,13 +398,14 @@ fn run(
     cfg: &Sinkhorn,
     starts: &[Start<'_>],
     observer: Observer<'_>,
+    finished: &mut dyn FnMut(),
 ) -> Result<Vec<Solution>> {
     let nb = starts.len();
     let (m, n) = (starts[0].problem.m(), starts[0].problem.n());
     check_shape(ctx, m, n, nb)?;
     let key = WorkspaceKey::Sinkhorn { m, n, batch: nb };
     let ws = ctx.take_workspace(key, || Workspace::new(ctx, m, n, nb))?;
-    let result = run_in(ctx, &ws, cfg, starts, observer);
+    let result = run_in(ctx, &ws, cfg, starts, observer, finished);
     ctx.put_workspace(key, ws);
     result
 }
@@ -401,6 +416,7 @@ fn run_in(
     cfg: &Sinkhorn,
     starts: &[Start<'_>],
     observer: Observer<'_>,
+    finished: &mut dyn FnMut(),
 ) -> Result<Vec<Solution>> {
     let (m, n) = (starts[0].problem.m(), starts[0].problem.n());
     buffers::upload(
@@ -441,7 +457,7 @@ fn run_in(
             Track::new(cfg, hi - lo, amax)
         })
         .collect();
-    iterate(ctx, ws, cfg, &mut tracks, observer)?;
+    iterate(ctx, ws, cfg, &mut tracks, observer, finished)?;
     let nb = starts.len();
     // Each f buffer is read only if some problem's final f lies there.
     let mut f_bufs: [Option<Vec<f64>>; 2] = [None, None];
@@ -594,7 +610,7 @@ impl GpuContext {
             f64::from(scalars[0]),
             f64::from(scalars[1]),
         )];
-        iterate(self, ws, cfg, &mut tracks, &mut |_| {})?;
+        iterate(self, ws, cfg, &mut tracks, &mut |_| {}, &mut || {})?;
         let [t] = tracks;
         let f = buffers::storage(self, "f", m);
         let g = buffers::storage(self, "g", n);
