@@ -3,7 +3,7 @@
 // Overrides: WG (workgroup size, a power of two, at most 256; the host picks it and keys its pipeline cache on it).
 // Workgroup memory: red_f (f32 × 256), red_u (u32 × 256), used by the tree reductions below.
 // Lanes: a dispatch of L workgroups (or threads) is laid out as (min(L, 65535), ceil(L / 65535), 1) and
-// `lane_of` flattens it, so a problem offset could later use the z dimension for batching.
+// `lane_of` flattens it; the z dimension is left to batches (workgroup_id.z = problem index).
 
 override WG: u32 = 64u;
 const MAX_WG: u32 = 256u;

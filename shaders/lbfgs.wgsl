@@ -20,7 +20,7 @@
 //   through the fixed reduction tree). A kernel leaves problems whose ops lack its flag untouched, so one
 //   round of dispatches serves problems that are at different points of their iterations.
 // Overrides: WG.
-// Formula: trial xt = x + t d. accept: s = xt − x, y = gt − g into ring slot head + 1, kept if
+// Formula: trial xt = x + t d. accept: s = xt − x, y = gt − g, stored into ring slot head + 1 only if
 //   s·y > 1e-12 ‖s‖‖y‖ (ρ = 1/s·y), then x ← xt, g ← gt. direction: two-loop recursion d = −H g with
 //   H₀ = (s·y / y·y) I of the newest pair (Nocedal & Wright Alg. 7.4), or, with the STEEPEST flag or an
 //   empty memory, d = −g (the STEEPEST flag also clears the memory).
@@ -111,6 +111,7 @@ fn accept(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         wg_head = (st[pb].head + 1u) % L.mem;
     }
     let slot = workgroupUniformLoad(&wg_head);
+    // Test the pair first: the slot may hold the oldest pair still in use, so it is written only if kept.
     var s_y = 0.0;
     var y_y = 0.0;
     var s_s = 0.0;
@@ -118,18 +119,24 @@ fn accept(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         let e = base + i;
         let si = xt[e] - x[e];
         let yi = gt[e] - g[e];
-        sy[s_at(slot, i)] = si;
-        sy[y_at(slot, i)] = yi;
         s_y = s_y + si * yi;
         y_y = y_y + yi * yi;
         s_s = s_s + si * si;
-        x[e] = xt[e];
-        g[e] = gt[e];
     }
     let sy_t = wg_sum(tid, s_y);
     let yy_t = wg_sum(tid, y_y);
     let ss_t = wg_sum(tid, s_s);
-    if (tid == 0u && sy_t > 0.0 && sy_t > 1e-12 * sqrt(yy_t) * sqrt(ss_t)) {
+    let keep = sy_t > 0.0 && sy_t > 1e-12 * sqrt(yy_t) * sqrt(ss_t);
+    for (var i = tid; i < L.dim; i = i + WG) {
+        let e = base + i;
+        if (keep) {
+            sy[s_at(slot, i)] = xt[e] - x[e];
+            sy[y_at(slot, i)] = gt[e] - g[e];
+        }
+        x[e] = xt[e];
+        g[e] = gt[e];
+    }
+    if (tid == 0u && keep) {
         st[pb].rho[slot] = 1.0 / sy_t;
         st[pb].head = slot;
         st[pb].len = min(st[pb].len + 1u, L.mem);

@@ -15,7 +15,7 @@
 //  11 storage read            evaluated: B, nonzero when problem p is evaluated by this round's dispatches;
 //                             every kernel leaves the other problems' outputs untouched
 // Dispatch: column_pass one workgroup per column; row_pass one thread per row (ceil(m / WG) workgroups);
-//   finalize one workgroup; extract one thread per column. Lanes laid out as in common.wgsl.
+//   finalize one workgroup per problem; extract one thread per column. Lanes laid out as in common.wgsl.
 // Batches: workgroup_id.z is the problem index p of a batch of B problems of one shape (z = 1 for a single
 //   problem). Every buffer holds the B problems back to back and problem p's slice starts at p × its
 //   per-problem length (cost_t m·n, x/grad/d dim, a m, b/cols/beta_out n, out 4 for finalize and n·k for

@@ -39,8 +39,9 @@ use crate::exact::ExactOt;
 use crate::problem::{validate_shapes, Problem, DEFAULT_MASS_TOLERANCE};
 use crate::solution::Solution;
 
-/// Progress of a batched solve: called as `progress(done, total)` each time one more problem's result is
-/// ready (from any thread; `done` counts up to `total` = the batch size, rejected problems included).
+/// Progress of a batched solve: called as `progress(done, total)` each time one more problem of the batch
+/// has finished solving (from any thread; `done` counts up to `total` = the batch size, rejected problems
+/// and problems ended by a device failure included). On a GPU the results are read back together at the end.
 pub type BatchProgress<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
 /// B optimal-transport problems of one shape: costs B × m × n, marginals B × m and B × n, all f64,

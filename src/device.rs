@@ -90,7 +90,7 @@ impl SparseOt {
     /// [`SparseOt::solve_batch`]. On a GPU the L-BFGS phases of all problems run **in lockstep**: each problem
     /// keeps its own driver (line search, stopping rule, status), and every round is one submission of a
     /// fixed set of dispatches covering the whole batch (at most six, whatever B is), followed by one readback
-    /// of four f32 per problem; each problem's result equals its single-problem GPU solve. Entry i is problem
+    /// of eight f32 per problem; each problem's result equals its single-problem GPU solve. Entry i is problem
     /// i's own result: a bad problem gets its own `Err` and does not touch the others.
     pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
         self.solve_batch_on_observed(batch, device, &|_, _| {})

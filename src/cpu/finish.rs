@@ -591,10 +591,11 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
         }
     }
     let dim = m + n + ties.len();
-    // The tie equations act on m + n potentials with one direction (the shift α + c, β − c) they cannot
-    // see: m + n or more of them cannot be independent, so the structure is not an optimal one (typically
-    // μ is still large and many entries sit on the smoothing ramp). Skip the dense solve.
-    if dim > POLISH_MAX_DIM || ties.len() >= m + n {
+    // A tie equation reads α_i − α_l = c_ij − c_lj (β_j cancels): an edge between rows i and l. The
+    // equations are independent exactly when these edges form a forest; a cycle (two columns tying the same
+    // pair included) makes the KKT matrix singular, so such a structure cannot be polished (typically μ is
+    // still large and many entries sit on the smoothing ramp). Skip the dense solve.
+    if dim > POLISH_MAX_DIM || has_cycle(m, ties.iter().map(|&(_, i, l)| (i, l))) {
         return None;
     }
     let mut xk = x.to_vec();
@@ -719,6 +720,26 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
     })
 }
 
+/// Whether the undirected graph on `nodes` vertices with these edges has a cycle (union–find).
+fn has_cycle(nodes: usize, edges: impl Iterator<Item = (usize, usize)>) -> bool {
+    let mut parent: Vec<usize> = (0..nodes).collect();
+    fn root(parent: &mut [usize], mut v: usize) -> usize {
+        while parent[v] != v {
+            parent[v] = parent[parent[v]];
+            v = parent[v];
+        }
+        v
+    }
+    for (u, v) in edges {
+        let (ru, rv) = (root(&mut parent, u), root(&mut parent, v));
+        if ru == rv {
+            return true;
+        }
+        parent[ru] = rv;
+    }
+    false
+}
+
 /// A dense square matrix stored row-major in one contiguous vector (rows are slices, so elimination's
 /// row updates are straight loops the compiler vectorises).
 struct Dense {
@@ -793,6 +814,15 @@ impl Dense {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tie graphs: a forest has no cycle; a repeated pair or a triangle has one.
+    #[test]
+    fn tie_cycles() {
+        assert!(!has_cycle(4, [(0, 1), (1, 2), (3, 2)].into_iter()));
+        assert!(has_cycle(4, [(0, 1), (1, 0)].into_iter()));
+        assert!(has_cycle(3, [(0, 1), (1, 2), (2, 0)].into_iter()));
+        assert!(!has_cycle(2, std::iter::empty()));
+    }
 
     /// Hessian-vector products match central differences of the gradient (away from kinks).
     #[test]

@@ -84,17 +84,21 @@ impl<O: Objective> Backend for HostLbfgs<'_, O> {
 
     fn accept(&mut self) {
         let m = self.s.len();
-        let slot = (self.head + 1) % m;
-        {
+        // Test the pair before storing it: the slot may hold the oldest pair still in use.
+        let (mut sy, mut yy, mut ss) = (0.0, 0.0, 0.0);
+        for i in 0..self.x.len() {
+            let (si, yi) = (self.xt[i] - self.x[i], self.gt[i] - self.g[i]);
+            sy += si * yi;
+            yy += yi * yi;
+            ss += si * si;
+        }
+        if sy > 1e-12 * yy.sqrt() * ss.sqrt() && sy > 0.0 {
+            let slot = (self.head + 1) % m;
             let (s, y) = (&mut self.s[slot], &mut self.y[slot]);
             for i in 0..self.x.len() {
                 s[i] = self.xt[i] - self.x[i];
                 y[i] = self.gt[i] - self.g[i];
             }
-        }
-        let sy = dot(&self.s[slot], &self.y[slot]);
-        let yy = dot(&self.y[slot], &self.y[slot]);
-        if sy > 1e-12 * yy.sqrt() * dot(&self.s[slot], &self.s[slot]).sqrt() && sy > 0.0 {
             self.rho[slot] = 1.0 / sy;
             self.head = slot;
             self.len = (self.len + 1).min(m);

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use crate::batch::Batch;
 use crate::config::SparseOt;
 use crate::cpu::adam::{bias_correction, set_termination, Adam, BETA1, BETA2, EPS};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
@@ -42,6 +42,9 @@ const STATE_WORDS: usize = 4;
 /// problem stops when max|g| ≤ max(tol, this × its largest marginal entry), since below that the f32
 /// gradient is rounding noise and Adam's normalised step would follow the noise at full step size.
 const F32_GRADIENT_NOISE: f64 = 1e-6;
+
+/// Most steps recorded into one submission (the recipe uses 20; the bias table holds 2 f32 per step).
+const MAX_STEPS: usize = 1 << 20;
 
 /// Dispatches per Adam step, whatever the batch size (column pass, row pass, update).
 pub(crate) const DISPATCHES_PER_STEP: usize = 3;
@@ -170,6 +173,13 @@ fn run(
     let nb = valid.len();
     let (m, n) = (valid[0].columns.m(), valid[0].columns.n());
     check_batch(ctx, nb, (m, n, k))?;
+    if adam.steps > MAX_STEPS {
+        return Err(Error::DeviceLimit {
+            what: "Adam steps in one GPU submission",
+            limit: MAX_STEPS as u64,
+            needed: adam.steps as u64,
+        });
+    }
     let dual = cfg.formulation == Formulation::Dual;
     let key = WorkspaceKey::AdamBatch {
         m,

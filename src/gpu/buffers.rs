@@ -193,15 +193,15 @@ pub(crate) fn read_back_many<T: bytemuck::Pod>(
     rx.recv()
         .map_err(|_| Error::Gpu("readback callback dropped".into()))?
         .map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;
-    ctx.check_errors()?;
-    let out = {
-        let view = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
-        bytemuck::cast_slice::<u8, T>(&view).to_vec()
-    };
+    // Copy out and unmap before anything can fail: a staging buffer left mapped would break every later
+    // readback through it (workspaces are cached per shape).
+    let out = slice
+        .get_mapped_range()
+        .map(|view| bytemuck::cast_slice::<u8, T>(&view).to_vec())
+        .map_err(|e| Error::Gpu(format!("{e:?}")));
     staging.unmap();
-    Ok(out)
+    ctx.check_errors()?;
+    out
 }
 
 /// Submits `enc` without reading anything back.

@@ -4,9 +4,9 @@
 //! x, g, d, the trial points and the (s, y) memories of all B problems live on the device back to back. A
 //! round is one submission of at most six dispatches whatever B is (accept, direction, trial and the
 //! objective's passes; kernels no problem needs are left out), each kernel skipping the problems whose
-//! control word lacks its flag; then one readback of four f32 per problem (value, g·d, max|g| of an
-//! evaluation, or g·d, max|g| of a new direction). The shared [`crate::lbfgs::Driver`] makes every decision, so
-//! stopping rules and statuses are those of the CPU path, problem by problem.
+//! control word lacks its flag; then one readback of eight f32 per problem (value, g·d, max|g| of an
+//! evaluation; g·d, max|g| of a new direction). The shared [`crate::lbfgs::Driver`] makes every decision,
+//! so stopping rules and statuses are those of the CPU path, problem by problem.
 
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};

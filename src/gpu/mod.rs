@@ -6,7 +6,7 @@
 //! * Everything on the device is **f32**: results agree with the f64 CPU path to f32 rounding times the
 //!   problem's conditioning, and tolerances below ~1e-6 of the marginal mass are not reachable (the solver
 //!   then reports `Stalled` or `MaxIterations`, never silence).
-//! * Iterations stay on the device. Sparse solves read back four scalars per problem and L-BFGS round (an
+//! * Iterations stay on the device. Sparse solves read back eight scalars per problem and L-BFGS round (an
 //!   evaluation or a new direction); Sinkhorn reads back one scalar per problem (its row-marginal error)
 //!   every `check_every` iterations. The potentials and the plan are read back once at the end (or stay in
 //!   buffers with

@@ -348,10 +348,10 @@ pub(crate) fn solve_batch(
     batch: &Batch,
     progress: BatchProgress<'_>,
 ) -> Vec<Result<Solution>> {
-    let mut done = 0;
-    let mut tick = || {
-        done += 1;
-        progress(done, batch.len());
+    let done = std::cell::Cell::new(0);
+    let tick = || {
+        done.set(done.get() + 1);
+        progress(done.get(), batch.len());
     };
     let mut results: Vec<Option<Result<Solution>>> = (0..batch.len()).map(|_| None).collect();
     let mut valid = Vec::new();
@@ -373,13 +373,15 @@ pub(crate) fn solve_batch(
             .iter()
             .map(|(_, (p, f0, g0))| Start { problem: p, f0, g0 })
             .collect();
-        match run(ctx, cfg, &starts, &mut |_| {}, &mut tick) {
+        match run(ctx, cfg, &starts, &mut |_| {}, &mut || tick()) {
             Ok(sols) => {
                 for ((i, _), sol) in valid.iter().zip(sols) {
                     results[*i] = Some(Ok(sol));
                 }
             }
             Err(e) => {
+                // A device failure ends every problem not counted yet.
+                (done.get()..batch.len()).for_each(|_| tick());
                 for (i, _) in &valid {
                     results[*i] = Some(Err(e.clone()));
                 }

@@ -49,6 +49,9 @@ const F32_VALUE_NOISE: f64 = 1e-6;
 /// Words of one `ColState` (key, tie, θ, term, σ, 3 pads).
 const COL_WORDS: usize = 8;
 
+/// Words per problem an L-BFGS round reads back: four objective scalars and four direction scalars.
+const ROUND_WORDS: usize = 8;
+
 /// Buffers and passes of one (m, n, k, formulation, memory), for one problem or a batch of B problems
 /// stored back to back (every buffer B times its per-problem length, every pass dispatched with z = B).
 pub(crate) struct Workspace {
@@ -126,7 +129,7 @@ impl Workspace {
         let staging = buffers::staging(
             ctx,
             "sparse readback",
-            buffers::words(nb * (n * k).max(dim).max(COL_WORDS)),
+            buffers::words(nb * (n * k).max(dim).max(COL_WORDS).max(ROUND_WORDS)),
         );
         let active = buffers::storage(ctx, "active problems", nb);
         buffers::upload_words(ctx, &active, &vec![1u32; nb]);
@@ -269,6 +272,10 @@ pub(super) fn check_batch(
         (
             "max_storage_buffer_binding_size (batch of plans, k per column)",
             n * k,
+        ),
+        (
+            "max_storage_buffer_binding_size (batch of column states)",
+            COL_WORDS * n,
         ),
     ];
     for (what, words) in per_problem {
@@ -451,7 +458,11 @@ fn solve_all<'p>(
     };
     let sols = match run_on_device(ctx, &cfg, &on_device, prep.k, &mut forward, &mut lbfgs_done) {
         Ok(s) => s,
-        Err(e) => return prep.into_results(Err(e)),
+        Err(e) => {
+            // A device failure ends every problem not counted yet.
+            (done.load(Ordering::Relaxed)..total).for_each(|_| tick());
+            return prep.into_results(Err(e));
+        }
     };
     let finished: Vec<Solution> = if single {
         let mut only = sols;
