@@ -286,6 +286,56 @@ impl Router {
         Ok(routing)
     }
 
+    /// Routes f32 logits that already live in a GPU buffer, without any host round trip: softmax gates, the G
+    /// OT problems, the recipe's Adam steps and the routing run on the device in one submission, and the
+    /// result stays in new GPU buffers ([`GpuRouting`](crate::gpu::GpuRouting): per group and expert, the
+    /// tokens it takes and their combine weights). This is the path for training loops whose router logits
+    /// are on the GPU; it gives the routing of [`Router::route_on`] with the same GPU (up to f32 rounding
+    /// of the gates, computed here from f32 logits).
+    ///
+    /// `logits` holds G × S × E f32 row-major (`shape` = (G, S, E)) with `STORAGE` usage on `ctx`'s device.
+    /// The values are not checked (that would need a readback): they must be finite.
+    ///
+    /// Errors: a mode other than experts choose tokens or a solver other than the Adam recipe
+    /// ([`Error::Unavailable`]), an empty shape, a buffer smaller than the shape, sizes beyond the device's
+    /// limits ([`Error::DeviceLimit`]).
+    #[cfg(feature = "gpu")]
+    pub fn route_buffers(
+        &self,
+        ctx: &crate::gpu::GpuContext,
+        logits: &wgpu::Buffer,
+        shape: (usize, usize, usize),
+    ) -> Result<crate::gpu::GpuRouting> {
+        let (_, s, e) = shape;
+        if self.mode != RoutingMode::ExpertsChooseTokens {
+            return Err(Error::Unavailable {
+                what: "tokens-choose routing on GPU buffers",
+                why: "route_buffers implements experts choose tokens; use route_on".into(),
+            });
+        }
+        let RouterSolver::Adam {
+            learning_rate,
+            steps,
+        } = self.solver
+        else {
+            return Err(Error::Unavailable {
+                what: "the accurate solver on GPU buffers",
+                why: "route_buffers runs the Adam recipe; use route_on for the accurate solver"
+                    .into(),
+            });
+        };
+        if s == 0 || e == 0 {
+            return Err(Error::Empty { what: "logits" });
+        }
+        let cfg = self.sparse_config(s, e)?;
+        let adam = Adam {
+            learning_rate: positive("learning_rate", learning_rate)?,
+            steps,
+        };
+        let capacity = self.capacity(s, e).min(s);
+        crate::gpu::router::route(ctx, &cfg, adam, logits, shape, capacity)
+    }
+
     /// The column- or row-sparse solver configuration for S tokens.
     fn sparse_config(&self, tokens: usize, experts: usize) -> Result<SparseOt> {
         let cfg = match self.mode {

@@ -10,8 +10,12 @@
 //! assert below says which factor it uses.
 #![cfg(feature = "gpu")]
 
+#[path = "common/buffers.rs"]
+mod buffers;
+
 use std::sync::Arc;
 
+use buffers::{read_f32, read_u32, storage_f32};
 use ndarray::{Array1, Array2};
 use sparse_ot::gpu::{GpuContext, GpuProblem};
 use sparse_ot::{
@@ -389,7 +393,15 @@ on_both_devices!(iteration_limit_is_a_status, |device: &Device, _tol: Tol| {
 fn shaders_validate_without_a_device() {
     use wgpu::naga;
     let sources = sparse_ot::gpu::shader_sources();
-    assert_eq!(sources.len(), 5);
+    // Every kernel family in shaders/ (common.wgsl is prepended to each, not a family of its own).
+    let families = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().ends_with(".wgsl") && name != "common.wgsl"
+        })
+        .count();
+    assert_eq!(sources.len(), families);
     for (file, source) in sources {
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&source)));
@@ -450,19 +462,11 @@ fn gpu_reuses_pipelines_and_workspaces() {
 
 /// The problem's a, b and cost as an application would hold them: f32 `STORAGE | COPY_SRC` buffers.
 fn app_buffers(ctx: &GpuContext, p: &Problem) -> (wgpu::Buffer, wgpu::Buffer, wgpu::Buffer) {
-    use wgpu::util::DeviceExt;
-    let upload = |label: &str, data: Vec<f32>| {
-        ctx.device()
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(&data),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            })
-    };
+    let f32s = |v: &mut dyn Iterator<Item = &f64>| v.map(|&x| x as f32).collect::<Vec<f32>>();
     (
-        upload("a", p.a().iter().map(|&x| x as f32).collect()),
-        upload("b", p.b().iter().map(|&x| x as f32).collect()),
-        upload("cost", p.cost().iter().map(|&x| x as f32).collect()),
+        storage_f32(ctx, "a", &f32s(&mut p.a().iter())),
+        storage_f32(ctx, "b", &f32s(&mut p.b().iter())),
+        storage_f32(ctx, "cost", &f32s(&mut p.cost().iter())),
     )
 }
 
@@ -610,33 +614,4 @@ fn auto_device_reports_where_it_ran() {
     let sol = pollster::block_on(cfg.solve_on_async(&p, &Device::Auto)).unwrap();
     // 8 digits in SPEC; f32 solve on a GPU (2e-5, see GPU_TOL).
     assert_close("async quadratic value", sol.value, 0.26363790, 2e-5);
-}
-
-fn read_words(ctx: &GpuContext, buf: &wgpu::Buffer, len: usize) -> Vec<u8> {
-    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 4 * len as u64,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    enc.copy_buffer_to_buffer(buf, 0, &staging, 0, 4 * len as u64);
-    ctx.queue().submit([enc.finish()]);
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
-    ctx.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .unwrap();
-    let bytes = staging.slice(..).get_mapped_range().unwrap().to_vec();
-    staging.unmap();
-    bytes
-}
-
-fn read_f32(ctx: &GpuContext, buf: &wgpu::Buffer, len: usize) -> Vec<f32> {
-    bytemuck::cast_slice(&read_words(ctx, buf, len)).to_vec()
-}
-
-fn read_u32(ctx: &GpuContext, buf: &wgpu::Buffer, len: usize) -> Vec<u32> {
-    bytemuck::cast_slice(&read_words(ctx, buf, len)).to_vec()
 }

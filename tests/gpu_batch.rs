@@ -18,6 +18,9 @@
 //! b_j ≤ 4), where the f64 CPU plan has them to 1e-9.
 #![cfg(feature = "gpu")]
 
+#[path = "common/buffers.rs"]
+mod buffers;
+
 use std::sync::Arc;
 
 use ndarray::{Array2, Array3, Axis};
@@ -723,4 +726,71 @@ fn sinkhorn_batch_progress_counts_every_problem() {
             "max_iter {max_iter}"
         );
     }
+}
+
+/// The router on GPU buffers (logits in, tokens and combine weights out, nothing read back by the library)
+/// routes as `route_on` on the same GPU: the same tokens per expert, and combine weights equal to the gates
+/// up to f32 rounding (the gates are computed here in f32 from f32 logits, there in f64 and rounded: a few
+/// units of f32 roundoff on values ≤ 1, so 1e-6). Unsupported settings and short buffers are typed errors.
+#[test]
+fn router_on_gpu_buffers_matches_route_on() {
+    let Some(ctx) = gpu() else { return };
+    let (g, s, e) = (6, 16, 4);
+    // f32 logits; the host-side router gets the same values widened to f64.
+    let l32: Vec<f32> = logits(g, s, e, 21).iter().map(|&x| x as f32).collect();
+    let l = Array3::from_shape_vec((g, s, e), l32.iter().map(|&x| f64::from(x)).collect()).unwrap();
+    let buf = buffers::storage_f32(&ctx, "logits", &l32);
+    for factor in [1.0, 2.0] {
+        let r = Router::experts_choose(factor).unwrap();
+        let out = r.route_buffers(&ctx, &buf, (g, s, e)).unwrap();
+        let host = r.route_on(l.view(), &Device::Gpu(ctx.clone())).unwrap();
+        let cap = out.capacity;
+        assert_eq!(cap, host.capacity.min(s));
+        let tokens = buffers::read_u32(&ctx, &out.tokens, g * e * cap);
+        let combine = buffers::read_f32(&ctx, &out.combine, g * e * cap);
+        for grp in 0..g {
+            for ex in 0..e {
+                let slots = (grp * e + ex) * cap..(grp * e + ex + 1) * cap;
+                let taken: Vec<usize> = tokens[slots.clone()]
+                    .iter()
+                    .filter(|&&t| t != u32::MAX)
+                    .map(|&t| t as usize)
+                    .collect();
+                let expected: Vec<usize> =
+                    (0..s).filter(|&t| host.dispatch[[grp, t, ex]]).collect();
+                assert_eq!(taken, expected, "factor {factor}, group {grp}, expert {ex}");
+                for (w, &t) in tokens[slots.clone()].iter().enumerate() {
+                    let c = f64::from(combine[slots.start + w]);
+                    let want = if t == u32::MAX {
+                        0.0
+                    } else {
+                        host.combine[[grp, t as usize, ex]]
+                    };
+                    assert!((c - want).abs() <= 1e-6, "combine {c} vs {want}");
+                }
+            }
+        }
+    }
+    let unsupported = [
+        Router::tokens_choose(1).unwrap(),
+        Router::experts_choose(1.0)
+            .unwrap()
+            .solver(RouterSolver::ACCURATE)
+            .unwrap(),
+    ];
+    for r in unsupported {
+        assert!(matches!(
+            r.route_buffers(&ctx, &buf, (g, s, e)),
+            Err(sparse_ot::Error::Unavailable { .. })
+        ));
+    }
+    let r = Router::experts_choose(1.0).unwrap();
+    assert!(matches!(
+        r.route_buffers(&ctx, &buf, (g + 1, s, e)),
+        Err(sparse_ot::Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        r.route_buffers(&ctx, &buf, (0, s, e)),
+        Err(sparse_ot::Error::Empty { .. })
+    ));
 }

@@ -50,8 +50,8 @@ const MAX_STEPS: usize = 1 << 20;
 pub(crate) const DISPATCHES_PER_STEP: usize = 3;
 
 /// The sparse objective's workspace for B problems plus the Adam moments and per-problem state.
-struct AdamWorkspace {
-    dual: Workspace,
+pub(super) struct AdamWorkspace {
+    pub(super) dual: Workspace,
     params: wgpu::Buffer,
     m1: wgpu::Buffer,
     m2: wgpu::Buffer,
@@ -61,7 +61,12 @@ struct AdamWorkspace {
 }
 
 impl AdamWorkspace {
-    fn new(ctx: &GpuContext, shape: (usize, usize, usize), dual: bool, nb: usize) -> Result<Self> {
+    pub(super) fn new(
+        ctx: &GpuContext,
+        shape: (usize, usize, usize),
+        dual: bool,
+        nb: usize,
+    ) -> Result<Self> {
         // L-BFGS memory 0: only the trial point and its gradient of the L-BFGS vectors are used.
         let ws = Workspace::batched(ctx, shape, dual, 0, nb)?;
         let len = nb * ws.dim();
@@ -109,7 +114,14 @@ impl AdamWorkspace {
     }
 
     /// Uploads the settings and bias table of a run of `steps` steps (the table grows when needed).
-    fn configure(&mut self, ctx: &GpuContext, adam: Adam, nb: usize) -> Result<()> {
+    pub(super) fn configure(&mut self, ctx: &GpuContext, adam: Adam, nb: usize) -> Result<()> {
+        if adam.steps > MAX_STEPS {
+            return Err(Error::DeviceLimit {
+                what: "Adam steps in one GPU submission",
+                limit: MAX_STEPS as u64,
+                needed: adam.steps as u64,
+            });
+        }
         let table: Vec<f32> = (1..=adam.steps)
             .flat_map(|t| {
                 let (c1, c2) = bias_correction(t);
@@ -173,13 +185,6 @@ fn run(
     let nb = valid.len();
     let (m, n) = (valid[0].columns.m(), valid[0].columns.n());
     check_batch(ctx, nb, (m, n, k))?;
-    if adam.steps > MAX_STEPS {
-        return Err(Error::DeviceLimit {
-            what: "Adam steps in one GPU submission",
-            limit: MAX_STEPS as u64,
-            needed: adam.steps as u64,
-        });
-    }
     let dual = cfg.formulation == Formulation::Dual;
     let key = WorkspaceKey::AdamBatch {
         m,
@@ -210,26 +215,9 @@ fn run_in(
         .iter()
         .map(|v| stop_tolerance(cfg, &v.columns))
         .collect();
-    // steps = 0 and stopped = 0 are the bit patterns of 0.0.
-    let state: Vec<f32> = tols
-        .iter()
-        .flat_map(|&t| [0.0, 0.0, t as f32, 0.0])
-        .collect();
-    buffers::upload(ctx, &ws.state, &state);
     let x0 = problems::upload(ctx, d, valid);
-    buffers::upload(ctx, &d.lbfgs.xt, &x0);
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    for buf in [&ws.m1, &ws.m2] {
-        enc.clear_buffer(buf, 0, None);
-    }
-    buffers::submit(ctx, enc);
-    // Steps, then the objective, column states and plan at the final potentials: one submission.
-    let mut passes: Vec<&Pass> = Vec::with_capacity(DISPATCHES_PER_STEP * adam.steps + 4);
-    for _ in 0..adam.steps {
-        passes.extend([&d.column, &d.row, &ws.step]);
-    }
-    passes.extend([&d.column, &d.row, &d.finalize, &d.extract]);
-    buffers::submit(ctx, buffers::encode(ctx, &passes));
+    ws.start(ctx, &tols, Some(&x0));
+    buffers::submit(ctx, buffers::encode(ctx, &ws.passes(adam)));
     let scalars: Vec<f32> = read(ctx, d, &d.scalars, 0, nb * 4)?;
     let state: Vec<u32> = read(ctx, d, &ws.state, 0, nb * STATE_WORDS)?;
     let runs = (0..nb)
@@ -246,6 +234,40 @@ fn run_in(
     Ok(sols)
 }
 
+impl AdamWorkspace {
+    /// Resets the per-problem state (stopping tolerance `tols[p]`, no steps taken) and the moments, and
+    /// sets the potentials to `x0` (B × dim) or to zero.
+    pub(super) fn start(&self, ctx: &GpuContext, tols: &[f64], x0: Option<&[f32]>) {
+        // steps = 0 and stopped = 0 are the bit patterns of 0.0.
+        let state: Vec<f32> = tols
+            .iter()
+            .flat_map(|&t| [0.0, 0.0, t as f32, 0.0])
+            .collect();
+        buffers::upload(ctx, &self.state, &state);
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        for buf in [&self.m1, &self.m2] {
+            enc.clear_buffer(buf, 0, None);
+        }
+        match x0 {
+            Some(x0) => buffers::upload(ctx, &self.dual.lbfgs.xt, x0),
+            None => enc.clear_buffer(&self.dual.lbfgs.xt, 0, None),
+        }
+        buffers::submit(ctx, enc);
+    }
+
+    /// The passes of a whole run: the steps, then the objective, column states and plans at the final
+    /// potentials (record them into one submission).
+    pub(super) fn passes(&self, adam: Adam) -> Vec<&Pass> {
+        let d = &self.dual;
+        let mut passes: Vec<&Pass> = Vec::with_capacity(DISPATCHES_PER_STEP * adam.steps + 4);
+        for _ in 0..adam.steps {
+            passes.extend([&d.column, &d.row, &self.step]);
+        }
+        passes.extend([&d.column, &d.row, &d.finalize, &d.extract]);
+        passes
+    }
+}
+
 /// The tolerance a problem's run uses on the device: `cfg.tol`, raised to the f32 gradient noise of its
 /// marginals (see [`F32_GRADIENT_NOISE`]). The reported criterion carries the tolerance used.
 fn stop_tolerance(cfg: &SparseOt, p: &Problem) -> f64 {
@@ -254,5 +276,10 @@ fn stop_tolerance(cfg: &SparseOt, p: &Problem) -> f64 {
         .iter()
         .chain(p.b().iter())
         .fold(0.0f64, |m, &x| m.max(x));
+    stop_tolerance_for(cfg, scale)
+}
+
+/// [`stop_tolerance`] for a problem whose largest marginal entry is `scale`.
+pub(super) fn stop_tolerance_for(cfg: &SparseOt, scale: f64) -> f64 {
     cfg.tol.max(F32_GRADIENT_NOISE * scale)
 }

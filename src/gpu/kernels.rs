@@ -12,17 +12,19 @@ pub(crate) enum Family {
     Lbfgs,
     Reduce,
     Adam,
+    Router,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Family {
-    pub(crate) const ALL: [Family; 5] = [
+    pub(crate) const ALL: [Family; 6] = [
         Family::Sinkhorn,
         Family::SparseDual,
         Family::Lbfgs,
         Family::Reduce,
         Family::Adam,
+        Family::Router,
     ];
 
     /// File name under `shaders/`.
@@ -33,6 +35,7 @@ impl Family {
             Family::Lbfgs => "lbfgs.wgsl",
             Family::Reduce => "reduce.wgsl",
             Family::Adam => "adam.wgsl",
+            Family::Router => "router.wgsl",
         }
     }
 
@@ -44,6 +47,7 @@ impl Family {
             Family::Lbfgs => include_str!("../../shaders/lbfgs.wgsl"),
             Family::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Family::Adam => include_str!("../../shaders/adam.wgsl"),
+            Family::Router => include_str!("../../shaders/router.wgsl"),
         };
         format!("{COMMON}\n{own}")
     }
@@ -66,6 +70,8 @@ pub(crate) enum Kernel {
     Accept,
     Direction,
     AdamStep,
+    RouterGates,
+    RouterGather,
 }
 
 impl Kernel {
@@ -76,6 +82,7 @@ impl Kernel {
             Kernel::Column | Kernel::Row | Kernel::Finalize | Kernel::Extract => Family::SparseDual,
             Kernel::Trial | Kernel::Accept | Kernel::Direction => Family::Lbfgs,
             Kernel::AdamStep => Family::Adam,
+            Kernel::RouterGates | Kernel::RouterGather => Family::Router,
         }
     }
 
@@ -95,6 +102,8 @@ impl Kernel {
             Kernel::Accept => "accept",
             Kernel::Direction => "direction",
             Kernel::AdamStep => "adam_step",
+            Kernel::RouterGates => "router_gates",
+            Kernel::RouterGather => "router_gather",
         }
     }
 }

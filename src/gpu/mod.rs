@@ -30,10 +30,12 @@ mod context;
 mod kernels;
 mod lbfgs;
 mod problems;
+pub(crate) mod router;
 pub(crate) mod sinkhorn;
 pub(crate) mod sparse;
 
 pub use context::{GpuContext, GpuStats};
 pub use kernels::shader_sources;
+pub use router::GpuRouting;
 pub use sinkhorn::GpuSinkhornOutput;
 pub use sparse::{GpuProblem, GpuSparseOutput};
