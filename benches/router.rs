@@ -6,6 +6,9 @@
 //! * `accurate`: L-BFGS with the nonsmooth finish ([`RouterSolver::ACCURATE`]) on a smaller batch,
 //!   16 × 256 × 32, because the full batch takes minutes per run on a small machine.
 //!
+//! * `adam-gpu-buffers`: the recipe on logits already in a GPU buffer (`Router::route_buffers`: gates,
+//!   steps and routing on the device, nothing read back), 1024 × 256 × 32, timed up to the device's
+//!   completion; same adapter rule as below.
 //! * `adam-gpu`: the recipe on the GPU (`Router::route_on`, the whole batch per step), same batch, and
 //!   `accurate-gpu`: the accurate solver on the GPU (lockstep L-BFGS for all groups, CPU finish of the groups
 //!   whose f32 iteration stalls), 64 × 256 × 32, when a hardware adapter exists (else skipped with a note on
@@ -92,7 +95,8 @@ fn gpu_router(group: &mut BenchmarkGroup<'_, WallTime>) {
             ctx.adapter_name()
         );
     }
-    let device = Device::Gpu(ctx);
+    let device = Device::Gpu(ctx.clone());
+    buffers_router(group, &ctx);
     for (name, solver, g) in [
         ("adam-gpu", RouterSolver::AUTHORS, 1024),
         ("accurate-gpu", RouterSolver::ACCURATE, 64),
@@ -108,6 +112,39 @@ fn gpu_router(group: &mut BenchmarkGroup<'_, WallTime>) {
             bch.iter(|| r.route_on(l.view(), &device).unwrap())
         });
     }
+}
+
+/// The recipe on logits already in a GPU buffer (`Router::route_buffers`), 1024 × 256 × 32: the timed region
+/// is the call plus a blocking wait for the device to finish (nothing is read back).
+#[cfg(feature = "gpu")]
+fn buffers_router(group: &mut BenchmarkGroup<'_, WallTime>, ctx: &sparse_ot::gpu::GpuContext) {
+    use wgpu::util::DeviceExt;
+    let (g, s, e) = (1024, 256, 32);
+    let l: Vec<f32> = logits(g, s, e).iter().map(|&x| x as f32).collect();
+    let buf = ctx
+        .device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("logits"),
+            contents: bytemuck::cast_slice(&l),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+    let r = Router::experts_choose(1.0).unwrap();
+    let wait = || {
+        ctx.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .unwrap();
+    };
+    drop(r.route_buffers(ctx, &buf, (g, s, e)).unwrap());
+    wait();
+    group.throughput(Throughput::Elements((g * s * e) as u64));
+    let id = BenchmarkId::new("adam-gpu-buffers", format!("{g}x{s}x{e}"));
+    group.bench_function(id, |bch| {
+        bch.iter(|| {
+            let out = r.route_buffers(ctx, &buf, (g, s, e)).unwrap();
+            wait();
+            out
+        })
+    });
 }
 
 #[cfg(not(feature = "gpu"))]
