@@ -23,6 +23,8 @@
 //!   problem in lockstep: a round serves every problem's next step (accept, new direction or trial
 //!   evaluation) with at most six dispatches whatever B is, each kernel skipping the problems that do
 //!   something else this round.
+//! * Router logits already on the device: [`crate::Router::route_buffers`] (`shaders/router.wgsl` + the
+//!   batched recipe) keeps gates, problems, steps and routing on the GPU and returns a [`GpuRouting`].
 
 pub(crate) mod adam;
 mod buffers;
