@@ -15,7 +15,9 @@
 //!
 //! `--device auto|cpu|gpu` (default auto: the GPU when an adapter exists, else the CPU) picks where the OT
 //! router runs; the output names the device that ran it. On a GPU the Adam recipe solves all groups as one
-//! batch (f32); the accurate solver runs all groups' L-BFGS in lockstep on the GPU.
+//! batch (f32); the accurate solver runs all groups' L-BFGS in lockstep on the GPU. On a GPU, experts choose
+//! with the recipe is also timed through `Router::route_buffers` (logits already in a GPU buffer, nothing read
+//! back; an extra table row and `ot_gpu_buffers` in the JSON).
 //! `--logits L.npy` routes a float32 array of shape (G, S, E). `--output R.npz` writes `dispatch`
 //! (G, S, E; u8 0/1) and `combine` (G, S, E; float32, the gate of each routed pair, 0 elsewhere).
 //! Progress goes to stderr every `--progress-every` groups. Bad input exits non-zero with a one-line error.
@@ -33,7 +35,7 @@ use serde_json::json;
 use sparse_ot::moe::LoadMetrics;
 use sparse_ot::{greedy_top_k, Device, Router, RouterSolver, Routing, Termination};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 enum Mode {
     /// Each expert keeps at most `capacity` tokens.
     ExpertsChoose,
@@ -41,7 +43,7 @@ enum Mode {
     TokensChoose,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 enum Solver {
     /// The paper's recipe: semi-dual, Adam, lr 1e-2, 20 steps.
     Adam,
@@ -180,6 +182,7 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let ot_seconds = start.elapsed().as_secs_f64();
     println!("OT router ran on: {}", ot.device);
+    let on_buffers = gpu_buffers_run(&router, &args, &device, &logits)?;
 
     let start = Instant::now();
     let greedy = greedy_top_k(logits.view(), args.experts_per_token.min(e), capacity)
@@ -213,6 +216,20 @@ fn run(args: Args) -> Result<(), String> {
             t
         );
     }
+    if let Some(b) = &on_buffers {
+        println!(
+            "{:<34} {:>9} {:>22} {:>10} {:>9.3}",
+            "OT on GPU buffers (route_buffers)",
+            format!(
+                "{} ({:.1}%)",
+                b.dropped_tokens,
+                100.0 * b.dropped_tokens as f64 / (g * s) as f64
+            ),
+            "",
+            "",
+            b.seconds
+        );
+    }
     let unconverged = ot.groups.len() - ot.converged_groups();
     if unconverged > 0 {
         println!(
@@ -234,8 +251,102 @@ fn run(args: Args) -> Result<(), String> {
         "ot": metrics(&ot.load, ot_seconds, Some(&ot)),
         "greedy": metrics(&greedy.load, greedy_seconds, None),
     });
+    let mut summary = summary;
+    if let Some(b) = &on_buffers {
+        summary["ot_gpu_buffers"] =
+            json!({"dropped_tokens": b.dropped_tokens, "seconds": b.seconds});
+    }
     println!("{summary}");
     Ok(())
+}
+
+/// The Adam recipe on logits already in a GPU buffer (`Router::route_buffers`), when the router runs on a GPU
+/// in experts-choose mode: the time of the call up to the device's completion (the logits' upload and the
+/// readback of the routed tokens for counting are not timed).
+struct BuffersRun {
+    seconds: f64,
+    dropped_tokens: usize,
+}
+
+#[cfg(feature = "gpu")]
+fn gpu_buffers_run(
+    router: &Router,
+    args: &Args,
+    device: &Device,
+    logits: &Array3<f64>,
+) -> Result<Option<BuffersRun>, String> {
+    use wgpu::util::DeviceExt;
+    let ctx = match device {
+        Device::Gpu(ctx) => ctx.clone(),
+        Device::Auto if device.is_gpu() => {
+            sparse_ot::gpu::GpuContext::shared().map_err(|e| e.to_string())?
+        }
+        _ => return Ok(None),
+    };
+    if args.mode != Mode::ExpertsChoose || args.solver != Solver::Adam {
+        return Ok(None);
+    }
+    let (g, s, e) = logits.dim();
+    let l32: Vec<f32> = logits.iter().map(|&x| x as f32).collect();
+    let buf = ctx
+        .device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("logits"),
+            contents: bytemuck::cast_slice(&l32),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+    let wait = || {
+        ctx.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| e.to_string())
+    };
+    wait()?;
+    let start = Instant::now();
+    let out = router
+        .route_buffers(&ctx, &buf, (g, s, e))
+        .map_err(|e| e.to_string())?;
+    wait()?;
+    let seconds = start.elapsed().as_secs_f64();
+    // Count the tokens no expert took.
+    let len = (g * e * out.capacity) as u64 * 4;
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("routed tokens readback"),
+        size: len.max(4),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(&out.tokens, 0, &staging, 0, len);
+    ctx.queue().submit([enc.finish()]);
+    staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+    wait()?;
+    let tokens: Vec<u32> = {
+        let view = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| format!("{e:?}"))?;
+        bytemuck::cast_slice(&view).to_vec()
+    };
+    let mut routed = vec![false; g * s];
+    for (slot, &t) in tokens.iter().enumerate() {
+        if (t as usize) < s {
+            routed[slot / (e * out.capacity) * s + t as usize] = true;
+        }
+    }
+    Ok(Some(BuffersRun {
+        seconds,
+        dropped_tokens: routed.iter().filter(|&&r| !r).count(),
+    }))
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_buffers_run(
+    _: &Router,
+    _: &Args,
+    _: &Device,
+    _: &Array3<f64>,
+) -> Result<Option<BuffersRun>, String> {
+    Ok(None)
 }
 
 fn metrics(l: &LoadMetrics, seconds: f64, ot: Option<&Routing>) -> serde_json::Value {
