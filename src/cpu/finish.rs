@@ -536,10 +536,15 @@ pub(crate) fn run(
     // μ from 10 q down to q·1e-10 by factors of 10; polish from μ = q on, stop once certified. A stage
     // only has to bring the next one within reach and reveal the tie structure to the polish, so stage s
     // is solved to 1e-3 · 10^−(s+1) of the mass scale (never below the final tolerance); the last stage is
-    // solved to the final tolerance.
+    // solved to the final tolerance. From a start far from the optimum, μ = 10 q can still be too sharp
+    // for Newton (its steps cross kinks and the residual oscillates): when an opening stage misses its
+    // tolerance, the continuation retreats to 100× more smoothing, at most three times.
     const LAST: i32 = 10;
+    const RETREATS: usize = 3;
     let final_tol = settings.tol.max(1e-12 * mass_scale);
-    for stage in -1..=LAST {
+    let mut stage: i32 = -1;
+    let mut retreats = 0;
+    while stage <= LAST {
         let mu = q_scale * 10f64.powi(-stage);
         let budget = settings.max_steps.saturating_sub(steps);
         if budget == 0 {
@@ -554,6 +559,11 @@ pub(crate) fn run(
         steps += st;
         residual = r;
         report(steps, residual);
+        if stage < 0 && r > stage_tol && retreats < RETREATS {
+            retreats += 1;
+            stage -= 2;
+            continue;
+        }
         // The polish counts as one step of the budget.
         if stage >= 0 && steps < settings.max_steps {
             if let Some(c) = polish(sm, &x, mu) {
@@ -565,6 +575,7 @@ pub(crate) fn run(
                 }
             }
         }
+        stage += 1;
     }
     FinishOutcome {
         x,
@@ -814,6 +825,48 @@ impl Dense {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// From the potentials of an L-BFGS run cut short (here 60 iterations on 300 uniform points against
+    /// 200, k = 2, γ = 0.01: the situation of a hand-over from a stalled f32 GPU run), the first smoothing
+    /// stage is too sharp for Newton, whose residual then oscillates; the continuation retreats to more
+    /// smoothing and still certifies the optimum.
+    #[test]
+    fn finish_certifies_from_a_short_lbfgs_run() {
+        let (m, n) = (300, 200);
+        let mut state = 12345u64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let x: Vec<[f64; 2]> = (0..m).map(|_| [rnd(), rnd()]).collect();
+        let y: Vec<[f64; 2]> = (0..n).map(|_| [rnd(), rnd()]).collect();
+        let mut cost = Array2::from_shape_fn((m, n), |(i, j)| {
+            (x[i][0] - y[j][0]).powi(2) + (x[i][1] - y[j][1]).powi(2)
+        });
+        let max = cost.iter().cloned().fold(0.0, f64::max);
+        cost /= max;
+        let (a, b) = (vec![1.0 / m as f64; m], vec![1.0 / n as f64; n]);
+        let problem = crate::Problem::new(
+            ndarray::ArrayView1::from(&a),
+            ndarray::ArrayView1::from(&b),
+            cost.view(),
+        )
+        .unwrap();
+        let cfg = crate::SparseOt::new(2, 0.01).unwrap();
+        let short = cfg.clone().max_iter(60).solve(&problem).unwrap();
+        assert_eq!(short.termination, crate::Termination::MaxIterations);
+        let alpha = short.alpha.to_vec();
+        let sol = crate::cpu::sparse::finish_after_stall(&cfg, &problem, 2, alpha, 60, &mut |_| {});
+        assert!(
+            matches!(
+                sol.termination,
+                crate::Termination::Converged(crate::Criterion::DualityGap { .. })
+            ),
+            "{sol}"
+        );
+    }
 
     /// Tie graphs: a forest has no cycle; a repeated pair or a triangle has one.
     #[test]
