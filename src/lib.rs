@@ -32,8 +32,9 @@
 //!   then lower index), the top-k conjugate δ_k and its gradient, and the sparse projection onto the simplex.
 //! * **The GPU path computes in f32** (feature `gpu`, on by default; any wgpu 30 backend). The caller picks
 //!   the [`Device`] (`solve_on`): CPU, a [`gpu::GpuContext`] (own device, or an application's adopted one)
-//!   or `Auto`. Iterations stay on the device: sparse solves read back three scalars per L-BFGS evaluation,
-//!   Sinkhorn one every `check_every` iterations; potentials and plan once at the end, or never with
+//!   or `Auto`. Iterations stay on the device: sparse solves read back eight scalars per problem and L-BFGS
+//!   round, Sinkhorn one per problem every `check_every` iterations; potentials and plan once at the end, or
+//!   never with
 //!   [`gpu::GpuContext::solve_sparse_buffers`]. Results agree with the f64 path to f32 rounding times the
 //!   conditioning (≈ 1e-6 of the mass / γ or ε); problems beyond one storage binding are refused with
 //!   [`Error::DeviceLimit`]. Shaders live in `shaders/`, one kernel family per file. When the f32 L-BFGS
@@ -43,9 +44,12 @@
 //! * **Batches and routing.** A [`Batch`] holds B problems of one shape in contiguous B × m × n / B × m /
 //!   B × n arrays; `solve_batch` returns one `Result` per problem, so a bad problem fails alone. [`moe`] turns
 //!   router logits into a capacity-respecting token-to-expert dispatch (experts choose tokens, or tokens
-//!   choose experts) and compares with the greedy top-k router. On a GPU the router's recipe (Adam, 20 steps)
-//!   solves a whole batch with a fixed number of dispatches per step ([`SparseOt::solve_batch_adam_on`],
-//!   [`Router::route_on`]).
+//!   choose experts) and compares with the greedy top-k router. On a GPU every batched solver covers the
+//!   whole batch with a fixed number of dispatches per step, whatever B is: the router's recipe (Adam, 20
+//!   steps; [`SparseOt::solve_batch_adam_on`], [`Router::route_on`]), the accurate solver (one L-BFGS driver
+//!   per problem in lockstep; [`SparseOt::solve_batch_on`]) and Sinkhorn ([`Sinkhorn::solve_batch_on`]).
+//!   Router logits already in a GPU buffer are routed without any host round trip by
+//!   [`Router::route_buffers`].
 //!
 //! ## Quick start
 //!
