@@ -179,8 +179,10 @@ impl Router {
     /// of S or more places no limit); tokens-choose and the greedy router report experts above it.
     pub fn capacity(&self, tokens: usize, experts: usize) -> usize {
         let slots = (self.experts_per_token * tokens) as f64 * self.capacity_factor;
+        // `as` saturates; so do the rounding steps, so a huge factor gives a huge capacity (no limit).
         let raw = (slots / experts.max(1) as f64).ceil() as usize;
-        raw.div_ceil(self.capacity_multiple) * self.capacity_multiple
+        raw.div_ceil(self.capacity_multiple)
+            .saturating_mul(self.capacity_multiple)
     }
 
     /// Routes f64 logits (G × S × E).
@@ -293,12 +295,20 @@ impl Router {
     /// are on the GPU; it gives the routing of [`Router::route_on`] with the same GPU (up to f32 rounding
     /// of the gates, computed here from f32 logits).
     ///
-    /// `logits` holds G × S × E f32 row-major (`shape` = (G, S, E)) with `STORAGE` usage on `ctx`'s device.
-    /// The values are not checked (that would need a readback): they must be finite.
+    /// `logits` holds G × S × E f32 row-major from offset 0 (`shape` = (G, S, E); the buffer may be larger)
+    /// with `STORAGE` usage on `ctx`'s device. The values are not checked (that would need a readback): they
+    /// must be finite.
+    ///
+    /// The call returns once the work is submitted, not when it is done: the results are ordered before any
+    /// later work on `ctx`'s queue, and reading them on the host means mapping them (which waits). Logits
+    /// written by the application's own commands must be submitted before the call. Errors the device raises
+    /// while executing (out of memory, device lost) surface later, at the next library call on `ctx` or in
+    /// the application's error handler for an adopted device.
     ///
     /// Errors: a mode other than experts choose tokens or a solver other than the Adam recipe
-    /// ([`Error::Unavailable`]), an empty shape, a buffer smaller than the shape, sizes beyond the device's
-    /// limits ([`Error::DeviceLimit`]).
+    /// ([`Error::Unavailable`]), an empty shape ([`Error::Empty`]), a buffer smaller than the shape
+    /// ([`Error::ShapeMismatch`]), sizes beyond the device's limits ([`Error::DeviceLimit`]), a buffer the
+    /// device rejects, e.g. without `STORAGE` usage or from another device ([`Error::Gpu`]).
     #[cfg(feature = "gpu")]
     pub fn route_buffers(
         &self,

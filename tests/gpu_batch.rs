@@ -735,15 +735,33 @@ fn sinkhorn_batch_progress_counts_every_problem() {
 #[test]
 fn router_on_gpu_buffers_matches_route_on() {
     let Some(ctx) = gpu() else { return };
-    let (g, s, e) = (6, 16, 4);
-    // f32 logits; the host-side router gets the same values widened to f64.
-    let l32: Vec<f32> = logits(g, s, e, 21).iter().map(|&x| x as f32).collect();
-    let l = Array3::from_shape_vec((g, s, e), l32.iter().map(|&x| f64::from(x)).collect()).unwrap();
-    let buf = buffers::storage_f32(&ctx, "logits", &l32);
-    for factor in [1.0, 2.0] {
+    // (G, S, E, capacity factor, route_on first): fewer tokens than experts, a capacity cut to S, more tokens
+    // than one workgroup, and a workspace left by route_on before route_buffers reuses it.
+    for (g, s, e, factor, host_first) in [
+        (6, 16, 4, 1.0, false),
+        (6, 16, 4, 2.0, false),
+        (3, 4, 8, 1.0, false),
+        (2, 16, 4, 8.0, true),
+        (2, 70, 3, 1.0, true),
+    ] {
+        // f32 logits; the host-side router gets the same values widened to f64. The buffer is larger than
+        // the shape (junk after it), as an application's arena may be.
+        let l32: Vec<f32> = logits(g, s, e, 21).iter().map(|&x| x as f32).collect();
+        let l =
+            Array3::from_shape_vec((g, s, e), l32.iter().map(|&x| f64::from(x)).collect()).unwrap();
+        let padded: Vec<f32> = l32.iter().copied().chain([1e30; 7]).collect();
+        let buf = buffers::storage_f32(&ctx, "logits", &padded);
         let r = Router::experts_choose(factor).unwrap();
-        let out = r.route_buffers(&ctx, &buf, (g, s, e)).unwrap();
-        let host = r.route_on(l.view(), &Device::Gpu(ctx.clone())).unwrap();
+        let (out, host) = if host_first {
+            let host = r.route_on(l.view(), &Device::Gpu(ctx.clone())).unwrap();
+            (r.route_buffers(&ctx, &buf, (g, s, e)).unwrap(), host)
+        } else {
+            let out = r.route_buffers(&ctx, &buf, (g, s, e)).unwrap();
+            (
+                out,
+                r.route_on(l.view(), &Device::Gpu(ctx.clone())).unwrap(),
+            )
+        };
         let cap = out.capacity;
         assert_eq!(cap, host.capacity.min(s));
         let tokens = buffers::read_u32(&ctx, &out.tokens, g * e * cap);
@@ -758,7 +776,10 @@ fn router_on_gpu_buffers_matches_route_on() {
                     .collect();
                 let expected: Vec<usize> =
                     (0..s).filter(|&t| host.dispatch[[grp, t, ex]]).collect();
-                assert_eq!(taken, expected, "factor {factor}, group {grp}, expert {ex}");
+                assert_eq!(
+                    taken, expected,
+                    "{g}x{s}x{e} factor {factor}, group {grp}, expert {ex}"
+                );
                 for (w, &t) in tokens[slots.clone()].iter().enumerate() {
                     let c = f64::from(combine[slots.start + w]);
                     let want = if t == u32::MAX {
@@ -771,6 +792,9 @@ fn router_on_gpu_buffers_matches_route_on() {
             }
         }
     }
+    let (g, s, e) = (6, 16, 4);
+    let l32: Vec<f32> = logits(g, s, e, 21).iter().map(|&x| x as f32).collect();
+    let buf = buffers::storage_f32(&ctx, "logits", &l32);
     let unsupported = [
         Router::tokens_choose(1).unwrap(),
         Router::experts_choose(1.0)

@@ -371,3 +371,17 @@ mod properties {
         }
     }
 }
+
+/// A huge capacity factor means no limit: the capacity saturates instead of overflowing, and routing with it
+/// is quadratic OT over each expert's column (k = S).
+#[test]
+fn huge_capacity_factor_saturates() {
+    let r = Router::experts_choose(1e300)
+        .unwrap()
+        .capacity_multiple(4)
+        .unwrap();
+    assert!(r.capacity(8, 2) >= 8);
+    let l = ndarray::Array3::from_shape_fn((2, 8, 2), |(g, s, e)| ((g + s * e) % 3) as f64);
+    let out = r.route(l.view()).unwrap();
+    assert_eq!(out.load.dropped_tokens, 0);
+}

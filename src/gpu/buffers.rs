@@ -65,13 +65,27 @@ pub(crate) fn bind(
     kernel: Kernel,
     entries: &[(u32, &wgpu::Buffer)],
 ) -> Result<wgpu::BindGroup> {
+    let whole: Vec<(u32, wgpu::BufferBinding<'_>)> = entries
+        .iter()
+        .map(|&(binding, buf)| (binding, buf.as_entire_buffer_binding()))
+        .collect();
+    bind_ranges(ctx, kernel, whole)
+}
+
+/// A bind group for `kernel`'s auto layout from (binding, buffer range) pairs: for buffers an application
+/// hands in, which may be larger than one binding allows.
+pub(crate) fn bind_ranges(
+    ctx: &GpuContext,
+    kernel: Kernel,
+    entries: Vec<(u32, wgpu::BufferBinding<'_>)>,
+) -> Result<wgpu::BindGroup> {
     let pipeline = ctx.pipeline(kernel)?;
     let layout = pipeline.get_bind_group_layout(0);
     let entries: Vec<wgpu::BindGroupEntry> = entries
-        .iter()
-        .map(|&(binding, buf)| wgpu::BindGroupEntry {
+        .into_iter()
+        .map(|(binding, range)| wgpu::BindGroupEntry {
             binding,
-            resource: buf.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(range),
         })
         .collect();
     Ok(ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
@@ -101,6 +115,21 @@ impl Pass {
             pipeline: ctx.pipeline(kernel)?,
             group: bind(ctx, kernel, entries)?,
             grid: ctx.grid(lanes as u32),
+            batch: 1,
+        })
+    }
+
+    /// One thread per item, with a bind group made by the caller ([`bind_ranges`]).
+    pub(crate) fn per_thread_with(
+        ctx: &GpuContext,
+        kernel: Kernel,
+        group: wgpu::BindGroup,
+        items: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            pipeline: ctx.pipeline(kernel)?,
+            group,
+            grid: ctx.grid(items.div_ceil(WORKGROUP as usize) as u32),
             batch: 1,
         })
     }

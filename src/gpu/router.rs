@@ -54,7 +54,10 @@ pub(crate) fn route(
     if g == 0 || s == 0 || e == 0 {
         return Err(Error::Empty { what: "logits" });
     }
-    let needed = 4 * (g * s * e) as u64;
+    let needed = [g, s, e]
+        .iter()
+        .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64))
+        .unwrap_or(u64::MAX);
     if logits.size() < needed {
         return Err(Error::ShapeMismatch {
             what: "logits buffer bytes (4 · groups · tokens · experts)",
@@ -102,19 +105,24 @@ fn route_in(
             expert_mass: expert_mass as f32,
         },
     );
-    let gates = Pass::per_thread(
+    // The application's buffer may be larger than one binding allows: bind only the G × S × E logits.
+    let logits_range = wgpu::BufferBinding {
+        buffer: logits,
+        offset: 0,
+        size: std::num::NonZeroU64::new(4 * (g * s * e) as u64),
+    };
+    let group = buffers::bind_ranges(
         ctx,
         Kernel::RouterGates,
-        &[
-            (0, &params),
-            (1, logits),
-            (2, &d.cost_t),
-            (3, &d.a),
-            (4, &d.b),
+        vec![
+            (0, params.as_entire_buffer_binding()),
+            (1, logits_range),
+            (2, d.cost_t.as_entire_buffer_binding()),
+            (3, d.a.as_entire_buffer_binding()),
+            (4, d.b.as_entire_buffer_binding()),
         ],
-        s,
-    )?
-    .batched(g);
+    )?;
+    let gates = Pass::per_thread_with(ctx, Kernel::RouterGates, group, s)?.batched(g);
     let tokens = buffers::storage(ctx, "routed tokens", g * e * k);
     let combine = buffers::storage(ctx, "combine weights", g * e * k);
     let gather = Pass::per_thread(
