@@ -143,10 +143,15 @@ impl SparseOt {
         })
     }
 
-    /// Async [`SparseOt::solve_on`]. The future does the whole solve when first polled; on native backends
-    /// GPU waits block the polling thread (wgpu's native `poll`), so run it where blocking is allowed.
+    /// Async [`SparseOt::solve_on`]: the solve runs on a thread of its own (with copies of the
+    /// configuration and the problem), and the future resolves when it is done, so polling never blocks the
+    /// executor's thread, on the CPU or on a GPU (whose native waits block the solving thread only). The
+    /// future is `Send`.
+    ///
+    /// Errors: those of [`SparseOt::solve_on`]; [`crate::Error::Unavailable`] if no thread can be started.
     pub async fn solve_on_async(&self, problem: &Problem, device: &Device) -> Result<Solution> {
-        self.solve_on(problem, device)
+        let (cfg, problem, device) = (self.clone(), problem.clone(), device.clone());
+        off_thread(move || cfg.solve_on(&problem, &device)).await
     }
 }
 
@@ -199,8 +204,28 @@ impl Sinkhorn {
         }
     }
 
-    /// Async [`Sinkhorn::solve_on`]; see [`SparseOt::solve_on_async`] about blocking.
+    /// Async [`Sinkhorn::solve_on`], on a thread of its own as [`SparseOt::solve_on_async`].
     pub async fn solve_on_async(&self, problem: &Problem, device: &Device) -> Result<Solution> {
-        self.solve_on(problem, device)
+        let (cfg, problem, device) = (self.clone(), problem.clone(), device.clone());
+        off_thread(move || cfg.solve_on(&problem, &device)).await
     }
+}
+
+/// Runs `solve` on a new thread; the future resolves with its result (the executor's thread never waits).
+async fn off_thread(solve: impl FnOnce() -> Result<Solution> + Send + 'static) -> Result<Solution> {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name("sparse-ot solve".into())
+        .spawn(move || {
+            // The receiver may be gone (the future was dropped): nobody wants the result then.
+            let _ = tx.send(solve());
+        })
+        .map_err(|e| crate::Error::Unavailable {
+            what: "a solver thread",
+            why: e.to_string(),
+        })?;
+    rx.await.map_err(|_| crate::Error::Unavailable {
+        what: "the solve's result",
+        why: "the solver thread ended without one (it panicked)".into(),
+    })?
 }

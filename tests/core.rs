@@ -1313,3 +1313,35 @@ fn golden_problem_matches_its_definition() {
     assert_close("C[0, 5]", p.cost()[[0, 5]], 1.0, 0.0);
     assert_close("sum b", p.b().sum(), 1.0, 1e-15);
 }
+
+/// The async entry points solve on a thread of their own: the future is `Send`, its first poll returns at
+/// once (Pending while the solve runs, here a Sinkhorn run of a fixed 400 iterations), and it resolves to
+/// exactly what the blocking call returns. Nothing here depends on a GPU (`Device::Cpu`).
+#[test]
+fn async_solve_runs_off_the_polling_thread() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    fn assert_send<T: Send>(_: &T) {}
+    let mut rng = Rng(77);
+    let p = random_problem(&mut rng, 120, 90);
+    let cfg = Sinkhorn::new(0.01).unwrap().tol(0.0).unwrap().max_iter(400);
+    let device = sparse_ot::Device::Cpu;
+    let mut fut = Box::pin(cfg.solve_on_async(&p, &device));
+    assert_send(&fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut polls = 0;
+    let sol = loop {
+        polls += 1;
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(r) => break r.unwrap(),
+            Poll::Pending => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    };
+    assert!(polls > 1, "the first poll waited for the whole solve");
+    let blocking = cfg.solve(&p).unwrap();
+    assert_eq!(sol.value.to_bits(), blocking.value.to_bits());
+    assert_eq!(sol.iterations, 400);
+    let sparse = SparseOt::new(3, 0.1).unwrap();
+    let sol = pollster::block_on(sparse.solve_on_async(&p, &device)).unwrap();
+    assert_eq!(sol.alpha, sparse.solve(&p).unwrap().alpha);
+}
