@@ -158,7 +158,7 @@ pub(crate) fn solve_batch(
     batch: &Batch,
 ) -> Vec<Result<Solution>> {
     let problems = (0..batch.len()).map(|i| batch.problem(i).map(Cow::Owned));
-    let mut prep = problems::prepare(cfg, problems);
+    let mut prep = problems::prepare(cfg, problems, &|_, _| {});
     if prep.valid.is_empty() {
         return prep.into_results(Ok(()));
     }

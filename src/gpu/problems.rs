@@ -1,9 +1,12 @@
-//! The host side shared by the batched sparse solvers (L-BFGS in `gpu::sparse`, the Adam recipe in
-//! `gpu::adam`): per-problem validation into column-sparse problems, one upload of a whole batch, one
-//! readback of its potentials and plans, and each problem's [`Solution`] measured in f64 on the host.
+//! The host side shared by the batched device solvers: per-problem results and progress ([`Results`], for
+//! every batched solver), and for the sparse ones (L-BFGS in `gpu::sparse`, the Adam recipe in `gpu::adam`)
+//! per-problem validation into column-sparse problems, one upload of a whole batch, one readback of its
+//! potentials and plans, and each problem's [`Solution`] measured in f64 on the host.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::batch::BatchProgress;
 use crate::config::SparseOt;
 use crate::cpu::sparse::{method, resolve, transpose_error, transpose_solution, Resolved};
 use crate::error::Result;
@@ -12,6 +15,64 @@ use crate::gpu::context::GpuContext;
 use crate::gpu::sparse::{read, Workspace};
 use crate::problem::Problem;
 use crate::solution::{plan_metrics, Lanes, Plan, Solution, SparsePlan, Termination};
+
+/// The per-problem results of a device batch as they come in, and the batch's progress count.
+pub(super) struct Results<'a> {
+    slots: Vec<Option<Result<Solution>>>,
+    done: AtomicUsize,
+    progress: BatchProgress<'a>,
+}
+
+impl<'a> Results<'a> {
+    /// No results yet for `total` problems; `progress` hears of each finished one.
+    pub(super) fn new(total: usize, progress: BatchProgress<'a>) -> Self {
+        Self {
+            slots: (0..total).map(|_| None).collect(),
+            done: AtomicUsize::new(0),
+            progress,
+        }
+    }
+
+    /// Problems in the batch.
+    pub(super) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Reports one more problem finished (from any thread).
+    pub(super) fn tick(&self) {
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        (self.progress)(done, self.len());
+    }
+
+    /// Sets problem `index`'s result (its progress is reported separately, with [`Results::tick`]).
+    pub(super) fn set(&mut self, index: usize, result: Result<Solution>) {
+        self.slots[index] = Some(result);
+    }
+
+    /// A problem rejected before solving: its error, reported finished.
+    pub(super) fn reject(&mut self, index: usize, error: crate::Error) {
+        self.set(index, Err(error));
+        self.tick();
+    }
+
+    /// Results in batch order. After a device failure (`device` is `Err`), every problem still without a
+    /// result gets that error and every problem not reported yet is reported finished.
+    pub(super) fn finish(self, device: Result<()>) -> Vec<Result<Solution>> {
+        if device.is_err() {
+            (self.done.load(Ordering::Relaxed)..self.len()).for_each(|_| self.tick());
+        }
+        self.slots
+            .into_iter()
+            .map(|r| match (r, &device) {
+                (Some(r), _) => r,
+                (None, Err(e)) => Err(e.clone()),
+                (None, Ok(())) => Err(crate::Error::Gpu(
+                    "a problem of the batch was neither rejected nor solved".into(),
+                )),
+            })
+            .collect()
+    }
+}
 
 /// A problem of a batch that passed validation: its index in the batch and the column-sparse problem the
 /// device solves (the transpose for row sparsity), with its starting point.
@@ -22,21 +83,24 @@ pub(super) struct Valid<'p> {
 }
 
 /// A batch split into per-problem validation errors and the valid problems, all with the same k.
-pub(super) struct Prepared<'p> {
+pub(super) struct Prepared<'p, 'a> {
     /// The configuration as the device runs it (warm starts swapped for row sparsity).
     pub(super) cfg: SparseOt,
     pub(super) valid: Vec<Valid<'p>>,
     /// Nonzeros per column (the same for every problem of one shape).
     pub(super) k: usize,
-    results: Vec<Option<Result<Solution>>>,
+    /// Results so far: the rejected problems' errors (already reported to the progress callback).
+    pub(super) results: Results<'a>,
 }
 
 /// Validates every problem (`problems[i]` is problem i or its own error) for `cfg`, transposing for row
-/// sparsity; errors found on a transposed problem are renamed back (a ↔ b, α ↔ β).
-pub(super) fn prepare<'p>(
+/// sparsity; errors found on a transposed problem are renamed back (a ↔ b, α ↔ β). Rejected problems are
+/// reported finished to `progress`.
+pub(super) fn prepare<'p, 'a>(
     cfg: &SparseOt,
-    problems: impl IntoIterator<Item = Result<Cow<'p, Problem>>>,
-) -> Prepared<'p> {
+    problems: impl ExactSizeIterator<Item = Result<Cow<'p, Problem>>>,
+    progress: BatchProgress<'a>,
+) -> Prepared<'p, 'a> {
     let rows = cfg.lanes == Lanes::Rows;
     let mut col_cfg = cfg.clone();
     if rows {
@@ -44,11 +108,10 @@ pub(super) fn prepare<'p>(
         col_cfg.warm_beta = cfg.warm_alpha.clone();
     }
     let axis = if rows { "columns" } else { "rows" };
-    let mut results = Vec::new();
+    let mut results = Results::new(problems.len(), progress);
     let mut valid = Vec::new();
     let mut k = 0;
-    for (index, given) in problems.into_iter().enumerate() {
-        results.push(None);
+    for (index, given) in problems.enumerate() {
         let checked = given.and_then(|given| {
             let columns = if rows {
                 Cow::Owned(given.transposed())
@@ -66,7 +129,7 @@ pub(super) fn prepare<'p>(
                 k = kp;
                 valid.push(Valid { index, columns, x0 });
             }
-            Err(e) => results[index] = Some(Err(e)),
+            Err(e) => results.reject(index, e),
         }
     }
     Prepared {
@@ -77,12 +140,7 @@ pub(super) fn prepare<'p>(
     }
 }
 
-impl Prepared<'_> {
-    /// Problems in the batch (valid or not).
-    pub(super) fn len(&self) -> usize {
-        self.results.len()
-    }
-
+impl Prepared<'_, '_> {
     /// Sets the result of valid problem `v` (an index into `valid`), transposing back for row sparsity.
     pub(super) fn set(&mut self, user_cfg: &SparseOt, v: usize, sol: Result<Solution>) {
         let sol = match user_cfg.lanes {
@@ -92,22 +150,12 @@ impl Prepared<'_> {
                 .map_err(transpose_error),
         };
         let index = self.valid[v].index;
-        self.results[index] = Some(sol);
+        self.results.set(index, sol);
     }
 
-    /// Results in batch order. A device failure `Err` goes to every valid problem still without a result.
+    /// Results in batch order; see [`Results::finish`].
     pub(super) fn into_results(self, device: Result<()>) -> Vec<Result<Solution>> {
-        let Prepared { results, .. } = self;
-        results
-            .into_iter()
-            .map(|r| match (r, &device) {
-                (Some(r), _) => r,
-                (None, Err(e)) => Err(e.clone()),
-                (None, Ok(())) => Err(crate::Error::Gpu(
-                    "a problem of the batch was neither rejected nor solved".into(),
-                )),
-            })
-            .collect()
+        self.results.finish(device)
     }
 }
 

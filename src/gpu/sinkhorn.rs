@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
+use crate::gpu::problems::Results;
 use crate::gpu::sparse::GpuProblem;
 use crate::problem::Problem;
 use crate::solution::{Solution, Termination};
@@ -348,50 +349,34 @@ pub(crate) fn solve_batch(
     batch: &Batch,
     progress: BatchProgress<'_>,
 ) -> Vec<Result<Solution>> {
-    let done = std::cell::Cell::new(0);
-    let tick = || {
-        done.set(done.get() + 1);
-        progress(done.get(), batch.len());
-    };
-    let mut results: Vec<Option<Result<Solution>>> = (0..batch.len()).map(|_| None).collect();
+    let mut results = Results::new(batch.len(), progress);
     let mut valid = Vec::new();
-    for (i, slot) in results.iter_mut().enumerate() {
+    for i in 0..batch.len() {
         let checked = batch.problem(i).and_then(|p| {
             let (f0, g0) = validate(cfg, &p)?;
             Ok((p, f0, g0))
         });
         match checked {
             Ok(v) => valid.push((i, v)),
-            Err(e) => {
-                *slot = Some(Err(e));
-                tick();
-            }
+            Err(e) => results.reject(i, e),
         }
     }
-    if !valid.is_empty() {
-        let starts: Vec<Start> = valid
-            .iter()
-            .map(|(_, (p, f0, g0))| Start { problem: p, f0, g0 })
-            .collect();
-        match run(ctx, cfg, &starts, &mut |_| {}, &mut || tick()) {
-            Ok(sols) => {
-                for ((i, _), sol) in valid.iter().zip(sols) {
-                    results[*i] = Some(Ok(sol));
-                }
-            }
-            Err(e) => {
-                // A device failure ends every problem not counted yet.
-                (done.get()..batch.len()).for_each(|_| tick());
-                for (i, _) in &valid {
-                    results[*i] = Some(Err(e.clone()));
-                }
-            }
-        }
+    if valid.is_empty() {
+        return results.finish(Ok(()));
     }
-    results
-        .into_iter()
-        .map(|r| r.expect("every problem is either rejected or solved"))
-        .collect()
+    let starts: Vec<Start> = valid
+        .iter()
+        .map(|(_, (p, f0, g0))| Start { problem: p, f0, g0 })
+        .collect();
+    match run(ctx, cfg, &starts, &mut |_| {}, &mut || results.tick()) {
+        Ok(sols) => {
+            for ((i, _), sol) in valid.iter().zip(sols) {
+                results.set(*i, Ok(sol));
+            }
+            results.finish(Ok(()))
+        }
+        Err(e) => results.finish(Err(e)),
+    }
 }
 
 /// Solves the problems of `starts` (one shape) together in one workspace; solutions in the same order.

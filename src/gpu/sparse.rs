@@ -5,7 +5,6 @@
 //! problem is the batch B = 1.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
@@ -390,7 +389,13 @@ pub(crate) fn solve(
     problem: &Problem,
     observer: Observer<'_>,
 ) -> Result<Solution> {
-    let mut out = solve_all(ctx, cfg, [Ok(Cow::Borrowed(problem))], observer, &|_, _| {});
+    let mut out = solve_all(
+        ctx,
+        cfg,
+        [Ok(Cow::Borrowed(problem))].into_iter(),
+        observer,
+        &|_, _| {},
+    );
     out.pop()
         .unwrap_or_else(|| Err(Error::Gpu("a solve of one problem returned nothing".into())))
 }
@@ -413,15 +418,11 @@ pub(crate) fn solve_batch(
 fn solve_all<'p>(
     ctx: &GpuContext,
     user_cfg: &SparseOt,
-    problems: impl IntoIterator<Item = Result<Cow<'p, Problem>>>,
+    problems: impl ExactSizeIterator<Item = Result<Cow<'p, Problem>>>,
     observer: Observer<'_>,
     progress: BatchProgress<'_>,
 ) -> Vec<Result<Solution>> {
-    let mut prep = problems::prepare(user_cfg, problems);
-    let total = prep.len();
-    let done = AtomicUsize::new(0);
-    let tick = || progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
-    (prep.valid.len()..total).for_each(|_| tick());
+    let mut prep = problems::prepare(user_cfg, problems, progress);
     let single = prep.valid.len() == 1;
     let cfg = prep.cfg.clone();
     let axis = if user_cfg.lanes == Lanes::Rows {
@@ -439,7 +440,7 @@ fn solve_all<'p>(
                 s
             });
         prep.set(user_cfg, v, sol);
-        tick();
+        prep.results.tick();
     }
     if device.is_empty() {
         return prep.into_results(Ok(()));
@@ -450,6 +451,7 @@ fn solve_all<'p>(
         }
     };
     let on_device: Vec<&Valid<'_>> = device.iter().map(|&v| &prep.valid[v]).collect();
+    let tick = || prep.results.tick();
     // A driver that stalled with a tolerance set is finished on the CPU below; the others are done here.
     let mut lbfgs_done = |_: usize, t: Termination| {
         if t != Termination::Stalled || cfg.tol == 0.0 {
@@ -458,11 +460,7 @@ fn solve_all<'p>(
     };
     let sols = match run_on_device(ctx, &cfg, &on_device, prep.k, &mut forward, &mut lbfgs_done) {
         Ok(s) => s,
-        Err(e) => {
-            // A device failure ends every problem not counted yet.
-            (done.load(Ordering::Relaxed)..total).for_each(|_| tick());
-            return prep.into_results(Err(e));
-        }
+        Err(e) => return prep.into_results(Err(e)),
     };
     let finished: Vec<Solution> = if single {
         let mut only = sols;
