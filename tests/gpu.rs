@@ -10,32 +10,18 @@
 //! assert below says which factor it uses.
 #![cfg(feature = "gpu")]
 
-#[path = "common/buffers.rs"]
-mod buffers;
+#[path = "common/gpu.rs"]
+mod gpu_common;
 
 use std::sync::Arc;
 
-use buffers::{read_f32, read_u32, storage_f32};
+use gpu_common::{gpu, private_context, read_f32, read_u32, storage_f32};
 use ndarray::{Array1, Array2};
 use sparse_ot::gpu::{GpuContext, GpuProblem};
 use sparse_ot::{
     golden_problem, Device, Error, Formulation, Plan, Problem, Sinkhorn, Solution, SparseOt,
     Termination,
 };
-
-/// The shared GPU context, or None (test skipped) when no adapter exists and a GPU is not required.
-fn gpu() -> Option<Arc<GpuContext>> {
-    match GpuContext::shared() {
-        Ok(ctx) => Some(ctx),
-        Err(e) => {
-            if std::env::var("SPARSE_OT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("SPARSE_OT_REQUIRE_GPU=1 but no GPU adapter: {e}");
-            }
-            eprintln!("SKIPPED: no GPU adapter ({e})");
-            None
-        }
-    }
-}
 
 /// Per-device numerical expectations.
 #[derive(Debug, Clone, Copy)]
@@ -422,11 +408,7 @@ fn shaders_validate_without_a_device() {
 fn gpu_reuses_pipelines_and_workspaces() {
     let Some(ctx) = gpu() else { return };
     // A private context, so other tests running in parallel do not move its counters.
-    let ctx = Arc::new(GpuContext::from_device(
-        ctx.device().clone(),
-        ctx.queue().clone(),
-        ctx.adapter_name(),
-    ));
+    let ctx = private_context(&ctx);
     let device = Device::Gpu(ctx.clone());
     // A fixed budget (tol 0): the whole solve stays on the device (no f64 finish on the host).
     let cfg = SparseOt::new(3, 0.1)

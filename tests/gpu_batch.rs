@@ -18,30 +18,14 @@
 //! b_j ≤ 4), where the f64 CPU plan has them to 1e-9.
 #![cfg(feature = "gpu")]
 
-#[path = "common/buffers.rs"]
-mod buffers;
+#[path = "common/gpu.rs"]
+mod gpu_common;
 
-use std::sync::Arc;
-
+use gpu_common::{gpu, private_context};
 use ndarray::{Array2, Array3, Axis};
-use sparse_ot::gpu::GpuContext;
 use sparse_ot::{
     Batch, Device, Formulation, Router, RouterSolver, Sinkhorn, Solution, SparseOt, Termination,
 };
-
-/// The shared GPU context, or None (test skipped) when no adapter exists and a GPU is not required.
-fn gpu() -> Option<Arc<GpuContext>> {
-    match GpuContext::shared() {
-        Ok(ctx) => Some(ctx),
-        Err(e) => {
-            if std::env::var("SPARSE_OT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("SPARSE_OT_REQUIRE_GPU=1 but no GPU adapter: {e}");
-            }
-            eprintln!("SKIPPED: no GPU adapter ({e})");
-            None
-        }
-    }
-}
 
 /// Agreement of f32 GPU and f64 CPU recipe results (see the module docs).
 const F32_TOL: f64 = 1e-5;
@@ -209,11 +193,7 @@ fn bad_problem_keeps_its_own_error() {
 fn dispatches_do_not_grow_with_batch_size() {
     let Some(shared) = gpu() else { return };
     // A private context on the same device: its counter sees only this test's work.
-    let ctx = Arc::new(GpuContext::from_device(
-        shared.device().clone(),
-        shared.queue().clone(),
-        shared.adapter_name(),
-    ));
+    let ctx = private_context(&shared);
     let device = Device::Gpu(ctx.clone());
     let cfg = SparseOt::new(2, 1.0).unwrap();
     let mut per_run = Vec::new();
@@ -419,11 +399,7 @@ fn lbfgs_batch_bad_problem_keeps_its_own_error() {
 #[test]
 fn lbfgs_dispatches_do_not_grow_with_batch_size() {
     let Some(shared) = gpu() else { return };
-    let ctx = Arc::new(GpuContext::from_device(
-        shared.device().clone(),
-        shared.queue().clone(),
-        shared.adapter_name(),
-    ));
+    let ctx = private_context(&shared);
     let device = Device::Gpu(ctx.clone());
     let one = random_batch(1, 8, 6, 14);
     let p = one.problem(0).unwrap();
@@ -653,11 +629,7 @@ fn sinkhorn_statuses_are_per_problem() {
 #[test]
 fn sinkhorn_dispatches_do_not_grow_with_batch_size() {
     let Some(shared) = gpu() else { return };
-    let ctx = Arc::new(GpuContext::from_device(
-        shared.device().clone(),
-        shared.queue().clone(),
-        shared.adapter_name(),
-    ));
+    let ctx = private_context(&shared);
     let device = Device::Gpu(ctx.clone());
     // tol 0 runs exactly max_iter iterations: 25 = two checked rounds of 10 and a last round of 5 unchecked.
     let cfg = Sinkhorn::new(0.05)
@@ -750,7 +722,7 @@ fn router_on_gpu_buffers_matches_route_on() {
         let l =
             Array3::from_shape_vec((g, s, e), l32.iter().map(|&x| f64::from(x)).collect()).unwrap();
         let padded: Vec<f32> = l32.iter().copied().chain([1e30; 7]).collect();
-        let buf = buffers::storage_f32(&ctx, "logits", &padded);
+        let buf = gpu_common::storage_f32(&ctx, "logits", &padded);
         let r = Router::experts_choose(factor).unwrap();
         let (out, host) = if host_first {
             let host = r.route_on(l.view(), &Device::Gpu(ctx.clone())).unwrap();
@@ -764,8 +736,8 @@ fn router_on_gpu_buffers_matches_route_on() {
         };
         let cap = out.capacity;
         assert_eq!(cap, host.capacity.min(s));
-        let tokens = buffers::read_u32(&ctx, &out.tokens, g * e * cap);
-        let combine = buffers::read_f32(&ctx, &out.combine, g * e * cap);
+        let tokens = gpu_common::read_u32(&ctx, &out.tokens, g * e * cap);
+        let combine = gpu_common::read_f32(&ctx, &out.combine, g * e * cap);
         for grp in 0..g {
             for ex in 0..e {
                 let slots = (grp * e + ex) * cap..(grp * e + ex + 1) * cap;
@@ -794,7 +766,7 @@ fn router_on_gpu_buffers_matches_route_on() {
     }
     let (g, s, e) = (6, 16, 4);
     let l32: Vec<f32> = logits(g, s, e, 21).iter().map(|&x| x as f32).collect();
-    let buf = buffers::storage_f32(&ctx, "logits", &l32);
+    let buf = gpu_common::storage_f32(&ctx, "logits", &l32);
     let unsupported = [
         Router::tokens_choose(1).unwrap(),
         Router::experts_choose(1.0)

@@ -1,8 +1,35 @@
-//! GPU buffer helpers shared by the GPU tests: application-style buffers in, blocking readbacks out.
+//! Helpers shared by the GPU tests: the adapter (or a reported skip), a private context for counting,
+//! application-style buffers in, blocking readbacks out.
 #![allow(dead_code)] // each test binary uses some of them
+
+use std::sync::Arc;
 
 use sparse_ot::gpu::GpuContext;
 use wgpu::util::DeviceExt;
+
+/// The shared GPU context, or None (test skipped) when no adapter exists and a GPU is not required.
+pub fn gpu() -> Option<Arc<GpuContext>> {
+    match GpuContext::shared() {
+        Ok(ctx) => Some(ctx),
+        Err(e) => {
+            if std::env::var("SPARSE_OT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("SPARSE_OT_REQUIRE_GPU=1 but no GPU adapter: {e}");
+            }
+            eprintln!("SKIPPED: no GPU adapter ({e})");
+            None
+        }
+    }
+}
+
+/// A private context on `shared`'s device: its counters (dispatches, pipelines, workspaces) see only the
+/// calling test's work, whatever runs in parallel.
+pub fn private_context(shared: &GpuContext) -> Arc<GpuContext> {
+    Arc::new(GpuContext::from_device(
+        shared.device().clone(),
+        shared.queue().clone(),
+        shared.adapter_name(),
+    ))
+}
 
 /// f32 data as an application would hold it: a `STORAGE | COPY_SRC` buffer.
 pub fn storage_f32(ctx: &GpuContext, label: &str, data: &[f32]) -> wgpu::Buffer {
