@@ -47,6 +47,17 @@ fn time_solves(iters: u64, mut f: impl FnMut()) -> Duration {
     start.elapsed()
 }
 
+/// Sinkhorn at ε = 0.05 without ε-scaling, running exactly `iterations` iterations (tol 0).
+fn fixed_iterations(iterations: usize) -> Sinkhorn {
+    Sinkhorn::new(0.05)
+        .unwrap()
+        .epsilon_scaling(None)
+        .unwrap()
+        .max_iter(iterations)
+        .tol(0.0)
+        .unwrap()
+}
+
 fn sinkhorn_iteration(c: &mut Criterion) {
     let mut group = c.benchmark_group("sinkhorn_iterations");
     group.sample_size(10);
@@ -54,13 +65,7 @@ fn sinkhorn_iteration(c: &mut Criterion) {
     for &(m, n) in &[(256usize, 256usize), (1024, 1024)] {
         let p = problem(m, n);
         for iterations in [1usize, 101] {
-            let cfg = Sinkhorn::new(0.05)
-                .unwrap()
-                .epsilon_scaling(None)
-                .unwrap()
-                .max_iter(iterations)
-                .tol(0.0)
-                .unwrap();
+            let cfg = fixed_iterations(iterations);
             group.throughput(Throughput::Elements((iterations * m * n) as u64));
             for (name, device) in &devices {
                 cfg.solve_on(&p, device).unwrap(); // warm-up: pipelines and workspace
@@ -115,13 +120,7 @@ fn sinkhorn_batch(c: &mut Criterion) {
     group.sample_size(10);
     let devices = devices();
     let iterations = 100;
-    let cfg = Sinkhorn::new(0.05)
-        .unwrap()
-        .epsilon_scaling(None)
-        .unwrap()
-        .max_iter(iterations)
-        .tol(0.0)
-        .unwrap();
+    let cfg = fixed_iterations(iterations);
     for &(nb, m, n) in &[(64usize, 64usize, 64usize), (16, 256, 256)] {
         let batch = batch(nb, m, n);
         let problems: Vec<Problem> = (0..nb).map(|i| batch.problem(i).unwrap()).collect();
