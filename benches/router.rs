@@ -3,7 +3,7 @@
 //! * `adam`: the paper's recipe (semi-dual, Adam, 20 steps), experts choose tokens, capacity factor 1,
 //!   1024 × 256 × 32;
 //! * `greedy`: the greedy top-1 router under the same capacity, same batch;
-//! * `accurate`: L-BFGS with the nonsmooth finish ([`RouterSolver::ACCURATE`]) on a smaller batch,
+//! * `accurate`: L-BFGS with the nonsmooth stage ([`RouterSolver::ACCURATE`]) on a smaller batch,
 //!   16 × 256 × 32, because the full batch takes minutes per run on a small machine.
 //!
 //! * `adam-gpu-buffers`: the recipe on logits already in a GPU buffer (`Router::route_buffers`: gates,
@@ -18,37 +18,21 @@
 //!
 //! Throughput is reported in logits (G · S · E) per second.
 
+#[path = "../tests/common/data.rs"]
+mod data;
+
 use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
-use ndarray::Array3;
+use data::skewed_logits;
 #[cfg(feature = "gpu")]
 use sparse_ot::Device;
 use sparse_ot::{greedy_top_k, Router, RouterSolver};
 
-/// Skewed logits: per-expert popularity N(0, 0.5²) shared by all tokens + per-token N(0, 1) noise.
-fn logits(g: usize, s: usize, e: usize) -> Array3<f64> {
-    let mut state = 2023u64;
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    let mut normal = move || {
-        let (u, v) = (uniform(), uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    };
-    let popularity: Vec<f64> = (0..e).map(|_| 0.5 * normal()).collect();
-    let mut out = Array3::zeros((g, s, e));
-    for ((_, _, j), x) in out.indexed_iter_mut() {
-        *x = popularity[j] + normal();
-    }
-    out
-}
+/// The seed of every case's skewed logits (`skewed_logits` in tests/common/data.rs: per-expert popularity
+/// N(0, 0.5²) shared by all tokens + per-token N(0, 1) noise).
+const LOGITS_SEED: u64 = 2023;
 
 fn router(c: &mut Criterion) {
     let mut group = c.benchmark_group("router");
@@ -59,7 +43,7 @@ fn router(c: &mut Criterion) {
         ("accurate", Some(RouterSolver::ACCURATE), (16, 256, 32)),
     ] {
         let (g, s, e) = shape;
-        let l = logits(g, s, e);
+        let l = skewed_logits(g, s, e, LOGITS_SEED);
         group.throughput(Throughput::Elements((g * s * e) as u64));
         let id = BenchmarkId::new(name, format!("{g}x{s}x{e}"));
         match solver {
@@ -102,7 +86,7 @@ fn gpu_router(group: &mut BenchmarkGroup<'_, WallTime>) {
         ("accurate-gpu", RouterSolver::ACCURATE, 64),
     ] {
         let (s, e) = (256, 32);
-        let l = logits(g, s, e);
+        let l = skewed_logits(g, s, e, LOGITS_SEED);
         let r = Router::experts_choose(1.0).unwrap().solver(solver).unwrap();
         let ran_on = r.route_on(l.view(), &device).unwrap().device;
         eprintln!("{name} runs on {ran_on}");
@@ -120,7 +104,10 @@ fn gpu_router(group: &mut BenchmarkGroup<'_, WallTime>) {
 fn buffers_router(group: &mut BenchmarkGroup<'_, WallTime>, ctx: &sparse_ot::gpu::GpuContext) {
     use wgpu::util::DeviceExt;
     let (g, s, e) = (1024, 256, 32);
-    let l: Vec<f32> = logits(g, s, e).iter().map(|&x| x as f32).collect();
+    let l: Vec<f32> = skewed_logits(g, s, e, LOGITS_SEED)
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
     let buf = ctx
         .device()
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {

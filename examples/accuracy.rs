@@ -6,36 +6,16 @@
 //! γ ∈ {0.1, 0.01}, both formulations, default settings. One line per solve, then the largest disagreement
 //! between the two formulations' optimal values.
 
+#[path = "../tests/common/data.rs"]
+mod data;
+
 use std::time::Instant;
 
-use ndarray::{Array1, Array2};
-use sparse_ot::{Formulation, Problem, SparseOt};
+use data::point_cloud_problem;
+use sparse_ot::{Formulation, SparseOt};
 
-/// xorshift64 uniform numbers in [0, 1).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-fn problem(m: usize, n: usize) -> Result<Problem, sparse_ot::Error> {
-    let mut rng = Rng(12345);
-    let x: Vec<[f64; 2]> = (0..m).map(|_| [rng.next(), rng.next()]).collect();
-    let y: Vec<[f64; 2]> = (0..n).map(|_| [rng.next(), rng.next()]).collect();
-    let mut cost = Array2::from_shape_fn((m, n), |(i, j)| {
-        (x[i][0] - y[j][0]).powi(2) + (x[i][1] - y[j][1]).powi(2)
-    });
-    let max = cost.iter().cloned().fold(0.0, f64::max);
-    cost /= max;
-    let a = Array1::from_elem(m, 1.0 / m as f64);
-    let b = Array1::from_elem(n, 1.0 / n as f64);
-    Problem::new(a.view(), b.view(), cost.view())
-}
+/// The seed of the point clouds (`point_cloud_problem` in tests/common/data.rs).
+const SEED: u64 = 12345;
 
 fn main() -> Result<(), sparse_ot::Error> {
     let args: Vec<usize> = std::env::args()
@@ -46,7 +26,7 @@ fn main() -> Result<(), sparse_ot::Error> {
         args.first().copied().unwrap_or(300),
         args.get(1).copied().unwrap_or(200),
     );
-    let p = problem(m, n)?;
+    let p = point_cloud_problem(m, n, SEED);
     println!("{m} x {n} uniform points, squared-Euclidean cost scaled to max 1, uniform marginals");
     println!(
         "{:>5} {:>3} {:>10} {:>16} {:>6} {:>9}  status",

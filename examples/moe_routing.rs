@@ -22,18 +22,23 @@
 //! (G, S, E; u8 0/1) and `combine` (G, S, E; float32, the gate of each routed pair, 0 elsewhere).
 //! Progress goes to stderr every `--progress-every` groups. Bad input exits non-zero with a one-line error.
 
+#[path = "../tests/common/data.rs"]
+mod data;
+
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
+use data::skewed_logits;
 use ndarray::Array3;
 use ndarray_npy::{read_npy, NpzWriter};
 use serde_json::json;
 use sparse_ot::moe::LoadMetrics;
-use sparse_ot::{greedy_top_k, Device, Router, RouterSolver, Routing, Termination};
+use sparse_ot::{greedy_top_k, Device, Event, Monitor, Router, RouterSolver, Routing, Termination};
 
 #[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 enum Mode {
@@ -165,10 +170,10 @@ fn run(args: Args) -> Result<(), String> {
 
     let device = args.device.device()?;
     let every = args.progress_every;
-    let last = AtomicUsize::new(0);
+    let last = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let ot = router
-        .route_on_observed(logits.view(), &device, &|done, total| {
+    let monitor = Monitor::new().on_event(move |event| {
+        if let Event::Finished { done, total } = *event {
             if every > 0
                 && (done % every == 0 || done == total)
                 && last.fetch_max(done, Ordering::Relaxed) < done
@@ -178,7 +183,12 @@ fn run(args: Args) -> Result<(), String> {
                     start.elapsed().as_secs_f64()
                 );
             }
-        })
+        }
+    });
+    let ot = router
+        .clone()
+        .monitor(monitor)
+        .route_on(logits.view(), &device)
         .map_err(|e| e.to_string())?;
     let ot_seconds = start.elapsed().as_secs_f64();
     println!("OT router ran on: {}", ot.device);
@@ -247,7 +257,7 @@ fn run(args: Args) -> Result<(), String> {
 
     let summary = json!({
         "groups": g, "tokens": s, "experts": e, "capacity": capacity,
-        "mode": format!("{:?}", args.mode), "solver": format!("{:?}", args.solver), "device": ot.device,
+        "mode": format!("{:?}", args.mode), "solver": format!("{:?}", args.solver), "device": ot.device.to_string(),
         "ot": metrics(&ot.load, ot_seconds, Some(&ot)),
         "greedy": metrics(&greedy.load, greedy_seconds, None),
     });
@@ -390,35 +400,4 @@ fn write_npz(path: &PathBuf, r: &Routing) -> Result<(), Box<dyn std::error::Erro
     npz.add_array("combine", &r.combine.mapv(|c| c as f32))?;
     npz.finish()?;
     Ok(())
-}
-
-/// A small deterministic generator: splitmix64 for uniforms, Box–Muller for normals.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
-/// Logits of a trained-looking router: expert e has a popularity bias shared by all tokens (a few experts
-/// are strongly favoured), each token adds its own N(0, 1) preference per expert.
-fn skewed_logits(groups: usize, tokens: usize, experts: usize, seed: u64) -> Array3<f64> {
-    let mut rng = Rng(seed);
-    let popularity: Vec<f64> = (0..experts).map(|_| 0.5 * rng.normal()).collect();
-    let mut out = Array3::zeros((groups, tokens, experts));
-    for ((_, _, e), x) in out.indexed_iter_mut() {
-        *x = popularity[e] + rng.normal();
-    }
-    out
 }

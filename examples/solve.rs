@@ -350,7 +350,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         "m": problem.m(),
         "n": problem.n(),
         "seconds": seconds,
-        "device": sol.device,
+        "device": sol.device.to_string(),
     });
     println!("{summary}");
     Ok(())

@@ -28,21 +28,16 @@
 //! # Ok::<(), sparse_ot::Error>(())
 //! ```
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(feature = "gpu")]
+use std::borrow::Cow;
 
 use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis};
 use rayon::prelude::*;
 
-use crate::config::{Sinkhorn, SparseOt};
 use crate::error::{Error, Result};
-use crate::exact::ExactOt;
+use crate::monitor::{Monitor, Tally};
 use crate::problem::{validate_shapes, Problem, DEFAULT_MASS_TOLERANCE};
 use crate::solution::Solution;
-
-/// Progress of a batched solve: called as `progress(done, total)` each time one more problem of the batch
-/// has finished solving (from any thread; `done` counts up to `total` = the batch size, rejected problems
-/// and problems ended by a device failure included). On a GPU the results are read back together at the end.
-pub type BatchProgress<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
 /// B optimal-transport problems of one shape: costs B × m × n, marginals B × m and B × n, all f64,
 /// row-major and contiguous.
@@ -184,55 +179,97 @@ impl Batch {
     }
 
     /// Validates problem `i` and solves it with `solve`, for every i in parallel; results in batch order.
-    pub(crate) fn map_problems<F>(&self, solve: F) -> Vec<Result<Solution>>
+    /// Each finished problem is reported to `monitor` ([`crate::Event::Finished`]).
+    pub(crate) fn map_problems<F>(&self, monitor: &Monitor, solve: F) -> Vec<Result<Solution>>
     where
         F: Fn(&Problem) -> Result<Solution> + Sync,
     {
-        self.map_problems_observed(solve, &|_, _| {})
-    }
-
-    /// [`Batch::map_problems`], reporting each finished problem to `progress`.
-    pub(crate) fn map_problems_observed<F>(
-        &self,
-        solve: F,
-        progress: BatchProgress<'_>,
-    ) -> Vec<Result<Solution>>
-    where
-        F: Fn(&Problem) -> Result<Solution> + Sync,
-    {
-        let done = AtomicUsize::new(0);
+        let tally = Tally::new(monitor, self.len());
         (0..self.len())
             .into_par_iter()
             .map(|i| {
                 let out = self.problem(i).and_then(|p| solve(&p));
-                progress(done.fetch_add(1, Ordering::Relaxed) + 1, self.len());
+                tally.tick();
                 out
             })
             .collect()
     }
-}
 
-impl SparseOt {
-    /// Solves every problem of the batch on the CPU (in parallel over problems). Entry i is problem i's own
-    /// result: a bad problem gives its own `Err`, the others are unaffected. Each entry equals
-    /// [`SparseOt::solve`] on [`Batch::problem`]`(i)` exactly.
-    pub fn solve_batch(&self, batch: &Batch) -> Vec<Result<Solution>> {
-        batch.map_problems(|p| self.solve(p))
+    /// Every problem, validated, in batch order (copies).
+    #[cfg(feature = "gpu")]
+    pub(crate) fn problems(&self) -> impl ExactSizeIterator<Item = Result<Cow<'_, Problem>>> + '_ {
+        (0..self.len()).map(|i| self.problem(i).map(Cow::Owned))
     }
 }
 
-impl Sinkhorn {
-    /// Solves every problem of the batch on the CPU (in parallel over problems); per-problem results as
-    /// [`SparseOt::solve_batch`].
-    pub fn solve_batch(&self, batch: &Batch) -> Vec<Result<Solution>> {
-        batch.map_problems(|p| self.solve(p))
+/// The validate-and-reject step of the device backends: every problem (already validated, or its own
+/// error) goes through `check`; the ones that pass are returned with their index, the others' errors are
+/// recorded (and reported finished) in the returned [`Outcomes`].
+#[cfg(feature = "gpu")]
+pub(crate) fn screen<'p, 'm, V>(
+    problems: impl ExactSizeIterator<Item = Result<Cow<'p, Problem>>>,
+    monitor: &'m Monitor,
+    check: impl Fn(Cow<'p, Problem>) -> Result<V>,
+) -> (Vec<(usize, V)>, Outcomes<'m>) {
+    let mut outcomes = Outcomes::new(problems.len(), monitor);
+    let mut valid = Vec::new();
+    for (i, given) in problems.enumerate() {
+        match given.and_then(&check) {
+            Ok(v) => valid.push((i, v)),
+            Err(e) => outcomes.reject(i, e),
+        }
     }
+    (valid, outcomes)
 }
 
-impl ExactOt {
-    /// Solves every problem of the batch on the CPU (in parallel over problems); per-problem results as
-    /// [`SparseOt::solve_batch`].
-    pub fn solve_batch(&self, batch: &Batch) -> Vec<Result<Solution>> {
-        batch.map_problems(|p| self.solve(p))
+/// The per-problem results of a batch as they come in, and its progress count (a [`Tally`]).
+#[cfg(feature = "gpu")]
+pub(crate) struct Outcomes<'m> {
+    slots: Vec<Option<Result<Solution>>>,
+    tally: Tally<'m>,
+}
+
+#[cfg(feature = "gpu")]
+impl<'m> Outcomes<'m> {
+    /// No results yet for `total` problems; `monitor` hears of each finished one.
+    pub(crate) fn new(total: usize, monitor: &'m Monitor) -> Self {
+        Self {
+            slots: (0..total).map(|_| None).collect(),
+            tally: Tally::new(monitor, total),
+        }
+    }
+
+    /// Reports one more problem finished (from any thread); its result is set separately.
+    pub(crate) fn tick(&self) {
+        self.tally.tick();
+    }
+
+    /// Sets problem `index`'s result (its progress is reported separately, with [`Outcomes::tick`]).
+    pub(crate) fn set(&mut self, index: usize, result: Result<Solution>) {
+        self.slots[index] = Some(result);
+    }
+
+    /// A problem rejected before solving: its error, reported finished.
+    pub(crate) fn reject(&mut self, index: usize, error: Error) {
+        self.set(index, Err(error));
+        self.tick();
+    }
+
+    /// Results in batch order. After a device failure (`device` is `Err`), every problem still without a
+    /// result gets that error and every problem not reported yet is reported finished.
+    pub(crate) fn into_vec(self, device: Result<()>) -> Vec<Result<Solution>> {
+        if device.is_err() {
+            self.tally.complete();
+        }
+        self.slots
+            .into_iter()
+            .map(|r| match (r, &device) {
+                (Some(r), _) => r,
+                (None, Err(e)) => Err(e.clone()),
+                (None, Ok(())) => Err(Error::Gpu(
+                    "a problem of the batch was neither rejected nor solved".into(),
+                )),
+            })
+            .collect()
     }
 }

@@ -191,6 +191,19 @@ pub(crate) fn nonnegative(name: &'static str, value: f64) -> Result<f64> {
     }
 }
 
+/// Checks a count that must be at least 1.
+pub(crate) fn at_least_one(name: &'static str, value: usize) -> Result<usize> {
+    if value >= 1 {
+        Ok(value)
+    } else {
+        Err(Error::InvalidParameter {
+            name,
+            value: 0.0,
+            requirement: "must be at least 1",
+        })
+    }
+}
+
 fn invalid_k(k: usize, max: usize, axis: &str) -> String {
     if k == 0 {
         "k = 0 is invalid: k (the most nonzeros per lane) must be at least 1".into()

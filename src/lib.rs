@@ -24,7 +24,7 @@
 //!   an exact Newton–KKT polish on the identified tie structure whose multipliers give an exactly feasible
 //!   mixed plan, so convergence is reported with a duality-gap certificate ([`Criterion::DualityGap`]). k = 1
 //!   is unregularised OT plus a constant and is solved exactly by the network simplex. The method and the
-//!   argument for its convergence are in the source of the `cpu::finish` module.
+//!   argument for its convergence are in the source of the `sparse::nonsmooth` module.
 //! * **Exact OT has its own solver.** [`ExactOt`] runs a network simplex (block-search pricing, strongly
 //!   feasible spanning trees against cycling) and returns a basic optimal plan (at most m + n − 1 nonzeros)
 //!   with optimal dual potentials; no LP library is involved.
@@ -34,12 +34,13 @@
 //!   the [`Device`] (`solve_on`): CPU, a [`gpu::GpuContext`] (own device, or an application's adopted one)
 //!   or `Auto`. Iterations stay on the device: sparse solves read back eight scalars per problem and L-BFGS
 //!   round, Sinkhorn one per problem every `check_every` iterations; potentials and plan once at the end, or
-//!   never with
-//!   [`gpu::GpuContext::solve_sparse_buffers`]. Results agree with the f64 path to f32 rounding times the
+//!   never with the buffer entry points ([`SparseOt::solve_buffers`], [`Sinkhorn::solve_buffers`],
+//!   [`Router::route_buffers`]). Results agree with the f64 path to f32 rounding times the
 //!   conditioning (≈ 1e-6 of the mass / γ or ε); problems beyond one storage binding are refused with
 //!   [`Error::DeviceLimit`]. Shaders live in `shaders/`, one kernel family per file. When the f32 L-BFGS
 //!   stalls (the kinks of k < m, or a tolerance below f32 resolution) and the problem is on the host, the f64
-//!   finish continues on the CPU from the GPU's potentials; `Solution::device` then names both.
+//!   nonsmooth stage continues on the CPU from the GPU's potentials; `Solution::device` then says
+//!   [`RanOn::GpuThenCpu`].
 //!
 //! * **Batches and routing.** A [`Batch`] holds B problems of one shape in contiguous B × m × n / B × m /
 //!   B × n arrays; `solve_batch` returns one `Result` per problem, so a bad problem fails alone. [`moe`] turns
@@ -50,6 +51,30 @@
 //!   per problem in lockstep; [`SparseOt::solve_batch_on`]) and Sinkhorn ([`Sinkhorn::solve_batch_on`]).
 //!   Router logits already in a GPU buffer are routed without any host round trip by
 //!   [`Router::route_buffers`].
+//!
+//! * **Progress and cancellation.** A [`Monitor`] set once on a configuration (`.monitor(m)`) hears every
+//!   step of a single solve and every finished problem of a batch or routing, and can cancel from any
+//!   thread: the solve then returns its current state with [`Termination::Cancelled`].
+//!
+//! ## Module map
+//!
+//! Each solver family has one folder whose `mod.rs` is its public face (the configuration and every entry
+//! point: `solve`, `solve_on`, `solve_on_async`, `solve_batch`, `solve_batch_on`, `solve_buffers`), a
+//! `rules.rs` with what its CPU and GPU backends share, and the backends beside it:
+//!
+//! | folder / file | holds |
+//! |---|---|
+//! | `sparse/` | [`SparseOt`]: `rules` (k, warm start, row sparsity, k = 1, plan → solution), `objective`, `nonsmooth`, `adam` (router recipe), `cpu`, `gpu/` (device objective, lockstep pipeline, batches, recipe) |
+//! | `sinkhorn/` | [`Sinkhorn`]: `rules` (stopping check, ε schedule, validation, assembly), `cpu`, `expsum`, `gpu` |
+//! | `exact/` | [`ExactOt`]: `simplex` (network simplex) |
+//! | [`moe`] | [`Router`], [`Routing`]: `metrics`, `greedy` (top-k baseline), `gpu` (routing on GPU buffers) |
+//! | `lbfgs/` | the L-BFGS driver (a state machine), its host backend and its GPU backend |
+//! | [`gpu`] | GPU machinery: context, kernel registry, buffers, [`gpu::GpuProblem`] |
+//! | `problem`, `solution`, `error`, `monitor`, `batch`, `device`, [`ops`] | what every family shares |
+//!
+//! The import rule: solver families import the shared layer, `lbfgs` and `gpu`; `lbfgs` imports `gpu`;
+//! `gpu` and the shared layer import no solver family; `moe` builds on `sparse`. Nothing imports through
+//! the crate root's re-exports.
 //!
 //! ## Quick start
 //!
@@ -69,30 +94,39 @@
 #![deny(missing_docs)]
 
 mod batch;
-mod config;
-mod cpu;
 mod device;
 mod error;
 mod exact;
 #[cfg(feature = "gpu")]
 pub mod gpu;
-pub(crate) mod lbfgs;
+mod lbfgs;
 pub mod moe;
+mod monitor;
 pub mod ops;
 mod problem;
+mod sinkhorn;
 mod solution;
+mod sparse;
 
-pub use batch::{Batch, BatchProgress};
-pub use config::{
-    Formulation, Observer, Precision, Sinkhorn, SparseOt, DEFAULT_MAX_ITER,
-    DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
-};
+pub use batch::Batch;
 pub use device::Device;
 pub use error::{Error, Position, Result};
 pub use exact::{ExactOt, DEFAULT_EXACT_MAX_ITER};
+#[cfg(feature = "gpu")]
+pub use moe::GpuRouting;
 pub use moe::{greedy_top_k, Router, RouterSolver, Routing, RoutingMode};
+pub use monitor::{Event, Monitor, Progress};
 pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE};
-pub use solution::{Criterion, Lanes, Method, Plan, Progress, Solution, SparsePlan, Termination};
+#[cfg(feature = "gpu")]
+pub use sinkhorn::GpuSinkhornOutput;
+pub use sinkhorn::{Precision, Sinkhorn, DEFAULT_SINKHORN_MAX_ITER};
+pub use solution::{
+    Criterion, Formulation, Lanes, Method, Plan, RanOn, Solution, SparsePlan, Termination,
+    DEFAULT_TOL,
+};
+#[cfg(feature = "gpu")]
+pub use sparse::GpuSparseOutput;
+pub use sparse::{SparseOt, DEFAULT_MAX_ITER};
 
 /// The README's Rust examples, compiled and run as doctests.
 #[cfg(doctest)]

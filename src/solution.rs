@@ -163,6 +163,10 @@ impl Plan {
     }
 }
 
+/// Default stopping tolerance of every iterative solver on the max-norm marginal violation (absolute, in
+/// the units of a and b).
+pub const DEFAULT_TOL: f64 = 1e-9;
+
 /// The criterion on which a solver declared convergence.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Criterion {
@@ -171,7 +175,7 @@ pub enum Criterion {
         /// The tolerance met.
         tol: f64,
     },
-    /// The optimality certificate of the nonsmooth finish held: a feasible mixed plan of the convex relaxation
+    /// The optimality certificate of the nonsmooth stage held: a feasible mixed plan of the convex relaxation
     /// matches the objective within `gap`.
     DualityGap {
         /// Bound on (relaxed primal − dual objective) at the returned potentials.
@@ -192,6 +196,9 @@ pub enum Termination {
     /// Could not make further progress (line search failed, or the objective stopped improving)
     /// while the marginal error was still above the tolerance.
     Stalled,
+    /// Stopped by [`crate::Monitor::cancel`]; the solution holds the state reached (the last accepted
+    /// potentials and their plan).
+    Cancelled,
 }
 
 impl Termination {
@@ -213,7 +220,29 @@ impl fmt::Display for Termination {
             Termination::Converged(Criterion::Exact) => write!(f, "solved exactly"),
             Termination::MaxIterations => write!(f, "NOT converged: iteration limit reached"),
             Termination::Stalled => write!(f, "NOT converged: stalled (no further progress)"),
+            Termination::Cancelled => write!(f, "NOT converged: cancelled"),
         }
+    }
+}
+
+/// Which concave program the sparse and quadratic solvers maximise (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Formulation {
+    /// The semi-dual S_k(α): one potential, column marginals exact by construction.
+    #[default]
+    SemiDual,
+    /// The dual D_k(α, β): two potentials. On the CPU it is maximised by eliminating β in closed form
+    /// (β_j = −γ θ_j maximises D for fixed α, and D(α, β*(α)) = S(α)), so the iteration runs over α alone;
+    /// the joint (α, β) iteration runs with `tol(0)`, `max_iter(0)`, a warm start carrying β, or zeros in b.
+    Dual,
+}
+
+impl fmt::Display for Formulation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Formulation::SemiDual => "semi-dual",
+            Formulation::Dual => "dual",
+        })
     }
 }
 
@@ -227,7 +256,7 @@ pub enum Method {
         /// γ.
         gamma: f64,
         /// Dual or semi-dual.
-        formulation: crate::Formulation,
+        formulation: Formulation,
         /// Columns or rows carry the k limit.
         lanes: Lanes,
     },
@@ -272,13 +301,51 @@ impl fmt::Display for Method {
     }
 }
 
+/// Where a solve ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RanOn {
+    /// The CPU (f64).
+    Cpu,
+    /// A GPU (f32), named by its adapter.
+    Gpu {
+        /// The adapter's name.
+        adapter: String,
+    },
+    /// The L-BFGS phase on a GPU (f32), which stalled, then the f64 nonsmooth stage on the CPU from its
+    /// potentials.
+    GpuThenCpu {
+        /// The adapter's name.
+        adapter: String,
+    },
+}
+
+impl RanOn {
+    /// The GPU adapter's name, if a GPU took part.
+    pub fn adapter(&self) -> Option<&str> {
+        match self {
+            RanOn::Cpu => None,
+            RanOn::Gpu { adapter } | RanOn::GpuThenCpu { adapter } => Some(adapter),
+        }
+    }
+}
+
+impl fmt::Display for RanOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RanOn::Cpu => f.write_str("cpu"),
+            RanOn::Gpu { adapter } => f.write_str(adapter),
+            RanOn::GpuThenCpu { adapter } => write!(f, "{adapter} + cpu (nonsmooth stage)"),
+        }
+    }
+}
+
 /// The result of a solve.
 #[derive(Debug, Clone)]
 pub struct Solution {
     /// What was solved.
     pub method: Method,
-    /// Where it was solved (`"cpu"`, or the GPU adapter's name).
-    pub device: String,
+    /// Where it was solved.
+    pub device: RanOn,
     /// The transport plan.
     pub plan: Plan,
     /// Source potential α (length m).
@@ -347,19 +414,6 @@ impl fmt::Display for Solution {
             ),
         }
     }
-}
-
-/// A snapshot of a running solve, handed to the progress observer.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Progress {
-    /// Iterations done so far (all stages together).
-    pub iteration: usize,
-    /// Current objective of the formulation being solved (for Sinkhorn: NaN between error checks).
-    pub value: f64,
-    /// Current max-norm marginal violation (the gradient's max-norm).
-    pub marginal_error: f64,
-    /// A short name of the current stage (`"lbfgs"`, `"finish"`, `"sinkhorn eps=0.05"`, …).
-    pub stage: &'static str,
 }
 
 /// Transport cost ⟨T, C⟩ and marginal errors of a plan given as triplets.

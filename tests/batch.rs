@@ -1,5 +1,8 @@
 //! Batches: batched results equal one-by-one results exactly, bad problems fail alone, batched operators.
 
+#[path = "common/monitor.rs"]
+mod monitor_common;
+
 use ndarray::{Array1, Array2, Array3, Axis};
 use sparse_ot::ops::{
     sparse_simplex_projection, sparse_simplex_projection_batch, top_k_indices, top_k_indices_batch,
@@ -234,14 +237,12 @@ fn batch_progress_counts_every_problem() {
     let (a, b, mut cost) = batch_data(5, 6, 4);
     cost[[3, 0, 0]] = f64::NAN;
     let batch = Batch::new(a.view(), b.view(), cost.view()).unwrap();
-    let seen = std::sync::Mutex::new(Vec::new());
-    let out = SparseOt::new(2, 0.5).unwrap().solve_batch_on_observed(
-        &batch,
-        &sparse_ot::Device::Cpu,
-        &|done, total| seen.lock().unwrap().push((done, total)),
-    );
+    let (monitor, seen) = monitor_common::finished_recorder();
+    let out = SparseOt::new(2, 0.5)
+        .unwrap()
+        .monitor(monitor)
+        .solve_batch_on(&batch, &sparse_ot::Device::Cpu);
     assert!(out[3].is_err() && out.iter().filter(|r| r.is_ok()).count() == 4);
-    let mut seen = seen.into_inner().unwrap();
-    seen.sort();
+    let seen = monitor_common::sorted(&seen);
     assert_eq!(seen, (1..=5).map(|d| (d, 5)).collect::<Vec<_>>());
 }

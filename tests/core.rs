@@ -3,6 +3,10 @@
 //! property tests that recompute each solution's reported numbers independently from the returned
 //! potentials (naive f64 formulas of §2, written here without the library's kernels).
 
+#[path = "common/data.rs"]
+mod data;
+
+use data::{assert_all_close, assert_close, random_problem_from, Masses, Rng};
 use ndarray::{array, Array1, Array2};
 use proptest::prelude::*;
 use sparse_ot::ops::{sparse_simplex_projection, top_k_conjugate, top_k_indices, top_k_mask};
@@ -15,51 +19,8 @@ use sparse_ot::{
 // Helpers
 // ---------------------------------------------------------------------------------------------------------
 
-/// Fails with the quantity, both values and their difference unless |actual − expected| ≤ tol (NaN fails).
-#[track_caller]
-fn assert_close(what: &str, actual: f64, expected: f64, tol: f64) {
-    let diff = (actual - expected).abs();
-    assert!(
-        diff <= tol,
-        "{what}: actual {actual:.15e}, expected {expected:.15e}, difference {diff:.3e} > tolerance {tol:.1e}"
-    );
-}
-
-/// Element-wise [`assert_close`] that names the first offending index.
-#[track_caller]
-fn assert_all_close(what: &str, actual: &[f64], expected: &[f64], tol: f64) {
-    assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
-    for (i, (&x, &y)) in actual.iter().zip(expected).enumerate() {
-        assert_close(&format!("{what}[{i}]"), x, y, tol);
-    }
-}
-
-/// SplitMix64: a tiny deterministic generator for test data.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [lo, hi).
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// A random problem: positive marginals with equal totals, cost in [0, 1).
-fn random_problem(rng: &mut Rng, m: usize, n: usize) -> Problem {
-    let a = Array1::from_shape_fn(m, |_| rng.uniform(0.2, 1.0));
-    let mut b = Array1::from_shape_fn(n, |_| rng.uniform(0.2, 1.0));
-    b *= a.sum() / b.sum();
-    let cost = Array2::from_shape_fn((m, n), |_| rng.uniform(0.0, 1.0));
-    Problem::new(a.view(), b.view(), cost.view()).expect("valid random problem")
-}
+/// The marginals of this file's random problems: U[0.2, 1) per entry, b rescaled to a's total.
+const MASSES: Masses = Masses::Range(0.2, 1.0);
 
 const GAMMAS: [f64; 2] = [0.1, 0.01];
 const FORMULATIONS: [Formulation; 2] = [Formulation::SemiDual, Formulation::Dual];
@@ -371,8 +332,11 @@ fn k1_equals_ot_plus_quadratic_term_of_b() {
 /// For k ≥ k_L2 (the largest column support of the quadratic plan) value and plan are the quadratic ones.
 #[test]
 fn k_at_least_quadratic_support_gives_the_quadratic_solution() {
-    let mut rng = Rng(7);
-    let problems = [golden_problem(), random_problem(&mut rng, 40, 30)];
+    let mut rng = Rng::new(7);
+    let problems = [
+        golden_problem(),
+        random_problem_from(&mut rng, 40, 30, MASSES),
+    ];
     for (pi, p) in problems.iter().enumerate() {
         for gamma in [0.1, 0.01] {
             for f in FORMULATIONS {
@@ -486,12 +450,12 @@ fn top_k_margin(p: &Problem, k: usize, alpha: &Array1<f64>) -> f64 {
 
 #[test]
 fn gradients_match_finite_differences() {
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let h = 1e-6;
     let mut checked = 0;
     for trial in 0..40 {
         let (m, n) = (2 + trial % 5, 1 + trial % 4);
-        let p = random_problem(&mut rng, m, n);
+        let p = random_problem_from(&mut rng, m, n, MASSES);
         let gamma = rng.uniform(0.05, 1.0);
         let k = 1 + trial % m;
         let alpha = Array1::from_shape_fn(m, |_| rng.uniform(-0.5, 1.5));
@@ -1322,8 +1286,8 @@ fn async_solve_runs_off_the_polling_thread() {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
     fn assert_send<T: Send>(_: &T) {}
-    let mut rng = Rng(77);
-    let p = random_problem(&mut rng, 120, 90);
+    let mut rng = Rng::new(77);
+    let p = random_problem_from(&mut rng, 120, 90, MASSES);
     let cfg = Sinkhorn::new(0.01).unwrap().tol(0.0).unwrap().max_iter(400);
     let device = sparse_ot::Device::Cpu;
     let mut fut = Box::pin(cfg.solve_on_async(&p, &device));

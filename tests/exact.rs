@@ -1,9 +1,10 @@
 //! Network simplex (exact OT): golden value, basic-solution structure, optimality certificate (primal
 //! feasibility + dual feasibility + complementary slackness), degenerate cases, limits.
 
-mod common;
+#[path = "common/data.rs"]
+mod data;
 
-use common::{random_problem, Rng};
+use data::{random_problem, Rng};
 use ndarray::{Array1, Array2};
 use proptest::prelude::*;
 use sparse_ot::{golden_problem, Criterion, ExactOt, Lanes, Plan, Problem, Solution, Termination};
@@ -155,17 +156,17 @@ fn zero_mass_entries() {
 #[test]
 fn integer_costs_with_many_ties() {
     // Integer masses and costs in {0, 1, 2}: massively degenerate pivots.
-    let mut r = Rng(77);
+    let mut r = Rng::new(77);
     let (m, n) = (30, 40);
-    let mut a: Vec<f64> = (0..m).map(|_| (1.0 + 4.0 * r.next()).floor()).collect();
-    let mut b: Vec<f64> = (0..n).map(|_| (1.0 + 3.0 * r.next()).floor()).collect();
+    let mut a: Vec<f64> = (0..m).map(|_| (1.0 + 4.0 * r.next_f64()).floor()).collect();
+    let mut b: Vec<f64> = (0..n).map(|_| (1.0 + 3.0 * r.next_f64()).floor()).collect();
     let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
     if sa > sb {
         b[0] += sa - sb;
     } else {
         a[0] += sb - sa;
     }
-    let cost = Array2::from_shape_fn((m, n), |_| (3.0 * r.next()).floor());
+    let cost = Array2::from_shape_fn((m, n), |_| (3.0 * r.next_f64()).floor());
     let p = problem(a, b, cost);
     let sol = ExactOt::new().solve(&p).unwrap();
     assert_certificate(&p, &sol, 1e-9);
@@ -224,9 +225,9 @@ fn overflowing_costs_are_rejected() {
 
 /// Integer masses with zeros and integer costs in {0, 1, 2}: degenerate bases and ties everywhere.
 fn degenerate_problem(m: usize, n: usize, seed: u64) -> Problem {
-    let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut a: Vec<f64> = (0..m).map(|_| (3.0 * r.next()).floor()).collect();
-    let mut b: Vec<f64> = (0..n).map(|_| (3.0 * r.next()).floor()).collect();
+    let mut r = Rng::new(seed);
+    let mut a: Vec<f64> = (0..m).map(|_| (3.0 * r.next_f64()).floor()).collect();
+    let mut b: Vec<f64> = (0..n).map(|_| (3.0 * r.next_f64()).floor()).collect();
     a[0] += 1.0;
     b[n - 1] += 1.0;
     let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
@@ -235,7 +236,7 @@ fn degenerate_problem(m: usize, n: usize, seed: u64) -> Problem {
     } else {
         a[m - 1] += sb - sa;
     }
-    let cost = Array2::from_shape_fn((m, n), |_| (3.0 * r.next()).floor());
+    let cost = Array2::from_shape_fn((m, n), |_| (3.0 * r.next_f64()).floor());
     problem(a, b, cost)
 }
 

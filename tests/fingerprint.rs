@@ -6,75 +6,44 @@
 //! are compared with `tests/data/fingerprints.txt`; GPU results (f32, driver-dependent) with
 //! `tests/data/fingerprints_gpu.txt`, whose first line names the adapter they were recorded on: on another
 //! adapter the bitwise comparison is skipped. `SPARSE_OT_BLESS=1` rewrites the files instead of comparing.
+//!
+//! The inputs come from `tests/common/data.rs` (a random problem, a batch around it, router logits). The
+//! recorded files belong to those exact inputs: whoever changes what they produce must bless the files on
+//! the library before the change being proven (a checkout of the previous commit with this file and
+//! `tests/common/data.rs` copied in), then compare on the changed library.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use ndarray::{Array1, Array2, Array3};
+#[path = "common/data.rs"]
+mod data;
+
+use data::{logits, random_problem, Rng};
+use ndarray::Array3;
 use sparse_ot::{
     golden_problem, Batch, Device, ExactOt, Formulation, Plan, Precision, Problem, Result, Router,
     RouterSolver, Routing, Sinkhorn, Solution, SparseOt,
 };
 
-/// Deterministic xorshift64* in [0, 1), kept here so the inputs never change.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// `len` positive, non-uniform masses summing to 1.
-    fn masses(&mut self, len: usize) -> Vec<f64> {
-        let v: Vec<f64> = (0..len).map(|_| 0.1 + self.next()).collect();
-        let total = v.iter().fold(0.0, |s, &x| s + x);
-        v.into_iter().map(|x| x / total).collect()
-    }
-}
-
-/// 64 × 48, marginals non-uniform with sum 1, cost uniform in [0, 1).
-fn random_problem() -> Problem {
-    let (m, n) = (64, 48);
-    let mut r = XorShift::new(20_240_601);
-    let a = r.masses(m);
-    let b = r.masses(n);
-    let cost: Vec<f64> = (0..m * n).map(|_| r.next()).collect();
-    Problem::new(
-        Array1::from(a).view(),
-        Array1::from(b).view(),
-        Array2::from_shape_vec((m, n), cost).unwrap().view(),
-    )
-    .expect("a valid random problem")
+/// The random problem: 64 × 48, marginals non-uniform with sum 1, cost uniform in [0, 1).
+fn random() -> Problem {
+    random_problem(64, 48, 20_240_601)
 }
 
 /// Three problems sharing the random problem's marginals: its cost plus p · 0.05 · U[0, 1) for p = 0, 1, 2.
 fn batch(p: &Problem) -> Batch {
     let (m, n) = (p.m(), p.n());
-    let mut r = XorShift::new(7);
+    let mut r = Rng::new(7);
     let mut cost = Vec::with_capacity(3 * m * n);
     for k in 0..3 {
         for i in 0..m {
             for j in 0..n {
-                cost.push(p.cost()[[i, j]] + 0.05 * k as f64 * r.next());
+                cost.push(p.cost()[[i, j]] + 0.05 * k as f64 * r.next_f64());
             }
         }
     }
     let cost = Array3::from_shape_vec((3, m, n), cost).unwrap();
     Batch::shared_marginals(p.a(), p.b(), cost.view()).expect("a valid batch")
-}
-
-/// Router logits, 2 groups × 16 tokens × 4 experts, in [-2, 2).
-fn logits() -> Array3<f64> {
-    let mut r = XorShift::new(99);
-    let v: Vec<f64> = (0..2 * 16 * 4).map(|_| 4.0 * r.next() - 2.0).collect();
-    Array3::from_shape_vec((2, 16, 4), v).unwrap()
 }
 
 /// FNV-1a 64 over the little-endian bytes of each word, as `length:hash`.
@@ -252,9 +221,9 @@ fn formulations() -> [(Formulation, &'static str); 2] {
 
 #[test]
 fn cpu_results_are_bit_identical() {
-    let random = random_problem();
+    let random = random();
     let batch = batch(&random);
-    let logits = logits();
+    let logits = logits(2, 16, 4, 99);
     let mut rec = Record::default();
     rec.0
         .push_str("# CPU fingerprints (tests/fingerprint.rs); SPARSE_OT_BLESS=1 rewrites\n");
@@ -368,7 +337,7 @@ fn gpu_results_are_bit_identical_on_the_recorded_adapter() {
         }
     }
     let device = Device::Gpu(ctx);
-    let random = random_problem();
+    let random = random();
     let batch = batch(&random);
     let mut rec = Record::default();
     writeln!(rec.0, "{header}").unwrap();

@@ -10,16 +10,19 @@
 //! assert below says which factor it uses.
 #![cfg(feature = "gpu")]
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 
 use std::sync::Arc;
 
-use gpu_common::{gpu, private_context, read_f32, read_u32, storage_f32};
+use data::{assert_close, assert_matrix_close, random_problem};
+use gpu_common::{gpu, on_gpu, private_context, read_f32, read_u32, storage_f32};
 use ndarray::{Array1, Array2};
 use sparse_ot::gpu::{GpuContext, GpuProblem};
 use sparse_ot::{
-    golden_problem, Device, Error, Formulation, Plan, Problem, Sinkhorn, Solution, SparseOt,
+    golden_problem, Device, Error, Formulation, Plan, Problem, RanOn, Sinkhorn, Solution, SparseOt,
     Termination,
 };
 
@@ -66,48 +69,8 @@ macro_rules! on_both_devices {
     };
 }
 
-#[track_caller]
-fn assert_close(what: &str, actual: f64, expected: f64, tol: f64) {
-    let diff = (actual - expected).abs();
-    assert!(
-        diff <= tol, // false for NaN
-        "{what}: actual {actual:.10e}, expected {expected:.10e}, |diff| {diff:.3e} > tol {tol:.1e}"
-    );
-}
-
-#[track_caller]
-fn assert_matrix_close(what: &str, actual: &Array2<f64>, expected: &Array2<f64>, tol: f64) {
-    assert_eq!(actual.dim(), expected.dim(), "{what}: shapes");
-    for ((i, j), &e) in expected.indexed_iter() {
-        let a = actual[(i, j)];
-        let diff = (a - e).abs();
-        assert!(diff <= tol, "{what}[{i}, {j}]: actual {a:.10e}, expected {e:.10e}, |diff| {diff:.3e} > tol {tol:.1e}");
-    }
-}
-
 fn dense(sol: &Solution) -> Array2<f64> {
     sol.plan.to_dense()
-}
-
-/// A random-looking but deterministic problem: points on a line with a quadratic cost, uneven marginals.
-fn random_problem(m: usize, n: usize, seed: u64) -> Problem {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut next = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 11) as f64) / ((1u64 << 53) as f64)
-    };
-    let x: Vec<f64> = (0..m).map(|_| next()).collect();
-    let y: Vec<f64> = (0..n).map(|_| next()).collect();
-    let mut a = Array1::from_iter((0..m).map(|_| 0.5 + next()));
-    let mut b = Array1::from_iter((0..n).map(|_| 0.5 + next()));
-    a /= a.sum();
-    b /= b.sum();
-    let cost = Array2::from_shape_fn((m, n), |(i, j)| (x[i] - y[j]).powi(2));
-    Problem::new(a.view(), b.view(), cost.view()).unwrap()
 }
 
 on_both_devices!(sinkhorn_golden, |device: &Device, tol: Tol| {
@@ -439,7 +402,7 @@ fn gpu_reuses_pipelines_and_workspaces() {
         after_new_shape.workspaces_created,
         after_first.workspaces_created + 1
     );
-    assert_eq!(first.device, ctx.adapter_name());
+    assert_eq!(first.device, on_gpu(&ctx));
 }
 
 /// The problem's a, b and cost as an application would hold them: f32 `STORAGE | COPY_SRC` buffers.
@@ -470,7 +433,7 @@ fn gpu_buffers_in_buffers_out() {
         b: &b,
         cost: &cost,
     };
-    let out = ctx.solve_sparse_buffers(&cfg, &input).unwrap();
+    let out = cfg.solve_buffers(&ctx, &input).unwrap();
     let reference = cfg.solve_on(&p, &Device::Gpu(ctx.clone())).unwrap();
     assert_eq!(out.k, 3);
     assert_eq!(
@@ -499,7 +462,7 @@ fn gpu_buffers_in_buffers_out() {
         ..input
     };
     assert!(matches!(
-        ctx.solve_sparse_buffers(&cfg, &small),
+        cfg.solve_buffers(&ctx, &small),
         Err(Error::ShapeMismatch { .. })
     ));
 }
@@ -517,7 +480,7 @@ fn gpu_sinkhorn_buffers_in_buffers_out() {
         b: &b,
         cost: &cost,
     };
-    let out = ctx.sinkhorn_buffers(&cfg, &input).unwrap();
+    let out = cfg.solve_buffers(&ctx, &input).unwrap();
     assert!(out.termination.converged(), "{:?}", out.termination);
     assert!(out.marginal_error <= 1e-6, "{}", out.marginal_error);
     // Against the f64 CPU potentials (normalised: f + c, g − c is the same plan): the potentials agree to
@@ -586,8 +549,8 @@ fn auto_device_reports_where_it_ran() {
         .unwrap();
     // Auto takes a hardware adapter only; a software one (lavapipe, as in CI) leaves the work to the CPU.
     match gpu() {
-        Some(ctx) if !ctx.is_software() => assert_eq!(sol.device, ctx.adapter_name()),
-        _ => assert_eq!(sol.device, "cpu"),
+        Some(ctx) if !ctx.is_software() => assert_eq!(sol.device, on_gpu(&ctx)),
+        _ => assert_eq!(sol.device, RanOn::Cpu),
     }
     let (cfg, p) = (
         SparseOt::quadratic(0.1).unwrap().tol(1e-6).unwrap(),

@@ -18,36 +18,29 @@
 //! b_j ≤ 4), where the f64 CPU plan has them to 1e-9.
 #![cfg(feature = "gpu")]
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "common/gpu.rs"]
 mod gpu_common;
+#[path = "common/monitor.rs"]
+mod monitor_common;
 
-use gpu_common::{gpu, private_context};
+use data::{logits, Rng};
+use gpu_common::{gpu, on_gpu, private_context};
 use ndarray::{Array2, Array3, Axis};
 use sparse_ot::{
-    Batch, Device, Formulation, Router, RouterSolver, Sinkhorn, Solution, SparseOt, Termination,
+    Batch, Device, Formulation, RanOn, Router, RouterSolver, Sinkhorn, Solution, SparseOt,
+    Termination,
 };
 
 /// Agreement of f32 GPU and f64 CPU recipe results (see the module docs).
 const F32_TOL: f64 = 1e-5;
 
-/// Deterministic values in [0, 1) (splitmix64).
-fn uniform(seed: u64) -> impl FnMut() -> f64 {
-    let mut state = seed;
-    move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// B problems of shape m × n: random positive marginals of unit mass, random costs in [0, 1).
 fn random_batch(nb: usize, m: usize, n: usize, seed: u64) -> Batch {
-    let mut next = uniform(seed);
-    let mut a = Array2::from_shape_simple_fn((nb, m), || 0.5 + next());
-    let mut b = Array2::from_shape_simple_fn((nb, n), || 0.5 + next());
+    let mut rng = Rng::new(seed);
+    let mut a = Array2::from_shape_simple_fn((nb, m), || 0.5 + rng.next_f64());
+    let mut b = Array2::from_shape_simple_fn((nb, n), || 0.5 + rng.next_f64());
     for mut row in a.axis_iter_mut(Axis(0)) {
         let s = row.sum();
         row /= s;
@@ -56,14 +49,8 @@ fn random_batch(nb: usize, m: usize, n: usize, seed: u64) -> Batch {
         let s = row.sum();
         row /= s;
     }
-    let cost = Array3::from_shape_simple_fn((nb, m, n), &mut next);
+    let cost = Array3::from_shape_simple_fn((nb, m, n), || rng.next_f64());
     Batch::new(a.view(), b.view(), cost.view()).unwrap()
-}
-
-/// Router logits in [-2, 2), as in tests/moe.rs.
-fn logits(g: usize, s: usize, e: usize, seed: u64) -> Array3<f64> {
-    let mut next = uniform(seed);
-    Array3::from_shape_simple_fn((g, s, e), || 4.0 * next() - 2.0)
 }
 
 fn max_diff<'a>(x: impl IntoIterator<Item = &'a f64>, y: impl IntoIterator<Item = &'a f64>) -> f64 {
@@ -135,8 +122,8 @@ fn batched_adam_matches_cpu_recipe() {
         let gpu = adam(&cfg, &batch, &device);
         let cpu = adam(&cfg, &batch, &Device::Cpu);
         for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
-            assert_eq!(g.device, ctx.adapter_name());
-            assert_eq!(c.device, "cpu");
+            assert_eq!(g.device, on_gpu(&ctx));
+            assert_eq!(c.device, RanOn::Cpu);
             assert_agree(&format!("{name}, problem {i}"), g, c, F32_TOL);
         }
     }
@@ -219,7 +206,7 @@ fn authors_router_on_gpu() {
     let l = logits(16, 8, 2, 7);
     let r = Router::experts_choose(2.0).unwrap();
     let out = r.route_on(l.view(), &device).unwrap();
-    assert_eq!(out.device, ctx.adapter_name());
+    assert_eq!(out.device, on_gpu(&ctx));
     assert_eq!(out.capacity, 8);
     assert!(out.load.tokens_per_expert.max <= 8.0);
     for (g, rep) in out.groups.iter().enumerate() {
@@ -228,7 +215,7 @@ fn authors_router_on_gpu() {
         assert!(rep.iterations <= 20);
     }
     let cpu = r.route_on(l.view(), &Device::Cpu).unwrap();
-    assert_eq!(cpu.device, "cpu");
+    assert_eq!(cpu.device, RanOn::Cpu);
     assert_eq!(out.dispatch, cpu.dispatch);
     for (g, (a, b)) in out.groups.iter().zip(&cpu.groups).enumerate() {
         // With E = 2 and capacity S, some groups are balanced at α = 0 (gradient exactly 0 in f64, rounding
@@ -464,7 +451,7 @@ fn batched_sinkhorn_equals_one_by_one() {
     let cfg = Sinkhorn::new(0.05).unwrap().tol(1e-5).unwrap();
     let together = sinkhorn_batch(&cfg, &batch, &device);
     for (i, sol) in together.iter().enumerate() {
-        assert_eq!(sol.device, ctx.adapter_name());
+        assert_eq!(sol.device, on_gpu(&ctx));
         let alone = cfg.solve_on(&batch.problem(i).unwrap(), &device).unwrap();
         assert_same_bits(&format!("problem {i}"), sol, &alone);
     }
@@ -609,12 +596,14 @@ fn sinkhorn_statuses_are_per_problem() {
     }
     for (i, sol) in out.iter().enumerate() {
         let p = batch.problem(i).unwrap();
-        let mut checks = Vec::new();
-        let alone = cfg
-            .solve_on_observed(&p, &device, &mut |pr| {
-                checks.push((pr.iteration, pr.marginal_error))
-            })
-            .unwrap();
+        let (monitor, steps) = monitor_common::step_recorder();
+        let alone = cfg.clone().monitor(monitor).solve_on(&p, &device).unwrap();
+        let checks: Vec<(usize, f64)> = steps
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|pr| (pr.iteration, pr.marginal_error))
+            .collect();
         assert_same_bits(&format!("problem {i}"), sol, &alone);
         let at: Vec<usize> = checks.iter().map(|c| c.0).collect();
         let expected: Vec<usize> = (1..=sol.iterations / 10).map(|c| 10 * c).collect();
@@ -663,13 +652,12 @@ fn lbfgs_batch_progress_counts_every_problem() {
     cost[[4, 0, 0]] = f64::INFINITY;
     let batch = Batch::new(batch.a(), batch.b(), cost.view()).unwrap();
     for (name, cfg, _) in lbfgs_configs() {
-        let seen = std::sync::Mutex::new(Vec::new());
-        let out = cfg.solve_batch_on_observed(&batch, &Device::Gpu(ctx.clone()), &|d, t| {
-            seen.lock().unwrap().push((d, t))
-        });
+        let (monitor, seen) = monitor_common::finished_recorder();
+        let out = cfg
+            .monitor(monitor)
+            .solve_batch_on(&batch, &Device::Gpu(ctx.clone()));
         assert!(out[4].is_err(), "{name}");
-        let mut seen = seen.into_inner().unwrap();
-        seen.sort();
+        let seen = monitor_common::sorted(&seen);
         assert_eq!(seen, (1..=6).map(|d| (d, 6)).collect::<Vec<_>>(), "{name}");
     }
 }
@@ -685,13 +673,12 @@ fn sinkhorn_batch_progress_counts_every_problem() {
     let batch = Batch::new(batch.a(), batch.b(), cost.view()).unwrap();
     for max_iter in [3, 10_000] {
         let cfg = Sinkhorn::new(0.1).unwrap().max_iter(max_iter);
-        let seen = std::sync::Mutex::new(Vec::new());
-        let out = cfg.solve_batch_on_observed(&batch, &Device::Gpu(ctx.clone()), &|d, t| {
-            seen.lock().unwrap().push((d, t))
-        });
+        let (monitor, seen) = monitor_common::finished_recorder();
+        let out = cfg
+            .monitor(monitor)
+            .solve_batch_on(&batch, &Device::Gpu(ctx.clone()));
         assert!(out[1].is_err());
-        let mut seen = seen.into_inner().unwrap();
-        seen.sort();
+        let seen = monitor_common::sorted(&seen);
         assert_eq!(
             seen,
             (1..=5).map(|d| (d, 5)).collect::<Vec<_>>(),

@@ -1,23 +1,14 @@
 //! Mixture-of-experts router: the authors' router tests (SPEC §7), capacity guarantees, the greedy baseline
 //! and input errors.
 
+#[path = "common/data.rs"]
+mod data;
+
+use data::logits;
 use ndarray::{Array3, Axis};
 use sparse_ot::moe::{gates, GroupReport, LoadMetrics};
 use sparse_ot::{greedy_top_k, Error, Router, RouterSolver};
 use sparse_ot::{Criterion, Termination};
-
-/// Deterministic pseudo-random logits in [-2, 2) (splitmix64).
-fn logits(g: usize, s: usize, e: usize, seed: u64) -> Array3<f64> {
-    let mut state = seed;
-    Array3::from_shape_simple_fn((g, s, e), || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        4.0 * (z >> 11) as f64 / (1u64 << 53) as f64 - 2.0
-    })
-}
 
 const SOLVERS: [(&str, RouterSolver); 2] = [
     ("adam", RouterSolver::AUTHORS),

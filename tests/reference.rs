@@ -9,14 +9,15 @@
 //!
 //! Clarabel's standard form: minimise ½xᵀPx + qᵀx subject to Ax + s = b, s ∈ K.
 
-mod common;
+#[path = "common/data.rs"]
+mod data;
 
 use clarabel::algebra::CscMatrix;
 use clarabel::solver::{
     DefaultSettings, DefaultSolver, IPSolver, SolverStatus, SupportedConeT,
     SupportedConeT::{NonnegativeConeT, SecondOrderConeT, ZeroConeT},
 };
-use common::random_problem;
+use data::{assert_close, random_problem};
 use sparse_ot::{golden_problem, ExactOt, Formulation, Problem, SparseOt};
 
 /// Sparse matrix assembled from (row, column, value) triplets.
@@ -213,15 +214,6 @@ fn dual_value(pr: &Problem, k: usize, gamma: f64, alpha: &[f64], beta: &[f64]) -
         value -= sq.iter().take(k).sum::<f64>() / (2.0 * gamma);
     }
     value
-}
-
-#[track_caller]
-fn assert_close(what: &str, found: f64, expected: f64, tol: f64) {
-    let d = (found - expected).abs();
-    assert!(
-        d <= tol,
-        "{what}: found {found:.12}, expected {expected:.12}, difference {d:.2e} > {tol:.0e}"
-    );
 }
 
 #[test]

@@ -1,17 +1,12 @@
 //! Log-domain Sinkhorn: golden values (SPEC §8), invariants of the stopping rule, and the fast inner loops
 //! against a plain two-pass reference written here.
 
-use ndarray::{Array1, Array2, Axis};
-use sparse_ot::{golden_problem, Criterion, Precision, Problem, Sinkhorn, Solution, Termination};
+#[path = "common/data.rs"]
+mod data;
 
-#[track_caller]
-fn assert_close(what: &str, actual: f64, expected: f64, tol: f64) {
-    let diff = (actual - expected).abs();
-    assert!(
-        diff <= tol,
-        "{what}: actual {actual:.15e}, expected {expected:.15e}, |diff| {diff:.3e} > tol {tol:.1e}"
-    );
-}
+use data::{assert_close, point_cloud_problem};
+use ndarray::Axis;
+use sparse_ot::{golden_problem, Criterion, Precision, Problem, Sinkhorn, Solution, Termination};
 
 /// Largest |row sum − a_i| and |column sum − b_j| of the returned dense plan, measured here.
 fn plan_errors(sol: &Solution, p: &Problem) -> (f64, f64) {
@@ -23,28 +18,6 @@ fn plan_errors(sol: &Solution, p: &Problem) -> (f64, f64) {
         .iter()
         .fold(0.0f64, |e, &d| e.max(d.abs()));
     (rows, cols)
-}
-
-/// Deterministic uniform points in [0,1]² (splitmix64), squared-Euclidean cost scaled to max 1, uniform marginals.
-fn random_problem(m: usize, n: usize, seed: u64) -> Problem {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let x: Vec<[f64; 2]> = (0..m).map(|_| [next(), next()]).collect();
-    let y: Vec<[f64; 2]> = (0..n).map(|_| [next(), next()]).collect();
-    let mut cost = Array2::from_shape_fn((m, n), |(i, j)| {
-        (x[i][0] - y[j][0]).powi(2) + (x[i][1] - y[j][1]).powi(2)
-    });
-    let cmax = cost.iter().cloned().fold(0.0, f64::max);
-    cost /= cmax;
-    let a = Array1::from_elem(m, 1.0 / m as f64);
-    let b = Array1::from_elem(n, 1.0 / n as f64);
-    Problem::new(a.view(), b.view(), cost.view()).unwrap()
 }
 
 /// `iters` plain iterations (g-update, then f-update) with two-pass LSE and `f64::exp`, from zero.
@@ -106,8 +79,8 @@ fn fast_iterations_match_plain_reference() {
     // underflows), so the max-shifted fallbacks of both half-steps are exercised.
     for (p, eps) in [0.5, 0.05, 0.005, 1e-4, 1e-5]
         .into_iter()
-        .map(|eps| (random_problem(45, 37, 7), eps))
-        .chain([(random_problem(300, 270, 8), 0.01)])
+        .map(|eps| (point_cloud_problem(45, 37, 7), eps))
+        .chain([(point_cloud_problem(300, 270, 8), 0.01)])
     {
         let iters = 60;
         let sol = Sinkhorn::new(eps)
@@ -131,7 +104,7 @@ fn fast_iterations_match_plain_reference() {
 
 #[test]
 fn columns_exact_and_status_honest() {
-    let p = random_problem(60, 50, 3);
+    let p = point_cloud_problem(60, 50, 3);
     for tol in [1e-4, 1e-8, 1e-11] {
         let sol = Sinkhorn::new(0.02)
             .unwrap()
@@ -179,7 +152,7 @@ fn zero_tolerance_runs_exactly_max_iter() {
 
 #[test]
 fn warm_start_reduces_iterations() {
-    let p = random_problem(40, 30, 11);
+    let p = point_cloud_problem(40, 30, 11);
     let cold = Sinkhorn::new(0.01).unwrap().tol(1e-10).unwrap();
     let loose = Sinkhorn::new(0.01)
         .unwrap()
@@ -211,7 +184,7 @@ fn warm_start_reduces_iterations() {
 fn invariant_to_cost_offset_and_potential_gauge() {
     // A constant added to C, or (f + c, g − c) as a warm start, changes nothing in the plan: this exercises the
     // shifts that keep the f32 inner loops accurate and the fallback of the one-pass sums.
-    let p = random_problem(30, 42, 5);
+    let p = point_cloud_problem(30, 42, 5);
     let shifted = Problem::new(p.a(), p.b(), (&p.cost() + 500.0).view()).unwrap();
     for precision in [Precision::F64, Precision::F32] {
         let tol = if precision == Precision::F64 {

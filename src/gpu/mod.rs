@@ -1,4 +1,6 @@
-//! The GPU path through wgpu: host layer for the kernels in `shaders/`.
+//! GPU machinery through wgpu: the host layer for the kernels in `shaders/`, shared by every solver family
+//! (the families' device code lives with them: `sparse::gpu`, `sinkhorn::gpu`, `moe::gpu`, and the L-BFGS
+//! backend in `lbfgs::gpu`). Nothing here knows a solver.
 //!
 //! * [`GpuContext`] owns (or adopts) a device and queue, knows the device's limits, caches compute pipelines
 //!   by (kernel, workgroup size) and keeps per-shape workspaces, so repeated solves of one shape neither
@@ -9,10 +11,10 @@
 //! * Iterations stay on the device. Sparse solves read back eight scalars per problem and L-BFGS round (an
 //!   evaluation or a new direction); Sinkhorn reads back one scalar per problem (its row-marginal error)
 //!   every `check_every` iterations. The potentials and the plan are read back once at the end (or stay in
-//!   buffers with
-//!   [`GpuContext::solve_sparse_buffers`]).
+//!   buffers with [`crate::SparseOt::solve_buffers`] and [`crate::Sinkhorn::solve_buffers`], whose input is
+//!   a [`GpuProblem`]).
 //! * Problems that do not fit one storage binding are refused with [`crate::Error::DeviceLimit`].
-//! * Batches: the sparse kernels take the problem index from `workgroup_id.z` and find problem p's data at
+//! * Batches: the kernels take the problem index from `workgroup_id.z` and find problem p's data at
 //!   p × its per-problem length in every buffer, so one dispatch covers B problems of one shape (B = 1 is the
 //!   single-problem path). [`crate::SparseOt::solve_batch_adam_on`] (the router recipe) runs a whole batch
 //!   with three dispatches per Adam step whatever B is, all steps in one submission, one readback at the end
@@ -24,20 +26,14 @@
 //!   evaluation) with at most six dispatches whatever B is, each kernel skipping the problems that do
 //!   something else this round.
 //! * Router logits already on the device: [`crate::Router::route_buffers`] (`shaders/router.wgsl` + the
-//!   batched recipe) keeps gates, problems, steps and routing on the GPU and returns a [`GpuRouting`].
+//!   batched recipe) keeps gates, problems, steps and routing on the GPU and returns a
+//!   [`crate::GpuRouting`].
 
-pub(crate) mod adam;
-mod buffers;
-mod context;
-mod kernels;
-mod lbfgs;
-mod problems;
-pub(crate) mod router;
-pub(crate) mod sinkhorn;
-pub(crate) mod sparse;
+pub(crate) mod buffers;
+pub(crate) mod context;
+pub(crate) mod kernels;
+mod problem;
 
 pub use context::{GpuContext, GpuStats};
 pub use kernels::shader_sources;
-pub use router::GpuRouting;
-pub use sinkhorn::GpuSinkhornOutput;
-pub use sparse::{GpuProblem, GpuSparseOutput};
+pub use problem::GpuProblem;

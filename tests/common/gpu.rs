@@ -7,6 +7,13 @@ use std::sync::Arc;
 use sparse_ot::gpu::GpuContext;
 use wgpu::util::DeviceExt;
 
+/// Where a solve on `ctx` (that stayed on the device) reports it ran.
+pub fn on_gpu(ctx: &GpuContext) -> sparse_ot::RanOn {
+    sparse_ot::RanOn::Gpu {
+        adapter: ctx.adapter_name().to_string(),
+    }
+}
+
 /// The shared GPU context, or None (test skipped) when no adapter exists and a GPU is not required.
 pub fn gpu() -> Option<Arc<GpuContext>> {
     match GpuContext::shared() {

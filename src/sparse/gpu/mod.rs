@@ -4,26 +4,32 @@
 //! B is), then the sparse plans extracted on the device (k row indices and values per column). A single
 //! problem is the batch B = 1.
 
+pub(crate) mod adam;
+mod batch;
+
 use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use crate::batch::{Batch, BatchProgress};
-use crate::config::{Observer, SparseOt};
+use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
-use crate::gpu::lbfgs::{DeviceObjective, GpuLbfgs, LbfgsBuffers};
-use crate::gpu::problems::{self, Run, Valid};
+use crate::gpu::GpuProblem;
+use crate::lbfgs::gpu::{DeviceObjective, GpuLbfgs, LbfgsBuffers};
 use crate::lbfgs::{self, Settings, Step};
+use crate::monitor::{Monitor, Progress};
 use crate::problem::Problem;
-use crate::solution::{Lanes, Progress, Solution, Termination};
-use crate::Formulation;
+use crate::solution::{Formulation, Lanes, RanOn, Solution, Termination};
+use crate::sparse::rules;
+use crate::sparse::settings::SparseOt;
+
+use self::batch::{Run, Valid};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+struct SparseParams {
     m: u32,
     n: u32,
     k: u32,
@@ -53,32 +59,32 @@ const ROUND_WORDS: usize = 8;
 
 /// Buffers and passes of one (m, n, k, formulation, memory), for one problem or a batch of B problems
 /// stored back to back (every buffer B times its per-problem length, every pass dispatched with z = B).
-pub(crate) struct Workspace {
-    pub(super) m: usize,
-    pub(super) n: usize,
-    pub(super) k: usize,
-    pub(super) dual: bool,
+pub(crate) struct SparseWorkspace {
+    pub(crate) m: usize,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) dual: bool,
     params: wgpu::Buffer,
-    pub(super) cost_t: wgpu::Buffer,
-    pub(super) a: wgpu::Buffer,
-    pub(super) b: wgpu::Buffer,
-    pub(super) scalars: wgpu::Buffer,
-    pub(super) plan_values: wgpu::Buffer,
-    pub(super) plan_rows: wgpu::Buffer,
-    pub(super) beta: wgpu::Buffer,
-    pub(super) staging: wgpu::Buffer,
+    pub(crate) cost_t: wgpu::Buffer,
+    pub(crate) a: wgpu::Buffer,
+    pub(crate) b: wgpu::Buffer,
+    pub(crate) scalars: wgpu::Buffer,
+    pub(crate) plan_values: wgpu::Buffer,
+    pub(crate) plan_rows: wgpu::Buffer,
+    pub(crate) beta: wgpu::Buffer,
+    pub(crate) staging: wgpu::Buffer,
     /// B u32: nonzero for the problems the next passes evaluate (all, unless an L-BFGS round says otherwise).
     active: wgpu::Buffer,
     /// Problems B.
-    pub(super) problems: usize,
-    pub(super) lbfgs: LbfgsBuffers,
-    pub(super) column: Pass,
-    pub(super) row: Pass,
-    pub(super) finalize: Pass,
-    pub(super) extract: Pass,
+    pub(crate) problems: usize,
+    pub(crate) lbfgs: LbfgsBuffers,
+    pub(crate) column: Pass,
+    pub(crate) row: Pass,
+    pub(crate) finalize: Pass,
+    pub(crate) extract: Pass,
 }
 
-impl DeviceObjective for Workspace {
+impl DeviceObjective for SparseWorkspace {
     fn passes(&self) -> Vec<&Pass> {
         vec![&self.column, &self.row, &self.finalize]
     }
@@ -94,9 +100,9 @@ impl DeviceObjective for Workspace {
     }
 }
 
-impl Workspace {
+impl SparseWorkspace {
     /// Buffers for `nb` problems of one shape (m, n, k); the L-BFGS vectors hold all of them back to back.
-    pub(super) fn batched(
+    pub(crate) fn batched(
         ctx: &GpuContext,
         (m, n, k): (usize, usize, usize),
         dual: bool,
@@ -107,7 +113,7 @@ impl Workspace {
         let params = buffers::uniform(
             ctx,
             "sparse params",
-            &Params {
+            &SparseParams {
                 m: m as u32,
                 n: n as u32,
                 k: k as u32,
@@ -221,7 +227,7 @@ impl Workspace {
     }
 
     /// Per-problem dimension of the potentials (m, or m + n for the dual).
-    pub(super) fn dim(&self) -> usize {
+    pub(crate) fn dim(&self) -> usize {
         if self.dual {
             self.m + self.n
         } else {
@@ -229,8 +235,8 @@ impl Workspace {
         }
     }
 
-    pub(super) fn set_gamma(&self, ctx: &GpuContext, gamma: f64) {
-        let p = Params {
+    pub(crate) fn set_gamma(&self, ctx: &GpuContext, gamma: f64) {
+        let p = SparseParams {
             m: self.m as u32,
             n: self.n as u32,
             k: self.k as u32,
@@ -244,7 +250,7 @@ impl Workspace {
     }
 }
 
-pub(super) fn check_shape(ctx: &GpuContext, m: usize, n: usize, k: usize) -> Result<()> {
+pub(crate) fn check_shape(ctx: &GpuContext, m: usize, n: usize, k: usize) -> Result<()> {
     ctx.check_binding(
         "max_storage_buffer_binding_size (cost matrix, f32)",
         4 * (m as u64) * (n as u64),
@@ -257,7 +263,7 @@ pub(super) fn check_shape(ctx: &GpuContext, m: usize, n: usize, k: usize) -> Res
 }
 
 /// Checks that `nb` problems of shape (m, n) with k per column fit the device as one batch.
-pub(super) fn check_batch(
+pub(crate) fn check_batch(
     ctx: &GpuContext,
     nb: usize,
     (m, n, k): (usize, usize, usize),
@@ -296,10 +302,10 @@ fn workspace_key(cfg: &SparseOt, (m, n, k): (usize, usize, usize), batch: usize)
 
 /// Minimises −S or −D of every problem of the workspace from `x0` (B × dim) with one driver each, in
 /// lockstep; then re-evaluates every problem at its returned point and extracts the plans on the device.
-/// `observe(p, progress)` sees problem p after each of its accepted steps.
+/// `observe(p, progress)` sees problem p after each of its accepted steps; `cfg.monitor` can cancel.
 fn run(
     ctx: &GpuContext,
-    ws: &Workspace,
+    ws: &SparseWorkspace,
     cfg: &SparseOt,
     x0: &[f32],
     observe: &mut dyn FnMut(usize, &Progress),
@@ -335,6 +341,7 @@ fn run(
             )
         },
         finished,
+        &|| cfg.monitor.is_cancelled(),
     );
     // Objectives, column states and plans at the returned iterates (t = 0 makes the trial point x).
     let at_x = lbfgs::Lockstep::round(
@@ -362,9 +369,9 @@ fn run(
         .collect())
 }
 
-pub(super) fn read<T: bytemuck::Pod>(
+pub(crate) fn read<T: bytemuck::Pod>(
     ctx: &GpuContext,
-    ws: &Workspace,
+    ws: &SparseWorkspace,
     buf: &wgpu::Buffer,
     offset: usize,
     len: usize,
@@ -382,20 +389,10 @@ pub(super) fn read<T: bytemuck::Pod>(
     Ok(v)
 }
 
-/// One problem on the GPU; `observer` sees every accepted L-BFGS step (and the CPU finish, if any).
-pub(crate) fn solve(
-    ctx: &GpuContext,
-    cfg: &SparseOt,
-    problem: &Problem,
-    observer: Observer<'_>,
-) -> Result<Solution> {
-    let mut out = solve_all(
-        ctx,
-        cfg,
-        [Ok(Cow::Borrowed(problem))].into_iter(),
-        observer,
-        &|_, _| {},
-    );
+/// One problem on the GPU; `cfg.monitor` sees every accepted L-BFGS step (and the CPU continuation, if
+/// any).
+pub(crate) fn solve(ctx: &GpuContext, cfg: &SparseOt, problem: &Problem) -> Result<Solution> {
+    let mut out = solve_all(ctx, cfg, [Ok(Cow::Borrowed(problem))].into_iter(), true);
     out.pop()
         .unwrap_or_else(|| Err(Error::Gpu("a solve of one problem returned nothing".into())))
 }
@@ -405,54 +402,47 @@ pub(crate) fn solve_batch(
     ctx: &GpuContext,
     cfg: &SparseOt,
     batch: &Batch,
-    progress: BatchProgress<'_>,
 ) -> Vec<Result<Solution>> {
-    let problems = (0..batch.len()).map(|i| batch.problem(i).map(Cow::Owned));
-    solve_all(ctx, cfg, problems, &mut |_| {}, progress)
+    solve_all(ctx, cfg, batch.problems(), false)
 }
 
 /// The batch pipeline: validate each problem; k = 1 goes to the exact CPU solver; the rest run on the
-/// device together; a problem whose f32 L-BFGS stalled (as it does on the kinks of k < m) is finished in
-/// f64 on the CPU from its potentials. `observer` is only called for a batch of one problem; `progress`
-/// counts the problems whose result is ready.
+/// device together; a problem whose f32 L-BFGS stalled (as it does on the kinks of k < m) is continued in
+/// f64 on the CPU from its potentials. `single`: a single solve, whose steps the monitor sees; a batch
+/// reports finished problems instead.
 fn solve_all<'p>(
     ctx: &GpuContext,
     user_cfg: &SparseOt,
     problems: impl ExactSizeIterator<Item = Result<Cow<'p, Problem>>>,
-    observer: Observer<'_>,
-    progress: BatchProgress<'_>,
+    single: bool,
 ) -> Vec<Result<Solution>> {
-    let mut prep = problems::prepare(user_cfg, problems, progress);
-    let single = prep.valid.len() == 1;
-    let cfg = prep.cfg.clone();
-    let axis = if user_cfg.lanes == Lanes::Rows {
-        "columns"
-    } else {
-        "rows"
-    };
+    let silent = Monitor::new();
+    let mut prep = batch::prepare(
+        user_cfg,
+        problems,
+        if single { &silent } else { &user_cfg.monitor },
+    );
+    let mut cfg = prep.cfg.clone();
+    if !single {
+        cfg.monitor = user_cfg.monitor.quiet();
+    }
     let (exact, device): (Vec<usize>, Vec<usize>) = (0..prep.valid.len())
-        .partition(|&v| crate::cpu::sparse::k1_is_exact(&cfg, &prep.valid[v].columns, prep.k));
+        .partition(|&v| rules::k1_is_exact(&cfg, &prep.valid[v].columns, prep.k));
     for v in exact {
-        // k = 1 is unregularised OT (SPEC §2.3), solved exactly by the CPU network simplex.
-        let sol = crate::cpu::sparse::solve_columns(&cfg, &prep.valid[v].columns, axis, observer)
-            .map(|mut s| {
-                s.device = "cpu (k = 1: exact network simplex)".into();
-                s
-            });
+        // k = 1 is unregularised OT, solved exactly by the CPU network simplex.
+        let valid = &prep.valid[v];
+        let sol = super::cpu::solve_columns(&cfg, &valid.columns, prep.k, valid.x0.clone());
         prep.set(user_cfg, v, sol);
         prep.results.tick();
     }
     if device.is_empty() {
         return prep.into_results(Ok(()));
     }
-    let mut forward = |_: usize, p: &Progress| {
-        if single {
-            observer(p)
-        }
-    };
+    let monitor = &cfg.monitor;
+    let mut forward = |_: usize, p: &Progress| monitor.step(p);
     let on_device: Vec<&Valid<'_>> = device.iter().map(|&v| &prep.valid[v]).collect();
     let tick = || prep.results.tick();
-    // A driver that stalled with a tolerance set is finished on the CPU below; the others are done here.
+    // A driver that stalled with a tolerance set is continued on the CPU below; the others are done here.
     let mut lbfgs_done = |_: usize, t: Termination| {
         if t != Termination::Stalled || cfg.tol == 0.0 {
             tick();
@@ -462,18 +452,11 @@ fn solve_all<'p>(
         Ok(s) => s,
         Err(e) => return prep.into_results(Err(e)),
     };
-    let finished: Vec<Solution> = if single {
-        let mut only = sols;
-        let sol = only
-            .pop()
-            .map(|s| finish_stalled(ctx, &cfg, on_device[0], prep.k, s, observer, &tick));
-        sol.into_iter().collect()
-    } else {
-        sols.into_par_iter()
-            .zip(on_device.par_iter())
-            .map(|(s, v)| finish_stalled(ctx, &cfg, v, prep.k, s, &mut |_| {}, &tick))
-            .collect()
-    };
+    let finished: Vec<Solution> = sols
+        .into_par_iter()
+        .zip(on_device.par_iter())
+        .map(|(s, v)| continue_stalled(ctx, &cfg, v, prep.k, s, &tick))
+        .collect();
     for (v, sol) in device.into_iter().zip(finished) {
         prep.set(user_cfg, v, Ok(sol));
     }
@@ -495,26 +478,25 @@ fn run_on_device(
     let key = workspace_key(cfg, (m, n, k), nb);
     let dual = cfg.formulation == Formulation::Dual;
     let ws = ctx.take_workspace(key, || {
-        Workspace::batched(ctx, (m, n, k), dual, cfg.memory, nb)
+        SparseWorkspace::batched(ctx, (m, n, k), dual, cfg.memory, nb)
     })?;
     let out = (|| {
-        let x0 = problems::upload(ctx, &ws, valid);
+        let x0 = batch::upload(ctx, &ws, valid);
         let runs = run(ctx, &ws, cfg, &x0, observe, finished)?;
-        problems::read_solutions(ctx, &ws, &ws.lbfgs.x, cfg, valid, runs)
+        batch::read_solutions(ctx, &ws, &ws.lbfgs.x, cfg, valid, runs)
     })();
     ctx.put_workspace(key, ws);
     out
 }
 
-/// A solution whose f32 L-BFGS stalled is finished in f64 on the CPU from its potentials (the nonsmooth
-/// finish of `cpu::finish`), then `tick` reports it; others are returned as they are.
-fn finish_stalled(
+/// A solution whose f32 L-BFGS stalled is continued in f64 on the CPU from its potentials (the nonsmooth
+/// stage of the CPU pipeline), then `tick` reports it; others are returned as they are.
+fn continue_stalled(
     ctx: &GpuContext,
     cfg: &SparseOt,
     v: &Valid<'_>,
     k: usize,
     sol: Solution,
-    observer: Observer<'_>,
     tick: &(dyn Fn() + Sync),
 ) -> Solution {
     if sol.termination != Termination::Stalled || cfg.tol == 0.0 {
@@ -524,57 +506,12 @@ fn finish_stalled(
     if cfg.formulation == Formulation::Dual {
         x.extend(sol.beta.iter());
     }
-    let mut fin =
-        crate::cpu::sparse::finish_after_stall(cfg, &v.columns, k, x, sol.iterations, observer);
-    fin.device = format!("{} + cpu (nonsmooth finish)", ctx.adapter_name());
+    let mut fin = super::cpu::continue_after_stall(cfg, &v.columns, k, x, sol.iterations);
+    fin.device = RanOn::GpuThenCpu {
+        adapter: ctx.adapter_name().to_string(),
+    };
     tick();
     fin
-}
-
-/// A problem whose data already lives in the application's GPU buffers (f32, on this context's device).
-///
-/// Every buffer needs `STORAGE | COPY_SRC` usage; `cost` is m×n row-major. The values are not
-/// checked on the host (that would need a readback): they must be finite, the marginals positive (the
-/// semi-dual divides by b_j) with equal sums.
-#[derive(Debug, Clone, Copy)]
-pub struct GpuProblem<'a> {
-    /// Number of sources (rows).
-    pub m: usize,
-    /// Number of targets (columns).
-    pub n: usize,
-    /// Source marginal, m f32.
-    pub a: &'a wgpu::Buffer,
-    /// Target marginal, n f32.
-    pub b: &'a wgpu::Buffer,
-    /// Cost, m×n f32 row-major.
-    pub cost: &'a wgpu::Buffer,
-}
-
-impl GpuProblem<'_> {
-    /// Checks the shape against the buffers' sizes.
-    pub(crate) fn check(&self) -> Result<()> {
-        let (m, n) = (self.m, self.n);
-        if m == 0 || n == 0 {
-            return Err(Error::Empty {
-                what: if m == 0 { "a" } else { "b" },
-            });
-        }
-        let sizes = [
-            ("a buffer", self.a, m),
-            ("b buffer", self.b, n),
-            ("cost buffer", self.cost, m * n),
-        ];
-        for (what, buf, len) in sizes {
-            if buf.size() < 4 * len as u64 {
-                return Err(Error::ShapeMismatch {
-                    what,
-                    expected: 4 * len,
-                    found: buf.size() as usize,
-                });
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The result of [`GpuContext::solve_sparse_buffers`]: new buffers owned by the caller, plus the run's report.
@@ -598,130 +535,94 @@ pub struct GpuSparseOutput {
     pub termination: Termination,
 }
 
-impl GpuContext {
-    /// Solves sparsity-constrained (or quadratic) OT on data already in GPU buffers, column sparsity only,
-    /// and returns the potentials and the plan as new GPU buffers (nothing but a few scalars per L-BFGS
-    /// evaluation crosses to the host). Results are f32.
-    ///
-    /// Errors: shape/usage mismatches of the buffers, k = 0 or k > m, a warm start of the wrong length,
-    /// row sparsity (not supported here; transpose the cost instead), device limits.
-    pub fn solve_sparse_buffers(
-        &self,
-        cfg: &SparseOt,
-        input: &GpuProblem<'_>,
-    ) -> Result<GpuSparseOutput> {
-        input.check()?;
-        let (m, n) = (input.m, input.n);
-        if cfg.lanes == Lanes::Rows {
-            return Err(Error::Unavailable {
-                what: "row sparsity on GPU buffers",
-                why: "pass the transposed cost and swapped marginals".into(),
-            });
-        }
-        let k = match cfg.k {
-            Some(k) if k == 0 || k > m => {
-                return Err(Error::InvalidK {
-                    k,
-                    max: m,
-                    axis: "rows",
-                })
-            }
-            Some(k) => k,
-            None => m,
-        };
-        let dual = cfg.formulation == Formulation::Dual;
-        let dim = if dual { m + n } else { m };
-        let mut x0 = vec![0.0f32; dim];
-        for (what, warm, range) in [
-            ("alpha", &cfg.warm_alpha, 0..m),
-            ("beta", &cfg.warm_beta, m..dim),
-        ] {
-            if let Some(v) = warm {
-                if range.is_empty() {
-                    continue;
-                }
-                if v.len() != range.len() {
-                    return Err(Error::WarmStartMismatch {
-                        what,
-                        expected: range.len(),
-                        found: v.len(),
-                    });
-                }
-                crate::problem::check_vector_finite(what, v.view())?;
-                x0[range]
-                    .iter_mut()
-                    .zip(v.iter())
-                    .for_each(|(x, &y)| *x = y as f32);
-            }
-        }
-        check_shape(self, m, n, k)?;
-        let key = workspace_key(cfg, (m, n, k), 1);
-        let ws = self.take_workspace(key, || {
-            Workspace::batched(self, (m, n, k), dual, cfg.memory, 1)
-        })?;
-        let out = self.solve_in(&ws, cfg, input, &x0);
-        self.put_workspace(key, ws);
-        out
+/// [`SparseOt::solve_buffers`]: k and the warm start are checked as for host problems
+/// ([`rules::check_k`], [`rules::start_point`]); the buffers' values are not (see [`GpuProblem`]).
+pub(crate) fn solve_buffers(
+    ctx: &GpuContext,
+    cfg: &SparseOt,
+    input: &GpuProblem<'_>,
+) -> Result<GpuSparseOutput> {
+    input.check()?;
+    let (m, n) = (input.m, input.n);
+    if cfg.lanes == Lanes::Rows {
+        return Err(Error::Unavailable {
+            what: "row sparsity on GPU buffers",
+            why: "pass the transposed cost and swapped marginals".into(),
+        });
     }
+    let k = rules::check_k(cfg, m, n)?;
+    let x0: Vec<f32> = rules::start_point(cfg, m, n)?
+        .into_iter()
+        .map(|x| x as f32)
+        .collect();
+    check_shape(ctx, m, n, k)?;
+    let key = workspace_key(cfg, (m, n, k), 1);
+    let dual = cfg.formulation == Formulation::Dual;
+    let ws = ctx.take_workspace(key, || {
+        SparseWorkspace::batched(ctx, (m, n, k), dual, cfg.memory, 1)
+    })?;
+    let out = solve_in_buffers(ctx, &ws, cfg, input, &x0);
+    ctx.put_workspace(key, ws);
+    out
+}
 
-    fn solve_in(
-        &self,
-        ws: &Workspace,
-        cfg: &SparseOt,
-        input: &GpuProblem<'_>,
-        x0: &[f32],
-    ) -> Result<GpuSparseOutput> {
-        let (m, n, k) = (ws.m, ws.n, ws.k);
-        let tp = buffers::uniform(
-            self,
-            "transpose params",
-            &TransposeParams {
-                len: (m * n) as u32,
-                rows: m as u32,
-                cols: n as u32,
-                _pad: 0,
-            },
-        );
-        let transpose = Pass::per_thread(
-            self,
-            Kernel::Transpose,
-            &[(0, &tp), (1, input.cost), (2, &ws.cost_t)],
-            m * n,
-        )?;
-        let mut enc = buffers::encode(self, &[&transpose]);
-        enc.copy_buffer_to_buffer(input.a, 0, &ws.a, 0, 4 * m as u64);
-        enc.copy_buffer_to_buffer(input.b, 0, &ws.b, 0, 4 * n as u64);
-        buffers::submit(self, enc);
-        let r = run(self, ws, cfg, x0, &mut |_, _| {}, &mut |_, _| {})?
-            .pop()
-            .ok_or_else(|| Error::Gpu("a run of one problem returned nothing".into()))?;
-        let out = |label, words| buffers::storage(self, label, words);
-        let (alpha, beta, plan_values, plan_rows) = (
-            out("alpha", m),
-            out("beta", n),
-            out("plan values", n * k),
-            out("plan rows", n * k),
-        );
-        let mut enc = self.device().create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&ws.lbfgs.x, 0, &alpha, 0, 4 * m as u64);
-        if ws.dual {
-            enc.copy_buffer_to_buffer(&ws.lbfgs.x, 4 * m as u64, &beta, 0, 4 * n as u64);
-        } else {
-            enc.copy_buffer_to_buffer(&ws.beta, 0, &beta, 0, 4 * n as u64);
-        }
-        enc.copy_buffer_to_buffer(&ws.plan_values, 0, &plan_values, 0, 4 * (n * k) as u64);
-        enc.copy_buffer_to_buffer(&ws.plan_rows, 0, &plan_rows, 0, 4 * (n * k) as u64);
-        buffers::submit(self, enc);
-        self.check_errors()?;
-        Ok(GpuSparseOutput {
-            alpha,
-            beta,
-            plan_values,
-            plan_rows,
-            k,
-            value: r.value,
-            iterations: r.iterations,
-            termination: r.termination,
-        })
+fn solve_in_buffers(
+    ctx: &GpuContext,
+    ws: &SparseWorkspace,
+    cfg: &SparseOt,
+    input: &GpuProblem<'_>,
+    x0: &[f32],
+) -> Result<GpuSparseOutput> {
+    let (m, n, k) = (ws.m, ws.n, ws.k);
+    let tp = buffers::uniform(
+        ctx,
+        "transpose params",
+        &TransposeParams {
+            len: (m * n) as u32,
+            rows: m as u32,
+            cols: n as u32,
+            _pad: 0,
+        },
+    );
+    let transpose = Pass::per_thread(
+        ctx,
+        Kernel::Transpose,
+        &[(0, &tp), (1, input.cost), (2, &ws.cost_t)],
+        m * n,
+    )?;
+    let mut enc = buffers::encode(ctx, &[&transpose]);
+    enc.copy_buffer_to_buffer(input.a, 0, &ws.a, 0, 4 * m as u64);
+    enc.copy_buffer_to_buffer(input.b, 0, &ws.b, 0, 4 * n as u64);
+    buffers::submit(ctx, enc);
+    let r = run(ctx, ws, cfg, x0, &mut |_, _| {}, &mut |_, _| {})?
+        .pop()
+        .ok_or_else(|| Error::Gpu("a run of one problem returned nothing".into()))?;
+    let out = |label, words| buffers::storage(ctx, label, words);
+    let (alpha, beta, plan_values, plan_rows) = (
+        out("alpha", m),
+        out("beta", n),
+        out("plan values", n * k),
+        out("plan rows", n * k),
+    );
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(&ws.lbfgs.x, 0, &alpha, 0, 4 * m as u64);
+    if ws.dual {
+        enc.copy_buffer_to_buffer(&ws.lbfgs.x, 4 * m as u64, &beta, 0, 4 * n as u64);
+    } else {
+        enc.copy_buffer_to_buffer(&ws.beta, 0, &beta, 0, 4 * n as u64);
     }
+    enc.copy_buffer_to_buffer(&ws.plan_values, 0, &plan_values, 0, 4 * (n * k) as u64);
+    enc.copy_buffer_to_buffer(&ws.plan_rows, 0, &plan_rows, 0, 4 * (n * k) as u64);
+    buffers::submit(ctx, enc);
+    ctx.check_errors()?;
+    Ok(GpuSparseOutput {
+        alpha,
+        beta,
+        plan_values,
+        plan_rows,
+        k,
+        value: r.value,
+        iterations: r.iterations,
+        termination: r.termination,
+    })
 }

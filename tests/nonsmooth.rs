@@ -1,4 +1,4 @@
-//! The nonsmooth finish on the golden problem (SPEC §8) with default settings: every D_k* and S_k* for
+//! The nonsmooth stage on the golden problem (SPEC §8) with default settings: every D_k* and S_k* for
 //! k ∈ {1, 2, 3, 5}, γ ∈ {0.1, 0.01}, in both formulations.
 
 use sparse_ot::{golden_problem, Criterion, Formulation, SparseOt, Termination};

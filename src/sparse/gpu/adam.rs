@@ -1,4 +1,4 @@
-//! The router recipe (Adam on the sparse semi-dual or dual, a fixed number of steps; `src/cpu/adam.rs`) for a
+//! The router recipe (Adam on the sparse semi-dual or dual, a fixed number of steps; `sparse::adam`) for a
 //! whole [`Batch`] on the GPU (`shaders/adam.wgsl` + the batched kernels of `shaders/sparse_dual.wgsl`).
 //!
 //! All B problems share one workspace: costs, marginals, potentials and moments lie back to back and every
@@ -8,24 +8,21 @@
 //! back once at the end. The host then builds each problem's [`Solution`] as the single-problem GPU path does
 //! (plan compressed, cost and marginal errors measured in f64 against the f64 problem).
 
-use std::borrow::Cow;
-
 use crate::batch::Batch;
-use crate::config::SparseOt;
-use crate::cpu::adam::{bias_correction, set_termination, Adam, BETA1, BETA2, EPS};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
-use crate::gpu::problems::{self, Run, Valid};
-use crate::gpu::sparse::{check_batch, read, Workspace};
 use crate::problem::Problem;
-use crate::solution::{Solution, Termination};
-use crate::Formulation;
+use crate::solution::{Formulation, Solution, Termination};
+use crate::sparse::adam::{bias_correction, set_termination, Adam, BETA1, BETA2, EPS};
+use crate::sparse::gpu::batch::{self as problems, Run, Valid};
+use crate::sparse::gpu::{check_batch, read, SparseWorkspace};
+use crate::sparse::settings::SparseOt;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+struct AdamParams {
     dim: u32,
     steps: u32,
     lr: f32,
@@ -50,8 +47,8 @@ const MAX_STEPS: usize = 1 << 20;
 pub(crate) const DISPATCHES_PER_STEP: usize = 3;
 
 /// The sparse objective's workspace for B problems plus the Adam moments and per-problem state.
-pub(super) struct AdamWorkspace {
-    pub(super) dual: Workspace,
+pub(crate) struct AdamWorkspace {
+    pub(crate) dual: SparseWorkspace,
     params: wgpu::Buffer,
     m1: wgpu::Buffer,
     m2: wgpu::Buffer,
@@ -61,19 +58,19 @@ pub(super) struct AdamWorkspace {
 }
 
 impl AdamWorkspace {
-    pub(super) fn new(
+    pub(crate) fn new(
         ctx: &GpuContext,
         shape: (usize, usize, usize),
         dual: bool,
         nb: usize,
     ) -> Result<Self> {
         // L-BFGS memory 0: only the trial point and its gradient of the L-BFGS vectors are used.
-        let ws = Workspace::batched(ctx, shape, dual, 0, nb)?;
+        let ws = SparseWorkspace::batched(ctx, shape, dual, 0, nb)?;
         let len = nb * ws.dim();
         let params = buffers::uniform(
             ctx,
             "adam params",
-            &<Params as bytemuck::Zeroable>::zeroed(),
+            &<AdamParams as bytemuck::Zeroable>::zeroed(),
         );
         let m1 = buffers::storage(ctx, "adam m1", len);
         let m2 = buffers::storage(ctx, "adam m2", len);
@@ -93,7 +90,7 @@ impl AdamWorkspace {
 
     fn step_pass(
         ctx: &GpuContext,
-        ws: &Workspace,
+        ws: &SparseWorkspace,
         [params, m1, m2, state, bias]: [&wgpu::Buffer; 5],
         nb: usize,
     ) -> Result<Pass> {
@@ -114,7 +111,7 @@ impl AdamWorkspace {
     }
 
     /// Uploads the settings and bias table of a run of `steps` steps (the table grows when needed).
-    pub(super) fn configure(&mut self, ctx: &GpuContext, adam: Adam, nb: usize) -> Result<()> {
+    pub(crate) fn configure(&mut self, ctx: &GpuContext, adam: Adam, nb: usize) -> Result<()> {
         if adam.steps > MAX_STEPS {
             return Err(Error::DeviceLimit {
                 what: "Adam steps in one GPU submission",
@@ -134,7 +131,7 @@ impl AdamWorkspace {
             self.step = Self::step_pass(ctx, &self.dual, bufs, nb)?;
         }
         buffers::upload(ctx, &self.bias, &table);
-        let p = Params {
+        let p = AdamParams {
             dim: self.dual.dim() as u32,
             steps: adam.steps as u32,
             lr: adam.learning_rate as f32,
@@ -157,16 +154,27 @@ pub(crate) fn solve_batch(
     adam: Adam,
     batch: &Batch,
 ) -> Vec<Result<Solution>> {
-    let problems = (0..batch.len()).map(|i| batch.problem(i).map(Cow::Owned));
-    let mut prep = problems::prepare(cfg, problems, &|_, _| {});
+    let mut prep = problems::prepare(cfg, batch.problems(), &cfg.monitor);
     if prep.valid.is_empty() {
         return prep.into_results(Ok(()));
     }
+    // The whole recipe is one submission: a monitor cancelled before it takes no step and reports the
+    // start point, cancelled.
+    let cancelled = cfg.monitor.is_cancelled();
+    let adam = if cancelled {
+        Adam { steps: 0, ..adam }
+    } else {
+        adam
+    };
     let valid: Vec<&Valid<'_>> = prep.valid.iter().collect();
     match run(ctx, &prep.cfg, adam, &valid, prep.k) {
         Ok(sols) => {
-            for (v, sol) in sols.into_iter().enumerate() {
+            for (v, mut sol) in sols.into_iter().enumerate() {
+                if cancelled && !sol.converged() {
+                    sol.termination = Termination::Cancelled;
+                }
                 prep.set(cfg, v, Ok(sol));
+                prep.results.tick();
             }
             prep.into_results(Ok(()))
         }
@@ -237,7 +245,7 @@ fn run_in(
 impl AdamWorkspace {
     /// Resets the per-problem state (stopping tolerance `tols[p]`, no steps taken) and the moments, and
     /// sets the potentials to `x0` (B × dim) or to zero.
-    pub(super) fn start(&self, ctx: &GpuContext, tols: &[f64], x0: Option<&[f32]>) {
+    pub(crate) fn start(&self, ctx: &GpuContext, tols: &[f64], x0: Option<&[f32]>) {
         // steps = 0 and stopped = 0 are the bit patterns of 0.0.
         let state: Vec<f32> = tols
             .iter()
@@ -257,7 +265,7 @@ impl AdamWorkspace {
 
     /// The passes of a whole run: the steps, then the objective, column states and plans at the final
     /// potentials (record them into one submission).
-    pub(super) fn passes(&self, adam: Adam) -> Vec<&Pass> {
+    pub(crate) fn passes(&self, adam: Adam) -> Vec<&Pass> {
         let d = &self.dual;
         let mut passes: Vec<&Pass> = Vec::with_capacity(DISPATCHES_PER_STEP * adam.steps + 4);
         for _ in 0..adam.steps {
@@ -280,6 +288,6 @@ fn stop_tolerance(cfg: &SparseOt, p: &Problem) -> f64 {
 }
 
 /// [`stop_tolerance`] for a problem whose largest marginal entry is `scale`.
-pub(super) fn stop_tolerance_for(cfg: &SparseOt, scale: f64) -> f64 {
+pub(crate) fn stop_tolerance_for(cfg: &SparseOt, scale: f64) -> f64 {
     cfg.tol.max(F32_GRADIENT_NOISE * scale)
 }

@@ -29,18 +29,26 @@
 //! # Ok::<(), sparse_ot::Error>(())
 //! ```
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(feature = "gpu")]
+mod gpu;
+mod greedy;
+mod metrics;
+mod routing;
 
-use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
-use rayon::prelude::*;
+use ndarray::{Array1, Array3, ArrayView3, Axis};
 
 use crate::batch::Batch;
-use crate::config::SparseOt;
-use crate::cpu::adam::{self, Adam};
 use crate::device::Device;
-use crate::error::{positive, Error, Position, Result};
-use crate::problem::Problem;
-use crate::solution::{Solution, Termination};
+use crate::error::{at_least_one, positive, Error, Result};
+use crate::monitor::Monitor;
+use crate::solution::RanOn;
+use crate::sparse::settings::SparseOt;
+
+#[cfg(feature = "gpu")]
+pub use gpu::GpuRouting;
+pub use greedy::greedy_top_k;
+pub use metrics::{GroupReport, LoadMetrics, Stats};
+pub use routing::{gates, Routing};
 
 /// Which side chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,10 +85,10 @@ impl RouterSolver {
         steps: 20,
     };
 
-    /// L-BFGS (with the nonsmooth finish of [`SparseOt`]) to tolerance 1e-6, at most [`crate::DEFAULT_MAX_ITER`] iterations.
+    /// L-BFGS (with the nonsmooth stage of [`SparseOt`]) to tolerance 1e-6, at most [`crate::DEFAULT_MAX_ITER`] iterations.
     pub const ACCURATE: RouterSolver = RouterSolver::Accurate {
         tol: 1e-6,
-        max_iter: crate::config::DEFAULT_MAX_ITER,
+        max_iter: crate::sparse::settings::DEFAULT_MAX_ITER,
     };
 }
 
@@ -92,6 +100,7 @@ pub struct Router {
     experts_per_token: usize,
     capacity_multiple: usize,
     solver: RouterSolver,
+    monitor: Monitor,
 }
 
 impl Router {
@@ -104,6 +113,7 @@ impl Router {
             experts_per_token: 1,
             capacity_multiple: 1,
             solver: RouterSolver::AUTHORS,
+            monitor: Monitor::new(),
         })
     }
 
@@ -123,19 +133,13 @@ impl Router {
             experts_per_token,
             capacity_multiple: 1,
             solver: RouterSolver::AUTHORS,
+            monitor: Monitor::new(),
         })
     }
 
     /// Rounds the capacity up to a multiple of `q` (the paper uses 4). Errors: 0.
     pub fn capacity_multiple(mut self, q: usize) -> Result<Self> {
-        if q == 0 {
-            return Err(Error::InvalidParameter {
-                name: "capacity_multiple",
-                value: 0.0,
-                requirement: "must be at least 1",
-            });
-        }
-        self.capacity_multiple = q;
+        self.capacity_multiple = at_least_one("capacity_multiple", q)?;
         Ok(self)
     }
 
@@ -185,50 +189,37 @@ impl Router {
             .saturating_mul(self.capacity_multiple)
     }
 
-    /// Routes f64 logits (G × S × E).
+    /// Reports each solved group to `monitor` ([`crate::Event::Finished`]), which can also cancel the
+    /// routing: the groups not solved yet then end `Cancelled` (see [`Monitor`]).
+    pub fn monitor(mut self, monitor: Monitor) -> Self {
+        self.monitor = monitor;
+        self
+    }
+
+    /// Routes f64 logits (G × S × E) on the CPU.
     ///
     /// Errors: empty logits, NaN/inf in a group ([`Error::InBatch`] naming the group), experts per token
     /// above E, or a group whose solve fails (also [`Error::InBatch`]).
     pub fn route(&self, logits: ArrayView3<f64>) -> Result<Routing> {
-        self.route_observed(logits, &|_, _| {})
+        self.route_on(logits, &Device::Cpu)
     }
 
-    /// Routes f32 logits (widened to f64).
+    /// Routes f32 logits (widened to f64) on the CPU.
     pub fn route_f32(&self, logits: ArrayView3<f32>) -> Result<Routing> {
         self.route(logits.mapv(f64::from).view())
-    }
-
-    /// Like [`Router::route`], calling `progress(done, total)` each time a group has been solved
-    /// (from worker threads, in completion order).
-    pub fn route_observed(
-        &self,
-        logits: ArrayView3<f64>,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Routing> {
-        self.route_on_observed(logits, &Device::Cpu, progress)
     }
 
     /// Routes f64 logits (G × S × E) on `device`. On a GPU the authors' recipe solves all G groups as one
     /// batch (f32, one fixed set of dispatches per Adam step whatever G is); the accurate solver runs all
     /// groups' L-BFGS in lockstep (one fixed set of dispatches per round whatever G is). [`Routing::device`]
-    /// names where it ran.
+    /// says where it ran. The monitor hears of each group as it is solved: on the CPU as each finishes; on
+    /// a GPU the recipe's groups are all ready at once (their steps are one submission), the accurate
+    /// solver's as each group's L-BFGS (or CPU continuation) ends.
     ///
     /// Errors: as [`Router::route`].
     pub fn route_on(&self, logits: ArrayView3<f64>, device: &Device) -> Result<Routing> {
-        self.route_on_observed(logits, device, &|_, _| {})
-    }
-
-    /// [`Router::route_on`] with a progress callback. On the CPU it is called as each group finishes; on a
-    /// GPU the batched recipe reports all groups once the batch is done (its steps are one submission), and
-    /// the accurate solver as each group's L-BFGS (or CPU finish) ends.
-    pub fn route_on_observed(
-        &self,
-        logits: ArrayView3<f64>,
-        device: &Device,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Routing> {
         let gates = gates(logits)?;
-        let (g, s, e) = gates.dim();
+        let (_, s, e) = gates.dim();
         if self.mode == RoutingMode::TokensChooseExperts && self.experts_per_token > e {
             return Err(Error::InvalidK {
                 k: self.experts_per_token,
@@ -244,31 +235,15 @@ impl Router {
             Array1::from_elem(e, s as f64 / e as f64).view(),
             cost.view(),
         )?;
-        let results = match (device.is_gpu(), self.solver) {
-            (false, solver) => {
-                let done = AtomicUsize::new(0);
-                batch.map_problems(|p| {
-                    let sol = solve_group(&cfg, solver, p);
-                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, g);
-                    sol
-                })
-            }
-            (
-                true,
-                RouterSolver::Adam {
-                    learning_rate,
-                    steps,
-                },
-            ) => cfg.solve_batch_adam_on(&batch, learning_rate, steps, device)?,
-            (true, RouterSolver::Accurate { .. }) => {
-                cfg.solve_batch_on_observed(&batch, device, progress)
-            }
+        let results = match self.solver {
+            RouterSolver::Adam {
+                learning_rate,
+                steps,
+            } => cfg.solve_batch_adam_on(&batch, learning_rate, steps, device)?,
+            RouterSolver::Accurate { .. } => cfg.solve_batch_on(&batch, device),
         };
-        if device.is_gpu() && matches!(self.solver, RouterSolver::Adam { .. }) {
-            // The recipe's steps for all groups are one submission: every group is ready at once.
-            (1..=g).for_each(|done| progress(done, g));
-        }
-        let mut ran_on = String::from("cpu");
+        let mut ran_on = RanOn::Cpu;
+        let (g, s, e) = gates.dim();
         let mut dispatch = Array3::from_elem((g, s, e), false);
         let mut reports = Vec::with_capacity(g);
         for (index, result) in results.into_iter().enumerate() {
@@ -290,7 +265,7 @@ impl Router {
 
     /// Routes f32 logits that already live in a GPU buffer, without any host round trip: softmax gates, the G
     /// OT problems, the recipe's Adam steps and the routing run on the device in one submission, and the
-    /// result stays in new GPU buffers ([`GpuRouting`](crate::gpu::GpuRouting): per group and expert, the
+    /// result stays in new GPU buffers ([`GpuRouting`](GpuRouting): per group and expert, the
     /// tokens it takes and their combine weights). This is the path for training loops whose router logits
     /// are on the GPU; it gives the routing of [`Router::route_on`] with the same GPU (up to f32 rounding
     /// of the gates, computed here from f32 logits).
@@ -315,7 +290,7 @@ impl Router {
         ctx: &crate::gpu::GpuContext,
         logits: &wgpu::Buffer,
         shape: (usize, usize, usize),
-    ) -> Result<crate::gpu::GpuRouting> {
+    ) -> Result<GpuRouting> {
         let (_, s, e) = shape;
         if self.mode != RoutingMode::ExpertsChooseTokens {
             return Err(Error::Unavailable {
@@ -338,12 +313,9 @@ impl Router {
             return Err(Error::Empty { what: "logits" });
         }
         let cfg = self.sparse_config(s, e)?;
-        let adam = Adam {
-            learning_rate: positive("learning_rate", learning_rate)?,
-            steps,
-        };
+        let adam = crate::sparse::adam::Adam::new(learning_rate, steps)?;
         let capacity = self.capacity(s, e).min(s);
-        crate::gpu::router::route(ctx, &cfg, adam, logits, shape, capacity)
+        gpu::route(ctx, &cfg, adam, logits, shape, capacity)
     }
 
     /// The column- or row-sparse solver configuration for S tokens.
@@ -357,275 +329,10 @@ impl Router {
                 SparseOt::new(self.experts_per_token, 1.0)?.row_sparsity()
             }
         };
+        let cfg = cfg.monitor(self.monitor.clone());
         Ok(match self.solver {
             RouterSolver::Adam { .. } => cfg,
             RouterSolver::Accurate { tol, max_iter } => cfg.tol(tol)?.max_iter(max_iter),
         })
     }
-}
-
-fn solve_group(cfg: &SparseOt, solver: RouterSolver, p: &Problem) -> Result<Solution> {
-    match solver {
-        RouterSolver::Adam {
-            learning_rate,
-            steps,
-        } => adam::solve(
-            cfg,
-            Adam {
-                learning_rate,
-                steps,
-            },
-            p,
-        ),
-        RouterSolver::Accurate { .. } => cfg.solve(p),
-    }
-}
-
-/// How one group's OT problem was solved.
-///
-/// The mass errors are measured on the returned k-sparse plan. When the accurate solver certifies optimality
-/// by a duality gap at a point with ties (e.g. identical gates), the optimum is a mix of tied plans and the
-/// one plan returned can miss the token masses; the capacity (k limit) holds in every case.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GroupReport {
-    /// Why the solver stopped.
-    pub termination: Termination,
-    /// Iterations (Adam steps or L-BFGS iterations).
-    pub iterations: usize,
-    /// max over tokens of |routed mass − 1| in the plan.
-    pub token_mass_error: f64,
-    /// max over experts of |routed mass − S/E| in the plan.
-    pub expert_mass_error: f64,
-}
-
-impl From<&Solution> for GroupReport {
-    fn from(sol: &Solution) -> Self {
-        Self {
-            termination: sol.termination,
-            iterations: sol.iterations,
-            token_mass_error: sol.marginal_error_rows,
-            expert_mass_error: sol.marginal_error_cols,
-        }
-    }
-}
-
-/// min / mean / max of a count over a population.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Stats {
-    /// Smallest value.
-    pub min: f64,
-    /// Mean value.
-    pub mean: f64,
-    /// Largest value.
-    pub max: f64,
-}
-
-impl Stats {
-    fn of(values: impl Iterator<Item = usize>) -> Self {
-        let (mut min, mut max, mut sum, mut count) = (usize::MAX, 0, 0usize, 0usize);
-        for v in values {
-            min = min.min(v);
-            max = max.max(v);
-            sum += v;
-            count += 1;
-        }
-        if count == 0 {
-            return Self {
-                min: 0.0,
-                mean: 0.0,
-                max: 0.0,
-            };
-        }
-        Self {
-            min: min as f64,
-            mean: sum as f64 / count as f64,
-            max: max as f64,
-        }
-    }
-}
-
-/// Load metrics of a dispatch (over all groups).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LoadMetrics {
-    /// Tokens routed to each expert, over all (group, expert) pairs.
-    pub tokens_per_expert: Stats,
-    /// Experts each token is routed to, over all (group, token) pairs.
-    pub experts_per_token: Stats,
-    /// Tokens routed to no expert.
-    pub dropped_tokens: usize,
-    /// All tokens (G · S).
-    pub tokens: usize,
-    /// (group, expert) pairs holding more tokens than the capacity (0 whenever experts choose).
-    pub experts_over_capacity: usize,
-}
-
-impl LoadMetrics {
-    /// Computes the metrics of a G × S × E dispatch mask against an expert capacity.
-    pub fn of(dispatch: ArrayView3<bool>, capacity: usize) -> Self {
-        let count = |v: ndarray::ArrayView1<bool>| v.iter().filter(|&&d| d).count();
-        let per_expert: Vec<usize> = dispatch
-            .outer_iter()
-            .flat_map(|grp| grp.axis_iter(Axis(1)).map(count).collect::<Vec<_>>())
-            .collect();
-        let per_token: Vec<usize> = dispatch
-            .outer_iter()
-            .flat_map(|grp| grp.outer_iter().map(count).collect::<Vec<_>>())
-            .collect();
-        Self {
-            tokens_per_expert: Stats::of(per_expert.iter().copied()),
-            experts_per_token: Stats::of(per_token.iter().copied()),
-            dropped_tokens: per_token.iter().filter(|&&c| c == 0).count(),
-            tokens: per_token.len(),
-            experts_over_capacity: per_expert.iter().filter(|&&c| c > capacity).count(),
-        }
-    }
-
-    /// Load imbalance: the busiest expert's tokens over the mean (1 is perfectly balanced).
-    pub fn imbalance(&self) -> f64 {
-        self.tokens_per_expert.max / self.tokens_per_expert.mean
-    }
-}
-
-/// The result of routing G groups.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Routing {
-    /// G × S × E: `true` where token s of group g is sent to expert e.
-    pub dispatch: Array3<bool>,
-    /// G × S × E: the gate of each routed pair, 0 elsewhere.
-    pub combine: Array3<f64>,
-    /// The expert capacity used (experts-choose) or compared against (tokens-choose, greedy).
-    pub capacity: usize,
-    /// Load metrics of `dispatch`.
-    pub load: LoadMetrics,
-    /// One report per group for the OT router; empty for the greedy router.
-    pub groups: Vec<GroupReport>,
-    /// Where the groups were solved: `"cpu"` or the GPU adapter's name (`"cpu"` for the greedy router).
-    pub device: String,
-}
-
-impl Routing {
-    fn new(
-        dispatch: Array3<bool>,
-        gates: &Array3<f64>,
-        capacity: usize,
-        groups: Vec<GroupReport>,
-    ) -> Self {
-        let mut combine = Array3::zeros(dispatch.dim());
-        Zip::from(&mut combine)
-            .and(&dispatch)
-            .and(gates)
-            .par_for_each(|c, &d, &g| *c = if d { g } else { 0.0 });
-        let load = LoadMetrics::of(dispatch.view(), capacity);
-        Self {
-            dispatch,
-            combine,
-            capacity,
-            load,
-            groups,
-            device: "cpu".into(),
-        }
-    }
-
-    /// Number of groups whose solver converged.
-    pub fn converged_groups(&self) -> usize {
-        self.groups
-            .iter()
-            .filter(|r| r.termination.converged())
-            .count()
-    }
-}
-
-/// Softmax over experts of every (group, token) row, f64. Errors: empty or non-finite logits.
-pub fn gates(logits: ArrayView3<f64>) -> Result<Array3<f64>> {
-    let (g, s, e) = logits.dim();
-    if g == 0 || s == 0 || e == 0 {
-        return Err(Error::Empty { what: "logits" });
-    }
-    for (index, grp) in logits.outer_iter().enumerate() {
-        if let Some(((i, j), &v)) = grp.indexed_iter().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::InBatch {
-                index,
-                source: Box::new(Error::NonFinite {
-                    what: "logits",
-                    position: Position::Matrix(i, j),
-                    value: v,
-                }),
-            });
-        }
-    }
-    let mut out = logits.to_owned();
-    out.axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .for_each(|mut grp| {
-            for mut row in grp.rows_mut() {
-                let mx = row.fold(f64::NEG_INFINITY, |m, &x| m.max(x));
-                row.mapv_inplace(|x| (x - mx).exp());
-                let z = row.sum();
-                row.mapv_inplace(|x| x / z);
-            }
-        });
-    Ok(out)
-}
-
-/// The usual greedy top-k router under an expert capacity, for comparison: every token ranks the experts by
-/// gate (ties to the lower index); first every token's first choice is placed, in token order, then every
-/// token's second choice, and so on; a choice whose expert already holds `capacity` tokens is dropped.
-///
-/// Errors: empty or non-finite logits, `experts_per_token` = 0 or above E, `capacity` = 0.
-pub fn greedy_top_k(
-    logits: ArrayView3<f64>,
-    experts_per_token: usize,
-    capacity: usize,
-) -> Result<Routing> {
-    let gates = gates(logits)?;
-    let (g, s, e) = gates.dim();
-    if experts_per_token == 0 || experts_per_token > e {
-        return Err(Error::InvalidK {
-            k: experts_per_token,
-            max: e,
-            axis: "experts",
-        });
-    }
-    if capacity == 0 {
-        return Err(Error::InvalidParameter {
-            name: "capacity",
-            value: 0.0,
-            requirement: "must be at least 1",
-        });
-    }
-    let mut dispatch = Array3::from_elem((g, s, e), false);
-    dispatch
-        .axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .zip(gates.axis_iter(Axis(0)).into_par_iter())
-        .for_each(|(mut d, grp)| {
-            let choices = ranked_choices(grp, experts_per_token);
-            let mut load = vec![0usize; e];
-            for rank in 0..experts_per_token {
-                for token in 0..s {
-                    let expert = choices[[token, rank]];
-                    if load[expert] < capacity {
-                        load[expert] += 1;
-                        d[[token, expert]] = true;
-                    }
-                }
-            }
-        });
-    Ok(Routing::new(dispatch, &gates, capacity, Vec::new()))
-}
-
-/// S × k: each token's k best experts by gate, best first (tie rule of [`crate::ops`]).
-fn ranked_choices(gates: ArrayView2<f64>, k: usize) -> Array2<usize> {
-    let mut out = Array2::zeros((gates.nrows(), k));
-    let mut row = Vec::with_capacity(gates.ncols());
-    let mut idx = Vec::with_capacity(gates.ncols());
-    for (t, g) in gates.outer_iter().enumerate() {
-        row.clear();
-        row.extend(g.iter().copied());
-        crate::ops::top_k_into(&row, k, &mut idx);
-        for (r, &j) in idx.iter().enumerate() {
-            out[[t, r]] = j;
-        }
-    }
-    out
 }

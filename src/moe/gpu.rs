@@ -1,20 +1,20 @@
 //! The mixture-of-experts router with logits already on the GPU (`shaders/router.wgsl` + the Adam recipe of
-//! `gpu::adam`): gates, the G OT problems, the recipe's steps and the routing all stay on the device, in one
+//! `sparse::gpu::adam`): gates, the G OT problems, the recipe's steps and the routing all stay on the device, in one
 //! submission, and nothing is read back. See [`crate::Router::route_buffers`].
 
-use crate::config::SparseOt;
-use crate::cpu::adam::Adam;
 use crate::error::{Error, Result};
-use crate::gpu::adam::{stop_tolerance_for, AdamWorkspace};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
-use crate::gpu::sparse::check_batch;
-use crate::Formulation;
+use crate::solution::Formulation;
+use crate::sparse::adam::Adam;
+use crate::sparse::gpu::adam::{stop_tolerance_for, AdamWorkspace};
+use crate::sparse::gpu::check_batch;
+use crate::sparse::settings::SparseOt;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+struct RouterParams {
     tokens: u32,
     experts: u32,
     k: u32,
@@ -98,7 +98,7 @@ fn route_in(
     let params = buffers::uniform(
         ctx,
         "router params",
-        &Params {
+        &RouterParams {
             tokens: s as u32,
             experts: e as u32,
             k: k as u32,

@@ -12,23 +12,25 @@
 //! (exact columns, measured row error) is still there, as on the CPU; the host remembers which buffer holds
 //! each problem's final f.
 
+use std::borrow::Cow;
+
 use ndarray::Array1;
 
-use crate::batch::{Batch, BatchProgress};
-use crate::config::{Observer, Sinkhorn};
-use crate::cpu::sinkhorn::{assemble, check, epsilon_schedule, validate, Check};
+use crate::batch::{screen, Batch};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
-use crate::gpu::problems::Results;
-use crate::gpu::sparse::GpuProblem;
+use crate::gpu::GpuProblem;
+use crate::monitor::Monitor;
 use crate::problem::Problem;
-use crate::solution::{Solution, Termination};
+use crate::sinkhorn::rules::{assemble, check, epsilon_schedule, start_point, validate, Check};
+use crate::sinkhorn::settings::Sinkhorn;
+use crate::solution::{RanOn, Solution, Termination};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+struct SinkhornParams {
     m: u32,
     n: u32,
     _pad: [u32; 2],
@@ -55,7 +57,7 @@ struct ReduceParams {
 pub(crate) const DISPATCHES_PER_ITERATION: usize = 2;
 
 /// Buffers and prepared passes of B problems of one shape.
-pub(crate) struct Workspace {
+pub(crate) struct SinkhornWorkspace {
     batch: usize,
     ctl: wgpu::Buffer,
     cost: wgpu::Buffer,
@@ -72,12 +74,12 @@ pub(crate) struct Workspace {
     reduce: Pass,
 }
 
-impl Workspace {
+impl SinkhornWorkspace {
     fn new(ctx: &GpuContext, m: usize, n: usize, nb: usize) -> Result<Self> {
         let params = buffers::uniform(
             ctx,
             "sinkhorn params",
-            &Params {
+            &SinkhornParams {
                 m: m as u32,
                 n: n as u32,
                 _pad: [0; 2],
@@ -234,7 +236,6 @@ impl Track {
         iterations: usize,
         err: f64,
         before_last: usize,
-        observer: Observer<'_>,
     ) -> bool {
         self.error = err;
         let (last, tol) = if self.last() {
@@ -242,13 +243,13 @@ impl Track {
         } else {
             (false, self.mid_tol)
         };
-        match check(cfg, iterations, err, last, tol, observer) {
+        match check(cfg, iterations, err, last, tol) {
             Check::Continue => false,
             Check::NextStage => {
                 self.stage += 1;
                 true
             }
-            Check::Converged(t) => {
+            Check::Stop(t) => {
                 // Keep the state before the f-update: columns exact, row error = err.
                 self.active = false;
                 self.f_at = before_last;
@@ -261,13 +262,13 @@ impl Track {
 
 /// Runs every problem's ε schedule from the state in the workspace (f in `f[0]`, g, log marginals and both
 /// cost layouts of the B problems) until each has converged or `max_iter` iterations ran. Rounds of up to
-/// `check_every` iterations cover all problems still active; `observer` sees every check of every problem.
+/// `check_every` iterations cover all problems still active; `cfg.monitor` sees every check of every
+/// problem and can cancel them all.
 fn iterate(
     ctx: &GpuContext,
-    ws: &Workspace,
+    ws: &SinkhornWorkspace,
     cfg: &Sinkhorn,
     tracks: &mut [Track],
-    observer: Observer<'_>,
     finished: &mut dyn FnMut(),
 ) -> Result<()> {
     debug_assert_eq!(tracks.len(), ws.batch);
@@ -301,7 +302,7 @@ fn iterate(
         let errors = buffers::read_back::<f32>(ctx, enc, &ws.max_err, 0, bytes, &ws.staging)?;
         let mut changed = false;
         for (t, &err) in tracks.iter_mut().zip(&errors).filter(|(t, _)| t.active) {
-            changed |= t.at_check(cfg, iterations, f64::from(err), before_last, &mut *observer);
+            changed |= t.at_check(cfg, iterations, f64::from(err), before_last);
             if !t.active {
                 finished();
             }
@@ -324,58 +325,48 @@ struct Start<'a> {
     g0: &'a [f64],
 }
 
-/// One problem on the GPU (the batch B = 1); `observer` is called at every marginal-error check.
-pub(crate) fn solve(
-    ctx: &GpuContext,
-    cfg: &Sinkhorn,
-    p: &Problem,
-    observer: Observer<'_>,
-) -> Result<Solution> {
+/// One problem on the GPU (the batch B = 1); `cfg.monitor` sees every marginal-error check.
+pub(crate) fn solve(ctx: &GpuContext, cfg: &Sinkhorn, p: &Problem) -> Result<Solution> {
     let (f0, g0) = validate(cfg, p)?;
     let start = Start {
         problem: p,
         f0: &f0,
         g0: &g0,
     };
-    let mut sols = run(ctx, cfg, &[start], observer, &mut || {})?;
+    let mut sols = run(ctx, cfg, &[start], &mut || {})?;
     Ok(sols.remove(0))
 }
 
 /// Every problem of `batch` on the GPU; entry i is problem i's result. Validation errors are per problem (an
 /// invalid problem is not uploaded); a device failure is reported on every problem that went to the device.
+/// The monitor hears of finished problems (not of each check).
 pub(crate) fn solve_batch(
     ctx: &GpuContext,
-    cfg: &Sinkhorn,
+    user_cfg: &Sinkhorn,
     batch: &Batch,
-    progress: BatchProgress<'_>,
 ) -> Vec<Result<Solution>> {
-    let mut results = Results::new(batch.len(), progress);
-    let mut valid = Vec::new();
-    for i in 0..batch.len() {
-        let checked = batch.problem(i).and_then(|p| {
-            let (f0, g0) = validate(cfg, &p)?;
-            Ok((p, f0, g0))
-        });
-        match checked {
-            Ok(v) => valid.push((i, v)),
-            Err(e) => results.reject(i, e),
-        }
-    }
+    let mut cfg = user_cfg.clone();
+    cfg.monitor = user_cfg.monitor.quiet();
+    let monitor: &Monitor = &user_cfg.monitor;
+    let (valid, mut results) = screen(batch.problems(), monitor, |p: Cow<'_, Problem>| {
+        let (f0, g0) = validate(&cfg, &p)?;
+        Ok((p, f0, g0))
+    });
     if valid.is_empty() {
-        return results.finish(Ok(()));
+        return results.into_vec(Ok(()));
     }
     let starts: Vec<Start> = valid
         .iter()
         .map(|(_, (p, f0, g0))| Start { problem: p, f0, g0 })
         .collect();
-    match run(ctx, cfg, &starts, &mut |_| {}, &mut || results.tick()) {
+    match run(ctx, &cfg, &starts, &mut || results.tick()) {
         Ok(sols) => {
             for ((i, _), sol) in valid.iter().zip(sols) {
                 results.set(*i, Ok(sol));
             }
-            results.finish(Ok(()))
+            results.into_vec(Ok(()))
         }
-        Err(e) => results.finish(Err(e)),
+        Err(e) => results.into_vec(Err(e)),
     }
 }
 
@@ -384,25 +375,23 @@ fn run(
     ctx: &GpuContext,
     cfg: &Sinkhorn,
     starts: &[Start<'_>],
-    observer: Observer<'_>,
     finished: &mut dyn FnMut(),
 ) -> Result<Vec<Solution>> {
     let nb = starts.len();
     let (m, n) = (starts[0].problem.m(), starts[0].problem.n());
     check_shape(ctx, m, n, nb)?;
     let key = WorkspaceKey::Sinkhorn { m, n, batch: nb };
-    let ws = ctx.take_workspace(key, || Workspace::new(ctx, m, n, nb))?;
-    let result = run_in(ctx, &ws, cfg, starts, observer, finished);
+    let ws = ctx.take_workspace(key, || SinkhornWorkspace::new(ctx, m, n, nb))?;
+    let result = run_in(ctx, &ws, cfg, starts, finished);
     ctx.put_workspace(key, ws);
     result
 }
 
 fn run_in(
     ctx: &GpuContext,
-    ws: &Workspace,
+    ws: &SinkhornWorkspace,
     cfg: &Sinkhorn,
     starts: &[Start<'_>],
-    observer: Observer<'_>,
     finished: &mut dyn FnMut(),
 ) -> Result<Vec<Solution>> {
     let (m, n) = (starts[0].problem.m(), starts[0].problem.n());
@@ -444,7 +433,7 @@ fn run_in(
             Track::new(cfg, hi - lo, amax)
         })
         .collect();
-    iterate(ctx, ws, cfg, &mut tracks, observer, finished)?;
+    iterate(ctx, ws, cfg, &mut tracks, finished)?;
     let nb = starts.len();
     // Each f buffer is read only if some problem's final f lies there.
     let mut f_bufs: [Option<Vec<f64>>; 2] = [None, None];
@@ -464,9 +453,10 @@ fn run_in(
                 .expect("every problem's f buffer was read above");
             let f = Array1::from(f_all[p * m..(p + 1) * m].to_vec());
             let g = Array1::from(g[p * n..(p + 1) * n].to_vec());
-            let mut sol = assemble(cfg, s.problem, f, g, t.iterations, t.termination);
-            sol.device = ctx.adapter_name().to_string();
-            sol
+            let device = RanOn::Gpu {
+                adapter: ctx.adapter_name().to_string(),
+            };
+            assemble(cfg, s.problem, f, g, t.iterations, t.termination, device)
         })
         .collect())
 }
@@ -479,7 +469,7 @@ where
     starts.iter().flat_map(values).map(|x| x as f32).collect()
 }
 
-/// The result of [`GpuContext::sinkhorn_buffers`]: the potentials as new GPU buffers and the run's report.
+/// The result of [`Sinkhorn::solve_buffers`]: the potentials as new GPU buffers and the run's report.
 /// The plan is T_ij = exp((f_i + g_j − C_ij)/ε); it is not formed.
 #[derive(Debug)]
 pub struct GpuSinkhornOutput {
@@ -495,125 +485,106 @@ pub struct GpuSinkhornOutput {
     pub marginal_error: f64,
 }
 
-impl GpuContext {
-    /// Log-domain Sinkhorn on data already in GPU buffers; returns the potentials as new GPU buffers. Only
-    /// the cost range (once) and the marginal error (every `check_every` iterations) are read back. f32.
-    ///
-    /// Errors: buffer sizes that do not match the shape, a warm start of the wrong length, device limits.
-    /// The values are not checked (see [`GpuProblem`]); `a` and `b` must be positive (their logs are taken).
-    pub fn sinkhorn_buffers(
-        &self,
-        cfg: &Sinkhorn,
-        input: &GpuProblem<'_>,
-    ) -> Result<GpuSinkhornOutput> {
-        input.check()?;
-        let (m, n) = (input.m, input.n);
-        let mut f0 = vec![0.0f32; m];
-        let mut g0 = vec![0.0f32; n];
-        if let Some((f, g)) = &cfg.warm {
-            for (what, v, dst) in [("alpha", f, &mut f0), ("beta", g, &mut g0)] {
-                if v.len() != dst.len() {
-                    return Err(Error::WarmStartMismatch {
-                        what,
-                        expected: dst.len(),
-                        found: v.len(),
-                    });
-                }
-                crate::problem::check_vector_finite(what, v.view())?;
-                dst.iter_mut()
-                    .zip(v.iter())
-                    .for_each(|(d, &x)| *d = x as f32);
-            }
-        }
-        check_shape(self, m, n, 1)?;
-        let key = WorkspaceKey::Sinkhorn { m, n, batch: 1 };
-        let ws = self.take_workspace(key, || Workspace::new(self, m, n, 1))?;
-        let out = self.sinkhorn_in(&ws, cfg, input, &f0, &g0);
-        self.put_workspace(key, ws);
-        out
-    }
+/// [`Sinkhorn::solve_buffers`]: the warm start is checked as for host problems ([`start_point`]); the
+/// buffers' values are not (see [`GpuProblem`]).
+pub(crate) fn solve_buffers(
+    ctx: &GpuContext,
+    cfg: &Sinkhorn,
+    input: &GpuProblem<'_>,
+) -> Result<GpuSinkhornOutput> {
+    input.check()?;
+    let (m, n) = (input.m, input.n);
+    let (f0, g0) = start_point(cfg, m, n)?;
+    let to_f32 = |v: Vec<f64>| -> Vec<f32> { v.into_iter().map(|x| x as f32).collect() };
+    let (f0, g0) = (to_f32(f0), to_f32(g0));
+    check_shape(ctx, m, n, 1)?;
+    let key = WorkspaceKey::Sinkhorn { m, n, batch: 1 };
+    let ws = ctx.take_workspace(key, || SinkhornWorkspace::new(ctx, m, n, 1))?;
+    let out = solve_in_buffers(ctx, &ws, cfg, input, &f0, &g0);
+    ctx.put_workspace(key, ws);
+    out
+}
 
-    fn sinkhorn_in(
-        &self,
-        ws: &Workspace,
-        cfg: &Sinkhorn,
-        input: &GpuProblem<'_>,
-        f0: &[f32],
-        g0: &[f32],
-    ) -> Result<GpuSinkhornOutput> {
-        let (m, n) = (input.m, input.n);
-        let reduce_params = |len: usize| {
-            buffers::uniform(
-                self,
-                "reduce params",
-                &ReduceParams {
-                    len: len as u32,
-                    rows: m as u32,
-                    cols: n as u32,
-                    _pad: 0,
-                },
-            )
-        };
-        let (p_mn, p_m, p_n) = (reduce_params(m * n), reduce_params(m), reduce_params(n));
-        let range = buffers::storage(self, "cost range", 1);
-        let amax = buffers::storage(self, "max a", 1);
-        let passes = [
-            Pass::per_thread(
-                self,
-                Kernel::Transpose,
-                &[(0, &p_mn), (1, input.cost), (2, &ws.cost_t)],
-                m * n,
-            )?,
-            Pass::per_thread(
-                self,
-                Kernel::LogInto,
-                &[(0, &p_m), (1, input.a), (2, &ws.log_a)],
-                m,
-            )?,
-            Pass::per_thread(
-                self,
-                Kernel::LogInto,
-                &[(0, &p_n), (1, input.b), (2, &ws.log_b)],
-                n,
-            )?,
-            Pass::single(
-                self,
-                Kernel::Range,
-                &[(0, &p_mn), (1, input.cost), (2, &range)],
-            )?,
-            Pass::single(self, Kernel::MaxAbs, &[(0, &p_m), (1, input.a), (2, &amax)])?,
-        ];
-        buffers::upload(self, &ws.f[0], f0);
-        buffers::upload(self, &ws.g, g0);
-        let mut enc = buffers::encode(self, &passes.iter().collect::<Vec<_>>());
-        enc.copy_buffer_to_buffer(input.cost, 0, &ws.cost, 0, 4 * (m * n) as u64);
-        // The ε schedule needs the cost range, the stage tolerances max a: one readback of two scalars.
-        let both = buffers::storage(self, "range and max a", 2);
-        enc.copy_buffer_to_buffer(&range, 0, &both, 0, 4);
-        enc.copy_buffer_to_buffer(&amax, 0, &both, 4, 4);
-        let scalars = buffers::read_back::<f32>(self, enc, &both, 0, 8, &ws.staging)?;
-        let mut tracks = [Track::new(
-            cfg,
-            f64::from(scalars[0]),
-            f64::from(scalars[1]),
-        )];
-        iterate(self, ws, cfg, &mut tracks, &mut |_| {}, &mut || {})?;
-        let [t] = tracks;
-        let f = buffers::storage(self, "f", m);
-        let g = buffers::storage(self, "g", n);
-        let mut enc = self.device().create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&ws.f[t.f_at], 0, &f, 0, 4 * m as u64);
-        enc.copy_buffer_to_buffer(&ws.g, 0, &g, 0, 4 * n as u64);
-        buffers::submit(self, enc);
-        self.check_errors()?;
-        Ok(GpuSinkhornOutput {
-            f,
-            g,
-            iterations: t.iterations,
-            termination: t.termination,
-            marginal_error: t.error,
-        })
-    }
+fn solve_in_buffers(
+    ctx: &GpuContext,
+    ws: &SinkhornWorkspace,
+    cfg: &Sinkhorn,
+    input: &GpuProblem<'_>,
+    f0: &[f32],
+    g0: &[f32],
+) -> Result<GpuSinkhornOutput> {
+    let (m, n) = (input.m, input.n);
+    let reduce_params = |len: usize| {
+        buffers::uniform(
+            ctx,
+            "reduce params",
+            &ReduceParams {
+                len: len as u32,
+                rows: m as u32,
+                cols: n as u32,
+                _pad: 0,
+            },
+        )
+    };
+    let (p_mn, p_m, p_n) = (reduce_params(m * n), reduce_params(m), reduce_params(n));
+    let range = buffers::storage(ctx, "cost range", 1);
+    let amax = buffers::storage(ctx, "max a", 1);
+    let passes = [
+        Pass::per_thread(
+            ctx,
+            Kernel::Transpose,
+            &[(0, &p_mn), (1, input.cost), (2, &ws.cost_t)],
+            m * n,
+        )?,
+        Pass::per_thread(
+            ctx,
+            Kernel::LogInto,
+            &[(0, &p_m), (1, input.a), (2, &ws.log_a)],
+            m,
+        )?,
+        Pass::per_thread(
+            ctx,
+            Kernel::LogInto,
+            &[(0, &p_n), (1, input.b), (2, &ws.log_b)],
+            n,
+        )?,
+        Pass::single(
+            ctx,
+            Kernel::Range,
+            &[(0, &p_mn), (1, input.cost), (2, &range)],
+        )?,
+        Pass::single(ctx, Kernel::MaxAbs, &[(0, &p_m), (1, input.a), (2, &amax)])?,
+    ];
+    buffers::upload(ctx, &ws.f[0], f0);
+    buffers::upload(ctx, &ws.g, g0);
+    let mut enc = buffers::encode(ctx, &passes.iter().collect::<Vec<_>>());
+    enc.copy_buffer_to_buffer(input.cost, 0, &ws.cost, 0, 4 * (m * n) as u64);
+    // The ε schedule needs the cost range, the stage tolerances max a: one readback of two scalars.
+    let both = buffers::storage(ctx, "range and max a", 2);
+    enc.copy_buffer_to_buffer(&range, 0, &both, 0, 4);
+    enc.copy_buffer_to_buffer(&amax, 0, &both, 4, 4);
+    let scalars = buffers::read_back::<f32>(ctx, enc, &both, 0, 8, &ws.staging)?;
+    let mut tracks = [Track::new(
+        cfg,
+        f64::from(scalars[0]),
+        f64::from(scalars[1]),
+    )];
+    iterate(ctx, ws, cfg, &mut tracks, &mut || {})?;
+    let [t] = tracks;
+    let f = buffers::storage(ctx, "f", m);
+    let g = buffers::storage(ctx, "g", n);
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(&ws.f[t.f_at], 0, &f, 0, 4 * m as u64);
+    enc.copy_buffer_to_buffer(&ws.g, 0, &g, 0, 4 * n as u64);
+    buffers::submit(ctx, enc);
+    ctx.check_errors()?;
+    Ok(GpuSinkhornOutput {
+        f,
+        g,
+        iterations: t.iterations,
+        termination: t.termination,
+        marginal_error: t.error,
+    })
 }
 
 /// Refuses shapes and batch sizes beyond the device's limits (and beyond the shader's u32 indexing).

@@ -13,111 +13,29 @@
 //! * **One exponential per entry, one pass over the cost.** The f-update runs over the row-major cost and keeps
 //!   each row's terms in cache to accumulate the next g-update's column sums ([`fused_sweep`]); the
 //!   column-major copy is read only by the first g-update of each stage and by the column fallback.
-//! * **SIMD exponentials** ([`crate::cpu::expsum`]): a polynomial exp that LLVM vectorises, compiled for
+//! * **SIMD exponentials** ([`crate::sinkhorn::expsum`]): a polynomial exp that LLVM vectorises, compiled for
 //!   AVX2 + FMA when the CPU has them, in f64 or, with [`Precision::F32`], in f32 over an f32 cost copy.
 //! * rayon over fixed row chunks with a fixed-order reduction (results independent of the thread count);
 //!   nothing is allocated inside the iteration loop.
 
 use std::borrow::Cow;
 
-use ndarray::{Array1, Array2};
+use ndarray::Array1;
 use rayon::prelude::*;
 
-use crate::config::{Observer, Precision, Sinkhorn};
-use crate::cpu::expsum::{Kernels, Real};
-use crate::error::{Error, Result};
-use crate::problem::{check_vector_finite, Problem};
-use crate::solution::{plan_metrics, Criterion, Method, Plan, Progress, Solution, Termination};
+use crate::error::Result;
+use crate::problem::Problem;
+use crate::sinkhorn::expsum::{Kernels, Real};
+use crate::sinkhorn::rules::{assemble, check, epsilon_schedule, validate, Check};
+use crate::sinkhorn::settings::{Precision, Sinkhorn};
+use crate::solution::{RanOn, Solution, Termination};
 
-/// What the stopping rule decides at a marginal-error check.
-pub(crate) enum Check {
-    /// Keep iterating this stage.
-    Continue,
-    /// An intermediate ε stage is fitted well enough: move to the next ε.
-    NextStage,
-    /// The last stage met the tolerance: stop with this status.
-    Converged(Termination),
-}
-
-/// The check shared by the CPU and GPU Sinkhorn loops: reports `err` (the row-marginal error measured after
-/// `iterations` iterations) to the observer, then applies the stopping rule of the current stage.
-pub(crate) fn check(
-    cfg: &Sinkhorn,
-    iterations: usize,
-    err: f64,
-    last: bool,
-    stage_tol: f64,
-    observer: Observer<'_>,
-) -> Check {
-    observer(&Progress {
-        iteration: iterations,
-        value: f64::NAN,
-        marginal_error: err,
-        stage: if last {
-            "sinkhorn"
-        } else {
-            "sinkhorn eps-scaling"
-        },
-    });
-    if stage_tol > 0.0 && err <= stage_tol {
-        if last {
-            Check::Converged(Termination::Converged(Criterion::MarginalError {
-                tol: cfg.tol,
-            }))
-        } else {
-            Check::NextStage
-        }
-    } else {
-        Check::Continue
-    }
-}
-
-/// The ε schedule: ε₀ = max(ε, range of C), multiplied by `q` each stage, ending exactly at ε.
-pub(crate) fn epsilon_schedule(
-    eps: f64,
-    scaling: Option<f64>,
-    cost_range: f64,
-    warm: bool,
-) -> Vec<f64> {
-    let mut stages = Vec::new();
-    if let (Some(q), false) = (scaling, warm) {
-        let mut e = cost_range.max(eps);
-        while e > eps {
-            stages.push(e);
-            e *= q;
-        }
-    }
-    stages.push(eps);
-    stages
-}
-
-/// Checks the marginals (positive: their logarithms are taken) and the warm start.
-pub(crate) fn validate(cfg: &Sinkhorn, p: &Problem) -> Result<(Vec<f64>, Vec<f64>)> {
-    p.require_positive_a("Sinkhorn", "it takes log a_i")?;
-    p.require_positive_b("Sinkhorn", "it takes log b_j")?;
-    match &cfg.warm {
-        Some((f, g)) => {
-            for (what, v, len) in [("alpha", f, p.m()), ("beta", g, p.n())] {
-                if v.len() != len {
-                    return Err(Error::WarmStartMismatch {
-                        what,
-                        expected: len,
-                        found: v.len(),
-                    });
-                }
-                check_vector_finite(what, v.view())?;
-            }
-            Ok((f.to_vec(), g.to_vec()))
-        }
-        None => Ok((vec![0.0; p.m()], vec![0.0; p.n()])),
-    }
-}
-
-pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Result<Solution> {
+/// Solves `p` on the CPU; `cfg.monitor` sees every check and can cancel.
+pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem) -> Result<Solution> {
     let (f, g) = validate(cfg, p)?;
     let (f, g, iterations, termination) = match cfg.precision {
-        Precision::F64 => iterate::<f64>(cfg, p, f, g, observer),
-        Precision::F32 => iterate::<f32>(cfg, p, f, g, observer),
+        Precision::F64 => iterate::<f64>(cfg, p, f, g),
+        Precision::F32 => iterate::<f32>(cfg, p, f, g),
     };
     Ok(assemble(
         cfg,
@@ -126,6 +44,7 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem, observer: Observer<'_>) -> Resu
         Array1::from(g),
         iterations,
         termination,
+        RanOn::Cpu,
     ))
 }
 
@@ -339,7 +258,6 @@ fn iterate<F: Real>(
     p: &Problem,
     mut f: Vec<f64>,
     mut g: Vec<f64>,
-    observer: Observer<'_>,
 ) -> (Vec<f64>, Vec<f64>, usize, Termination) {
     let (m, n) = (p.m(), p.n());
     let kernels = Kernels::<F>::detect();
@@ -422,9 +340,9 @@ fn iterate<F: Real>(
                     .zip(f.iter().zip(&f_new))
                     .map(|(&ai, (&fo, &fn_))| ai * (((fo - fn_) / eps).exp() - 1.0).abs())
                     .fold(0.0, f64::max);
-                match check(cfg, iterations, err, last, stage_tol, &mut *observer) {
+                match check(cfg, iterations, err, last, stage_tol) {
                     Check::Continue => {}
-                    Check::Converged(t) => {
+                    Check::Stop(t) => {
                         // Keep the state before the f-update: columns exact, row error = err.
                         termination = t;
                         break 'stages;
@@ -441,51 +359,6 @@ fn iterate<F: Real>(
         }
     }
     (f, g, iterations, termination)
-}
-
-/// Dense plan T_ij = exp((f_i + g_j − C_ij)/ε), dual value f·a + g·b − ε ΣT, and metrics.
-pub(crate) fn assemble(
-    cfg: &Sinkhorn,
-    p: &Problem,
-    f: Array1<f64>,
-    g: Array1<f64>,
-    iterations: usize,
-    termination: Termination,
-) -> Solution {
-    let eps = cfg.epsilon;
-    let (m, n) = (p.m(), p.n());
-    let cost = p.cost();
-    let mut data = vec![0.0; m * n];
-    let cs = p.cost_slice();
-    data.par_chunks_mut(n.max(1))
-        .enumerate()
-        .for_each(|(i, row)| {
-            for ((t, &c), &gj) in row.iter_mut().zip(&cs[i * n..(i + 1) * n]).zip(&g) {
-                *t = ((f[i] + gj - c) / eps).exp();
-            }
-        });
-    let plan = Array2::from_shape_vec((m, n), data).expect("m * n entries");
-    let mass: f64 = plan.sum();
-    let value = f.dot(&p.a()) + g.dot(&p.b()) - eps * mass;
-    let (transport_cost, marginal_error_rows, marginal_error_cols) = plan_metrics(
-        plan.indexed_iter().map(|((i, j), &v)| (i, j, v)),
-        cost,
-        p.a_slice(),
-        p.b_slice(),
-    );
-    Solution {
-        method: Method::Sinkhorn { epsilon: eps },
-        device: "cpu".into(),
-        plan: Plan::Dense(plan),
-        alpha: f,
-        beta: g,
-        value,
-        transport_cost,
-        marginal_error_rows,
-        marginal_error_cols,
-        iterations,
-        termination,
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Nonsmooth finish for sparsity-constrained OT: smoothing continuation + regularised Newton, then an exact
+//! Nonsmooth stage for sparsity-constrained OT: smoothing continuation + regularised Newton, then an exact
 //! polish on the identified tie structure.
 //!
 //! # Why plain L-BFGS stalls
@@ -410,8 +410,8 @@ fn pcg(
     max_it
 }
 
-/// Settings of the finish.
-pub(crate) struct FinishSettings {
+/// Settings of the nonsmooth stage.
+pub(crate) struct NonsmoothSettings {
     pub tol: f64,
     pub max_steps: usize,
 }
@@ -426,8 +426,8 @@ pub(crate) struct Certified {
     pub plan_error: f64,
 }
 
-/// Result of the finish.
-pub(crate) struct FinishOutcome {
+/// Result of the nonsmooth stage.
+pub(crate) struct NonsmoothOutcome {
     /// Potentials (α, β) of the last smoothed stage.
     pub x: Vec<f64>,
     /// Newton steps taken (smoothing stages and polish).
@@ -520,13 +520,14 @@ impl Smoothed<'_> {
 }
 
 /// Smoothing continuation from x0 = (α, β), with an exact polish and certificate attempted after each late
-/// stage. `report(steps, residual)` is called after each stage.
+/// stage. `report(steps, residual)` is called after each stage; when it returns `false` (the solve was
+/// cancelled) the continuation stops there.
 pub(crate) fn run(
     sm: &mut Smoothed<'_>,
     x0: &[f64],
-    settings: &FinishSettings,
-    mut report: impl FnMut(usize, f64),
-) -> FinishOutcome {
+    settings: &NonsmoothSettings,
+    mut report: impl FnMut(usize, f64) -> bool,
+) -> NonsmoothOutcome {
     let mut x = x0.to_vec();
     let q_scale = sm.q_scale(&x);
     let mass_scale = sm.a.iter().chain(sm.b).fold(0.0f64, |x, &y| x.max(y));
@@ -558,7 +559,9 @@ pub(crate) fn run(
         let (st, r) = sm.newton_stage(&mut x, mu, stage_tol, budget.min(50));
         steps += st;
         residual = r;
-        report(steps, residual);
+        if !report(steps, residual) {
+            break;
+        }
         if stage < 0 && r > stage_tol && retreats < RETREATS {
             retreats += 1;
             stage -= 2;
@@ -577,7 +580,7 @@ pub(crate) fn run(
         }
         stage += 1;
     }
-    FinishOutcome {
+    NonsmoothOutcome {
         x,
         steps,
         residual,
@@ -831,7 +834,7 @@ mod tests {
     /// stage is too sharp for Newton, whose residual then oscillates; the continuation retreats to more
     /// smoothing and still certifies the optimum.
     #[test]
-    fn finish_certifies_from_a_short_lbfgs_run() {
+    fn nonsmooth_stage_certifies_from_a_short_lbfgs_run() {
         let (m, n) = (300, 200);
         let mut state = 12345u64;
         let mut rnd = || {
@@ -848,21 +851,26 @@ mod tests {
         let max = cost.iter().cloned().fold(0.0, f64::max);
         cost /= max;
         let (a, b) = (vec![1.0 / m as f64; m], vec![1.0 / n as f64; n]);
-        let problem = crate::Problem::new(
+        let problem = crate::problem::Problem::new(
             ndarray::ArrayView1::from(&a),
             ndarray::ArrayView1::from(&b),
             cost.view(),
         )
         .unwrap();
-        let cfg = crate::SparseOt::new(2, 0.01).unwrap();
+        let cfg = crate::sparse::settings::SparseOt::new(2, 0.01).unwrap();
         let short = cfg.clone().max_iter(60).solve(&problem).unwrap();
-        assert_eq!(short.termination, crate::Termination::MaxIterations);
+        assert_eq!(
+            short.termination,
+            crate::solution::Termination::MaxIterations
+        );
         let alpha = short.alpha.to_vec();
-        let sol = crate::cpu::sparse::finish_after_stall(&cfg, &problem, 2, alpha, 60, &mut |_| {});
+        let sol = crate::sparse::cpu::continue_after_stall(&cfg, &problem, 2, alpha, 60);
         assert!(
             matches!(
                 sol.termination,
-                crate::Termination::Converged(crate::Criterion::DualityGap { .. })
+                crate::solution::Termination::Converged(
+                    crate::solution::Criterion::DualityGap { .. }
+                )
             ),
             "{sol}"
         );

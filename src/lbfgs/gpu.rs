@@ -19,7 +19,7 @@ pub(crate) const MAX_MEMORY: usize = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+struct LbfgsParams {
     dim: u32,
     mem: u32,
     _pad: [u32; 2],
@@ -71,7 +71,7 @@ impl LbfgsBuffers {
         let params = buffers::uniform(
             ctx,
             "lbfgs params",
-            &Params {
+            &LbfgsParams {
                 dim: dim as u32,
                 mem: memory as u32,
                 _pad: [0; 2],

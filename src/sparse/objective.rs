@@ -14,7 +14,9 @@ use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
 use crate::ops::{simplex_threshold, top_k_into};
-use crate::Formulation;
+use crate::problem::Problem;
+use crate::solution::Formulation;
+use crate::sparse::settings::SparseOt;
 
 /// Columns per parallel chunk (fixed, for deterministic summation).
 const CHUNK: usize = 32;
@@ -43,7 +45,7 @@ struct Chunk {
 
 /// The read-only data of the column kernel.
 #[derive(Clone, Copy)]
-struct Kernel<'a> {
+struct ColumnKernel<'a> {
     cost_t: &'a Array2<f64>,
     b: &'a [f64],
     k: usize,
@@ -51,7 +53,7 @@ struct Kernel<'a> {
     formulation: Formulation,
 }
 
-impl Kernel<'_> {
+impl ColumnKernel<'_> {
     /// Computes column j's support and threshold into the scratch `s`, `idx`. `beta_j` is used by the dual.
     fn column<'s>(
         &self,
@@ -131,7 +133,7 @@ impl<'p> SparseDual<'p> {
     }
 
     /// The (semi-)dual of `p` with the settings of `cfg` and the resolved k.
-    pub(crate) fn for_problem(p: &'p crate::Problem, k: usize, cfg: &crate::SparseOt) -> Self {
+    pub(crate) fn for_problem(p: &'p Problem, k: usize, cfg: &SparseOt) -> Self {
         Self::new(
             p.cost(),
             p.a_slice(),
@@ -159,8 +161,8 @@ impl<'p> SparseDual<'p> {
     }
 
     /// The read-only data the column kernel needs.
-    fn kernel(&self) -> Kernel<'_> {
-        Kernel {
+    fn kernel(&self) -> ColumnKernel<'_> {
+        ColumnKernel {
             cost_t: &self.cost_t,
             b: self.b,
             k: self.k,
@@ -174,7 +176,7 @@ impl<'p> SparseDual<'p> {
         let m = self.m();
         let (alpha, beta) = x.split_at(m);
         let (ga, gb) = grad.split_at_mut(m);
-        let kernel = Kernel {
+        let kernel = ColumnKernel {
             cost_t: &self.cost_t,
             b: self.b,
             k: self.k,

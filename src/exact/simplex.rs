@@ -24,16 +24,20 @@
 use ndarray::Array1;
 
 use crate::error::{Error, Result};
-use crate::exact::ExactOt;
+use crate::monitor::{Monitor, Progress};
 use crate::problem::Problem;
 use crate::solution::{
-    plan_metrics, Criterion, Lanes, Method, Plan, Solution, SparsePlan, Termination,
+    plan_metrics, Criterion, Lanes, Method, Plan, RanOn, Solution, SparsePlan, Termination,
 };
+
+/// Pivots between two looks at the monitor (a report and a cancellation check).
+const PIVOTS_PER_REPORT: usize = 4096;
 
 const NONE: usize = usize::MAX;
 
-/// Solves `problem` exactly (see the module documentation).
-pub(crate) fn solve(cfg: &ExactOt, problem: &Problem) -> Result<Solution> {
+/// Solves `problem` exactly (see the module documentation) in at most `max_iter` pivots; `monitor` hears of
+/// the pivot count and can cancel.
+pub(crate) fn solve(problem: &Problem, max_iter: usize, monitor: &Monitor) -> Result<Solution> {
     let (m, n) = (problem.m(), problem.n());
     let a = problem.a_slice();
     let b = problem.b_slice();
@@ -48,7 +52,7 @@ pub(crate) fn solve(cfg: &ExactOt, problem: &Problem) -> Result<Solution> {
         });
     }
     let mut net = Network::new(m, n, cost, cmax, a, &b_balanced);
-    let (iterations, optimal) = net.run(cfg.max_iter);
+    let (iterations, end) = net.run(max_iter, monitor);
     net.recompute_flows();
     let (alpha, beta) = net.reported_potentials();
     let plan = net.plan();
@@ -56,7 +60,7 @@ pub(crate) fn solve(cfg: &ExactOt, problem: &Problem) -> Result<Solution> {
     let value = dot(&alpha, a) + dot(&beta, b);
     Ok(Solution {
         method: Method::Exact,
-        device: "cpu".to_string(),
+        device: RanOn::Cpu,
         plan: Plan::Sparse(plan),
         alpha: Array1::from(alpha),
         beta: Array1::from(beta),
@@ -65,11 +69,7 @@ pub(crate) fn solve(cfg: &ExactOt, problem: &Problem) -> Result<Solution> {
         marginal_error_rows: err_rows,
         marginal_error_cols: err_cols,
         iterations,
-        termination: if optimal {
-            Termination::Converged(Criterion::Exact)
-        } else {
-            Termination::MaxIterations
-        },
+        termination: end,
     })
 }
 
@@ -201,19 +201,31 @@ impl<'c> Network<'c> {
         c + self.pi[u] - self.pi[v]
     }
 
-    /// Pivots until optimal or `max_iter` pivots. Returns (pivots, optimal).
-    fn run(&mut self, max_iter: usize) -> (usize, bool) {
+    /// Pivots until optimal, `max_iter` pivots, or a cancelled `monitor` (which hears of the pivot count
+    /// every [`PIVOTS_PER_REPORT`] pivots). Returns (pivots, termination).
+    fn run(&mut self, max_iter: usize, monitor: &Monitor) -> (usize, Termination) {
         let mut pivots = 0;
         let mut clean = false;
         loop {
+            if pivots % PIVOTS_PER_REPORT == 0 && pivots > 0 {
+                monitor.step(&Progress {
+                    iteration: pivots,
+                    value: f64::NAN,
+                    marginal_error: f64::NAN,
+                    stage: "network simplex",
+                });
+            }
+            if monitor.is_cancelled() {
+                return (pivots, Termination::Cancelled);
+            }
             match self.find_entering() {
-                Some(_) if pivots >= max_iter => return (pivots, false),
+                Some(_) if pivots >= max_iter => return (pivots, Termination::MaxIterations),
                 Some(e) => {
                     self.pivot(e);
                     pivots += 1;
                     clean = false;
                 }
-                None if clean => return (pivots, true),
+                None if clean => return (pivots, Termination::Converged(Criterion::Exact)),
                 None => {
                     self.recompute_potentials();
                     clean = true;

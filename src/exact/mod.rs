@@ -1,6 +1,11 @@
-//! Builder of the exact (unregularised) OT solver.
+//! Exact (unregularised) OT: the [`ExactOt`] configuration and its entry points; the network simplex
+//! itself is in `simplex`.
 
+mod simplex;
+
+use crate::batch::Batch;
 use crate::error::Result;
+use crate::monitor::Monitor;
 use crate::problem::Problem;
 use crate::solution::Solution;
 
@@ -29,6 +34,7 @@ pub const DEFAULT_EXACT_MAX_ITER: usize = 100_000_000;
 #[derive(Debug, Clone)]
 pub struct ExactOt {
     pub(crate) max_iter: usize,
+    pub(crate) monitor: Monitor,
 }
 
 impl Default for ExactOt {
@@ -42,6 +48,7 @@ impl ExactOt {
     pub fn new() -> Self {
         Self {
             max_iter: DEFAULT_EXACT_MAX_ITER,
+            monitor: Monitor::new(),
         }
     }
 
@@ -51,8 +58,24 @@ impl ExactOt {
         self
     }
 
+    /// Reports the pivot count every few thousand pivots (single solves) or finished problems (batches) to
+    /// `monitor`, which can also cancel the solve (see [`Monitor`]): the plan is then the current basis
+    /// (feasible, not necessarily optimal).
+    pub fn monitor(mut self, monitor: Monitor) -> Self {
+        self.monitor = monitor;
+        self
+    }
+
     /// Solves on the CPU.
     pub fn solve(&self, problem: &Problem) -> Result<Solution> {
-        crate::cpu::exact::solve(self, problem)
+        simplex::solve(problem, self.max_iter, &self.monitor)
+    }
+
+    /// Solves every problem of the batch on the CPU (in parallel over problems); per-problem results as
+    /// [`crate::SparseOt::solve_batch`].
+    pub fn solve_batch(&self, batch: &Batch) -> Vec<Result<Solution>> {
+        let mut each = self.clone();
+        each.monitor = self.monitor.quiet();
+        batch.map_problems(&self.monitor, |p| each.solve(p))
     }
 }

@@ -1,20 +1,33 @@
 //! A fixed-budget Adam ascent on the sparse (semi-)dual: the mixture-of-experts router recipe of the paper
-//! (semi-dual, learning rate 1e-2, 20 steps from α = 0). Value and gradient come from
-//! [`SparseDual`](crate::cpu::objective::SparseDual); the plan and report from the shared
-//! [`finish`](crate::cpu::sparse::finish), so this module holds only the update rule.
+//! (semi-dual, learning rate 1e-2, 20 steps from α = 0), on the CPU. Value and gradient come from
+//! [`SparseDual`]; the plan and report from the CPU pipeline's [`solution_at`], so this module holds only
+//! the update rule and the recipe's status (shared with the GPU recipe).
 
-use crate::config::SparseOt;
-use crate::cpu::objective::SparseDual;
-use crate::cpu::sparse::{finish, resolve, transpose_solution};
-use crate::error::Result;
+use std::borrow::Cow;
+
+use crate::error::{positive, Result};
 use crate::problem::Problem;
-use crate::solution::{Criterion, Lanes, Solution, Termination};
+use crate::solution::{Criterion, Formulation, Solution, Termination};
+use crate::sparse::cpu::solution_at;
+use crate::sparse::objective::SparseDual;
+use crate::sparse::rules::{self, Resolved};
+use crate::sparse::settings::SparseOt;
 
 /// Adam hyper-parameters (β₁, β₂ and ε are the usual defaults of Adam / optax).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Adam {
     pub learning_rate: f64,
     pub steps: usize,
+}
+
+impl Adam {
+    /// Errors: a learning rate that is not finite and > 0.
+    pub(crate) fn new(learning_rate: f64, steps: usize) -> Result<Self> {
+        Ok(Self {
+            learning_rate: positive("learning_rate", learning_rate)?,
+            steps,
+        })
+    }
 }
 
 /// First-moment decay β₁ (shared with the GPU kernel `shaders/adam.wgsl`).
@@ -32,35 +45,25 @@ pub(crate) fn bias_correction(t: usize) -> (f64, f64) {
 /// Runs at most `adam.steps` Adam steps on the formulation of `cfg` (k, γ, lanes, warm start, tol).
 ///
 /// Stops early when the gradient's max-norm (the marginal violation) is ≤ `cfg.tol`. The termination is
-/// `Converged` when the returned potentials meet the tolerance, `MaxIterations` otherwise.
+/// `Converged` when the returned potentials meet the tolerance, `MaxIterations` otherwise, `Cancelled` when
+/// the monitor stopped it first.
 pub(crate) fn solve(cfg: &SparseOt, adam: Adam, problem: &Problem) -> Result<Solution> {
-    match cfg.lanes {
-        Lanes::Columns => solve_columns(cfg, adam, problem, "rows"),
-        Lanes::Rows => {
-            let mut t_cfg = cfg.clone();
-            t_cfg.warm_alpha = cfg.warm_beta.clone();
-            t_cfg.warm_beta = cfg.warm_alpha.clone();
-            let sol = solve_columns(&t_cfg, adam, &problem.transposed(), "columns")?;
-            Ok(transpose_solution(sol, cfg))
-        }
-    }
+    let Resolved { k, x0 } = rules::resolve(cfg, problem)?;
+    let col_cfg = rules::columns_config(cfg);
+    let columns = rules::column_problem(cfg, Cow::Borrowed(problem));
+    let sol = solve_columns(&col_cfg, adam, &columns, k, x0);
+    Ok(rules::to_user(cfg, sol))
 }
 
-fn solve_columns(cfg: &SparseOt, adam: Adam, p: &Problem, axis: &'static str) -> Result<Solution> {
-    let resolved = resolve(cfg, p, axis)?;
-    let mut x = resolved.x0;
-    let mut dual = SparseDual::new(
-        p.cost(),
-        p.a_slice(),
-        p.b_slice(),
-        resolved.k,
-        cfg.gamma,
-        cfg.formulation,
-    );
+fn solve_columns(cfg: &SparseOt, adam: Adam, p: &Problem, k: usize, mut x: Vec<f64>) -> Solution {
+    let mut dual = SparseDual::for_problem(p, k, cfg);
     let dim = x.len();
     let (mut grad, mut m1, mut m2) = (vec![0.0; dim], vec![0.0; dim], vec![0.0; dim]);
     let mut steps = 0;
     for t in 1..=adam.steps {
+        if cfg.monitor.is_cancelled() {
+            break;
+        }
         dual.value_and_gradient(&x, &mut grad);
         if max_abs(&grad) <= cfg.tol {
             break;
@@ -74,17 +77,20 @@ fn solve_columns(cfg: &SparseOt, adam: Adam, p: &Problem, axis: &'static str) ->
         }
         steps = t;
     }
-    let mut sol = finish(cfg, p, &mut dual, &x, Termination::MaxIterations, steps);
+    let mut sol = solution_at(cfg, p, &mut dual, &x, Termination::MaxIterations, steps);
     set_termination(cfg, cfg.tol, &mut sol);
-    Ok(sol)
+    if cfg.monitor.is_cancelled() && !sol.converged() {
+        sol.termination = Termination::Cancelled;
+    }
+    sol
 }
 
 /// The recipe's status from the plan's measured marginal violation (the semi-dual only constrains the rows
 /// through its gradient): `Converged` when it is ≤ `tol` (`cfg.tol` on the CPU), else `MaxIterations`.
 pub(crate) fn set_termination(cfg: &SparseOt, tol: f64, sol: &mut Solution) {
     let violation = match cfg.formulation {
-        crate::Formulation::SemiDual => sol.marginal_error_rows,
-        crate::Formulation::Dual => sol.marginal_error_rows.max(sol.marginal_error_cols),
+        Formulation::SemiDual => sol.marginal_error_rows,
+        Formulation::Dual => sol.marginal_error_rows.max(sol.marginal_error_cols),
     };
     sol.termination = if violation <= tol {
         Termination::Converged(Criterion::MarginalError { tol })

@@ -10,6 +10,10 @@
 
 use crate::solution::{Criterion, Termination};
 
+#[cfg(feature = "gpu")]
+pub(crate) mod gpu;
+pub(crate) mod host;
+
 /// Settings of one L-BFGS run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
@@ -71,7 +75,7 @@ pub(crate) enum Action {
     /// Clear the memory, set d = −g and call [`Driver::on_direction`] with g·d.
     Steepest,
     /// Stop.
-    Finish(Termination),
+    Stop(Termination),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,19 +150,19 @@ impl Driver {
 
     fn after_iterate(&mut self) -> Action {
         if self.converged(self.grad_norm) {
-            return Action::Finish(Termination::Converged(Criterion::MarginalError {
+            return Action::Stop(Termination::Converged(Criterion::MarginalError {
                 tol: self.s.tol,
             }));
         }
         if self.iterations >= self.s.max_iter {
-            return Action::Finish(Termination::MaxIterations);
+            return Action::Stop(Termination::MaxIterations);
         }
         if self.s.tol > 0.0 && self.small_steps >= self.s.stall_window {
-            return Action::Finish(Termination::Stalled);
+            return Action::Stop(Termination::Stalled);
         }
         if self.iterations % self.s.progress_window == 0 {
             if self.s.tol > 0.0 && self.best_grad > 0.8 * self.checkpoint_grad {
-                return Action::Finish(Termination::Stalled);
+                return Action::Stop(Termination::Stalled);
             }
             self.checkpoint_grad = self.best_grad;
         }
@@ -212,7 +216,7 @@ impl Driver {
                 self.zoom(cur, hi, evals)
             }
             Phase::Reevaluate => self.accept(),
-            Phase::Idle => Action::Finish(Termination::Stalled),
+            Phase::Idle => Action::Stop(Termination::Stalled),
         }
     }
 
@@ -289,13 +293,13 @@ impl Driver {
             self.iterations += 1;
             return self.after_iterate();
         }
-        Action::Finish(Termination::Stalled)
+        Action::Stop(Termination::Stalled)
     }
 
     /// Call after the backend accepted the last trial point.
     pub(crate) fn on_accept(&mut self) -> Action {
         let Some(e) = self.last_trial else {
-            return Action::Finish(Termination::Stalled);
+            return Action::Stop(Termination::Stalled);
         };
         if self.starting {
             self.starting = false;
@@ -303,15 +307,15 @@ impl Driver {
             self.value = e.value;
             self.grad_norm = e.grad_norm;
             if !e.value.is_finite() {
-                return Action::Finish(Termination::Stalled);
+                return Action::Stop(Termination::Stalled);
             }
             if self.converged(e.grad_norm) {
-                return Action::Finish(Termination::Converged(Criterion::MarginalError {
+                return Action::Stop(Termination::Converged(Criterion::MarginalError {
                     tol: self.s.tol,
                 }));
             }
             if self.s.max_iter == 0 {
-                return Action::Finish(Termination::MaxIterations);
+                return Action::Stop(Termination::MaxIterations);
             }
             return Action::Direction;
         }
@@ -337,11 +341,11 @@ impl Driver {
             if steepest {
                 // Zero gradient (or NaN): nothing more to do.
                 return if slope == 0.0 {
-                    Action::Finish(Termination::Converged(Criterion::MarginalError {
+                    Action::Stop(Termination::Converged(Criterion::MarginalError {
                         tol: self.s.tol,
                     }))
                 } else {
-                    Action::Finish(Termination::Stalled)
+                    Action::Stop(Termination::Stalled)
                 };
             }
             return Action::Steepest;
@@ -442,31 +446,50 @@ impl<B: Backend> Lockstep for One<'_, B> {
     }
 }
 
-/// Runs one driver against one backend to the end; `observe` sees (driver) after every accepted step.
+/// Runs one driver against one backend to the end; `observe` sees (driver) after every accepted step, and
+/// `cancelled` is asked before every round (see [`run_lockstep`]).
 pub(crate) fn run<B: Backend>(
     settings: Settings,
     backend: &mut B,
     mut observe: impl FnMut(&Driver),
+    cancelled: &dyn Fn() -> bool,
 ) -> (Termination, Driver) {
-    let mut out = run_lockstep(&[settings], &mut One(backend), |_, d| observe(d), |_, _| {});
+    let mut out = run_lockstep(
+        &[settings],
+        &mut One(backend),
+        |_, d| observe(d),
+        |_, _| {},
+        cancelled,
+    );
     out.swap_remove(0)
 }
 
 /// Runs one driver per problem in lockstep until every problem has finished: each round collects every
 /// unfinished problem's next [`Step`], has the backend perform them all, and feeds each reply to its own
 /// driver, so every problem takes exactly the decisions it would take alone. `observe(p, driver)` sees
-/// problem p after each of its accepted steps, `finished(p, termination)` when it stops. Returns
-/// (termination, driver) per problem.
+/// problem p after each of its accepted steps, `finished(p, termination)` when it stops. When `cancelled()`
+/// turns true, every unfinished problem stops before the next round with [`Termination::Cancelled`], its
+/// iterate the last accepted point (a pending trial is dropped). Returns (termination, driver) per problem.
 pub(crate) fn run_lockstep<L: Lockstep>(
     settings: &[Settings],
     backend: &mut L,
     mut observe: impl FnMut(usize, &Driver),
     mut finished_hook: impl FnMut(usize, Termination),
+    cancelled: &dyn Fn() -> bool,
 ) -> Vec<(Termination, Driver)> {
     let mut drivers: Vec<Driver> = settings.iter().map(|&s| Driver::new(s)).collect();
     let mut pending: Vec<Option<Action>> = drivers.iter().map(|d| Some(d.start())).collect();
     let mut finished = vec![Termination::Stalled; drivers.len()];
     loop {
+        if cancelled() {
+            for (p, action) in pending.iter_mut().enumerate() {
+                if action.take().is_some() {
+                    finished[p] = Termination::Cancelled;
+                    finished_hook(p, Termination::Cancelled);
+                }
+            }
+            break;
+        }
         let mut steps = vec![Step::default(); drivers.len()];
         for (p, step) in steps.iter_mut().enumerate() {
             let mut action = pending[p].take();
@@ -477,7 +500,7 @@ pub(crate) fn run_lockstep<L: Lockstep>(
                     Action::Evaluate(t) => step.evaluate = Some(t),
                     Action::Direction => step.direction = Some(false),
                     Action::Steepest => step.direction = Some(true),
-                    Action::Finish(t) => {
+                    Action::Stop(t) => {
                         finished[p] = t;
                         finished_hook(p, t);
                     }

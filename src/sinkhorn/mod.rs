@@ -1,0 +1,94 @@
+//! Entropic OT by log-domain Sinkhorn: the [`Sinkhorn`] configuration and every entry point of the family.
+//!
+//! It solves min ⟨T, C⟩ + ε Σ T_ij (log T_ij − 1) over plans with marginals a and b, whose optimum is
+//! T_ij = exp((f_i + g_j − C_ij)/ε) for the potentials (f, g) that Sinkhorn's alternating updates find.
+//! Layout of the family: `settings` (the configuration and its builders; this file holds the entry
+//! points), `rules` (the stopping check, the ε schedule, validation and the assembly of a
+//! [`Solution`] from potentials, shared by both backends), `cpu` (f64 or f32 exponentials, fused sweeps),
+//! `expsum` (the vectorised exponential sums), `gpu` (batched kernels, f32).
+
+mod cpu;
+mod expsum;
+#[cfg(feature = "gpu")]
+mod gpu;
+pub(crate) mod rules;
+pub(crate) mod settings;
+
+use crate::batch::Batch;
+use crate::device::{off_thread, Device, Target};
+use crate::error::Result;
+use crate::problem::Problem;
+use crate::solution::Solution;
+
+#[cfg(feature = "gpu")]
+pub use gpu::GpuSinkhornOutput;
+pub use settings::{Precision, Sinkhorn, DEFAULT_SINKHORN_MAX_ITER};
+
+impl Sinkhorn {
+    /// Solves on the CPU.
+    pub fn solve(&self, problem: &Problem) -> Result<Solution> {
+        cpu::solve(self, problem)
+    }
+
+    /// Solves on `device` (GPU results are f32; `Solution::device` says where it ran).
+    pub fn solve_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
+        match device.target() {
+            Target::Cpu => cpu::solve(self, problem),
+            #[cfg(feature = "gpu")]
+            Target::Gpu(ctx) => gpu::solve(&ctx, self, problem),
+        }
+    }
+
+    /// Async [`Sinkhorn::solve_on`], on a thread of its own as [`crate::SparseOt::solve_on_async`].
+    pub async fn solve_on_async(&self, problem: &Problem, device: &Device) -> Result<Solution> {
+        let (cfg, problem, device) = (self.clone(), problem.clone(), device.clone());
+        off_thread(move || cfg.solve_on(&problem, &device)).await
+    }
+
+    /// Solves every problem of the batch on the CPU (in parallel over problems); per-problem results as
+    /// [`crate::SparseOt::solve_batch`].
+    pub fn solve_batch(&self, batch: &Batch) -> Vec<Result<Solution>> {
+        self.solve_batch_on(batch, &Device::Cpu)
+    }
+
+    /// Solves every problem of the batch on `device`. On the CPU this is [`Sinkhorn::solve_batch`]. On a GPU
+    /// the whole batch is one workspace and every iteration is two dispatches covering all B problems (f32):
+    /// a round of up to `check_every` iterations is one submission, after which the B row-marginal errors
+    /// are read back together. Each problem keeps its own ε schedule (it depends on its cost range), stage,
+    /// iteration count and [`crate::Termination`]; a problem that converged is frozen on the device while
+    /// the others go on, and its result equals [`Sinkhorn::solve_on`] on [`Batch::problem`]`(i)` on the same
+    /// device bit for bit. Entry i is problem i's own result: a problem that fails validation gets its own
+    /// `Err` and is not uploaded; the others are unaffected. A batch beyond the device's limits (B × m × n
+    /// f32 costs in one storage binding, B ≤ `max_compute_workgroups_per_dimension`) gets
+    /// [`crate::Error::DeviceLimit`] on every valid problem.
+    ///
+    /// The monitor hears of each problem as its result is ready (on a GPU: when it converges at a check, or
+    /// when the iteration limit ends the run).
+    pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
+        match device.target() {
+            Target::Cpu => {
+                let mut each = self.clone();
+                each.monitor = self.monitor.quiet();
+                batch.map_problems(&self.monitor, |p| each.solve(p))
+            }
+            #[cfg(feature = "gpu")]
+            Target::Gpu(ctx) => gpu::solve_batch(&ctx, self, batch),
+        }
+    }
+
+    /// Log-domain Sinkhorn on data already in GPU buffers on `ctx`'s device; returns the potentials as new
+    /// GPU buffers. Only the cost range (once) and the marginal error (every `check_every` iterations) are
+    /// read back. f32. The monitor can cancel it at a check; it hears of no steps.
+    ///
+    /// Errors: buffer sizes that do not match the shape, a warm start of the wrong length, device limits.
+    /// The values are not checked (see [`crate::gpu::GpuProblem`]); `a` and `b` must be positive (their
+    /// logs are taken).
+    #[cfg(feature = "gpu")]
+    pub fn solve_buffers(
+        &self,
+        ctx: &crate::gpu::GpuContext,
+        input: &crate::gpu::GpuProblem<'_>,
+    ) -> Result<GpuSinkhornOutput> {
+        gpu::solve_buffers(ctx, self, input)
+    }
+}

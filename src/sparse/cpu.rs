@@ -1,0 +1,285 @@
+//! The CPU pipeline of sparsity-constrained and quadratic OT (f64): validate, maximise the (semi-)dual with
+//! L-BFGS, hand a stalled run to the nonsmooth stage, then build the sparse plan and its report at the
+//! returned potentials. k = 1 goes to the network simplex.
+
+use std::borrow::Cow;
+
+use ndarray::Array1;
+
+use crate::error::Result;
+use crate::exact::ExactOt;
+use crate::lbfgs::host::{HostLbfgs, Objective};
+use crate::lbfgs::{self, Settings};
+use crate::monitor::{Monitor, Progress};
+use crate::problem::Problem;
+use crate::solution::{Criterion, Formulation, RanOn, Solution, Termination};
+use crate::sparse::nonsmooth::{self, NonsmoothSettings, Smoothed};
+use crate::sparse::objective::SparseDual;
+use crate::sparse::rules::{self, Outcome, PlanBuilder, Resolved};
+use crate::sparse::settings::SparseOt;
+
+/// Minimisation view of the (semi-)dual: f = −objective.
+struct Negated<'d, 'p>(&'d mut SparseDual<'p>);
+
+impl Objective for Negated<'_, '_> {
+    fn dim(&self) -> usize {
+        self.0.dim()
+    }
+
+    fn eval(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
+        let v = self.0.value_and_gradient(x, grad);
+        grad.iter_mut().for_each(|g| *g = -*g);
+        -v
+    }
+}
+
+/// Solves `problem` on the CPU; `cfg.monitor` sees every step and can cancel.
+pub(crate) fn solve(cfg: &SparseOt, problem: &Problem) -> Result<Solution> {
+    let Resolved { k, x0 } = rules::resolve(cfg, problem)?;
+    let col_cfg = rules::columns_config(cfg);
+    let columns = rules::column_problem(cfg, Cow::Borrowed(problem));
+    let sol = solve_columns(&col_cfg, &columns, k, x0)?;
+    Ok(rules::to_user(cfg, sol))
+}
+
+/// Solves a validated column problem (k and the start point resolved by [`rules::resolve`]).
+pub(crate) fn solve_columns(
+    cfg: &SparseOt,
+    p: &Problem,
+    k: usize,
+    x0: Vec<f64>,
+) -> Result<Solution> {
+    if eliminates_beta(cfg, p) {
+        let mut semi = cfg.clone();
+        semi.formulation = Formulation::SemiDual;
+        let m = p.m();
+        let sol = solve_columns(&semi, p, k, x0[..m].to_vec())?;
+        return Ok(as_dual(cfg, p, k, sol));
+    }
+    let mut dual = SparseDual::for_problem(p, k, cfg);
+    if rules::k1_is_exact(cfg, p, k) {
+        let (x, termination, iterations) = k1_exact(cfg, p, &mut dual)?;
+        return Ok(solution_at(cfg, p, &mut dual, &x, termination, iterations));
+    }
+    let settings = Settings::new(cfg.tol, cfg.max_iter);
+    let monitor = &cfg.monitor;
+    let (termination, iterations, x) = {
+        let mut neg = Negated(&mut dual);
+        let mut backend = HostLbfgs::new(&mut neg, x0, cfg.memory);
+        let (termination, driver) = lbfgs::run(
+            settings,
+            &mut backend,
+            |d| {
+                monitor.step(&Progress {
+                    iteration: d.iterations,
+                    value: -d.value,
+                    marginal_error: d.grad_norm,
+                    stage: "lbfgs",
+                })
+            },
+            &|| monitor.is_cancelled(),
+        );
+        (termination, driver.iterations, backend.x)
+    };
+    // L-BFGS stalls on the kinks of k < m (and on rounding for tiny γ): hand over to the nonsmooth stage.
+    let (x, termination, iterations) = if termination == Termination::Stalled && cfg.tol > 0.0 {
+        nonsmooth_stage(cfg, &mut dual, x, iterations)
+    } else {
+        (x, termination, iterations)
+    };
+    Ok(solution_at(cfg, p, &mut dual, &x, termination, iterations))
+}
+
+/// Whether the dual is maximised through its β-eliminated form. For fixed α, D_k(α, ·) is maximised in closed
+/// form by β_j = −γ θ_j, the threshold of the sparse projection of column j (SPEC §2.2), and
+/// D_k(α, β*(α)) = S_k(α). So max D_k = max S_k, and L-BFGS over α alone (the semi-dual) followed by β = β*(α)
+/// maximises the dual exactly, with fewer variables and a better-conditioned problem than the joint (α, β)
+/// iteration. At (α, β*(α)) the β-part of the dual gradient (b − Tᵀ1) vanishes, so the stopping rule is the
+/// dual's own. The joint iteration is kept where its semantics matter: a fixed budget (tol 0), evaluation of a
+/// start point (max_iter 0), a warm start that carries β, and zero entries in b (the semi-dual divides by b_j).
+fn eliminates_beta(cfg: &SparseOt, p: &Problem) -> bool {
+    cfg.formulation == Formulation::Dual
+        && cfg.tol > 0.0
+        && cfg.max_iter > 0
+        && cfg.warm_beta.is_none()
+        && p.b().iter().all(|&b| b > 0.0)
+}
+
+/// Reports a solution of the β-eliminated dual as a solution of the dual: same plan and potentials (β is
+/// already β*(α)), value D_k(α, β) evaluated at them.
+fn as_dual(cfg: &SparseOt, p: &Problem, k: usize, sol: Solution) -> Solution {
+    let mut dual = SparseDual::for_problem(p, k, cfg);
+    let x: Vec<f64> = sol.alpha.iter().chain(sol.beta.iter()).copied().collect();
+    let value = objective(&mut dual, &x);
+    Solution {
+        method: rules::method(cfg, crate::solution::Lanes::Columns),
+        value,
+        ..sol
+    }
+}
+
+/// Continues a column problem whose L-BFGS phase ran elsewhere (the GPU, in f32) and stalled: runs the
+/// nonsmooth stage in f64 from its potentials `x` (α, or (α, β) for the dual) and builds the solution.
+#[cfg(any(feature = "gpu", test))]
+pub(crate) fn continue_after_stall(
+    cfg: &SparseOt,
+    p: &Problem,
+    k: usize,
+    x: Vec<f64>,
+    iterations: usize,
+) -> Solution {
+    let mut dual = SparseDual::for_problem(p, k, cfg);
+    let (x, termination, iterations) = nonsmooth_stage(cfg, &mut dual, x, iterations);
+    solution_at(cfg, p, &mut dual, &x, termination, iterations)
+}
+
+/// k = 1 is unregularised OT in disguise (SPEC §2.3): S_1(α) = α·a − Σ_j b_j max_i(α_i − c_ij) + (γ/2)‖b‖²
+/// is the LP semi-dual plus a constant, so the optimal transport potential α of the network simplex is an
+/// exact maximiser, and β_j = γ b_j − max_i(α_i − c_ij) maximises the dual at that α. The exact plan P is
+/// feasible for the relaxed primal, whose objective there is at most ⟨P, C⟩ + (γ/2)‖b‖²: that certifies the
+/// gap. `iterations` counts network-simplex pivots; a warm start is not needed and not used. With
+/// `max_iter(0)` (evaluate the start point) or `tol(0)` (a fixed budget of iterations) the general path runs.
+fn k1_exact(
+    cfg: &SparseOt,
+    p: &Problem,
+    dual: &mut SparseDual<'_>,
+) -> Result<(Vec<f64>, Termination, usize)> {
+    let exact = ExactOt::new().monitor(cfg.monitor.quiet()).solve(p)?;
+    let mut x = exact.alpha.to_vec();
+    if cfg.formulation == Formulation::Dual {
+        let gamma = cfg.gamma;
+        for (j, c) in dual.cost_t.rows().into_iter().enumerate() {
+            let top = x[..p.m()]
+                .iter()
+                .zip(c)
+                .map(|(a, c)| a - c)
+                .fold(f64::NEG_INFINITY, f64::max);
+            x.push(gamma * p.b()[j] - top);
+        }
+    }
+    let value = objective(dual, &x);
+    let bound = exact.transport_cost + 0.5 * cfg.gamma * p.b().iter().map(|b| b * b).sum::<f64>();
+    let gap = (bound - value).max(0.0);
+    let termination = if exact.converged() && gap <= cfg.tol.max(1e-12 * value.abs()) {
+        Termination::Converged(Criterion::DualityGap { gap })
+    } else if matches!(
+        exact.termination,
+        Termination::MaxIterations | Termination::Cancelled
+    ) {
+        exact.termination
+    } else {
+        Termination::Stalled
+    };
+    Ok((x, termination, exact.iterations))
+}
+
+/// Objective of the formulation solved at `x` (α, or (α, β)).
+fn objective(dual: &mut SparseDual<'_>, x: &[f64]) -> f64 {
+    let mut g = vec![0.0; x.len()];
+    dual.value_and_gradient(x, &mut g)
+}
+
+/// Runs the [nonsmooth stage](crate::sparse::nonsmooth) from the L-BFGS point and keeps the potentials with
+/// the best true objective.
+fn nonsmooth_stage(
+    cfg: &SparseOt,
+    dual: &mut SparseDual<'_>,
+    x: Vec<f64>,
+    iterations: usize,
+) -> (Vec<f64>, Termination, usize) {
+    let m = dual.m();
+    // The nonsmooth stage works on the dual (α, β); the semi-dual's β is its maximiser at α.
+    let mut xd = x[..m].to_vec();
+    if cfg.formulation == Formulation::Dual {
+        xd.extend_from_slice(&x[m..]);
+    } else {
+        let mut beta = vec![0.0; dual.n()];
+        dual.for_each_column(&x[..m], None, |j, _, _, b| beta[j] = b);
+        xd.extend(beta);
+    }
+    let settings = NonsmoothSettings {
+        tol: cfg.tol,
+        max_steps: cfg.max_iter.saturating_sub(iterations),
+    };
+    let (cost_t, a, b, k, gamma) = (&dual.cost_t, dual.a, dual.b, dual.k, dual.gamma);
+    let mut sm = Smoothed::new(cost_t, a, b, k, gamma);
+    let monitor: &Monitor = &cfg.monitor;
+    let out = nonsmooth::run(&mut sm, &xd, &settings, |step, residual| {
+        monitor.step(&Progress {
+            iteration: iterations + step,
+            value: f64::NAN,
+            marginal_error: residual,
+            stage: "smoothing newton",
+        });
+        !monitor.is_cancelled()
+    });
+    let smoothed_bound = (out.residual <= cfg.tol).then(|| sm.primal_bound());
+    let view = |xd: &[f64]| -> Vec<f64> {
+        match cfg.formulation {
+            Formulation::Dual => xd.to_vec(),
+            Formulation::SemiDual => xd[..m].to_vec(),
+        }
+    };
+    let mut best = x;
+    let mut best_value = objective(dual, &best);
+    let certified_x = out.certified.as_ref().map(|c| c.x.clone());
+    for cand in std::iter::once(out.x.clone()).chain(certified_x) {
+        let c = view(&cand);
+        let v = objective(dual, &c);
+        if v > best_value {
+            best = c;
+            best_value = v;
+        }
+    }
+    let iterations = iterations + out.steps;
+    // Any near-feasible mixed plan bounds D_k* from above; the best bound certifies the gap.
+    let bound = out
+        .certified
+        .as_ref()
+        .map(|c| c.primal)
+        .into_iter()
+        .chain(smoothed_bound)
+        .fold(f64::INFINITY, f64::min);
+    let gap = (bound - best_value).max(0.0);
+    let termination = if gap <= cfg.tol.max(1e-12 * best_value.abs()) {
+        Termination::Converged(Criterion::DualityGap { gap })
+    } else if monitor.is_cancelled() {
+        Termination::Cancelled
+    } else if out.steps >= settings.max_steps {
+        Termination::MaxIterations
+    } else {
+        Termination::Stalled
+    };
+    (best, termination, iterations)
+}
+
+/// The column problem's solution at potentials `x`: plan, value recomputed at `x`, metrics.
+pub(crate) fn solution_at(
+    cfg: &SparseOt,
+    p: &Problem,
+    dual: &mut SparseDual<'_>,
+    x: &[f64],
+    termination: Termination,
+    iterations: usize,
+) -> Solution {
+    let (m, n) = (p.m(), p.n());
+    let mut grad = vec![0.0; x.len()];
+    let value = dual.value_and_gradient(x, &mut grad);
+    let alpha = &x[..m];
+    let beta_in = (cfg.formulation == Formulation::Dual).then(|| &x[m..]);
+    let mut plan = PlanBuilder::new(m, n);
+    let mut beta = vec![0.0; n];
+    dual.for_each_column(alpha, beta_in, |j, rows, vals, beta_j| {
+        plan.push_column(rows.iter().copied().zip(vals));
+        beta[j] = beta_j;
+    });
+    let out = Outcome {
+        alpha: Array1::from(alpha.to_vec()),
+        beta: Array1::from(beta),
+        value,
+        iterations,
+        termination,
+        device: RanOn::Cpu,
+    };
+    rules::solution(cfg, p, plan, out)
+}

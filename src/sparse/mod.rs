@@ -1,0 +1,143 @@
+//! Sparsity-constrained OT (at most k nonzeros per column, or per row) and quadratically-regularised OT
+//! (k = m): the [`SparseOt`] configuration and every entry point of the family.
+//!
+//! The solver maximises a concave program over potentials: the dual D_k(α, β) = α·a + β·b −
+//! Σ_j δ_k(α + β_j − c_j), where δ_k(s) = (1/2γ) Σ of the k largest [s_i]_+², or the semi-dual S_k(α), the
+//! dual maximised in β in closed form. The plan's column j is the k-sparse projection read off column j's
+//! scores. Layout of the family:
+//!
+//! * `settings` — the configuration and its builders (this file holds the entry points);
+//! * `rules` — what every backend shares: k and warm-start checks, the row-sparsity adaptor, the k = 1
+//!   hand-over, plan → [`Solution`];
+//! * `objective` — the CPU (semi-)dual value and gradient; `nonsmooth` — the smoothing-continuation and
+//!   exact-polish stage that certifies optima where L-BFGS stalls; `adam` — the router recipe;
+//! * `cpu` — the f64 pipeline; `gpu` — the device objective, the lockstep pipeline and batches (f32).
+
+pub(crate) mod adam;
+pub(crate) mod cpu;
+#[cfg(feature = "gpu")]
+pub(crate) mod gpu;
+mod nonsmooth;
+mod objective;
+pub(crate) mod rules;
+pub(crate) mod settings;
+
+use crate::batch::Batch;
+use crate::device::{off_thread, Device, Target};
+use crate::error::Result;
+use crate::problem::Problem;
+use crate::solution::Solution;
+
+pub(crate) use adam::Adam;
+#[cfg(feature = "gpu")]
+pub use gpu::GpuSparseOutput;
+pub use settings::{SparseOt, DEFAULT_MAX_ITER};
+
+impl SparseOt {
+    /// This configuration for the problems of a batch: same settings, the monitor's cancellation but not
+    /// its observer (a batch reports finished problems, not the steps of each).
+    fn for_batch_problems(&self) -> Self {
+        let mut cfg = self.clone();
+        cfg.monitor = self.monitor.quiet();
+        cfg
+    }
+
+    /// Solves on the CPU.
+    pub fn solve(&self, problem: &Problem) -> Result<Solution> {
+        cpu::solve(self, problem)
+    }
+
+    /// Solves on `device` (GPU results are f32; `Solution::device` says where it ran).
+    pub fn solve_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
+        match device.target() {
+            Target::Cpu => cpu::solve(self, problem),
+            #[cfg(feature = "gpu")]
+            Target::Gpu(ctx) => gpu::solve(&ctx, self, problem),
+        }
+    }
+
+    /// Async [`SparseOt::solve_on`]: the solve runs on a thread of its own (with copies of the
+    /// configuration and the problem), and the future resolves when it is done, so polling never blocks the
+    /// executor's thread, on the CPU or on a GPU (whose native waits block the solving thread only). The
+    /// future is `Send`.
+    ///
+    /// Errors: those of [`SparseOt::solve_on`]; [`crate::Error::Unavailable`] if no thread can be started.
+    pub async fn solve_on_async(&self, problem: &Problem, device: &Device) -> Result<Solution> {
+        let (cfg, problem, device) = (self.clone(), problem.clone(), device.clone());
+        off_thread(move || cfg.solve_on(&problem, &device)).await
+    }
+
+    /// Solves every problem of the batch on the CPU (in parallel over problems). Entry i is problem i's own
+    /// result: a bad problem gives its own `Err`, the others are unaffected. Each entry equals
+    /// [`SparseOt::solve`] on [`Batch::problem`]`(i)` exactly.
+    pub fn solve_batch(&self, batch: &Batch) -> Vec<Result<Solution>> {
+        self.solve_batch_on(batch, &Device::Cpu)
+    }
+
+    /// Solves every problem of the batch on `device` with this configuration's solver (L-BFGS, then the
+    /// nonsmooth stage or the exact k = 1 path where the single-problem solve uses them). On the CPU this is
+    /// [`SparseOt::solve_batch`]. On a GPU the L-BFGS phases of all problems run **in lockstep**: each problem
+    /// keeps its own driver (line search, stopping rule, status), and every round is one submission of a
+    /// fixed set of dispatches covering the whole batch (at most six, whatever B is), followed by one readback
+    /// of eight f32 per problem; each problem's result equals its single-problem GPU solve. Entry i is problem
+    /// i's own result: a bad problem gets its own `Err` and does not touch the others.
+    ///
+    /// The monitor hears of each problem as its result is ready: on the CPU as each problem finishes; on a
+    /// GPU as each problem's L-BFGS driver stops (or, when its f32 iteration stalled and is continued on the
+    /// CPU, when that is done).
+    pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
+        let each = self.for_batch_problems();
+        match device.target() {
+            Target::Cpu => batch.map_problems(&self.monitor, |p| each.solve(p)),
+            #[cfg(feature = "gpu")]
+            Target::Gpu(ctx) => gpu::solve_batch(&ctx, self, batch),
+        }
+    }
+
+    /// The mixture-of-experts recipe of the paper on every problem of the batch: Adam ascent on this
+    /// configuration's formulation from its warm start (α = 0 by default) with step size `learning_rate`
+    /// for at most `steps` steps (β₁ = 0.9, β₂ = 0.999, ε = 1e-8), stopping a problem early when its
+    /// gradient's max-norm is ≤ `tol`. The status is `Converged` when the plan's marginal violation is
+    /// ≤ `tol`, `MaxIterations` otherwise; `iterations` counts the steps taken.
+    ///
+    /// On the CPU the problems run in parallel (f64). On a GPU the whole batch is one workspace and each step
+    /// is a fixed number of dispatches covering all B problems (f32; potentials, plans and values are read
+    /// back once at the end; plan metrics are measured in f64 on the host). There `tol` is raised to the f32
+    /// gradient noise, 1e-6 × the problem's largest marginal entry (below it Adam's normalised step would
+    /// follow rounding noise at full step size), and a `Converged` status names the tolerance used. The
+    /// monitor hears of each finished problem; a cancelled monitor stops the CPU runs at their next step and
+    /// keeps a GPU batch (one submission) from starting.
+    ///
+    /// Errors: a learning rate that is not finite and > 0 (outer `Err`); per problem, its validation errors.
+    pub fn solve_batch_adam_on(
+        &self,
+        batch: &Batch,
+        learning_rate: f64,
+        steps: usize,
+        device: &Device,
+    ) -> Result<Vec<Result<Solution>>> {
+        let adam = Adam::new(learning_rate, steps)?;
+        let each = self.for_batch_problems();
+        Ok(match device.target() {
+            Target::Cpu => batch.map_problems(&self.monitor, |p| adam::solve(&each, adam, p)),
+            #[cfg(feature = "gpu")]
+            Target::Gpu(ctx) => gpu::adam::solve_batch(&ctx, self, adam, batch),
+        })
+    }
+
+    /// Solves sparsity-constrained (or quadratic) OT on data already in GPU buffers on `ctx`'s device,
+    /// column sparsity only, and returns the potentials and the plan as new GPU buffers (nothing but a few
+    /// scalars per L-BFGS evaluation crosses to the host). Results are f32. The monitor can cancel it
+    /// between rounds; it hears of no steps.
+    ///
+    /// Errors: shape/usage mismatches of the buffers, k = 0 or k > m, a warm start of the wrong length,
+    /// row sparsity (not supported here; transpose the cost instead), device limits.
+    #[cfg(feature = "gpu")]
+    pub fn solve_buffers(
+        &self,
+        ctx: &crate::gpu::GpuContext,
+        input: &crate::gpu::GpuProblem<'_>,
+    ) -> Result<GpuSparseOutput> {
+        gpu::solve_buffers(ctx, self, input)
+    }
+}
