@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 #[cfg(feature = "gpu")]
-use crate::gpu::GpuContext;
+use crate::gpu::context::GpuContext;
 use crate::solution::Solution;
 
 /// The device a solve runs on, chosen by the caller.

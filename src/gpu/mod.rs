@@ -32,7 +32,7 @@
 pub(crate) mod buffers;
 pub(crate) mod context;
 pub(crate) mod kernels;
-mod problem;
+pub(crate) mod problem;
 
 pub use context::{GpuContext, GpuStats};
 pub use kernels::shader_sources;

@@ -287,7 +287,7 @@ impl Router {
     #[cfg(feature = "gpu")]
     pub fn route_buffers(
         &self,
-        ctx: &crate::gpu::GpuContext,
+        ctx: &crate::gpu::context::GpuContext,
         logits: &wgpu::Buffer,
         shape: (usize, usize, usize),
     ) -> Result<GpuRouting> {

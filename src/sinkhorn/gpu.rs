@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
-use crate::gpu::GpuProblem;
+use crate::gpu::problem::GpuProblem;
 use crate::monitor::Monitor;
 use crate::problem::Problem;
 use crate::sinkhorn::rules::{assemble, check, epsilon_schedule, start_point, validate, Check};

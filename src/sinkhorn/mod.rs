@@ -86,8 +86,8 @@ impl Sinkhorn {
     #[cfg(feature = "gpu")]
     pub fn solve_buffers(
         &self,
-        ctx: &crate::gpu::GpuContext,
-        input: &crate::gpu::GpuProblem<'_>,
+        ctx: &crate::gpu::context::GpuContext,
+        input: &crate::gpu::problem::GpuProblem<'_>,
     ) -> Result<GpuSinkhornOutput> {
         gpu::solve_buffers(ctx, self, input)
     }

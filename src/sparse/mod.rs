@@ -135,8 +135,8 @@ impl SparseOt {
     #[cfg(feature = "gpu")]
     pub fn solve_buffers(
         &self,
-        ctx: &crate::gpu::GpuContext,
-        input: &crate::gpu::GpuProblem<'_>,
+        ctx: &crate::gpu::context::GpuContext,
+        input: &crate::gpu::problem::GpuProblem<'_>,
     ) -> Result<GpuSparseOutput> {
         gpu::solve_buffers(ctx, self, input)
     }

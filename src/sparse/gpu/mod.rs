@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
-use crate::gpu::GpuProblem;
+use crate::gpu::problem::GpuProblem;
 use crate::lbfgs::gpu::{DeviceObjective, GpuLbfgs, LbfgsBuffers};
 use crate::lbfgs::{self, Settings, Step};
 use crate::monitor::{Monitor, Progress};
