@@ -31,6 +31,7 @@
 //   lets row_pass re-apply the same selection and entries to form row sums T1 without float atomics, in a
 //   fixed order (deterministic). Objective (minimised): −S = −(α·a − Σ term), −D = −(α·a + β·b − Σ term);
 //   gradient: ∇_α = T1 − a, ∇_β = Tᵀ1 − b.
+// finalize reads its loop bounds from the uniform through workgroup memory (wg_shape; see there why).
 
 struct SparseParams {
     m: u32,
@@ -278,27 +279,36 @@ fn row_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     grad[pb * P.dim + i] = acc - a[pb * P.m + i];
 }
 
+// finalize's loop bounds (m, n, dim, mode), passed through workgroup memory. Read straight from the uniform,
+// they let Mesa's lavapipe specialise ("inline") this small kernel on the uniform's values at every
+// submission, and those specialised copies were never freed: ~0.4 MB of host memory per L-BFGS round.
+var<workgroup> wg_shape: vec4<u32>;
+
 @compute @workgroup_size(WG)
 fn finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     pb = wid.z;
     if (!uniform_evaluated(tid)) {
         return;
     }
-    let xo = pb * P.dim;
+    if (tid == 0u) {
+        wg_shape = vec4<u32>(P.m, P.n, P.dim, P.mode);
+    }
+    let shape = workgroupUniformLoad(&wg_shape);
+    let xo = pb * shape.z;
     var lin = 0.0;
-    for (var i = tid; i < P.m; i = i + WG) {
-        lin = lin + x[xo + i] * a[pb * P.m + i];
+    for (var i = tid; i < shape.x; i = i + WG) {
+        lin = lin + x[xo + i] * a[pb * shape.x + i];
     }
     var terms = 0.0;
-    for (var j = tid; j < P.n; j = j + WG) {
-        terms = terms + cols[pb * P.n + j].term;
-        if (P.mode == 1u) {
-            lin = lin + x[xo + P.m + j] * b[pb * P.n + j];
+    for (var j = tid; j < shape.y; j = j + WG) {
+        terms = terms + cols[pb * shape.y + j].term;
+        if (shape.w == 1u) {
+            lin = lin + x[xo + shape.x + j] * b[pb * shape.y + j];
         }
     }
     var slope = 0.0;
     var gmax = 0.0;
-    for (var i = tid; i < P.dim; i = i + WG) {
+    for (var i = tid; i < shape.z; i = i + WG) {
         slope = slope + grad[xo + i] * d[xo + i];
         gmax = max(gmax, abs(grad[xo + i]));
     }
