@@ -195,6 +195,26 @@ impl Batch {
             .collect()
     }
 
+    /// Holds every solved problem's result to its status's promise ([`Problem::check`]), from the batch's
+    /// own marginals.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn check_all(&self, results: Vec<Result<Solution>>) -> Vec<Result<Solution>> {
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let sol = r?;
+                let scale = self
+                    .a
+                    .row(i)
+                    .iter()
+                    .chain(self.b.row(i).iter())
+                    .fold(0.0f64, |m, &x| m.max(x));
+                sol.checked(scale, self.m().max(self.n()))
+            })
+            .collect()
+    }
+
     /// Every problem, validated, in batch order (copies).
     #[cfg(feature = "gpu")]
     pub(crate) fn problems(&self) -> impl ExactSizeIterator<Item = Result<Cow<'_, Problem>>> + '_ {

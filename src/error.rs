@@ -160,6 +160,16 @@ pub enum Error {
         /// What the problem needs.
         needed: u64,
     },
+    /// The solve produced a NaN or infinite number: the input's magnitudes overflow the arithmetic of the
+    /// solver (or of the device, f32 on a GPU).
+    #[error(
+        "{what} of the solution is not finite (NaN or inf): the input's magnitudes (cost, marginals, or \
+         cost / epsilon or gamma) overflow the solver's arithmetic; rescale the input"
+    )]
+    NonFiniteResult {
+        /// Which part of the solution.
+        what: &'static str,
+    },
     /// A GPU operation failed (validation, out of memory, lost device, failed readback).
     #[error("GPU error: {0}")]
     Gpu(String),

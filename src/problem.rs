@@ -3,6 +3,7 @@
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
 use crate::error::{Error, Position, Result};
+use crate::solution::Solution;
 
 /// Relative tolerance on |Σa − Σb| / max(Σa, Σb) used by [`Problem::new`].
 ///
@@ -100,6 +101,13 @@ impl Problem {
     }
 
     /// Source marginal as a slice.
+    /// Holds a solution of this problem to its status's promise ([`Solution::checked`]): the rounding
+    /// slack is that of a sum over the longer side of the largest marginal entry.
+    pub(crate) fn check(&self, sol: Solution) -> Result<Solution> {
+        let scale = self.a.iter().chain(self.b.iter()).fold(0.0f64, |m, &x| m.max(x));
+        sol.checked(scale, self.m().max(self.n()))
+    }
+
     pub(crate) fn a_slice(&self) -> &[f64] {
         self.a.as_slice().expect("owned standard layout")
     }

@@ -4,6 +4,8 @@ use std::fmt;
 
 use ndarray::{Array1, Array2, ArrayView2};
 
+use crate::error::Error;
+
 /// Which way the sparse plan is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lanes {
@@ -199,6 +201,13 @@ pub enum Termination {
     /// Stopped by [`crate::Monitor::cancel`]; the solution holds the state reached (the last accepted
     /// potentials and their plan).
     Cancelled,
+    /// The solver's own stopping test passed, but the returned plan, measured in f64, misses the
+    /// tolerance: `marginal_error` is its max-norm marginal violation. This is what a tolerance below the
+    /// arithmetic's resolution gives (f32 on a GPU, or potentials that dwarf ε or γ).
+    Unverified {
+        /// The returned plan's measured max-norm marginal violation.
+        marginal_error: f64,
+    },
 }
 
 impl Termination {
@@ -221,6 +230,11 @@ impl fmt::Display for Termination {
             Termination::MaxIterations => write!(f, "NOT converged: iteration limit reached"),
             Termination::Stalled => write!(f, "NOT converged: stalled (no further progress)"),
             Termination::Cancelled => write!(f, "NOT converged: cancelled"),
+            Termination::Unverified { marginal_error } => write!(
+                f,
+                "NOT converged: the stopping test passed but the returned plan's marginal error is \
+                 {marginal_error:.1e}, above the tolerance"
+            ),
         }
     }
 }
@@ -368,6 +382,46 @@ pub struct Solution {
 }
 
 impl Solution {
+    /// Holds the status to its promise before the solution is returned. Every reported number (value,
+    /// transport cost, marginal errors, potentials, plan) must be finite, else [`Error::NonFiniteResult`].
+    /// A `Converged` status must hold on the returned plan as measured in f64: for
+    /// [`Criterion::MarginalError`] its max-norm marginal violation is at most the tolerance, for
+    /// [`Criterion::Exact`] at most rounding; otherwise the status becomes [`Termination::Unverified`].
+    /// (A [`Criterion::DualityGap`] is itself computed in f64 from the returned potentials and a feasible
+    /// plan.) Rounding slack: `lane` × f64 epsilon × `scale`, the rounding of one sum of `lane` terms of the
+    /// size of the largest marginal entry `scale`.
+    pub(crate) fn checked(mut self, scale: f64, lane: usize) -> Result<Self, Error> {
+        let finite = |what: &'static str, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::NonFiniteResult { what })
+            }
+        };
+        finite("the objective value", self.value.is_finite())?;
+        finite("the transport cost", self.transport_cost.is_finite())?;
+        finite(
+            "a marginal error",
+            self.marginal_error_rows.is_finite() && self.marginal_error_cols.is_finite(),
+        )?;
+        finite("alpha", self.alpha.iter().all(|x| x.is_finite()))?;
+        finite("beta", self.beta.iter().all(|x| x.is_finite()))?;
+        finite("the plan", self.plan.triplets().all(|(_, _, v)| v.is_finite()))?;
+        let error = self.marginal_error_rows.max(self.marginal_error_cols);
+        let slack = lane.max(1) as f64 * f64::EPSILON * scale;
+        let met = match self.termination {
+            Termination::Converged(Criterion::MarginalError { tol }) => error <= tol + slack,
+            Termination::Converged(Criterion::Exact) => error <= 16.0 * slack,
+            _ => true,
+        };
+        if !met {
+            self.termination = Termination::Unverified {
+                marginal_error: error,
+            };
+        }
+        Ok(self)
+    }
+
     /// `true` when the solver converged.
     pub fn converged(&self) -> bool {
         self.termination.converged()

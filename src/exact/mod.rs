@@ -68,7 +68,7 @@ impl ExactOt {
 
     /// Solves on the CPU.
     pub fn solve(&self, problem: &Problem) -> Result<Solution> {
-        simplex::solve(problem, self.max_iter, &self.monitor)
+        problem.check(simplex::solve(problem, self.max_iter, &self.monitor)?)
     }
 
     /// Solves every problem of the batch on the CPU (in parallel over problems); per-problem results as

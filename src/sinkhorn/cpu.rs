@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use crate::error::Result;
 use crate::problem::Problem;
 use crate::sinkhorn::expsum::{Kernels, Real};
-use crate::sinkhorn::rules::{assemble, check, epsilon_schedule, validate, Check};
+use crate::sinkhorn::rules::{assemble, check, epsilon_schedule, row_error, validate, Check};
 use crate::sinkhorn::settings::{Precision, Sinkhorn};
 use crate::solution::{RanOn, Solution, Termination};
 
@@ -340,7 +340,16 @@ fn iterate<F: Real>(
                     .zip(f.iter().zip(&f_new))
                     .map(|(&ai, (&fo, &fn_))| ai * (((fo - fn_) / eps).exp() - 1.0).abs())
                     .fold(0.0, f64::max);
-                match check(cfg, iterations, err, last, stage_tol) {
+                let decision = match check(cfg, iterations, err, last, stage_tol) {
+                    // A convergence claimed by the estimate holds only if the plan's true row sums agree.
+                    Check::Stop(Termination::Converged(_))
+                        if row_error(p, &f, &g, eps) > stage_tol =>
+                    {
+                        Check::Continue
+                    }
+                    other => other,
+                };
+                match decision {
                     Check::Continue => {}
                     Check::Stop(t) => {
                         // Keep the state before the f-update: columns exact, row error = err.

@@ -27,16 +27,17 @@ pub use settings::{Precision, Sinkhorn, DEFAULT_SINKHORN_MAX_ITER};
 impl Sinkhorn {
     /// Solves on the CPU.
     pub fn solve(&self, problem: &Problem) -> Result<Solution> {
-        cpu::solve(self, problem)
+        problem.check(cpu::solve(self, problem)?)
     }
 
     /// Solves on `device` (GPU results are f32; `Solution::device` says where it ran).
     pub fn solve_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
-        match device.target() {
+        let sol = match device.target() {
             Target::Cpu => cpu::solve(self, problem),
             #[cfg(feature = "gpu")]
             Target::Gpu(ctx) => gpu::solve(&ctx, self, problem),
-        }
+        };
+        problem.check(sol?)
     }
 
     /// Async [`Sinkhorn::solve_on`], on a thread of its own as [`crate::SparseOt::solve_on_async`].
@@ -72,7 +73,7 @@ impl Sinkhorn {
                 batch.map_problems(&self.monitor, |p| each.solve(p))
             }
             #[cfg(feature = "gpu")]
-            Target::Gpu(ctx) => gpu::solve_batch(&ctx, self, batch),
+            Target::Gpu(ctx) => batch.check_all(gpu::solve_batch(&ctx, self, batch)),
         }
     }
 

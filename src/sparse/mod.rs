@@ -44,16 +44,17 @@ impl SparseOt {
 
     /// Solves on the CPU.
     pub fn solve(&self, problem: &Problem) -> Result<Solution> {
-        cpu::solve(self, problem)
+        problem.check(cpu::solve(self, problem)?)
     }
 
     /// Solves on `device` (GPU results are f32; `Solution::device` says where it ran).
     pub fn solve_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
-        match device.target() {
+        let sol = match device.target() {
             Target::Cpu => cpu::solve(self, problem),
             #[cfg(feature = "gpu")]
             Target::Gpu(ctx) => gpu::solve(&ctx, self, problem),
-        }
+        };
+        problem.check(sol?)
     }
 
     /// Async [`SparseOt::solve_on`]: the solve runs on a thread of its own (with copies of the
@@ -90,7 +91,7 @@ impl SparseOt {
         match device.target() {
             Target::Cpu => batch.map_problems(&self.monitor, |p| each.solve(p)),
             #[cfg(feature = "gpu")]
-            Target::Gpu(ctx) => gpu::solve_batch(&ctx, self, batch),
+            Target::Gpu(ctx) => batch.check_all(gpu::solve_batch(&ctx, self, batch)),
         }
     }
 
@@ -119,9 +120,9 @@ impl SparseOt {
         let adam = Adam::new(learning_rate, steps)?;
         let each = self.for_batch_problems();
         Ok(match device.target() {
-            Target::Cpu => batch.map_problems(&self.monitor, |p| adam::solve(&each, adam, p)),
+            Target::Cpu => batch.map_problems(&self.monitor, |p| p.check(adam::solve(&each, adam, p)?)),
             #[cfg(feature = "gpu")]
-            Target::Gpu(ctx) => gpu::adam::solve_batch(&ctx, self, adam, batch),
+            Target::Gpu(ctx) => batch.check_all(gpu::adam::solve_batch(&ctx, self, adam, batch)),
         })
     }
 

@@ -1,0 +1,158 @@
+//! A status is a promise: on extreme inputs every solver either converges on a criterion that holds on the
+//! returned plan (measured here again, independently, from the dense plan), or honestly reports that it
+//! did not, or returns a typed error. Nothing non-finite is ever returned as a solution.
+
+#[path = "common/gpu.rs"]
+mod gpu_common;
+
+use ndarray::{Array1, Array2};
+use sparse_ot::{
+    Criterion, Device, Error, ExactOt, Formulation, Precision, Problem, Sinkhorn, Solution,
+    SparseOt, Termination,
+};
+
+/// The 8 × 6 uniform problem with cost (i − j)² / 25 (before the case's transformation).
+fn base() -> (Array1<f64>, Array1<f64>, Array2<f64>) {
+    let (m, n) = (8, 6);
+    let cost = Array2::from_shape_fn((m, n), |(i, j)| (i as f64 - j as f64).powi(2) / 25.0);
+    (
+        Array1::from_elem(m, 1.0 / m as f64),
+        Array1::from_elem(n, 1.0 / n as f64),
+        cost,
+    )
+}
+
+/// Checks the promise of `sol` against `p`, from the dense plan.
+#[track_caller]
+fn assert_promise(what: &str, p: &Problem, sol: &Solution) {
+    let plan = sol.dense_plan();
+    assert!(plan.iter().all(|v| v.is_finite()), "{what}: non-finite plan");
+    for x in [sol.value, sol.transport_cost] {
+        assert!(x.is_finite(), "{what}: non-finite value {x}\n{sol}");
+    }
+    assert!(sol.alpha.iter().chain(sol.beta.iter()).all(|x| x.is_finite()), "{what}");
+    let rows = (&plan.sum_axis(ndarray::Axis(1)) - &p.a()).mapv(f64::abs);
+    let cols = (&plan.sum_axis(ndarray::Axis(0)) - &p.b()).mapv(f64::abs);
+    let err = rows.iter().chain(cols.iter()).fold(0.0f64, |m, &x| m.max(x));
+    let scale = p.a().iter().chain(p.b().iter()).fold(0.0f64, |m, &x| m.max(x));
+    // The rounding of a sum of max(m, n) entries of the largest marginal's size (and the two ways of
+    // summing: the solver's and this one).
+    let slack = 4.0 * p.m().max(p.n()) as f64 * f64::EPSILON * scale;
+    match sol.termination {
+        Termination::Converged(Criterion::MarginalError { tol }) => {
+            assert!(err <= tol + slack, "{what}: converged at tol {tol:e} with error {err:e}\n{sol}")
+        }
+        Termination::Converged(Criterion::Exact) => {
+            assert!(err <= 64.0 * slack, "{what}: exact with error {err:e}\n{sol}")
+        }
+        Termination::Converged(Criterion::DualityGap { gap }) => {
+            assert!(gap.is_finite() && gap >= 0.0, "{what}: gap {gap}");
+        }
+        _ => {}
+    }
+}
+
+/// Every solver configuration of the promise tests, on `device`.
+fn solve_all(p: &Problem, device: &Device) -> Vec<(String, Result<Solution, Error>)> {
+    let mut out = Vec::new();
+    for (name, cfg) in [
+        ("sparse k=2 semi-dual", SparseOt::new(2, 0.1).unwrap()),
+        (
+            "sparse k=2 dual",
+            SparseOt::new(2, 0.1).unwrap().formulation(Formulation::Dual),
+        ),
+        ("quadratic", SparseOt::quadratic(0.1).unwrap()),
+    ] {
+        out.push((name.to_string(), cfg.solve_on(p, device)));
+    }
+    for precision in [Precision::F64, Precision::F32] {
+        let cfg = Sinkhorn::new(0.05).unwrap().precision(precision);
+        out.push((format!("sinkhorn {precision:?}"), cfg.solve_on(p, device)));
+    }
+    if !device.is_gpu() {
+        out.push(("exact".into(), ExactOt::new().solve(p)));
+    }
+    out
+}
+
+/// Runs every solver on `p` (CPU, and the GPU when there is one) and checks every promise. Returns the
+/// outcomes for the case's own assertions.
+fn check_case(case: &str, p: &Problem) -> Vec<(String, Result<Solution, Error>)> {
+    let mut all = solve_all(p, &Device::Cpu);
+    if let Some(ctx) = gpu_common::gpu() {
+        let gpu = solve_all(p, &Device::Gpu(ctx));
+        all.extend(gpu.into_iter().map(|(n, r)| (format!("{n} (gpu)"), r)));
+    }
+    for (name, r) in &all {
+        if std::env::var("PROMISES_VERBOSE").is_ok() {
+            match r {
+                Ok(s) => eprintln!("{case} | {name}: {} ({} it)", s.termination, s.iterations),
+                Err(e) => eprintln!("{case} | {name}: error {e}"),
+            }
+        }
+        if let Ok(sol) = r {
+            assert_promise(&format!("{case}, {name}"), p, sol);
+        }
+    }
+    all
+}
+
+fn problem(a: &Array1<f64>, b: &Array1<f64>, c: &Array2<f64>) -> Problem {
+    Problem::new(a.view(), b.view(), c.view()).unwrap()
+}
+
+#[test]
+fn big_m_entries_are_honest() {
+    for big in [1e15, 1e20] {
+        let (a, b, mut c) = base();
+        c[[0, 0]] = big;
+        let p = problem(&a, &b, &c);
+        let out = check_case(&format!("C[0,0] = {big:e}"), &p);
+        // The exact solver, at least, solves it.
+        let exact = out.iter().find(|(n, _)| n == "exact").unwrap();
+        assert!(exact.1.as_ref().unwrap().converged());
+    }
+}
+
+#[test]
+fn shifted_and_huge_costs_are_honest() {
+    let (a, b, c) = base();
+    check_case("C + 1e8", &problem(&a, &b, &c.mapv(|x| x + 1e8)));
+    let mut huge = c.clone();
+    huge[[2, 3]] = 1e308;
+    check_case("C[2,3] = 1e308", &problem(&a, &b, &huge));
+    check_case("C * 1e300", &problem(&a, &b, &c.mapv(|x| x * 1e300)));
+    check_case("a, b * 1e300", &problem(&(&a * 1e300), &(&b * 1e300), &c));
+}
+
+#[test]
+fn tiny_epsilon_and_tolerances_are_honest() {
+    let (a, b, c) = base();
+    let p = problem(&a, &b, &c);
+    let mut devices = vec![Device::Cpu];
+    if let Some(ctx) = gpu_common::gpu() {
+        devices.push(Device::Gpu(ctx));
+    }
+    for device in &devices {
+        for (eps, tol) in [(0.05, 1e-9), (0.05, 1e-300), (1e-8, 1e-9)] {
+            let cfg = Sinkhorn::new(eps).unwrap().tol(tol).unwrap();
+            let what = format!("sinkhorn eps {eps:e} tol {tol:e} on gpu {}", device.is_gpu());
+            match cfg.solve_on(&p, device) {
+                Ok(sol) => assert_promise(&what, &p, &sol),
+                Err(e) => assert!(matches!(e, Error::NonFiniteResult { .. }), "{what}: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn float32_inputs_are_honest() {
+    let (a, b, c) = base();
+    let p = Problem::from_f32(
+        a.mapv(|x| x as f32).view(),
+        b.mapv(|x| x as f32).view(),
+        c.mapv(|x| x as f32).view(),
+    )
+    .unwrap();
+    check_case("float32 8 x 6", &p);
+}
