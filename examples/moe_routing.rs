@@ -36,6 +36,10 @@ use clap::{Parser, ValueEnum};
 use data::skewed_logits;
 use ndarray::Array3;
 use ndarray_npy::{read_npy, NpzWriter};
+
+#[path = "common/atomic.rs"]
+mod atomic;
+use atomic::AtomicFile;
 use serde_json::json;
 use sparse_ot::moe::LoadMetrics;
 use sparse_ot::{greedy_top_k, Device, Event, Monitor, Router, RouterSolver, Routing, Termination};
@@ -137,6 +141,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    // Opened before routing: an unwritable destination fails now, not after the work.
+    let out = match &args.output {
+        Some(path) => Some(
+            AtomicFile::create(path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     let (logits, source) = match &args.logits {
         Some(path) => {
             let l: Array3<f32> =
@@ -250,8 +262,8 @@ fn run(args: Args) -> Result<(), String> {
         );
     }
 
-    if let Some(path) = &args.output {
-        write_npz(path, &ot).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if let (Some(path), Some(out)) = (&args.output, out) {
+        write_npz(out, &ot).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("wrote dispatch and combine to {}", path.display());
     }
 
@@ -394,10 +406,12 @@ fn metrics(l: &LoadMetrics, seconds: f64, ot: Option<&Routing>) -> serde_json::V
     v
 }
 
-fn write_npz(path: &PathBuf, r: &Routing) -> Result<(), Box<dyn std::error::Error>> {
-    let mut npz = NpzWriter::new_compressed(File::create(path)?);
-    npz.add_array("dispatch", &r.dispatch.mapv(u8::from))?;
-    npz.add_array("combine", &r.combine.mapv(|c| c as f32))?;
-    npz.finish()?;
-    Ok(())
+/// Writes dispatch and combine through `out` (a temporary file renamed over the target once complete).
+fn write_npz(out: AtomicFile, r: &Routing) -> Result<(), Box<dyn std::error::Error>> {
+    out.commit(|w| -> Result<File, Box<dyn std::error::Error>> {
+        let mut npz = NpzWriter::new_compressed(w);
+        npz.add_array("dispatch", &r.dispatch.mapv(u8::from))?;
+        npz.add_array("combine", &r.combine.mapv(|c| c as f32))?;
+        Ok(npz.finish()?.into_inner().map_err(|e| e.into_error())?)
+    })
 }

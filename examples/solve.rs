@@ -20,6 +20,10 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 use ndarray::{arr0, Array2, ArrayD, Ix1, Ix2, IxDyn, OwnedRepr};
 use ndarray_npy::{NpzReader, NpzWriter, ReadNpyError, ReadNpzError};
+
+#[path = "common/atomic.rs"]
+mod atomic;
+use atomic::AtomicFile;
 use sparse_ot::{
     Device, Error, ExactOt, Formulation, Problem, Sinkhorn, Solution, SparseOt, DEFAULT_MAX_ITER,
     DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
@@ -112,6 +116,12 @@ struct Failure(String);
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         Failure(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure(format!("writing the output: {e}"))
     }
 }
 
@@ -293,31 +303,38 @@ fn writes_beta(cli: &Cli) -> bool {
     }
 }
 
-fn write_solution(path: &Path, sol: &Solution, with_beta: bool) -> Result<(), Failure> {
+/// Writes the solution through `out` (a temporary file renamed over `path` once complete).
+fn write_solution(
+    out: AtomicFile,
+    path: &Path,
+    sol: &Solution,
+    with_beta: bool,
+) -> Result<(), Failure> {
     let fail =
         |e: &dyn std::fmt::Display| Failure(format!("cannot write output {}: {e}", path.display()));
-    let file = File::create(path).map_err(|e| fail(&e))?;
-    let mut npz = NpzWriter::new_compressed(file);
-    let plan: Array2<f64> = sol.dense_plan();
-    npz.add_array("plan", &plan).map_err(|e| fail(&e))?;
-    npz.add_array("alpha", &sol.alpha).map_err(|e| fail(&e))?;
-    if with_beta {
-        npz.add_array("beta", &sol.beta).map_err(|e| fail(&e))?;
-    }
-    for (name, v) in [
-        ("value", sol.value),
-        ("transport_cost", sol.transport_cost),
-        ("marginal_error_rows", sol.marginal_error_rows),
-        ("marginal_error_cols", sol.marginal_error_cols),
-    ] {
-        npz.add_array(name, &arr0(v)).map_err(|e| fail(&e))?;
-    }
-    npz.add_array("iterations", &arr0(sol.iterations as i64))
-        .map_err(|e| fail(&e))?;
-    npz.add_array("converged", &arr0(i64::from(sol.converged())))
-        .map_err(|e| fail(&e))?;
-    npz.finish().map_err(|e| fail(&e))?;
-    Ok(())
+    out.commit(|w| {
+        let mut npz = NpzWriter::new_compressed(w);
+        let plan: Array2<f64> = sol.dense_plan();
+        npz.add_array("plan", &plan).map_err(|e| fail(&e))?;
+        npz.add_array("alpha", &sol.alpha).map_err(|e| fail(&e))?;
+        if with_beta {
+            npz.add_array("beta", &sol.beta).map_err(|e| fail(&e))?;
+        }
+        for (name, v) in [
+            ("value", sol.value),
+            ("transport_cost", sol.transport_cost),
+            ("marginal_error_rows", sol.marginal_error_rows),
+            ("marginal_error_cols", sol.marginal_error_cols),
+        ] {
+            npz.add_array(name, &arr0(v)).map_err(|e| fail(&e))?;
+        }
+        npz.add_array("iterations", &arr0(sol.iterations as i64))
+            .map_err(|e| fail(&e))?;
+        npz.add_array("converged", &arr0(i64::from(sol.converged())))
+            .map_err(|e| fail(&e))?;
+        let w = npz.finish().map_err(|e| fail(&e))?;
+        w.into_inner().map_err(|e| fail(&e.into_error()))
+    })
 }
 
 fn run(cli: &Cli) -> Result<(), Failure> {
@@ -331,11 +348,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             )));
         }
     }
+    // Opened before solving: an unwritable destination fails now, not after the solve.
+    let out = AtomicFile::create(&cli.output)
+        .map_err(|e| Failure(format!("cannot write output {}: {e}", cli.output.display())))?;
     let problem = read_problem(&cli.input)?;
     let start = Instant::now();
     let sol = solve(&cfg, &problem, &device)?;
     let seconds = start.elapsed().as_secs_f64();
-    write_solution(&cli.output, &sol, writes_beta(cli))?;
+    write_solution(out, &cli.output, &sol, writes_beta(cli))?;
     println!("{sol}");
     println!("  wrote           {}", cli.output.display());
     let summary = serde_json::json!({

@@ -11,10 +11,28 @@ use crate::solution::Solution;
 /// enough that a real mismatch, which makes the problem infeasible, is caught.
 pub const DEFAULT_MASS_TOLERANCE: f64 = 1e-6;
 
+/// A cost whose minimum exceeds this many times its range (in absolute value) is solved shifted to start at
+/// 0 (see [`Problem`]); about one decimal digit of the potentials' precision is the most the shift can cost
+/// below it.
+pub(crate) const SHIFT_ABOVE: f64 = 16.0;
+
+/// Relative mismatch |Σa − Σb| / max(Σa, Σb) below which `b` is not rescaled: about the rounding of the two
+/// sums, far below any reachable marginal tolerance.
+pub const REBALANCE_BELOW: f64 = 1e-13;
+
 /// A validated optimal-transport problem: source marginal `a` (m), target marginal `b` (n), cost (m × n).
 ///
 /// Rows are sources, columns are targets. Masses need not sum to 1, but both marginals must carry the same
 /// total. The data are stored in f64, row-major.
+///
+/// **Rebalancing.** Totals that differ within the mass tolerance (e.g. marginals rounded to f32) are made
+/// equal in f64 when the problem is built: `b` is rescaled by Σa / Σb, so that solvers can meet tolerances
+/// far below the mismatch. [`Problem::b`] returns the rescaled marginal, and marginal errors are measured
+/// against it. Mismatches below [`REBALANCE_BELOW`] (rounding of the sums themselves) are left as they are.
+///
+/// **Shifted costs.** A cost far from 0 compared with its range (C + 1e8) is solved as C − min C, which
+/// has the same plans, and the potentials and values are reported for C. Batches on a GPU are solved as
+/// given.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
     a: Array1<f64>,
@@ -58,10 +76,15 @@ impl Problem {
                 value: v,
             });
         }
-        check_mass(a.sum(), b.sum(), mass_tolerance)?;
+        let (sum_a, sum_b) = (a.sum(), b.sum());
+        check_mass(sum_a, sum_b, mass_tolerance)?;
+        let mut b = b.to_owned();
+        if (sum_a - sum_b).abs() > REBALANCE_BELOW * sum_a.max(sum_b) {
+            b *= sum_a / sum_b;
+        }
         Ok(Self {
             a: a.to_owned(),
-            b: b.to_owned(),
+            b,
             cost: cost.as_standard_layout().into_owned(),
         })
     }
@@ -101,10 +124,64 @@ impl Problem {
     }
 
     /// Source marginal as a slice.
+    /// The problem with its cost shifted to start at 0, and the shift, when the cost's minimum dwarfs its
+    /// range (|min C| > [`SHIFT_ABOVE`] × (max C − min C) > 0, e.g. C + 1e8): there the potentials carry
+    /// the shift and every exponent or score α_i + β_j − C_ij cancels digits. The shift changes no plan (a plan's
+    /// cost changes by the shift times its mass), so solvers solve the shifted problem and
+    /// [`Problem::unshift`] restores the potentials and values.
+    pub(crate) fn conditioned(&self) -> Option<(Problem, f64)> {
+        let (lo, hi) = self
+            .cost
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| {
+                (lo.min(c), hi.max(c))
+            });
+        if !(hi > lo && lo.abs() > SHIFT_ABOVE * (hi - lo)) {
+            return None;
+        }
+        let shifted = Problem {
+            a: self.a.clone(),
+            b: self.b.clone(),
+            cost: self.cost.mapv(|c| c - lo),
+        };
+        Some((shifted, lo))
+    }
+
+    /// A solution of [`Problem::conditioned`]'s shifted problem as a solution of this one: α gains the
+    /// shift (so α_i + β_j − C_ij is unchanged), the objective gains shift × Σa, and the transport cost is
+    /// measured again on this problem's cost.
+    pub(crate) fn unshift(&self, mut sol: Solution, shift: f64) -> Solution {
+        sol.alpha.mapv_inplace(|x| x + shift);
+        sol.value += shift * self.mass();
+        sol.transport_cost = sol
+            .plan
+            .triplets()
+            .map(|(i, j, v)| v * self.cost[[i, j]])
+            .sum();
+        sol
+    }
+
+    /// Solves this problem with `solve`, on the [conditioned](Problem::conditioned) problem when it has one
+    /// (`solve` gets the shift, to move a warm start), and holds the result to its promise.
+    pub(crate) fn solve_conditioned(
+        &self,
+        solve: impl FnOnce(&Problem, f64) -> Result<Solution>,
+    ) -> Result<Solution> {
+        let sol = match self.conditioned() {
+            Some((shifted, shift)) => self.unshift(solve(&shifted, shift)?, shift),
+            None => solve(self, 0.0)?,
+        };
+        self.check(sol)
+    }
+
     /// Holds a solution of this problem to its status's promise ([`Solution::checked`]): the rounding
     /// slack is that of a sum over the longer side of the largest marginal entry.
     pub(crate) fn check(&self, sol: Solution) -> Result<Solution> {
-        let scale = self.a.iter().chain(self.b.iter()).fold(0.0f64, |m, &x| m.max(x));
+        let scale = self
+            .a
+            .iter()
+            .chain(self.b.iter())
+            .fold(0.0f64, |m, &x| m.max(x));
         sol.checked(scale, self.m().max(self.n()))
     }
 

@@ -406,7 +406,10 @@ impl Solution {
         )?;
         finite("alpha", self.alpha.iter().all(|x| x.is_finite()))?;
         finite("beta", self.beta.iter().all(|x| x.is_finite()))?;
-        finite("the plan", self.plan.triplets().all(|(_, _, v)| v.is_finite()))?;
+        finite(
+            "the plan",
+            self.plan.triplets().all(|(_, _, v)| v.is_finite()),
+        )?;
         let error = self.marginal_error_rows.max(self.marginal_error_cols);
         let slack = lane.max(1) as f64 * f64::EPSILON * scale;
         let met = match self.termination {

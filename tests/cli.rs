@@ -587,3 +587,55 @@ fn help_documents_the_defaults() {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
 }
+
+/// The output appears whole or not at all: a destination that cannot be written fails before the solve,
+/// a failed solve leaves a previous output untouched, a rerun replaces it, and no temporary file remains.
+#[test]
+fn output_is_written_atomically() {
+    let dir = temp_dir("atomic");
+    let input = dir.join("p.npz");
+    let (a, b, cost) = golden_arrays();
+    write_problem(&input, &a, &b, &cost);
+    // The destination is a directory: refused at once, with one line.
+    let out = run(&[
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        dir.to_str().unwrap(),
+        "--k",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("error: cannot write output"), "{stderr}");
+    // A good solve, then a failing one on the same output: the first output survives unchanged.
+    let first = solve_ok(&dir, &input, &["--k", "2"]);
+    drop(first);
+    let output = dir.join("s.npz");
+    let before = std::fs::read(&output).unwrap();
+    let bad = dir.join("bad.npz");
+    let mut nan_cost = cost.clone();
+    nan_cost[[0, 0]] = f64::NAN;
+    write_problem(&bad, &a, &b, &nan_cost);
+    let out = run(&[
+        "--input",
+        bad.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--k",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read(&output).unwrap(), before);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}

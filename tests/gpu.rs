@@ -75,9 +75,16 @@ fn dense(sol: &Solution) -> Array2<f64> {
 
 on_both_devices!(sinkhorn_golden, |device: &Device, tol: Tol| {
     for (eps, expected, scale) in [(0.1, 0.2851693482, 1.0), (0.01, 0.2604904747, 10.0)] {
+        // In f32 the plan's marginals are only as good as exp of potentials that carry ~1e-7 of the cost
+        // range each, divided by ε: the reachable (and verified) tolerance grows as 1/ε on the GPU.
+        let solve_tol = if device.is_gpu() {
+            tol.solve * scale
+        } else {
+            tol.solve
+        };
         let sol = Sinkhorn::new(eps)
             .unwrap()
-            .tol(tol.solve)
+            .tol(solve_tol)
             .unwrap()
             .solve_on(&golden_problem(), device)
             .unwrap();
@@ -89,13 +96,14 @@ on_both_devices!(sinkhorn_golden, |device: &Device, tol: Tol| {
             expected,
             tol.value * scale,
         );
+        // Converged is a promise on the returned plan, columns included.
         assert!(
-            sol.marginal_error_rows <= tol.solve * 2.0,
+            sol.marginal_error_rows <= solve_tol,
             "row error {}",
             sol.marginal_error_rows
         );
         assert!(
-            sol.marginal_error_cols <= tol.solve * 10.0 * scale,
+            sol.marginal_error_cols <= solve_tol,
             "column error {}",
             sol.marginal_error_cols
         );

@@ -27,17 +27,28 @@ pub use settings::{Precision, Sinkhorn, DEFAULT_SINKHORN_MAX_ITER};
 impl Sinkhorn {
     /// Solves on the CPU.
     pub fn solve(&self, problem: &Problem) -> Result<Solution> {
-        problem.check(cpu::solve(self, problem)?)
+        self.solve_on(problem, &Device::Cpu)
     }
 
     /// Solves on `device` (GPU results are f32; `Solution::device` says where it ran).
     pub fn solve_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
-        let sol = match device.target() {
-            Target::Cpu => cpu::solve(self, problem),
-            #[cfg(feature = "gpu")]
-            Target::Gpu(ctx) => gpu::solve(&ctx, self, problem),
-        };
-        problem.check(sol?)
+        let target = device.target();
+        problem.solve_conditioned(|p, shift| {
+            let mut shifted = None;
+            if shift != 0.0 {
+                let mut cfg = self.clone();
+                if let Some((f, _)) = &mut cfg.warm {
+                    f.mapv_inplace(|x| x - shift);
+                }
+                shifted = Some(cfg);
+            }
+            let cfg = shifted.as_ref().unwrap_or(self);
+            match &target {
+                Target::Cpu => cpu::solve(cfg, p),
+                #[cfg(feature = "gpu")]
+                Target::Gpu(ctx) => gpu::solve(ctx, cfg, p),
+            }
+        })
     }
 
     /// Async [`Sinkhorn::solve_on`], on a thread of its own as [`crate::SparseOt::solve_on_async`].

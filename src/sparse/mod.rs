@@ -34,6 +34,15 @@ pub use gpu::GpuSparseOutput;
 pub use settings::{SparseOt, DEFAULT_MAX_ITER};
 
 impl SparseOt {
+    /// This configuration for a cost shifted by −`shift`: the warm start's α moves with it.
+    fn with_warm_shift(&self, shift: f64) -> Self {
+        let mut cfg = self.clone();
+        if let Some(alpha) = &mut cfg.warm_alpha {
+            alpha.mapv_inplace(|x| x - shift);
+        }
+        cfg
+    }
+
     /// This configuration for the problems of a batch: same settings, the monitor's cancellation but not
     /// its observer (a batch reports finished problems, not the steps of each).
     fn for_batch_problems(&self) -> Self {
@@ -44,17 +53,26 @@ impl SparseOt {
 
     /// Solves on the CPU.
     pub fn solve(&self, problem: &Problem) -> Result<Solution> {
-        problem.check(cpu::solve(self, problem)?)
+        self.solve_on(problem, &Device::Cpu)
     }
 
     /// Solves on `device` (GPU results are f32; `Solution::device` says where it ran).
     pub fn solve_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
-        let sol = match device.target() {
-            Target::Cpu => cpu::solve(self, problem),
-            #[cfg(feature = "gpu")]
-            Target::Gpu(ctx) => gpu::solve(&ctx, self, problem),
-        };
-        problem.check(sol?)
+        let target = device.target();
+        problem.solve_conditioned(|p, shift| {
+            let shifted;
+            let cfg = if shift == 0.0 {
+                self
+            } else {
+                shifted = self.with_warm_shift(shift);
+                &shifted
+            };
+            match &target {
+                Target::Cpu => cpu::solve(cfg, p),
+                #[cfg(feature = "gpu")]
+                Target::Gpu(ctx) => gpu::solve(ctx, cfg, p),
+            }
+        })
     }
 
     /// Async [`SparseOt::solve_on`]: the solve runs on a thread of its own (with copies of the
@@ -120,7 +138,9 @@ impl SparseOt {
         let adam = Adam::new(learning_rate, steps)?;
         let each = self.for_batch_problems();
         Ok(match device.target() {
-            Target::Cpu => batch.map_problems(&self.monitor, |p| p.check(adam::solve(&each, adam, p)?)),
+            Target::Cpu => {
+                batch.map_problems(&self.monitor, |p| p.check(adam::solve(&each, adam, p)?))
+            }
             #[cfg(feature = "gpu")]
             Target::Gpu(ctx) => batch.check_all(gpu::adam::solve_batch(&ctx, self, adam, batch)),
         })
