@@ -174,6 +174,29 @@ impl Problem {
         self.check(sol)
     }
 
+    /// The problem without the rows whose a_i is zero (`rows`) and the columns whose b_j is zero (`cols`),
+    /// with the indices kept on each side; None when nothing would be removed. Zero entries carry no mass,
+    /// so the plan's rows and columns there are zero and the rest of the plan is the reduced problem's.
+    pub(crate) fn without_zero_mass(&self, rows: bool, cols: bool) -> Option<Reduced> {
+        let keep = |v: &Array1<f64>, on: bool| -> Vec<usize> {
+            (0..v.len()).filter(|&i| !on || v[i] > 0.0).collect()
+        };
+        let (kr, kc) = (keep(&self.a, rows), keep(&self.b, cols));
+        if kr.len() == self.m() && kc.len() == self.n() {
+            return None;
+        }
+        let problem = Problem {
+            a: kr.iter().map(|&i| self.a[i]).collect(),
+            b: kc.iter().map(|&j| self.b[j]).collect(),
+            cost: Array2::from_shape_fn((kr.len(), kc.len()), |(i, j)| self.cost[[kr[i], kc[j]]]),
+        };
+        Some(Reduced {
+            problem,
+            rows: kr,
+            cols: kc,
+        })
+    }
+
     /// Holds a solution of this problem to its status's promise ([`Solution::checked`]): the rounding
     /// slack is that of a sum over the longer side of the largest marginal entry.
     pub(crate) fn check(&self, sol: Solution) -> Result<Solution> {
@@ -220,6 +243,53 @@ impl Problem {
         reason: &'static str,
     ) -> Result<()> {
         require_positive("a", self.a.view(), solver, reason)
+    }
+}
+
+/// A problem with its zero-mass rows and columns removed ([`Problem::without_zero_mass`]).
+pub(crate) struct Reduced {
+    /// The problem on the kept rows and columns.
+    pub problem: Problem,
+    /// The kept rows, increasing.
+    pub rows: Vec<usize>,
+    /// The kept columns, increasing.
+    pub cols: Vec<usize>,
+}
+
+impl Reduced {
+    /// Potentials of the reduced problem spread over the full problem's (m, n): a removed row gets
+    /// min_j (C_ij − β_j) − `margin`, a removed column min_i (C_ij − α_i) − `margin`, so that every score
+    /// α_i + β_j − C_ij of a removed line is at most −`margin`: no mass there, whatever the solver's plan rule.
+    pub fn spread(
+        &self,
+        full: &Problem,
+        alpha: &Array1<f64>,
+        beta: &Array1<f64>,
+        margin: f64,
+    ) -> (Array1<f64>, Array1<f64>) {
+        let (m, n) = (full.m(), full.n());
+        let mut fa = Array1::from_elem(m, f64::NAN);
+        let mut fb = Array1::from_elem(n, f64::NAN);
+        for (r, &i) in self.rows.iter().enumerate() {
+            fa[i] = alpha[r];
+        }
+        for (c, &j) in self.cols.iter().enumerate() {
+            fb[j] = beta[c];
+        }
+        let kept_min = |vals: &mut dyn Iterator<Item = f64>| vals.fold(f64::INFINITY, f64::min);
+        for j in 0..n {
+            if fb[j].is_nan() {
+                let low = kept_min(&mut self.rows.iter().map(|&i| full.cost[[i, j]] - fa[i]));
+                fb[j] = low - margin;
+            }
+        }
+        for i in 0..m {
+            if fa[i].is_nan() {
+                let low = kept_min(&mut (0..n).map(|j| full.cost[[i, j]] - fb[j]));
+                fa[i] = low - margin;
+            }
+        }
+        (fa, fb)
     }
 }
 

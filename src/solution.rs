@@ -106,6 +106,33 @@ impl SparsePlan {
     }
 
     /// The same plan seen as the plan of the transposed problem (columns become rows).
+    /// This plan's lanes placed at `kept[l]` among `total` lanes (the others empty), the other axis
+    /// unchanged: the plan of a problem whose zero-mass lanes were removed, on the full problem.
+    pub(crate) fn spread_lanes(&self, kept: &[usize], total: usize) -> Self {
+        let mut ptr = Vec::with_capacity(total + 1);
+        ptr.push(0);
+        let mut next = kept.iter().copied().enumerate().peekable();
+        for lane in 0..total {
+            let mut end = *ptr.last().expect("ptr starts with 0");
+            if let Some(&(l, _)) = next.peek().filter(|&&(_, at)| at == lane) {
+                end += self.ptr[l + 1] - self.ptr[l];
+                next.next();
+            }
+            ptr.push(end);
+        }
+        let shape = match self.lanes {
+            Lanes::Columns => (self.shape.0, total),
+            Lanes::Rows => (total, self.shape.1),
+        };
+        Self {
+            shape,
+            lanes: self.lanes,
+            ptr,
+            indices: self.indices.clone(),
+            values: self.values.clone(),
+        }
+    }
+
     pub(crate) fn transposed(self) -> Self {
         Self {
             shape: (self.shape.1, self.shape.0),

@@ -634,76 +634,81 @@ fn negative_marginals_are_rejected() {
     );
 }
 
+/// Zero entries in a marginal carry no mass: the solvers that divide by a marginal (the semi-dual by the
+/// marginal of its lanes) or take its logarithm (Sinkhorn) solve the problem without those lines and return
+/// a plan whose zero-mass lines are empty, with finite potentials there; the dual solves it as it is.
 #[test]
-fn zero_mass_entries_depend_on_the_solver() {
+fn zero_mass_entries_carry_no_mass() {
     let p = problem(&[0.5, 0.5], &[1.0, 0.0], array![[0.0, 1.0], [1.0, 0.0]]).unwrap();
-    // The semi-dual divides by b_j.
-    let r = SparseOt::new(1, 0.1).unwrap().solve(&p);
-    assert!(
-        matches!(
-            r,
-            Err(Error::ZeroMass {
-                what: "b",
-                position: Position::Vector(1),
-                ..
-            })
-        ),
-        "{r:?}"
-    );
-    let r = SparseOt::quadratic(0.1).unwrap().solve(&p);
-    assert!(matches!(r, Err(Error::ZeroMass { what: "b", .. })), "{r:?}");
-    // The dual accepts it.
-    let sol = SparseOt::new(2, 0.1)
-        .unwrap()
-        .formulation(Formulation::Dual)
-        .solve(&p)
-        .unwrap();
-    assert!(sol.value.is_finite());
-    assert!(sol.dense_plan().iter().all(|&t| t >= 0.0));
-    // Row sparsity moves the division to a: a zero in b is then fine for the semi-dual, a zero in a is not.
-    assert!(SparseOt::new(1, 0.1)
-        .unwrap()
-        .row_sparsity()
-        .solve(&p)
-        .is_ok());
     let q = problem(&[1.0, 0.0], &[0.5, 0.5], array![[0.0, 1.0], [1.0, 0.0]]).unwrap();
-    let r = SparseOt::new(1, 0.1).unwrap().row_sparsity().solve(&q);
-    assert!(
-        matches!(
-            r,
-            Err(Error::ZeroMass {
-                what: "a",
-                position: Position::Vector(1),
-                ..
-            })
+    let cases: Vec<(&str, &Problem, Result<Solution, Error>)> = vec![
+        // k = 2 of 2 rows: the one column with mass (1) must split over both rows (0.5 each).
+        (
+            "semi-dual k = 2",
+            &p,
+            SparseOt::new(2, 0.1).unwrap().solve(&p),
         ),
-        "{r:?}"
-    );
-    // Sinkhorn takes logarithms of both marginals.
-    let r = Sinkhorn::new(0.1).unwrap().solve(&p);
-    assert!(
-        matches!(
-            r,
-            Err(Error::ZeroMass {
-                what: "b",
-                position: Position::Vector(1),
-                ..
-            })
+        ("quadratic", &p, SparseOt::quadratic(0.1).unwrap().solve(&p)),
+        (
+            "dual",
+            &p,
+            SparseOt::new(2, 0.1)
+                .unwrap()
+                .formulation(Formulation::Dual)
+                .solve(&p),
         ),
-        "{r:?}"
-    );
-    let r = Sinkhorn::new(0.1).unwrap().solve(&q);
-    assert!(
-        matches!(
-            r,
-            Err(Error::ZeroMass {
-                what: "a",
-                position: Position::Vector(1),
-                ..
-            })
+        (
+            "row sparsity, zero in b",
+            &p,
+            SparseOt::new(2, 0.1).unwrap().row_sparsity().solve(&p),
         ),
-        "{r:?}"
-    );
+        (
+            "row sparsity, zero in a",
+            &q,
+            SparseOt::new(2, 0.1).unwrap().row_sparsity().solve(&q),
+        ),
+        (
+            "sinkhorn, zero in b",
+            &p,
+            Sinkhorn::new(0.1).unwrap().solve(&p),
+        ),
+        (
+            "sinkhorn, zero in a",
+            &q,
+            Sinkhorn::new(0.1).unwrap().solve(&q),
+        ),
+    ];
+    for (what, pr, r) in cases {
+        let sol = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(sol.converged(), "{what}: {sol}");
+        let plan = sol.dense_plan();
+        let zero_row = pr.a().iter().position(|&x| x == 0.0);
+        let zero_col = pr.b().iter().position(|&x| x == 0.0);
+        if let Some(i) = zero_row {
+            assert!(
+                plan.row(i).iter().all(|&t| t == 0.0),
+                "{what}: row {i} {plan}"
+            );
+        }
+        if let Some(j) = zero_col {
+            assert!(
+                plan.column(j).iter().all(|&t| t == 0.0),
+                "{what}: column {j} {plan}"
+            );
+        }
+        assert!(
+            sol.marginal_error_rows <= 1e-9 && sol.marginal_error_cols <= 1e-9,
+            "{what}: {sol}"
+        );
+        assert!(
+            sol.alpha
+                .iter()
+                .chain(sol.beta.iter())
+                .all(|x| x.is_finite()),
+            "{what}"
+        );
+        assert!(sol.value.is_finite(), "{what}");
+    }
 }
 
 #[test]

@@ -32,6 +32,9 @@ impl Sinkhorn {
 
     /// Solves on `device` (GPU results are f32; `Solution::device` says where it ran).
     pub fn solve_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
+        if let Some(sol) = self.solve_without_zero_mass(problem, device) {
+            return sol;
+        }
         let target = device.target();
         problem.solve_conditioned(|p, shift| {
             let mut shifted = None;
@@ -49,6 +52,40 @@ impl Sinkhorn {
                 Target::Gpu(ctx) => gpu::solve(ctx, cfg, p),
             }
         })
+    }
+
+    /// Sinkhorn takes logarithms of the marginals: zero entries carry no mass, so their rows and columns
+    /// are removed, the rest is solved, and the potentials are spread back with values that put no mass
+    /// there (every exponent below −800, which is 0 in f64; [`crate::problem::Reduced::spread`]), the plan
+    /// and report assembled on the full problem. None when there is nothing to remove.
+    fn solve_without_zero_mass(
+        &self,
+        problem: &Problem,
+        device: &Device,
+    ) -> Option<Result<Solution>> {
+        let reduced = problem.without_zero_mass(true, true)?;
+        let mut cfg = self.clone();
+        if let Some((f, g)) = &self.warm {
+            if f.len() == problem.m() && g.len() == problem.n() {
+                let pick =
+                    |v: &ndarray::Array1<f64>, kept: &[usize]| kept.iter().map(|&i| v[i]).collect();
+                cfg.warm = Some((pick(f, &reduced.rows), pick(g, &reduced.cols)));
+            }
+        }
+        Some((|| {
+            let sol = cfg.solve_on(&reduced.problem, device)?;
+            let (f, g) = reduced.spread(problem, &sol.alpha, &sol.beta, 800.0 * self.epsilon);
+            let full = rules::assemble(
+                self,
+                problem,
+                f,
+                g,
+                sol.iterations,
+                sol.termination,
+                sol.device,
+            );
+            problem.check(full)
+        })())
     }
 
     /// Async [`Sinkhorn::solve_on`], on a thread of its own as [`crate::SparseOt::solve_on_async`].
@@ -77,14 +114,22 @@ impl Sinkhorn {
     /// The monitor hears of each problem as its result is ready (on a GPU: when it converges at a check, or
     /// when the iteration limit ends the run).
     pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
+        let mut each = self.clone();
+        each.monitor = self.monitor.quiet();
         match device.target() {
-            Target::Cpu => {
-                let mut each = self.clone();
-                each.monitor = self.monitor.quiet();
-                batch.map_problems(&self.monitor, |p| each.solve(p))
-            }
+            Target::Cpu => batch.map_problems(&self.monitor, |p| each.solve(p)),
             #[cfg(feature = "gpu")]
-            Target::Gpu(ctx) => batch.check_all(gpu::solve_batch(&ctx, self, batch)),
+            Target::Gpu(ctx) => {
+                let mut out = batch.check_all(gpu::solve_batch(&ctx, self, batch));
+                // The batched kernels take every problem as given; one with zero-mass entries that
+                // the formulation cannot take is solved alone, without them.
+                for (i, r) in out.iter_mut().enumerate() {
+                    if matches!(r, Err(crate::error::Error::ZeroMass { .. })) {
+                        *r = batch.problem(i).and_then(|p| each.solve_on(&p, device));
+                    }
+                }
+                out
+            }
         }
     }
 

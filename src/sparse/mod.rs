@@ -26,7 +26,7 @@ use crate::batch::Batch;
 use crate::device::{off_thread, Device, Target};
 use crate::error::Result;
 use crate::problem::Problem;
-use crate::solution::Solution;
+use crate::solution::{plan_metrics, Formulation, Lanes, Plan, Solution};
 
 pub(crate) use adam::Adam;
 #[cfg(feature = "gpu")]
@@ -34,6 +34,59 @@ pub use gpu::GpuSparseOutput;
 pub use settings::{SparseOt, DEFAULT_MAX_ITER};
 
 impl SparseOt {
+    /// The semi-dual divides by the marginal of its lanes (b for column sparsity, a for row sparsity): its
+    /// zero entries carry no mass, so they are removed, the rest is solved, and the solution is spread
+    /// back: empty lanes, and potentials there that give them no mass ([`crate::problem::Reduced::spread`]).
+    /// None when there is nothing to remove.
+    fn solve_without_zero_mass(
+        &self,
+        problem: &Problem,
+        device: &Device,
+    ) -> Option<Result<Solution>> {
+        if self.formulation != Formulation::SemiDual {
+            return None;
+        }
+        let rows = self.lanes == Lanes::Rows;
+        let reduced = problem.without_zero_mass(rows, !rows)?;
+        let pick = |v: &Option<ndarray::Array1<f64>>, kept: &[usize]| {
+            v.as_ref()
+                .filter(|v| v.len() == if rows { problem.m() } else { problem.n() })
+                .map(|v| kept.iter().map(|&i| v[i]).collect())
+        };
+        let mut cfg = self.clone();
+        // A warm start of the divided side's potential is restricted to the kept entries (a wrong length
+        // is reported by the reduced solve).
+        if rows {
+            cfg.warm_alpha = pick(&self.warm_alpha, &reduced.rows).or(cfg.warm_alpha);
+        } else {
+            cfg.warm_beta = pick(&self.warm_beta, &reduced.cols).or(cfg.warm_beta);
+        }
+        Some((|| {
+            let sol = cfg.solve_on(&reduced.problem, device)?;
+            let (alpha, beta) = reduced.spread(problem, &sol.alpha, &sol.beta, 0.0);
+            let plan = match &sol.plan {
+                Plan::Sparse(p) if rows => Plan::Sparse(p.spread_lanes(&reduced.rows, problem.m())),
+                Plan::Sparse(p) => Plan::Sparse(p.spread_lanes(&reduced.cols, problem.n())),
+                Plan::Dense(_) => unreachable!("sparse solvers return sparse plans"),
+            };
+            let (transport_cost, marginal_error_rows, marginal_error_cols) = plan_metrics(
+                plan.triplets(),
+                problem.cost(),
+                problem.a_slice(),
+                problem.b_slice(),
+            );
+            problem.check(Solution {
+                plan,
+                alpha,
+                beta,
+                transport_cost,
+                marginal_error_rows,
+                marginal_error_cols,
+                ..sol
+            })
+        })())
+    }
+
     /// This configuration for a cost shifted by −`shift`: the warm start's α moves with it.
     fn with_warm_shift(&self, shift: f64) -> Self {
         let mut cfg = self.clone();
@@ -58,6 +111,9 @@ impl SparseOt {
 
     /// Solves on `device` (GPU results are f32; `Solution::device` says where it ran).
     pub fn solve_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
+        if let Some(sol) = self.solve_without_zero_mass(problem, device) {
+            return sol;
+        }
         let target = device.target();
         problem.solve_conditioned(|p, shift| {
             let shifted;
@@ -109,7 +165,17 @@ impl SparseOt {
         match device.target() {
             Target::Cpu => batch.map_problems(&self.monitor, |p| each.solve(p)),
             #[cfg(feature = "gpu")]
-            Target::Gpu(ctx) => batch.check_all(gpu::solve_batch(&ctx, self, batch)),
+            Target::Gpu(ctx) => {
+                let mut out = batch.check_all(gpu::solve_batch(&ctx, self, batch));
+                // The batched kernels take every problem as given; one with zero-mass entries that
+                // the formulation cannot take is solved alone, without them.
+                for (i, r) in out.iter_mut().enumerate() {
+                    if matches!(r, Err(crate::error::Error::ZeroMass { .. })) {
+                        *r = batch.problem(i).and_then(|p| each.solve_on(&p, device));
+                    }
+                }
+                out
+            }
         }
     }
 
