@@ -178,7 +178,14 @@ fn run(args: Args) -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
     let capacity = router.capacity(s, e);
-    println!("logits: {source}, {g} groups x {s} tokens x {e} experts; expert capacity {capacity}");
+    let capacity_text = if capacity >= s {
+        format!("{s} (no limit: at least the tokens of a group)")
+    } else {
+        capacity.to_string()
+    };
+    println!(
+        "logits: {source}, {g} groups x {s} tokens x {e} experts; expert capacity {capacity_text}"
+    );
 
     let device = args.device.device()?;
     let every = args.progress_every;
@@ -268,7 +275,7 @@ fn run(args: Args) -> Result<(), String> {
     }
 
     let summary = json!({
-        "groups": g, "tokens": s, "experts": e, "capacity": capacity,
+        "groups": g, "tokens": s, "experts": e, "capacity": capacity.min(s),
         "mode": format!("{:?}", args.mode), "solver": format!("{:?}", args.solver), "device": ot.device.to_string(),
         "ot": metrics(&ot.load, ot_seconds, Some(&ot)),
         "greedy": metrics(&greedy.load, greedy_seconds, None),

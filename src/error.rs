@@ -57,7 +57,7 @@ pub enum Error {
         value: f64,
     },
     /// A marginal has a negative entry.
-    #[error("{what}{position} = {value} is negative: marginals must be nonnegative")]
+    #[error("{what}{position} = {} is negative: marginals must be nonnegative", number(*value))]
     NegativeMass {
         /// Which marginal.
         what: &'static str,
@@ -108,7 +108,7 @@ pub enum Error {
         axis: &'static str,
     },
     /// A scalar parameter is out of its domain.
-    #[error("{name} = {value} is invalid: {requirement}")]
+    #[error("{name} = {} is invalid: {requirement}", number(*value))]
     InvalidParameter {
         /// Parameter name (`"gamma"`, `"epsilon"`, `"tol"`, …).
         name: &'static str,
@@ -211,6 +211,16 @@ pub(crate) fn at_least_one(name: &'static str, value: usize) -> Result<usize> {
             value: 0.0,
             requirement: "must be at least 1",
         })
+    }
+}
+
+/// A number as a person reads it: plain between 1e-4 and 1e15, in scientific notation beyond (not 309
+/// digits for 1e308).
+fn number(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() || (1e-4..1e15).contains(&x.abs()) {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
     }
 }
 
