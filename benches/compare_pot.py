@@ -69,7 +69,7 @@ def make_problem(n, seed, path):
 
 
 def dual_objective(alpha, beta, a, b, cost, k, gamma):
-    """D_k(alpha, beta) of SPEC 2.1 (independent of the tie rule)."""
+    """D_k(alpha, beta) of docs/MATH.md §2.1 (independent of the tie rule)."""
     import numpy as np
 
     x = np.maximum(alpha[:, None] + beta[None, :] - cost, 0.0)

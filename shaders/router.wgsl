@@ -1,5 +1,5 @@
 // router.wgsl — the mixture-of-experts router's input and output on the device (experts choose tokens,
-// SPEC §7), f32, for G groups of S tokens × E experts.
+// docs/MATH.md §7), f32, for G groups of S tokens × E experts.
 //
 // Bindings (group 0):
 //   0 uniform                 R: RouterParams { tokens S, experts E, k (capacity), expert_mass = S / E }

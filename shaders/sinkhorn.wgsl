@@ -1,4 +1,4 @@
-// sinkhorn.wgsl — log-domain Sinkhorn half-updates (SPEC §5) for a batch of B problems of one shape, f32.
+// sinkhorn.wgsl — log-domain Sinkhorn half-updates (docs/MATH.md §5) for a batch of B problems of one shape, f32.
 //
 // Bindings (group 0):
 //   0 uniform                 P: SinkhornParams { m, n }

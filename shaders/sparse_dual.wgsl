@@ -1,4 +1,4 @@
-// sparse_dual.wgsl — semi-dual S_k and dual D_k of sparsity-constrained OT (SPEC §2, §3), f32.
+// sparse_dual.wgsl — semi-dual S_k and dual D_k of sparsity-constrained OT (docs/MATH.md §2, §3), f32.
 //
 // Bindings (group 0):
 //   0 uniform                 P: SparseParams { m, n, k, mode (0 semi-dual, 1 dual), gamma, dim }
@@ -21,12 +21,12 @@
 //   per-problem length (cost_t m·n, x/grad/d dim, a m, b/cols/beta_out n, out 4 for finalize and n·k for
 //   extract, rows_out n·k), so the strides follow from the uniform's m, n, k and dim.
 // Overrides: WG.
-// Formula: s = α − c_j. TopK(s) by the tie rule of SPEC §3.1 (larger value, then lower index) found without
+// Formula: s = α − c_j. TopK(s) by the tie rule of docs/MATH.md §3.1 (larger value, then lower index) found without
 //   sorting: the k-th largest order-preserving key by a 32-step bitwise search of counts, then the last
 //   admitted index among keys equal to it. A column's plan is t_i = [(s_i − σ_j)/γ − θ_j]_+ on TopK, in
 //   coordinates shifted by σ_j so that f32 keeps Σ t = b_j to its unit roundoff even for small γ:
 //   semi-dual σ_j = max_TopK s, θ_j ∈ [−b_j, 0] solves Σ t = b_j (bisection, then exact refinement on the
-//   support; SPEC §3.2), so the SPEC's threshold is σ_j/γ + θ_j and β_j = −(σ_j + γ θ_j); dual σ_j = −β_j,
+//   support; docs/MATH.md §3.2), so the threshold of docs/MATH.md §3.2 is σ_j/γ + θ_j and β_j = −(σ_j + γ θ_j); dual σ_j = −β_j,
 //   θ_j = 0. Column term: semi-dual t·s − (γ/2)‖t‖², dual (γ/2)‖t‖². The column state (key, tie, θ_j, σ_j)
 //   lets row_pass re-apply the same selection and entries to form row sums T1 without float atomics, in a
 //   fixed order (deterministic). Objective (minimised): −S = −(α·a − Σ term), −D = −(α·a + β·b − Σ term);

@@ -78,19 +78,25 @@
 //!
 //! ## Quick start
 //!
-//! ```
-//! use sparse_ot::{golden_problem, Formulation, SparseOt};
+//! From your own arrays: marginals `a` (m) and `b` (n) with equal totals, a cost `C` (m × n).
 //!
-//! let problem = golden_problem(); // the 8 × 6 problem of the specification
-//! let sol = SparseOt::new(2, 0.1)?          // at most 2 nonzeros per column, gamma = 0.1
-//!     .formulation(Formulation::Dual)
-//!     .solve(&problem)?;
-//! println!("{sol}");
-//! if let sparse_ot::Plan::Sparse(plan) = &sol.plan {
-//!     assert!(plan.max_lane_nnz() <= 2);
-//! }
+//! ```
+//! use sparse_ot::ndarray::{array, Array1};
+//! use sparse_ot::{Problem, SparseOt};
+//!
+//! let a = Array1::from_elem(3, 1.0 / 3.0);
+//! let b = array![0.5, 0.5];
+//! let cost = array![[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]];
+//! let problem = Problem::new(a.view(), b.view(), cost.view())?;
+//! let sol = SparseOt::new(2, 0.1)?.solve(&problem)?; // ≤ 2 nonzeros per column, gamma = 0.1
+//! println!("{sol}"); // status, objective, transport cost, marginal errors, plan size
+//! let (plan, alpha, beta) = (sol.dense_plan(), &sol.alpha, &sol.beta);
+//! assert!(sol.converged() && plan.dim() == (3, 2) && alpha.len() == 3 && beta.len() == 2);
 //! # Ok::<(), sparse_ot::Error>(())
 //! ```
+//!
+//! The mathematics behind every number (formulations, what `value` is for each solver, the tie rule, why a
+//! k-sparse plan can miss a row marginal) is in `docs/MATH.md` in the repository.
 #![deny(missing_docs)]
 
 mod batch;
@@ -107,6 +113,9 @@ mod problem;
 mod sinkhorn;
 mod solution;
 mod sparse;
+
+/// The `ndarray` this crate's API takes and returns (use it to build inputs without a version clash).
+pub use ndarray;
 
 pub use batch::Batch;
 pub use device::Device;

@@ -1,4 +1,4 @@
-//! Public operators of sparsity-constrained OT (SPEC §2–3), batched over the columns of a matrix.
+//! Public operators of sparsity-constrained OT (docs/MATH.md §2–3), batched over the columns of a matrix.
 //!
 //! Each column of the input is one vector `s` (length m). The single-column kernels in this module are the
 //! ones the CPU solvers use, so the operators and the solvers cannot drift apart.
@@ -7,7 +7,7 @@
 //! apply the 2-D operator to each matrix in parallel and stack the results along the first axis; an invalid
 //! matrix is reported as [`Error::InBatch`] with its index.
 //!
-//! Tie rule (SPEC §3.1): the top-k are the min(k, m) largest entries, larger value first, then lower index
+//! Tie rule (docs/MATH.md §3.1): the top-k are the min(k, m) largest entries, larger value first, then lower index
 //! first (the rule of `jax.lax.top_k`).
 
 use std::cmp::Ordering;
@@ -96,7 +96,7 @@ pub(crate) fn delta_on(s: &[f64], top: &[usize], gamma: f64) -> f64 {
 }
 
 /// Threshold θ of the simplex projection restricted to the sorted values `u` (descending):
-/// returns (θ, ρ) with ρ the number of entries kept positive (SPEC §3.2, steps 2–3).
+/// returns (θ, ρ) with ρ the number of entries kept positive (docs/MATH.md §3.2, steps 2–3).
 ///
 /// `mass` is the simplex total (1 for the unit simplex).
 #[inline]
@@ -177,7 +177,7 @@ pub fn top_k_mask(scores: ArrayView2<f64>, k: usize) -> Result<Array2<bool>> {
 
 /// The top-k conjugate of every column: returns (δ_k(s_j) for each column j, ∇δ_k(s_j) as an m × n matrix).
 ///
-/// δ_k(s) = (1/2γ) Σ_{i ∈ TopK(s)} \[s_i\]_+², ∇δ_k(s) = \[s\]_+/γ on TopK(s) and 0 elsewhere (SPEC §2.1).
+/// δ_k(s) = (1/2γ) Σ_{i ∈ TopK(s)} \[s_i\]_+², ∇δ_k(s) = \[s\]_+/γ on TopK(s) and 0 elsewhere (docs/MATH.md §2.1).
 /// Errors: empty or non-finite input, k out of range, γ ≤ 0.
 pub fn top_k_conjugate(
     scores: ArrayView2<f64>,
@@ -200,7 +200,7 @@ pub fn top_k_conjugate(
     Ok((values, grad))
 }
 
-/// Sparse projection of every column onto the unit simplex with at most k nonzeros (SPEC §3.2):
+/// Sparse projection of every column onto the unit simplex with at most k nonzeros (docs/MATH.md §3.2):
 /// argmin ‖y − v‖² subject to y ≥ 0, Σy = 1, ‖y‖₀ ≤ k. With k = m it is the ordinary simplex projection.
 ///
 /// Errors: empty or non-finite input, k out of range.

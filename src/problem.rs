@@ -386,7 +386,7 @@ fn require_positive(
     }
 }
 
-/// The deterministic 8 × 6 problem of the specification (§8), used in tests, examples and docs.
+/// The deterministic 8 × 6 problem of docs/MATH.md §8, used in tests, examples and docs.
 ///
 /// x_i = i/7, y_j = (j/5)², C_ij = (x_i − y_j)², a_i = (i+1)/36, b_j = (6−j)/21.
 pub fn golden_problem() -> Problem {

@@ -266,7 +266,7 @@ impl fmt::Display for Termination {
     }
 }
 
-/// Which concave program the sparse and quadratic solvers maximise (SPEC §2).
+/// Which concave program the sparse and quadratic solvers maximise (docs/MATH.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Formulation {
     /// The semi-dual S_k(α): one potential, column marginals exact by construction.
@@ -479,6 +479,18 @@ impl fmt::Display for Solution {
             "  marginal error  rows {:.2e}, columns {:.2e}",
             self.marginal_error_rows, self.marginal_error_cols
         )?;
+        if let Termination::Converged(Criterion::DualityGap { .. }) = self.termination {
+            let mass: f64 = self.plan.triplets().map(|(_, _, v)| v).sum();
+            let error = self.marginal_error_rows.max(self.marginal_error_cols);
+            if error > 1e-9 * mass {
+                writeln!(
+                    f,
+                    "  note            the potentials are optimal (certified); the k-sparse plan built from them \
+                     misses a marginal by {error:.2e}: at a nonsmooth optimum the optimal plan mixes tied \
+                     supports (docs/MATH.md §2.3)"
+                )?;
+            }
+        }
         match &self.plan {
             Plan::Sparse(p) => write!(
                 f,

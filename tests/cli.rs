@@ -299,7 +299,7 @@ fn exact_writes_an_optimal_basic_plan() {
     write_problem(&input, &a, &b, &cost);
     let mut s = solve_ok(&dir, &input, &["--solver", "exact"]);
     let (value, _) = check_outputs(&mut s, 8, 6, true);
-    // SPEC §8: unregularised OT of the golden problem is 0.2591074830 (10 decimals).
+    // docs/MATH.md §8: unregularised OT of the golden problem is 0.2591074830 (10 decimals).
     assert!((value - 0.2591074830).abs() <= 1e-9, "value {value}");
     assert!((s.scalar("transport_cost") - 0.2591074830).abs() <= 1e-9);
     let plan = s.array("plan");
@@ -335,7 +335,7 @@ fn device_gpu_solves_on_the_adapter_or_says_there_is_none() {
     );
     let device = s.json["device"].as_str().unwrap().to_string();
     assert_ne!(device, "cpu", "--device gpu ran on the CPU");
-    // SPEC §8: ⟨T, C⟩ = 0.2851693482 at ε = 0.1; the GPU works in f32 (tol 1e-7 on the marginals), so the
+    // docs/MATH.md §8: ⟨T, C⟩ = 0.2851693482 at ε = 0.1; the GPU works in f32 (tol 1e-7 on the marginals), so the
     // transport cost is checked to 1e-5.
     let tc = s.scalar("transport_cost");
     assert!(

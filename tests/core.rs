@@ -1,4 +1,4 @@
-//! Tests of the core library against the specification (`SPEC.md`): operator unit vectors (§3.3), golden
+//! Tests of the core library against docs/MATH.md: operator unit vectors (§3.3), golden
 //! values (§8), limits and bounds (§2.3), gradients by finite differences, every kind of bad input, and
 //! property tests that recompute each solution's reported numbers independently from the returned
 //! potentials (naive f64 formulas of §2, written here without the library's kernels).
@@ -11,8 +11,8 @@ use ndarray::{array, Array1, Array2};
 use proptest::prelude::*;
 use sparse_ot::ops::{sparse_simplex_projection, top_k_conjugate, top_k_indices, top_k_mask};
 use sparse_ot::{
-    golden_problem, Error, Formulation, Plan, Position, Problem, Sinkhorn, Solution, SparseOt,
-    Termination, DEFAULT_MASS_TOLERANCE,
+    golden_problem, Criterion, Error, Formulation, Plan, Position, Problem, Sinkhorn, Solution,
+    SparseOt, Termination, DEFAULT_MASS_TOLERANCE,
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -25,10 +25,10 @@ const MASSES: Masses = Masses::Range(0.2, 1.0);
 const GAMMAS: [f64; 2] = [0.1, 0.01];
 const FORMULATIONS: [Formulation; 2] = [Formulation::SemiDual, Formulation::Dual];
 
-/// Unregularised OT of the golden problem (SPEC §8).
+/// Unregularised OT of the golden problem (docs/MATH.md §8).
 const GOLDEN_OT: f64 = 0.2591074830;
 
-/// SPEC §8 optimal values S_k* = D_k* of the golden problem: (γ, k, value, decimals given in the table).
+/// docs/MATH.md §8 optimal values S_k* = D_k* of the golden problem: (γ, k, value, decimals given in the table).
 const GOLDEN_SPARSE: [(f64, usize, f64, i32); 6] = [
     (0.1, 1, 0.2694249433, 10),
     (0.1, 2, 0.26469768, 8),
@@ -38,7 +38,7 @@ const GOLDEN_SPARSE: [(f64, usize, f64, i32); 6] = [
     (0.01, 3, 0.25960037, 8),
 ];
 
-/// SPEC §8 quadratic values (k ≥ 5), given to 8 decimals.
+/// docs/MATH.md §8 quadratic values (k ≥ 5), given to 8 decimals.
 fn golden_quadratic(gamma: f64) -> f64 {
     if gamma == 0.1 {
         0.26363790
@@ -52,7 +52,7 @@ fn table_rounding(decimals: i32) -> f64 {
     0.5 * 10f64.powi(-decimals)
 }
 
-/// OT + (γ/2)‖b‖²: S_1* and the upper end of the sanity bracket (SPEC §2.3).
+/// OT + (γ/2)‖b‖²: S_1* and the upper end of the sanity bracket (docs/MATH.md §2.3).
 fn k1_value(problem: &Problem, gamma: f64) -> f64 {
     GOLDEN_OT + 0.5 * gamma * problem.b().dot(&problem.b())
 }
@@ -70,7 +70,7 @@ fn check_termination_honest(sol: &Solution) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// SPEC §3.3: operator unit vectors
+// docs/MATH.md §3.3: operator unit vectors
 // ---------------------------------------------------------------------------------------------------------
 
 const UNIT_GAMMA: f64 = 0.5;
@@ -138,7 +138,7 @@ fn top_k_follows_the_tie_rule() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// SPEC §8: golden values
+// docs/MATH.md §8: golden values
 // ---------------------------------------------------------------------------------------------------------
 
 #[test]
@@ -244,7 +244,7 @@ fn golden_sparse_values_to_1e9() {
                 );
             }
         }
-        // S_k* = D_k* (SPEC §2): finer than the table's 8 decimals.
+        // S_k* = D_k* (docs/MATH.md §2): finer than the table's 8 decimals.
         assert_close(
             &format!("gamma = {gamma}, k = {k}: semi-dual vs dual"),
             values[0],
@@ -306,7 +306,7 @@ fn golden_sinkhorn_transport_costs() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// SPEC §2.3: limits and bounds
+// docs/MATH.md §2.3: limits and bounds
 // ---------------------------------------------------------------------------------------------------------
 
 #[test]
@@ -407,7 +407,7 @@ fn values_are_nonincreasing_in_k() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Gradients: the gradient is the marginal violation (SPEC §2.1, §2.2)
+// Gradients: the gradient is the marginal violation (docs/MATH.md §2.1, §2.2)
 // ---------------------------------------------------------------------------------------------------------
 
 /// Objective at (α, β) with no iteration: max_iter(0) evaluates the warm start and returns it.
@@ -1008,10 +1008,10 @@ fn tol_zero_runs_exactly_max_iter() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Property tests against an independent naive evaluation (SPEC §2, §3.2)
+// Property tests against an independent naive evaluation (docs/MATH.md §2, §3.2)
 // ---------------------------------------------------------------------------------------------------------
 
-/// Indices of the k largest entries: larger value first, then lower index (SPEC §3.1), by a full sort.
+/// Indices of the k largest entries: larger value first, then lower index (docs/MATH.md §3.1), by a full sort.
 fn naive_top_k(s: &[f64], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..s.len()).collect();
     idx.sort_by(|&x, &y| s[y].partial_cmp(&s[x]).unwrap().then(x.cmp(&y)));
@@ -1019,7 +1019,7 @@ fn naive_top_k(s: &[f64], k: usize) -> Vec<usize> {
     idx
 }
 
-/// SparseProj_k(v) by SPEC §3.2, steps 1–3, on the top-k set `top` (sorted, largest first).
+/// SparseProj_k(v) by docs/MATH.md §3.2, steps 1–3, on the top-k set `top` (sorted, largest first).
 fn naive_sparse_projection(v: &[f64], top: &[usize]) -> Vec<f64> {
     let mut rho = 0;
     let mut cs = 0.0;
@@ -1040,7 +1040,7 @@ fn naive_sparse_projection(v: &[f64], top: &[usize]) -> Vec<f64> {
     y
 }
 
-/// S_k(α) and its plan (SPEC §2.2), column sparsity of (a, b, C).
+/// S_k(α) and its plan (docs/MATH.md §2.2), column sparsity of (a, b, C).
 fn naive_semi_dual(
     a: &[f64],
     b: &[f64],
@@ -1068,7 +1068,7 @@ fn naive_semi_dual(
     (value, plan)
 }
 
-/// D_k(α, β) and its plan (SPEC §2.1), column sparsity of (a, b, C).
+/// D_k(α, β) and its plan (docs/MATH.md §2.1), column sparsity of (a, b, C).
 fn naive_dual(
     a: &[f64],
     b: &[f64],
@@ -1083,7 +1083,7 @@ fn naive_dual(
         + beta.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
     let mut plan = Array2::zeros((m, n));
     for j in 0..n {
-        // TopK(α + β_j − c_j) = TopK(α − c_j) (SPEC §2.1); selecting on α − c_j keeps near-ties consistent.
+        // TopK(α + β_j − c_j) = TopK(α − c_j) (docs/MATH.md §2.1); selecting on α − c_j keeps near-ties consistent.
         let s: Vec<f64> = (0..m).map(|i| alpha[i] - c[[i, j]]).collect();
         for i in naive_top_k(&s, k) {
             let p = (s[i] + beta[j]).max(0.0);
@@ -1313,4 +1313,26 @@ fn async_solve_runs_off_the_polling_thread() {
     let sparse = SparseOt::new(3, 0.1).unwrap();
     let sol = pollster::block_on(sparse.solve_on_async(&p, &device)).unwrap();
     assert_eq!(sol.alpha, sparse.solve(&p).unwrap().alpha);
+}
+
+/// A certified k-sparse solution whose plan misses a row marginal says so in its report.
+#[test]
+fn a_certified_plan_that_misses_a_marginal_says_why() {
+    let sol = SparseOt::new(2, 0.01)
+        .unwrap()
+        .solve(&golden_problem())
+        .unwrap();
+    assert!(
+        matches!(
+            sol.termination,
+            Termination::Converged(Criterion::DualityGap { .. })
+        ),
+        "{sol}"
+    );
+    let report = sol.to_string();
+    if sol.marginal_error_rows > 1e-9 {
+        assert!(report.contains("misses a marginal"), "{report}");
+    } else {
+        assert!(!report.contains("misses a marginal"), "{report}");
+    }
 }

@@ -125,7 +125,7 @@ on_both_devices!(sparse_golden_quadratic, |device: &Device, tol: Tol| {
                 Termination::MaxIterations,
                 "{formulation} k {k}: {sol}"
             );
-            // SPEC gives 8 digits.
+            // docs/MATH.md §8 gives 8 digits.
             assert_close(
                 &format!("{formulation} k {k} gamma {gamma} value"),
                 sol.value,
@@ -146,7 +146,7 @@ on_both_devices!(sparse_golden_quadratic, |device: &Device, tol: Tol| {
 });
 
 on_both_devices!(sparse_golden_k_below_m, |device: &Device, tol: Tol| {
-    // k < m is nonsmooth: L-BFGS stalls short of S_k* (SPEC §2.3) on both devices, and the f64 nonsmooth
+    // k < m is nonsmooth: L-BFGS stalls short of S_k* (docs/MATH.md §2.3) on both devices, and the f64 nonsmooth
     // finish takes over (on the host for the GPU path, from the f32 potentials). What must hold anywhere: weak
     // duality (a semi-dual value never exceeds S_k*), the value is above the quadratic optimum, the stop is
     // reported, the sparsity holds; and a converged solve is at the optimum (table given to 8 decimals).
@@ -572,6 +572,6 @@ fn auto_device_reports_where_it_ran() {
         golden_problem(),
     );
     let sol = pollster::block_on(cfg.solve_on_async(&p, &Device::Auto)).unwrap();
-    // 8 digits in SPEC; f32 solve on a GPU (2e-5, see GPU_TOL).
+    // 8 digits in docs/MATH.md §8; f32 solve on a GPU (2e-5, see GPU_TOL).
     assert_close("async quadratic value", sol.value, 0.26363790, 2e-5);
 }

@@ -1,4 +1,4 @@
-//! Mixture-of-experts router: the authors' router tests (SPEC §7), capacity guarantees, the greedy baseline
+//! Mixture-of-experts router: the authors' router tests (docs/MATH.md §7), capacity guarantees, the greedy baseline
 //! and input errors.
 
 #[path = "common/data.rs"]
@@ -31,7 +31,7 @@ fn assert_masses(what: &str, reports: &[GroupReport], tokens_tol: f64, experts_t
     }
 }
 
-/// SPEC §7, first router test: S = 8, E = 2, capacity factor 2 (capacity 8 = S).
+/// docs/MATH.md §7, first router test: S = 8, E = 2, capacity factor 2 (capacity 8 = S).
 /// The accurate solver meets the authors' tolerances (row sums 1 and column sums 4 within 1e-3).
 #[test]
 fn authors_test_capacity_8_accurate() {
@@ -71,7 +71,7 @@ fn authors_test_capacity_8_adam() {
     );
 }
 
-/// SPEC §7, second router test: S = 4, E = 2, uniform logits, capacity factor 1 rounded up to a multiple of
+/// docs/MATH.md §7, second router test: S = 4, E = 2, uniform logits, capacity factor 1 rounded up to a multiple of
 /// 4 as the authors do (capacity 4): row sums 1 within 1e-3 and column sums 2 within 1e-1, both solvers.
 #[test]
 fn authors_test_uniform_logits() {

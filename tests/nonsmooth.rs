@@ -1,12 +1,12 @@
-//! The nonsmooth stage on the golden problem (SPEC §8) with default settings: every D_k* and S_k* for
+//! The nonsmooth stage on the golden problem (docs/MATH.md §8) with default settings: every D_k* and S_k* for
 //! k ∈ {1, 2, 3, 5}, γ ∈ {0.1, 0.01}, in both formulations.
 
 use sparse_ot::{golden_problem, Criterion, Formulation, SparseOt, Termination};
 
-/// Unregularised OT of the golden problem (SPEC §8, 10 decimals).
+/// Unregularised OT of the golden problem (docs/MATH.md §8, 10 decimals).
 const OT: f64 = 0.2591074830;
 
-/// SPEC §8 table: (γ, k, value). k = 1 comes from OT + (γ/2)‖b‖² (SPEC §2.3), known to ~1e-10; the others
+/// docs/MATH.md §8 table: (γ, k, value). k = 1 comes from OT + (γ/2)‖b‖² (docs/MATH.md §2.3), known to ~1e-10; the others
 /// are given to 8 decimals, so they can be checked to 5e-9 only; both formulations must agree to 1e-10.
 fn golden() -> Vec<(f64, usize, f64, f64)> {
     let b2: f64 = (0..6).map(|j| ((6 - j) as f64 / 21.0).powi(2)).sum();

@@ -2,7 +2,7 @@
 //!
 //! * exact OT as an LP, against the network simplex;
 //! * quadratic OT, min ⟨T,C⟩ + γ/2‖T‖² over U(a,b), as a QP, against `SparseOt::quadratic`;
-//! * the k-sparse dual D_k in epigraph form, against the golden values of SPEC §8 and `SparseOt::new(k, γ)`:
+//! * the k-sparse dual D_k in epigraph form, against the golden values of docs/MATH.md §8 and `SparseOt::new(k, γ)`:
 //!   maximise α·a + β·b − Σ_j τ_j subject to τ_j ≥ (1/2γ) Σ_{i∈S} u_ij² for every column j and every
 //!   k-subset S, u_ij ≥ 0, u_ij ≥ α_i + β_j − C_ij. (The sum of the k largest [s]_+² is the largest sum
 //!   over k-subsets, so the epigraph optimum is D_k*.)
@@ -144,7 +144,7 @@ fn subsets(m: usize, k: usize) -> Vec<Vec<usize>> {
     }
 }
 
-/// D_k* of SPEC §2.1 by the epigraph form of the dual (see the module documentation). For small m only:
+/// D_k* of docs/MATH.md §2.1 by the epigraph form of the dual (see the module documentation). For small m only:
 /// one second-order cone per column and k-subset. Variables x = (α, β, τ, u). Returns D_k evaluated exactly
 /// at the conic solver's (α, β) after checking it against the solver's objective (1e-9).
 pub fn reference_sparse_dual(pr: &Problem, k: usize, gamma: f64) -> f64 {
@@ -201,7 +201,7 @@ pub fn reference_sparse_dual(pr: &Problem, k: usize, gamma: f64) -> f64 {
     exact
 }
 
-/// D_k(α, β) of SPEC §2.1, evaluated directly: α·a + β·b − Σ_j (1/2γ) Σ_{top k} [α_i + β_j − C_ij]_+².
+/// D_k(α, β) of docs/MATH.md §2.1, evaluated directly: α·a + β·b − Σ_j (1/2γ) Σ_{top k} [α_i + β_j − C_ij]_+².
 fn dual_value(pr: &Problem, k: usize, gamma: f64, alpha: &[f64], beta: &[f64]) -> f64 {
     let c = pr.cost();
     let mut value: f64 = alpha.iter().zip(pr.a()).map(|(x, y)| x * y).sum::<f64>()
@@ -296,7 +296,7 @@ fn epigraph_dual_at_k_equal_m_is_the_qp() {
     }
 }
 
-/// SPEC §8's table, checked independently of every solver of the crate.
+/// docs/MATH.md §8's table, checked independently of every solver of the crate.
 #[test]
 fn golden_values_match_epigraph_reference() {
     let g = golden_problem();
@@ -357,7 +357,7 @@ fn sparse_solvers_reach_epigraph_optimum() {
     }
 }
 
-/// SPEC §2.3: D_1* = OT(a, b) + γ/2 ‖b‖², linking the epigraph reference to the LP and the network simplex.
+/// docs/MATH.md §2.3: D_1* = OT(a, b) + γ/2 ‖b‖², linking the epigraph reference to the LP and the network simplex.
 #[test]
 fn epigraph_dual_at_k_one_is_ot_plus_constant() {
     for (m, n, seed, gamma) in [(5, 4, 11, 0.1), (6, 3, 12, 0.02)] {

@@ -1,4 +1,4 @@
-//! Log-domain Sinkhorn: golden values (SPEC §8), invariants of the stopping rule, and the fast inner loops
+//! Log-domain Sinkhorn: golden values (docs/MATH.md §8), invariants of the stopping rule, and the fast inner loops
 //! against a plain two-pass reference written here.
 
 #[path = "common/data.rs"]

@@ -1,4 +1,4 @@
-//! Mixture-of-experts routing by sparsity-constrained OT (SPEC §7), and the greedy top-k baseline.
+//! Mixture-of-experts routing by sparsity-constrained OT (docs/MATH.md §7), and the greedy top-k baseline.
 //!
 //! Router logits come as G groups × S tokens × E experts. Per group, the gates are G = softmax(logits) over
 //! experts, the cost is −G, every token carries mass 1 and every expert S/E (balanced load), γ = 1:

@@ -1,4 +1,4 @@
-//! Log-domain Sinkhorn on the CPU (SPEC §5), with ε-scaling and warm start.
+//! Log-domain Sinkhorn on the CPU (docs/MATH.md §5), with ε-scaling and warm start.
 //!
 //! Each iteration is a g-update (exact column marginals) followed by an f-update. The f-update yields the
 //! row-marginal error of the state it starts from for free: (T1)_i = a_i exp((f_i − f_i')/ε). Every

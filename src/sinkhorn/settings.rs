@@ -7,7 +7,7 @@ use crate::error::{at_least_one, nonnegative, positive, Error, Result};
 use crate::monitor::Monitor;
 use crate::solution::DEFAULT_TOL;
 
-/// Entropic OT by log-domain Sinkhorn (SPEC §5), with ε-scaling and warm start.
+/// Entropic OT by log-domain Sinkhorn (docs/MATH.md §5), with ε-scaling and warm start.
 ///
 /// ```
 /// use sparse_ot::{golden_problem, Sinkhorn};

@@ -91,7 +91,7 @@ pub(crate) fn solve_columns(
 }
 
 /// Whether the dual is maximised through its β-eliminated form. For fixed α, D_k(α, ·) is maximised in closed
-/// form by β_j = −γ θ_j, the threshold of the sparse projection of column j (SPEC §2.2), and
+/// form by β_j = −γ θ_j, the threshold of the sparse projection of column j (docs/MATH.md §2.2), and
 /// D_k(α, β*(α)) = S_k(α). So max D_k = max S_k, and L-BFGS over α alone (the semi-dual) followed by β = β*(α)
 /// maximises the dual exactly, with fewer variables and a better-conditioned problem than the joint (α, β)
 /// iteration. At (α, β*(α)) the β-part of the dual gradient (b − Tᵀ1) vanishes, so the stopping rule is the
@@ -133,7 +133,7 @@ pub(crate) fn continue_after_stall(
     solution_at(cfg, p, &mut dual, &x, termination, iterations)
 }
 
-/// k = 1 is unregularised OT in disguise (SPEC §2.3): S_1(α) = α·a − Σ_j b_j max_i(α_i − c_ij) + (γ/2)‖b‖²
+/// k = 1 is unregularised OT in disguise (docs/MATH.md §2.3): S_1(α) = α·a − Σ_j b_j max_i(α_i − c_ij) + (γ/2)‖b‖²
 /// is the LP semi-dual plus a constant, so the optimal transport potential α of the network simplex is an
 /// exact maximiser, and β_j = γ b_j − max_i(α_i − c_ij) maximises the dual at that α. The exact plan P is
 /// feasible for the relaxed primal, whose objective there is at most ⟨P, C⟩ + (γ/2)‖b‖²: that certifies the

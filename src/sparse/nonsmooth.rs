@@ -6,7 +6,7 @@
 //! but δ_k is not differentiable where the k-th and (k+1)-th largest entries of a column tie. At the
 //! optimum such ties are the rule, not the exception (at k = 1 the optimum is the LP dual, where every column
 //! that splits its mass is tied): the gradient of every piece adjacent to the optimum is far from zero, so a
-//! gradient method zig-zags and its line search fails short of the optimum (SPEC §2.3).
+//! gradient method zig-zags and its line search fails short of the optimum (docs/MATH.md §2.3).
 //!
 //! # Stage 1: smoothing continuation
 //! The top-k selection is a linear program over z ∈ Z = {z ∈ [0,1]^m, Σz ≤ k}:

@@ -1,7 +1,7 @@
-//! Semi-dual S_k and dual D_k of sparsity-constrained OT (SPEC §2), evaluated column by column.
+//! Semi-dual S_k and dual D_k of sparsity-constrained OT (docs/MATH.md §2), evaluated column by column.
 //!
 //! One column kernel serves the objective, its gradient and the plan: for column j it selects
-//! TopK(α − c_j) (tie rule of SPEC §3.1) and computes the plan column t_j on it:
+//! TopK(α − c_j) (tie rule of docs/MATH.md §3.1) and computes the plan column t_j on it:
 //!
 //! * semi-dual: t_j = b_j · SparseProj_k((α − c_j)/(γ b_j)), i.e. t = [(α − c_j)/γ − θ_j]_+ on the top-k with
 //!   θ_j chosen so that Σ t = b_j; the column's term is t·(α − c_j) − (γ/2)‖t‖² (= b_j val_j);

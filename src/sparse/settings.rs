@@ -47,7 +47,7 @@ impl SparseOt {
         Self::with_k(Some(k), gamma)
     }
 
-    /// Quadratically-regularised OT (SPEC §4): no limit on nonzeros (k = m).
+    /// Quadratically-regularised OT (docs/MATH.md §4): no limit on nonzeros (k = m).
     pub fn quadratic(gamma: f64) -> Result<Self> {
         Self::with_k(None, gamma)
     }
@@ -74,7 +74,7 @@ impl SparseOt {
     }
 
     /// Put the k limit on rows (each source uses at most k targets) instead of columns: the transposed problem
-    /// is solved and its solution transposed back (SPEC §1).
+    /// is solved and its solution transposed back (docs/MATH.md §1).
     pub fn row_sparsity(mut self) -> Self {
         self.lanes = Lanes::Rows;
         self
