@@ -514,7 +514,7 @@ fn continue_stalled(
     fin
 }
 
-/// The result of [`GpuContext::solve_sparse_buffers`]: new buffers owned by the caller, plus the run's report.
+/// The result of [`SparseOt::solve_buffers`]: new buffers owned by the caller, plus the run's report.
 #[derive(Debug)]
 pub struct GpuSparseOutput {
     /// α, m f32 (`STORAGE | COPY_SRC | COPY_DST`).
