@@ -36,6 +36,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::monitor::{Monitor, Tally};
+#[cfg(feature = "gpu")]
+use crate::problem::largest_entry;
 use crate::problem::{validate_shapes, Problem, DEFAULT_MASS_TOLERANCE};
 use crate::solution::Solution;
 
@@ -203,16 +205,25 @@ impl Batch {
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                let sol = r?;
-                let scale = self
-                    .a
-                    .row(i)
-                    .iter()
-                    .chain(self.b.row(i).iter())
-                    .fold(0.0f64, |m, &x| m.max(x));
-                sol.checked(scale, self.m().max(self.n()))
+                let scale = largest_entry(self.a.row(i), self.b.row(i));
+                r?.checked(scale, self.m().max(self.n()))
             })
             .collect()
+    }
+
+    /// The batched device kernels take every problem as given: a problem refused for zero-mass entries that
+    /// the formulation cannot take (`Error::ZeroMass`) is solved alone with `solve`, which removes them.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn solve_zero_mass_alone(
+        &self,
+        results: &mut [Result<Solution>],
+        solve: impl Fn(&Problem) -> Result<Solution>,
+    ) {
+        for (i, r) in results.iter_mut().enumerate() {
+            if matches!(r, Err(Error::ZeroMass { .. })) {
+                *r = self.problem(i).and_then(|p| solve(&p));
+            }
+        }
     }
 
     /// Every problem, validated, in batch order (copies).

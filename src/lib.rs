@@ -125,7 +125,7 @@ pub use exact::{ExactOt, DEFAULT_EXACT_MAX_ITER};
 pub use moe::GpuRouting;
 pub use moe::{greedy_top_k, Router, RouterSolver, Routing, RoutingMode};
 pub use monitor::{Event, Monitor, Progress};
-pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE};
+pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE, REBALANCE_BELOW};
 #[cfg(feature = "gpu")]
 pub use sinkhorn::GpuSinkhornOutput;
 pub use sinkhorn::{Precision, Sinkhorn, DEFAULT_SINKHORN_MAX_ITER};

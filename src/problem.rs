@@ -130,12 +130,7 @@ impl Problem {
     /// cost changes by the shift times its mass), so solvers solve the shifted problem and
     /// [`Problem::unshift`] restores the potentials and values.
     pub(crate) fn conditioned(&self) -> Option<(Problem, f64)> {
-        let (lo, hi) = self
-            .cost
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| {
-                (lo.min(c), hi.max(c))
-            });
+        let (lo, hi) = self.cost_bounds();
         if !(hi > lo && lo.abs() > SHIFT_ABOVE * (hi - lo)) {
             return None;
         }
@@ -200,12 +195,21 @@ impl Problem {
     /// Holds a solution of this problem to its status's promise ([`Solution::checked`]): the rounding
     /// slack is that of a sum over the longer side of the largest marginal entry.
     pub(crate) fn check(&self, sol: Solution) -> Result<Solution> {
-        let scale = self
-            .a
+        sol.checked(self.largest_marginal(), self.m().max(self.n()))
+    }
+
+    /// (min C, max C).
+    pub(crate) fn cost_bounds(&self) -> (f64, f64) {
+        self.cost
             .iter()
-            .chain(self.b.iter())
-            .fold(0.0f64, |m, &x| m.max(x));
-        sol.checked(scale, self.m().max(self.n()))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| {
+                (lo.min(c), hi.max(c))
+            })
+    }
+
+    /// The largest entry of a and b: the scale of the marginal errors.
+    pub(crate) fn largest_marginal(&self) -> f64 {
+        largest_entry(self.a.view(), self.b.view())
     }
 
     pub(crate) fn a_slice(&self) -> &[f64] {
@@ -291,6 +295,11 @@ impl Reduced {
         }
         (fa, fb)
     }
+}
+
+/// The largest entry of two marginals.
+pub(crate) fn largest_entry(a: ArrayView1<f64>, b: ArrayView1<f64>) -> f64 {
+    a.iter().chain(b.iter()).fold(0.0f64, |m, &x| m.max(x))
 }
 
 /// Checks that `a` (m), `b` (n) and a cost of shape `cost` agree and are nonempty.

@@ -265,12 +265,7 @@ fn iterate<F: Real>(
     let a = p.a_slice();
     let log_a: Vec<f64> = a.iter().map(|x| x.ln()).collect();
     let log_b: Vec<f64> = p.b_slice().iter().map(|x| x.ln()).collect();
-    let (cmin, cmax) = p
-        .cost_slice()
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| {
-            (lo.min(c), hi.max(c))
-        });
+    let (cmin, cmax) = p.cost_bounds();
     let stages = epsilon_schedule(cfg.epsilon, cfg.scaling, cmax - cmin, cfg.warm.is_some());
     let amax = a.iter().fold(0.0f64, |x, &y| x.max(y));
     let mut f_new = vec![0.0; m];

@@ -423,12 +423,7 @@ fn run_in(
         .iter()
         .map(|s| {
             let p = s.problem;
-            let (lo, hi) = p
-                .cost_slice()
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| {
-                    (lo.min(c), hi.max(c))
-                });
+            let (lo, hi) = p.cost_bounds();
             let amax = p.a().iter().fold(0.0f64, |x, &y| x.max(y));
             Track::new(cfg, hi - lo, amax)
         })

@@ -88,6 +88,14 @@ impl Sinkhorn {
         })())
     }
 
+    /// This configuration for the problems of a batch: the monitor's cancellation but not its observer (a
+    /// batch reports finished problems, not each one's checks).
+    fn for_batch_problems(&self) -> Self {
+        let mut cfg = self.clone();
+        cfg.monitor = self.monitor.quiet();
+        cfg
+    }
+
     /// Async [`Sinkhorn::solve_on`], on a thread of its own as [`crate::SparseOt::solve_on_async`].
     pub async fn solve_on_async(&self, problem: &Problem, device: &Device) -> Result<Solution> {
         let (cfg, problem, device) = (self.clone(), problem.clone(), device.clone());
@@ -114,20 +122,13 @@ impl Sinkhorn {
     /// The monitor hears of each problem as its result is ready (on a GPU: when it converges at a check, or
     /// when the iteration limit ends the run).
     pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
-        let mut each = self.clone();
-        each.monitor = self.monitor.quiet();
+        let each = self.for_batch_problems();
         match device.target() {
             Target::Cpu => batch.map_problems(&self.monitor, |p| each.solve(p)),
             #[cfg(feature = "gpu")]
             Target::Gpu(ctx) => {
                 let mut out = batch.check_all(gpu::solve_batch(&ctx, self, batch));
-                // The batched kernels take every problem as given; one with zero-mass entries that
-                // the formulation cannot take is solved alone, without them.
-                for (i, r) in out.iter_mut().enumerate() {
-                    if matches!(r, Err(crate::error::Error::ZeroMass { .. })) {
-                        *r = batch.problem(i).and_then(|p| each.solve_on(&p, device));
-                    }
-                }
+                batch.solve_zero_mass_alone(&mut out, |p| each.solve_on(p, device));
                 out
             }
         }

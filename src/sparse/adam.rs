@@ -3,14 +3,12 @@
 //! [`SparseDual`]; the plan and report from the CPU pipeline's [`solution_at`], so this module holds only
 //! the update rule and the recipe's status (shared with the GPU recipe).
 
-use std::borrow::Cow;
-
 use crate::error::{positive, Result};
 use crate::problem::Problem;
 use crate::solution::{Criterion, Formulation, Solution, Termination};
 use crate::sparse::cpu::solution_at;
 use crate::sparse::objective::SparseDual;
-use crate::sparse::rules::{self, Resolved};
+use crate::sparse::rules;
 use crate::sparse::settings::SparseOt;
 
 /// Adam hyper-parameters (β₁, β₂ and ε are the usual defaults of Adam / optax).
@@ -48,11 +46,9 @@ pub(crate) fn bias_correction(t: usize) -> (f64, f64) {
 /// `Converged` when the returned potentials meet the tolerance, `MaxIterations` otherwise, `Cancelled` when
 /// the monitor stopped it first.
 pub(crate) fn solve(cfg: &SparseOt, adam: Adam, problem: &Problem) -> Result<Solution> {
-    let Resolved { k, x0 } = rules::resolve(cfg, problem)?;
-    let col_cfg = rules::columns_config(cfg);
-    let columns = rules::column_problem(cfg, Cow::Borrowed(problem));
-    let sol = solve_columns(&col_cfg, adam, &columns, k, x0);
-    Ok(rules::to_user(cfg, sol))
+    rules::on_columns(cfg, problem, |cfg, columns, k, x0| {
+        Ok(solve_columns(cfg, adam, columns, k, x0))
+    })
 }
 
 fn solve_columns(cfg: &SparseOt, adam: Adam, p: &Problem, k: usize, mut x: Vec<f64>) -> Solution {

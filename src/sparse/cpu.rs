@@ -2,8 +2,6 @@
 //! L-BFGS, hand a stalled run to the nonsmooth stage, then build the sparse plan and its report at the
 //! returned potentials. k = 1 goes to the network simplex.
 
-use std::borrow::Cow;
-
 use ndarray::Array1;
 
 use crate::error::Result;
@@ -15,7 +13,7 @@ use crate::problem::Problem;
 use crate::solution::{Criterion, Formulation, RanOn, Solution, Termination};
 use crate::sparse::nonsmooth::{self, NonsmoothSettings, Smoothed};
 use crate::sparse::objective::SparseDual;
-use crate::sparse::rules::{self, Outcome, PlanBuilder, Resolved};
+use crate::sparse::rules::{self, Outcome, PlanBuilder};
 use crate::sparse::settings::SparseOt;
 
 /// Minimisation view of the (semi-)dual: f = −objective.
@@ -35,11 +33,7 @@ impl Objective for Negated<'_, '_> {
 
 /// Solves `problem` on the CPU; `cfg.monitor` sees every step and can cancel.
 pub(crate) fn solve(cfg: &SparseOt, problem: &Problem) -> Result<Solution> {
-    let Resolved { k, x0 } = rules::resolve(cfg, problem)?;
-    let col_cfg = rules::columns_config(cfg);
-    let columns = rules::column_problem(cfg, Cow::Borrowed(problem));
-    let sol = solve_columns(&col_cfg, &columns, k, x0)?;
-    Ok(rules::to_user(cfg, sol))
+    rules::on_columns(cfg, problem, solve_columns)
 }
 
 /// Solves a validated column problem (k and the start point resolved by [`rules::resolve`]).

@@ -167,13 +167,7 @@ impl SparseOt {
             #[cfg(feature = "gpu")]
             Target::Gpu(ctx) => {
                 let mut out = batch.check_all(gpu::solve_batch(&ctx, self, batch));
-                // The batched kernels take every problem as given; one with zero-mass entries that
-                // the formulation cannot take is solved alone, without them.
-                for (i, r) in out.iter_mut().enumerate() {
-                    if matches!(r, Err(crate::error::Error::ZeroMass { .. })) {
-                        *r = batch.problem(i).and_then(|p| each.solve_on(&p, device));
-                    }
-                }
+                batch.solve_zero_mass_alone(&mut out, |p| each.solve_on(p, device));
                 out
             }
         }

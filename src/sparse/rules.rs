@@ -89,6 +89,20 @@ pub(crate) fn start_point(cfg: &SparseOt, m: usize, n: usize) -> Result<Vec<f64>
     Ok(x0)
 }
 
+/// Solves `p` through its column problem on the host: checks the inputs ([`resolve`]), hands the column
+/// configuration, the column problem, k and the start point to `solve`, and returns its solution in the
+/// caller's orientation ([`to_user`]).
+pub(crate) fn on_columns(
+    cfg: &SparseOt,
+    p: &Problem,
+    solve: impl FnOnce(&SparseOt, &Problem, usize, Vec<f64>) -> Result<Solution>,
+) -> Result<Solution> {
+    let Resolved { k, x0 } = resolve(cfg, p)?;
+    let columns = column_problem(cfg, Cow::Borrowed(p));
+    let sol = solve(&columns_config(cfg), &columns, k, x0)?;
+    Ok(to_user(cfg, sol))
+}
+
 /// The configuration of the column problem: for row sparsity the warm starts swap roles.
 pub(crate) fn columns_config(cfg: &SparseOt) -> SparseOt {
     let mut col = cfg.clone();

@@ -279,12 +279,7 @@ impl AdamWorkspace {
 /// The tolerance a problem's run uses on the device: `cfg.tol`, raised to the f32 gradient noise of its
 /// marginals (see [`F32_GRADIENT_NOISE`]). The reported criterion carries the tolerance used.
 fn stop_tolerance(cfg: &SparseOt, p: &Problem) -> f64 {
-    let scale = p
-        .a()
-        .iter()
-        .chain(p.b().iter())
-        .fold(0.0f64, |m, &x| m.max(x));
-    stop_tolerance_for(cfg, scale)
+    stop_tolerance_for(cfg, p.largest_marginal())
 }
 
 /// [`stop_tolerance`] for a problem whose largest marginal entry is `scale`.
