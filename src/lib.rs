@@ -6,7 +6,8 @@
 //!
 //! ## Design
 //!
-//! * **Inputs are validated once.** [`Problem`] copies the marginals and cost into f64 and rejects empty
+//! * **Inputs are validated once.** [`Problem`] copies the marginals and cost (f64 or f32, views or owned
+//!   arrays by reference, see [`Scalar`]) into f64 and rejects empty
 //!   shapes, mismatched shapes, NaN/inf, negative mass and unequal total masses with a typed [`Error`].
 //!   Solver settings are validated by their builders ([`SparseOt`], [`Sinkhorn`]); k is checked against the
 //!   problem when solving. Nothing panics on user input and nothing is silently clamped.
@@ -71,6 +72,8 @@
 //! | `lbfgs/` | the L-BFGS driver (a state machine), its host backend and its GPU backend |
 //! | [`gpu`] | GPU machinery: context, kernel registry, buffers, [`gpu::GpuProblem`] |
 //! | `problem`, `solution`, `error`, `monitor`, `batch`, `device`, [`ops`] | what every family shares |
+//! | `cost` | [`GroundCost`] and [`pairwise`]: cost matrices from point clouds (POT's `ot.dist`) |
+//! | [`quick`] | one-call functions next to their POT equivalents (`emd`, `sinkhorn`, `quadratic`, `sparse`) |
 //!
 //! The import rule: solver families import the shared layer, `lbfgs` and `gpu`; `lbfgs` imports `gpu`;
 //! `gpu` and the shared layer import no solver family; `moe` builds on `sparse`. Nothing imports through
@@ -95,11 +98,30 @@
 //! # Ok::<(), sparse_ot::Error>(())
 //! ```
 //!
+//! From point clouds, with uniform marginals, and the one-call functions of [`quick`] (POT's names):
+//!
+//! ```
+//! use sparse_ot::ndarray::array;
+//! use sparse_ot::{quick, GroundCost, Problem, Sinkhorn};
+//!
+//! let x = array![[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]];
+//! let y = array![[0.5f64, 0.5], [1.0, 1.0]];
+//! let problem = Problem::from_points(&x, &y, GroundCost::SqEuclidean)?; // a = 1/3, b = 1/2, C = ot.dist(x, y)
+//! let sol = Sinkhorn::new(0.1)?.solve(&problem)?;
+//! let same = quick::sinkhorn(problem.a(), problem.b(), problem.cost(), 0.1)?; // ≈ ot.sinkhorn
+//! assert_eq!(sol.alpha, same.alpha);
+//! # Ok::<(), sparse_ot::Error>(())
+//! ```
+//!
+//! Default tolerances follow the arithmetic: [`DEFAULT_TOL`] on the CPU (f64), [`DEFAULT_TOL_F32`] relative
+//! to the problem's scale on a GPU (f32); a tolerance given with `.tol(t)` is used as given.
+//!
 //! The mathematics behind every number (formulations, what `value` is for each solver, the tie rule, why a
 //! k-sparse plan can miss a row marginal) is in `docs/MATH.md` in the repository.
 #![deny(missing_docs)]
 
 mod batch;
+mod cost;
 mod device;
 mod error;
 mod exact;
@@ -110,6 +132,7 @@ pub mod moe;
 mod monitor;
 pub mod ops;
 mod problem;
+pub mod quick;
 mod sinkhorn;
 mod solution;
 mod sparse;
@@ -118,6 +141,7 @@ mod sparse;
 pub use ndarray;
 
 pub use batch::Batch;
+pub use cost::{pairwise, GroundCost};
 pub use device::Device;
 pub use error::{Error, Position, Result};
 pub use exact::{ExactOt, DEFAULT_EXACT_MAX_ITER};
@@ -125,13 +149,13 @@ pub use exact::{ExactOt, DEFAULT_EXACT_MAX_ITER};
 pub use moe::GpuRouting;
 pub use moe::{greedy_top_k, Router, RouterSolver, Routing, RoutingMode};
 pub use monitor::{Event, Monitor, Progress};
-pub use problem::{golden_problem, Problem, DEFAULT_MASS_TOLERANCE, REBALANCE_BELOW};
+pub use problem::{golden_problem, Problem, Scalar, DEFAULT_MASS_TOLERANCE, REBALANCE_BELOW};
 #[cfg(feature = "gpu")]
 pub use sinkhorn::GpuSinkhornOutput;
 pub use sinkhorn::{Precision, Sinkhorn, DEFAULT_SINKHORN_MAX_ITER};
 pub use solution::{
     Criterion, Formulation, Lanes, Method, Plan, RanOn, Solution, SparsePlan, Termination,
-    DEFAULT_TOL,
+    DEFAULT_TOL, DEFAULT_TOL_F32,
 };
 #[cfg(feature = "gpu")]
 pub use sparse::GpuSparseOutput;

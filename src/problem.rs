@@ -1,9 +1,56 @@
 //! The OT problem: marginals and cost, validated once.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, AsArray, Ix1, Ix2};
 
 use crate::error::{Error, Position, Result};
 use crate::solution::Solution;
+
+mod sealed {
+    /// Keeps [`super::Scalar`] to the types this crate implements it for.
+    pub trait Sealed {}
+    impl Sealed for f64 {}
+    impl Sealed for f32 {}
+}
+
+/// The element types the crate accepts as input: `f64`, and `f32`, which is widened to f64 exactly (every
+/// f32 is an f64). Everything is stored and solved in f64 (on a GPU, in f32 again).
+///
+/// Sealed: it is implemented for `f64` and `f32` only.
+#[diagnostic::on_unimplemented(
+    message = "sparse-ot takes f64 or f32 arrays, not `{Self}`",
+    label = "the elements of this array are `{Self}`",
+    note = "convert the array first, e.g. `x.mapv(|v| v as f64)`"
+)]
+pub trait Scalar: Copy + Send + Sync + sealed::Sealed + 'static {
+    /// The value as an f64 (exact for f32 and f64).
+    fn to_f64(self) -> f64;
+}
+
+impl Scalar for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+impl Scalar for f32 {
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+/// A 1-D input as a new f64 array (f32 widened exactly).
+pub(crate) fn vector_f64<T: Scalar>(v: ArrayView1<'_, T>) -> Array1<f64> {
+    v.mapv(T::to_f64)
+}
+
+/// A 2-D input as a new f64 array in standard (row-major) layout (f32 widened exactly).
+pub(crate) fn matrix_f64<T: Scalar>(v: ArrayView2<'_, T>) -> Array2<f64> {
+    if v.is_standard_layout() {
+        v.mapv(T::to_f64)
+    } else {
+        Array2::from_shape_fn(v.dim(), |ij| v[ij].to_f64())
+    }
+}
 
 /// Relative tolerance on |Σa − Σb| / max(Σa, Σb) used by [`Problem::new`].
 ///
@@ -43,32 +90,167 @@ pub struct Problem {
 impl Problem {
     /// Validates and copies the inputs, with the mass tolerance [`DEFAULT_MASS_TOLERANCE`].
     ///
+    /// Takes whatever ndarray's [`AsArray`] covers, as f64 or f32 (all three of one element type; f32 is
+    /// widened to f64 exactly): views (`a.view()`), references to owned arrays (`&a`), slices and vectors by
+    /// reference for the marginals (`&v`, `&[0.5, 0.5]`).
+    ///
+    /// ```
+    /// use sparse_ot::ndarray::array;
+    /// use sparse_ot::Problem;
+    ///
+    /// let (a, b) = (array![0.5, 0.5], array![1.0]);
+    /// let cost = array![[0.0], [1.0]];
+    /// let p = Problem::new(&a, &b, &cost)?; // or a.view(), b.view(), cost.view()
+    /// let q = Problem::new(&a.mapv(|x| x as f32), &b.mapv(|x| x as f32), &cost.mapv(|x| x as f32))?;
+    /// assert_eq!(p, q); // f32 halves and zeros are exact in f64
+    /// # Ok::<(), sparse_ot::Error>(())
+    /// ```
+    ///
     /// Errors: empty input, shape mismatch, NaN/inf anywhere, negative mass, zero total mass, or
     /// total masses that differ by more than the tolerance.
-    pub fn new(a: ArrayView1<f64>, b: ArrayView1<f64>, cost: ArrayView2<f64>) -> Result<Self> {
+    pub fn new<'a, T: Scalar>(
+        a: impl AsArray<'a, T, Ix1>,
+        b: impl AsArray<'a, T, Ix1>,
+        cost: impl AsArray<'a, T, Ix2>,
+    ) -> Result<Self> {
         Self::with_mass_tolerance(a, b, cost, DEFAULT_MASS_TOLERANCE)
     }
 
-    /// Like [`Problem::new`] for f32 inputs, which are widened to f64.
-    pub fn from_f32(a: ArrayView1<f32>, b: ArrayView1<f32>, cost: ArrayView2<f32>) -> Result<Self> {
-        Self::new(
-            a.mapv(f64::from).view(),
-            b.mapv(f64::from).view(),
-            cost.mapv(f64::from).view(),
-        )
+    /// [`Problem::new`] for f32 inputs, which are widened to f64 exactly ([`Problem::new`] takes f32 too;
+    /// this name fixes the element type, e.g. for `Array2::zeros` arguments).
+    pub fn from_f32<'a>(
+        a: impl AsArray<'a, f32, Ix1>,
+        b: impl AsArray<'a, f32, Ix1>,
+        cost: impl AsArray<'a, f32, Ix2>,
+    ) -> Result<Self> {
+        Self::new(a, b, cost)
     }
 
     /// Like [`Problem::new`] with a caller-chosen relative tolerance on the difference of total masses.
-    pub fn with_mass_tolerance(
-        a: ArrayView1<f64>,
-        b: ArrayView1<f64>,
-        cost: ArrayView2<f64>,
+    pub fn with_mass_tolerance<'a, T: Scalar>(
+        a: impl AsArray<'a, T, Ix1>,
+        b: impl AsArray<'a, T, Ix1>,
+        cost: impl AsArray<'a, T, Ix2>,
         mass_tolerance: f64,
     ) -> Result<Self> {
+        let (a, b, cost) = (a.into(), b.into(), cost.into());
         crate::error::nonnegative("mass_tolerance", mass_tolerance)?;
         validate_shapes(a.len(), b.len(), cost.dim())?;
-        check_vector("a", a)?;
-        check_vector("b", b)?;
+        Self::validated(
+            vector_f64(a),
+            vector_f64(b),
+            matrix_f64(cost),
+            mass_tolerance,
+        )
+    }
+
+    /// Uniform marginals a_i = 1/m and b_j = 1/n for an m × n cost (what POT uses when `a` and `b` are
+    /// empty): every source and every target carries the same mass, and the total is 1.
+    ///
+    /// ```
+    /// use sparse_ot::ndarray::array;
+    /// use sparse_ot::Problem;
+    ///
+    /// let p = Problem::uniform(&array![[0.0, 1.0, 2.0], [1.0, 0.0, 1.0]])?;
+    /// assert_eq!((p.a()[0], p.b()[0]), (0.5, 1.0 / 3.0));
+    /// # Ok::<(), sparse_ot::Error>(())
+    /// ```
+    ///
+    /// Errors: a cost without rows or columns ([`Error::Empty`]), NaN/inf in it.
+    pub fn uniform<'a, T: Scalar>(cost: impl AsArray<'a, T, Ix2>) -> Result<Self> {
+        let cost = cost.into();
+        let (m, n) = cost.dim();
+        if m == 0 {
+            return Err(Error::Empty {
+                what: "cost (no rows: the sources)",
+            });
+        }
+        if n == 0 {
+            return Err(Error::Empty {
+                what: "cost (no columns: the targets)",
+            });
+        }
+        Self::validated(
+            uniform_marginal(m),
+            uniform_marginal(n),
+            matrix_f64(cost),
+            DEFAULT_MASS_TOLERANCE,
+        )
+    }
+
+    /// The problem between two point clouds, x (m × d) and y (n × d), with uniform marginals and the cost
+    /// C_ij = `cost`(x_i, y_j) ([`crate::pairwise`]). POT: `ot.dist(x, y)` then `a = b = []`.
+    ///
+    /// ```
+    /// use sparse_ot::ndarray::array;
+    /// use sparse_ot::{GroundCost, Problem};
+    ///
+    /// let x = array![[0.0, 0.0], [1.0, 0.0]];
+    /// let y = array![[0.0, 1.0]];
+    /// let p = Problem::from_points(&x, &y, GroundCost::SqEuclidean)?;
+    /// assert_eq!(p.cost()[[1, 0]], 2.0);
+    /// # Ok::<(), sparse_ot::Error>(())
+    /// ```
+    ///
+    /// Errors: those of [`crate::pairwise`].
+    pub fn from_points<'a, T: Scalar>(
+        x: impl AsArray<'a, T, Ix2>,
+        y: impl AsArray<'a, T, Ix2>,
+        cost: crate::cost::GroundCost,
+    ) -> Result<Self> {
+        Self::uniform(&crate::cost::pairwise(x, y, cost)?)
+    }
+
+    /// The problem between two weighted point clouds: masses `a` (m) on the points x (m × d), masses `b` (n)
+    /// on y (n × d), cost C_ij = `cost`(x_i, y_j) ([`crate::pairwise`]); validated as [`Problem::new`].
+    ///
+    /// Errors: those of [`crate::pairwise`], then those of [`Problem::new`].
+    pub fn from_weighted_points<'a, 'p, W: Scalar, T: Scalar>(
+        a: impl AsArray<'a, W, Ix1>,
+        b: impl AsArray<'a, W, Ix1>,
+        x: impl AsArray<'p, T, Ix2>,
+        y: impl AsArray<'p, T, Ix2>,
+        cost: crate::cost::GroundCost,
+    ) -> Result<Self> {
+        let (a, b, x, y) = (a.into(), b.into(), x.into(), y.into());
+        for (what, len, points, rows) in [
+            (
+                "a",
+                a.len(),
+                "x rows (points; must equal len(a))",
+                x.nrows(),
+            ),
+            (
+                "b",
+                b.len(),
+                "y rows (points; must equal len(b))",
+                y.nrows(),
+            ),
+        ] {
+            if len == 0 {
+                return Err(Error::Empty { what });
+            }
+            if rows != len {
+                return Err(Error::ShapeMismatch {
+                    what: points,
+                    expected: len,
+                    found: rows,
+                });
+            }
+        }
+        let cost = crate::cost::pairwise(x, y, cost)?;
+        Self::validated(vector_f64(a), vector_f64(b), cost, DEFAULT_MASS_TOLERANCE)
+    }
+
+    /// Checks the values of inputs whose shapes agree and stores them (rebalancing b, see [`Problem`]).
+    fn validated(
+        a: Array1<f64>,
+        b: Array1<f64>,
+        cost: Array2<f64>,
+        mass_tolerance: f64,
+    ) -> Result<Self> {
+        check_vector("a", a.view())?;
+        check_vector("b", b.view())?;
         if let Some(((i, j), &v)) = cost.indexed_iter().find(|(_, v)| !v.is_finite()) {
             return Err(Error::NonFinite {
                 what: "cost",
@@ -78,15 +260,11 @@ impl Problem {
         }
         let (sum_a, sum_b) = (a.sum(), b.sum());
         check_mass(sum_a, sum_b, mass_tolerance)?;
-        let mut b = b.to_owned();
+        let mut b = b;
         if (sum_a - sum_b).abs() > REBALANCE_BELOW * sum_a.max(sum_b) {
             b *= sum_a / sum_b;
         }
-        Ok(Self {
-            a: a.to_owned(),
-            b,
-            cost: cost.as_standard_layout().into_owned(),
-        })
+        Ok(Self { a, b, cost })
     }
 
     /// Number of sources (rows).
@@ -295,6 +473,11 @@ impl Reduced {
         }
         (fa, fb)
     }
+}
+
+/// The uniform marginal of `len` entries, each 1/len.
+fn uniform_marginal(len: usize) -> Array1<f64> {
+    Array1::from_elem(len, 1.0 / len as f64)
 }
 
 /// The largest entry of two marginals.

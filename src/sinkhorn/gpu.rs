@@ -26,7 +26,9 @@ use crate::monitor::Monitor;
 use crate::problem::Problem;
 use crate::sinkhorn::rules::{assemble, check, epsilon_schedule, start_point, validate, Check};
 use crate::sinkhorn::settings::Sinkhorn;
-use crate::solution::{RanOn, Solution, Termination};
+use crate::solution::{
+    Criterion, RanOn, Solution, Termination, DEFAULT_TOL_F32, F32_STOP_FRACTION,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -191,6 +193,12 @@ struct Track {
     /// ε of each stage (`epsilon_schedule`), ending at the target ε.
     stages: Vec<f64>,
     stage: usize,
+    /// The tolerance of the last stage that a `Converged` status names: the configuration's when it was set,
+    /// else the f32 default ([`DEFAULT_TOL_F32`] × max(a, b) × max(1, cost scale / ε)).
+    tol: f64,
+    /// The last stage stops when the f32 error is at most this: `tol` when it was set, else
+    /// [`F32_STOP_FRACTION`] × `tol`, a margin for the f64 measure of the returned plan.
+    stop_tol: f64,
     /// Tolerance of the intermediate stages, max(tol, 1e-2 · max a): they only need a rough fit.
     mid_tol: f64,
     /// Still iterating (false once converged; the device then skips its workgroups).
@@ -204,11 +212,26 @@ struct Track {
 }
 
 impl Track {
-    fn new(cfg: &Sinkhorn, cost_range: f64, amax: f64) -> Self {
+    /// The track of a problem whose cost has range `cost_range` and entries up to `cost_scale` in absolute
+    /// value, whose largest entry of a is `amax` and largest entry of a and b is `mass_scale`.
+    fn new(
+        cfg: &Sinkhorn,
+        (cost_range, cost_scale): (f64, f64),
+        amax: f64,
+        mass_scale: f64,
+    ) -> Self {
+        let (tol, stop_tol) = if cfg.tol_given {
+            (cfg.tol, cfg.tol)
+        } else {
+            let tol = DEFAULT_TOL_F32 * mass_scale * (cost_scale / cfg.epsilon).max(1.0);
+            (tol, F32_STOP_FRACTION * tol)
+        };
         Self {
             stages: epsilon_schedule(cfg.epsilon, cfg.scaling, cost_range, cfg.warm.is_some()),
             stage: 0,
-            mid_tol: cfg.tol.max(1e-2 * amax),
+            tol,
+            stop_tol,
+            mid_tol: tol.max(1e-2 * amax),
             active: true,
             iterations: 0,
             termination: Termination::MaxIterations,
@@ -239,7 +262,7 @@ impl Track {
     ) -> bool {
         self.error = err;
         let (last, tol) = if self.last() {
-            (true, cfg.tol)
+            (true, self.stop_tol)
         } else {
             (false, self.mid_tol)
         };
@@ -253,7 +276,12 @@ impl Track {
                 // Keep the state before the f-update: columns exact, row error = err.
                 self.active = false;
                 self.f_at = before_last;
-                self.termination = t;
+                self.termination = match t {
+                    Termination::Converged(Criterion::MarginalError { .. }) => {
+                        Termination::Converged(Criterion::MarginalError { tol: self.tol })
+                    }
+                    t => t,
+                };
                 true
             }
         }
@@ -425,7 +453,8 @@ fn run_in(
             let p = s.problem;
             let (lo, hi) = p.cost_bounds();
             let amax = p.a().iter().fold(0.0f64, |x, &y| x.max(y));
-            Track::new(cfg, hi - lo, amax)
+            let cost = (hi - lo, lo.abs().max(hi.abs()));
+            Track::new(cfg, cost, amax, p.largest_marginal())
         })
         .collect();
     iterate(ctx, ws, cfg, &mut tracks, finished)?;
@@ -559,11 +588,10 @@ fn solve_in_buffers(
     enc.copy_buffer_to_buffer(&range, 0, &both, 0, 4);
     enc.copy_buffer_to_buffer(&amax, 0, &both, 4, 4);
     let scalars = buffers::read_back::<f32>(ctx, enc, &both, 0, 8, &ws.staging)?;
-    let mut tracks = [Track::new(
-        cfg,
-        f64::from(scalars[0]),
-        f64::from(scalars[1]),
-    )];
+    // In the default tolerance the cost range stands for the cost's scale and max a for max(a, b): the
+    // scalars at hand.
+    let (range, amax) = (f64::from(scalars[0]), f64::from(scalars[1]));
+    let mut tracks = [Track::new(cfg, (range, range), amax, amax)];
     iterate(ctx, ws, cfg, &mut tracks, &mut || {})?;
     let [t] = tracks;
     let f = buffers::storage(ctx, "f", m);

@@ -19,6 +19,8 @@ use crate::solution::DEFAULT_TOL;
 pub struct Sinkhorn {
     pub(crate) epsilon: f64,
     pub(crate) tol: f64,
+    /// Whether `tol` was set with [`Sinkhorn::tol`]; if not, GPU solves use [`crate::DEFAULT_TOL_F32`] instead.
+    pub(crate) tol_given: bool,
     pub(crate) max_iter: usize,
     pub(crate) check_every: usize,
     pub(crate) scaling: Option<f64>,
@@ -53,6 +55,7 @@ impl Sinkhorn {
         Ok(Self {
             epsilon: positive("epsilon", epsilon)?,
             tol: DEFAULT_TOL,
+            tol_given: false,
             max_iter: DEFAULT_SINKHORN_MAX_ITER,
             check_every: 10,
             scaling: Some(0.5),
@@ -64,8 +67,17 @@ impl Sinkhorn {
 
     /// Stop when max_i |(T1)_i − a_i| ≤ tol (columns are exact after each g-update). 0 runs exactly `max_iter`
     /// iterations. Errors: negative or non-finite.
+    ///
+    /// A tolerance set here is used as given on every device. Without it, the default depends on the
+    /// arithmetic: on the CPU (f64) it is [`DEFAULT_TOL`] = 1e-9; on a GPU (f32) it is
+    /// [`crate::DEFAULT_TOL_F32`] × max(a, b) × max(1, max|C| / ε) (about 1.9e-5 of the largest marginal
+    /// entry for a cost in [0, 1] at ε = 0.1), since 1e-9 is below f32 resolution; with
+    /// `Sinkhorn::solve_buffers` (GPU buffers) the cost range stands for max|C| and max a for max(a, b).
+    /// The tolerance used is the one the `Converged` status names. [`Precision::F32`] on the CPU keeps
+    /// [`DEFAULT_TOL`].
     pub fn tol(mut self, tol: f64) -> Result<Self> {
         self.tol = nonnegative("tol", tol)?;
+        self.tol_given = true;
         Ok(self)
     }
 

@@ -22,6 +22,8 @@ pub struct SparseOt {
     pub(crate) formulation: Formulation,
     pub(crate) lanes: Lanes,
     pub(crate) tol: f64,
+    /// Whether `tol` was set with [`SparseOt::tol`]; if not, GPU solves use [`crate::DEFAULT_TOL_F32`] instead.
+    pub(crate) tol_given: bool,
     pub(crate) max_iter: usize,
     pub(crate) memory: usize,
     pub(crate) warm_alpha: Option<Array1<f64>>,
@@ -59,6 +61,7 @@ impl SparseOt {
             formulation: Formulation::SemiDual,
             lanes: Lanes::Columns,
             tol: DEFAULT_TOL,
+            tol_given: false,
             max_iter: DEFAULT_MAX_ITER,
             memory: 10,
             warm_alpha: None,
@@ -82,8 +85,17 @@ impl SparseOt {
 
     /// Stopping tolerance on the max-norm of the marginal violation (the gradient). 0 runs exactly
     /// `max_iter` iterations. Errors: negative or non-finite.
+    ///
+    /// A tolerance set here is used as given on every device (the GPU router recipe,
+    /// [`SparseOt::solve_batch_adam_on`], raises it to its f32 gradient noise). Without it, the default
+    /// depends on the arithmetic: on the CPU (f64) it is [`DEFAULT_TOL`] = 1e-9; on a GPU (f32) the L-BFGS
+    /// phase stops at [`crate::DEFAULT_TOL_F32`] × max(a, b) (1e-9 is below f32 resolution), and when it
+    /// stalls above that (as at the kinks of k < m) the f64 stage continuing on the CPU uses
+    /// [`DEFAULT_TOL`]. `SparseOt::solve_buffers` (GPU buffers) keeps [`DEFAULT_TOL`], since the marginals
+    /// are not on the host: give it a tolerance. The tolerance used is the one the `Converged` status names.
     pub fn tol(mut self, tol: f64) -> Result<Self> {
         self.tol = nonnegative("tol", tol)?;
+        self.tol_given = true;
         Ok(self)
     }
 

@@ -21,7 +21,9 @@ use crate::lbfgs::gpu::{DeviceObjective, GpuLbfgs, LbfgsBuffers};
 use crate::lbfgs::{self, Settings, Step};
 use crate::monitor::{Monitor, Progress};
 use crate::problem::Problem;
-use crate::solution::{Formulation, Lanes, RanOn, Solution, Termination};
+use crate::solution::{
+    Criterion, Formulation, Lanes, RanOn, Solution, Termination, DEFAULT_TOL_F32, F32_STOP_FRACTION,
+};
 use crate::sparse::rules;
 use crate::sparse::settings::SparseOt;
 
@@ -300,24 +302,61 @@ fn workspace_key(cfg: &SparseOt, (m, n, k): (usize, usize, usize), batch: usize)
     }
 }
 
+/// A problem's tolerance on the device: the driver stops at `stop`, and a `Converged` status names `report`.
+#[derive(Debug, Clone, Copy)]
+struct DeviceTol {
+    stop: f64,
+    report: f64,
+}
+
+impl DeviceTol {
+    /// The configuration's tolerance when it was set; else the f32 default, [`DEFAULT_TOL_F32`] × the largest
+    /// marginal entry of `p`, stopped at [`F32_STOP_FRACTION`] of it so that the plan measured in f64 on the
+    /// host meets it. (A stalled run is continued on the CPU with the configuration's f64 tolerance.)
+    fn for_problem(cfg: &SparseOt, p: &Problem) -> Self {
+        if cfg.tol_given {
+            Self::given(cfg)
+        } else {
+            let report = DEFAULT_TOL_F32 * p.largest_marginal();
+            Self {
+                stop: F32_STOP_FRACTION * report,
+                report,
+            }
+        }
+    }
+
+    /// The configuration's tolerance as it is.
+    fn given(cfg: &SparseOt) -> Self {
+        Self {
+            stop: cfg.tol,
+            report: cfg.tol,
+        }
+    }
+}
+
 /// Minimises −S or −D of every problem of the workspace from `x0` (B × dim) with one driver each, in
-/// lockstep; then re-evaluates every problem at its returned point and extracts the plans on the device.
-/// `observe(p, progress)` sees problem p after each of its accepted steps; `cfg.monitor` can cancel.
+/// lockstep, problem p to tolerance `tols[p]`; then re-evaluates every problem at its returned point and
+/// extracts the plans on the device. `observe(p, progress)` sees problem p after each of its accepted steps;
+/// `cfg.monitor` can cancel.
 fn run(
     ctx: &GpuContext,
     ws: &SparseWorkspace,
     cfg: &SparseOt,
     x0: &[f32],
+    tols: &[DeviceTol],
     observe: &mut dyn FnMut(usize, &Progress),
     finished: &mut dyn FnMut(usize, Termination),
 ) -> Result<Vec<Run>> {
     ws.set_gamma(ctx, cfg.gamma);
     ws.lbfgs.reset(ctx, x0);
     // f32 objective values: sums of O(m + n) terms carry a relative rounding noise of ~16 u.
-    let settings = Settings {
-        value_noise: F32_VALUE_NOISE,
-        ..Settings::new(cfg.tol, cfg.max_iter)
-    };
+    let settings: Vec<Settings> = tols
+        .iter()
+        .map(|t| Settings {
+            value_noise: F32_VALUE_NOISE,
+            ..Settings::new(t.stop, cfg.max_iter)
+        })
+        .collect();
     let mut backend = GpuLbfgs {
         ctx,
         buf: &ws.lbfgs,
@@ -326,8 +365,9 @@ fn run(
         error: None,
     };
     let nb = ws.problems;
+    debug_assert_eq!(tols.len(), nb);
     let ends = lbfgs::run_lockstep(
-        &vec![settings; nb],
+        &settings,
         &mut backend,
         |p, d| {
             observe(
@@ -361,8 +401,14 @@ fn run(
     Ok(ends
         .into_iter()
         .zip(at_x)
-        .map(|((termination, driver), at)| Run {
-            termination,
+        .zip(tols)
+        .map(|(((termination, driver), at), tol)| Run {
+            termination: match termination {
+                Termination::Converged(Criterion::MarginalError { .. }) => {
+                    Termination::Converged(Criterion::MarginalError { tol: tol.report })
+                }
+                t => t,
+            },
             iterations: driver.iterations,
             value: at.eval.map_or(f64::NAN, |e| -e.value),
         })
@@ -482,7 +528,11 @@ fn run_on_device(
     })?;
     let out = (|| {
         let x0 = batch::upload(ctx, &ws, valid);
-        let runs = run(ctx, &ws, cfg, &x0, observe, finished)?;
+        let tols: Vec<DeviceTol> = valid
+            .iter()
+            .map(|v| DeviceTol::for_problem(cfg, &v.columns))
+            .collect();
+        let runs = run(ctx, &ws, cfg, &x0, &tols, observe, finished)?;
         batch::read_solutions(ctx, &ws, &ws.lbfgs.x, cfg, valid, runs)
     })();
     ctx.put_workspace(key, ws);
@@ -594,7 +644,9 @@ fn solve_in_buffers(
     enc.copy_buffer_to_buffer(input.a, 0, &ws.a, 0, 4 * m as u64);
     enc.copy_buffer_to_buffer(input.b, 0, &ws.b, 0, 4 * n as u64);
     buffers::submit(ctx, enc);
-    let r = run(ctx, ws, cfg, x0, &mut |_, _| {}, &mut |_, _| {})?
+    // The marginals are on the device only: the configuration's tolerance is used as it is.
+    let tols = [DeviceTol::given(cfg)];
+    let r = run(ctx, ws, cfg, x0, &tols, &mut |_, _| {}, &mut |_, _| {})?
         .pop()
         .ok_or_else(|| Error::Gpu("a run of one problem returned nothing".into()))?;
     let out = |label, words| buffers::storage(ctx, label, words);
