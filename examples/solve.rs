@@ -11,6 +11,9 @@
 //! stdout: the solution's report, then as its last line one JSON object with the same scalars, the solve
 //! time in seconds (file I/O excluded) and the device. Errors: exit status 1 (2 for malformed command
 //! lines) and one line on stderr.
+//! stderr, besides errors: with `--device auto`, one line naming the device chosen and why; progress of a
+//! solve that takes more than a second (a status line on a terminal; lines with `--progress` otherwise).
+//! `--quiet` leaves only errors there.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -23,10 +26,15 @@ use ndarray_npy::{NpzReader, NpzWriter, ReadNpyError, ReadNpzError};
 
 #[path = "common/atomic.rs"]
 mod atomic;
+#[path = "common/progress.rs"]
+mod progress;
+#[path = "common/quiet_probe.rs"]
+mod quiet_probe;
 use atomic::AtomicFile;
+use progress::{ProgressArgs, Reporter};
 use sparse_ot::{
-    Device, Error, ExactOt, Formulation, Problem, Sinkhorn, Solution, SparseOt, DEFAULT_MAX_ITER,
-    DEFAULT_SINKHORN_MAX_ITER, DEFAULT_TOL,
+    Device, Error, ExactOt, Formulation, Monitor, Problem, Sinkhorn, Solution, SparseOt,
+    DEFAULT_MAX_ITER, DEFAULT_SINKHORN_MAX_ITER,
 };
 
 const DEFAULT_GAMMA: f64 = 0.1;
@@ -68,7 +76,8 @@ enum DeviceArg {
 /// `beta` (n; written for --formulation dual, sinkhorn and exact, and for the semi-dual with --row-sparsity,
 /// whose variable it is) and 0-d arrays `value`, `transport_cost`, `iterations`, `converged` (0/1),
 /// `marginal_error_rows`, `marginal_error_cols`. The last line of stdout is a JSON object with those
-/// scalars, `seconds` (solve time, file I/O excluded) and `device`.
+/// scalars, `seconds` (solve time, file I/O excluded) and `device`. With --device auto, one line on stderr
+/// names the device chosen and why; solves that take more than a second report their progress there.
 #[derive(Debug, Parser)]
 #[command(name = "solve", version)]
 struct Cli {
@@ -97,7 +106,7 @@ struct Cli {
     #[arg(long, value_name = "E", allow_hyphen_values = true)]
     epsilon: Option<f64>,
     /// Stop when the max-norm marginal violation is at most T; 0 runs exactly --max-iter iterations
-    /// [default: 1e-9].
+    /// [default: 1e-9 on the CPU; on a GPU, the f32 default the library picks for the problem].
     #[arg(long, value_name = "T", allow_hyphen_values = true)]
     tol: Option<f64>,
     /// Iteration limit [default: 1000 for sparse and quadratic, 10000 for sinkhorn].
@@ -107,6 +116,8 @@ struct Cli {
     /// lavapipe only with --device gpu).
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 /// A one-line failure message (without the leading `error: `).
@@ -160,7 +171,6 @@ fn unused<T>(value: &Option<T>, option: &str, solver: &str) -> Result<(), Failur
 
 /// Builds the solver from the command line; the library validates every value.
 fn configure(cli: &Cli) -> Result<Configured, Failure> {
-    let tol = cli.tol.unwrap_or(DEFAULT_TOL);
     let name = cli
         .solver
         .to_possible_value()
@@ -192,8 +202,10 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
                     FormulationArg::SemiDual => Formulation::SemiDual,
                     FormulationArg::Dual => Formulation::Dual,
                 })
-                .tol(tol)?
                 .max_iter(cli.max_iter.unwrap_or(DEFAULT_MAX_ITER));
+            if let Some(tol) = cli.tol {
+                cfg = cfg.tol(tol)?;
+            }
             if cli.row_sparsity {
                 cfg = cfg.row_sparsity();
             }
@@ -203,9 +215,11 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
             unused(&cli.k, "--k", &name)?;
             unused(&cli.gamma, "--gamma", &name)?;
             unused(&cli.formulation, "--formulation", &name)?;
-            let cfg = Sinkhorn::new(cli.epsilon.unwrap_or(DEFAULT_EPSILON))?
-                .tol(tol)?
+            let mut cfg = Sinkhorn::new(cli.epsilon.unwrap_or(DEFAULT_EPSILON))?
                 .max_iter(cli.max_iter.unwrap_or(DEFAULT_SINKHORN_MAX_ITER));
+            if let Some(tol) = cli.tol {
+                cfg = cfg.tol(tol)?;
+            }
             Ok(Configured::Sinkhorn(cfg))
         }
         SolverKind::Exact => {
@@ -223,9 +237,26 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
     }
 }
 
-/// Solves on `device` (the network simplex runs on the CPU whatever the device).
-fn solve(cfg: &Configured, problem: &Problem, device: &Device) -> Result<Solution, Failure> {
-    match cfg {
+impl Configured {
+    /// The same configuration reporting to `monitor`.
+    fn monitor(self, monitor: Monitor) -> Self {
+        match self {
+            Configured::Sparse(c) => Configured::Sparse(c.monitor(monitor)),
+            Configured::Sinkhorn(c) => Configured::Sinkhorn(c.monitor(monitor)),
+            Configured::Exact(c) => Configured::Exact(c.monitor(monitor)),
+        }
+    }
+}
+
+/// Solves on `device` (the network simplex runs on the CPU whatever the device), reporting progress.
+fn solve(
+    cfg: Configured,
+    problem: &Problem,
+    device: &Device,
+    progress: &Reporter,
+) -> Result<Solution, Failure> {
+    let watch = progress.solve("solve");
+    match cfg.monitor(watch.monitor()) {
         Configured::Sparse(c) => Ok(c.solve_on(problem, device)?),
         Configured::Sinkhorn(c) => Ok(c.solve_on(problem, device)?),
         Configured::Exact(c) => Ok(c.solve(problem)?),
@@ -352,8 +383,19 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let out = AtomicFile::create(&cli.output)
         .map_err(|e| Failure(format!("cannot write output {}: {e}", cli.output.display())))?;
     let problem = read_problem(&cli.input)?;
+    if cli.device == DeviceArg::Auto {
+        // Resolved before the clock starts (opening a GPU is not part of the solve), said unless --quiet.
+        let chosen = if cli.solver == SolverKind::Exact {
+            "CPU: the exact solver runs on the CPU only".to_owned()
+        } else {
+            device.describe()
+        };
+        if cli.progress.notes() {
+            eprintln!("device: {chosen}");
+        }
+    }
     let start = Instant::now();
-    let sol = solve(&cfg, &problem, &device)?;
+    let sol = solve(cfg, &problem, &device, &cli.progress.reporter())?;
     let seconds = start.elapsed().as_secs_f64();
     write_solution(out, &cli.output, &sol, writes_beta(cli))?;
     println!("{sol}");
@@ -387,6 +429,7 @@ fn one_line(text: &str) -> String {
 }
 
 fn main() -> ExitCode {
+    quiet_probe::quiet_device_select_layer();
     // A bug must still end in one line on stderr, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error: {}", one_line(&info.to_string()))

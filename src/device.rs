@@ -46,6 +46,43 @@ impl Device {
         !matches!(self.target(), Target::Cpu)
     }
 
+    /// One line saying where solves on this device run and, for [`Device::Auto`], why, e.g.
+    /// `"GPU: NVIDIA H200 (Vulkan)"`, `"CPU: no GPU adapter (…)"` or `"CPU: only a software adapter was found
+    /// (llvmpipe …, Vulkan), which Device::Auto does not choose; ask for it with Device::gpu()"`.
+    ///
+    /// For `Auto` this opens the process-wide GPU context ([`GpuContext::shared`]) if no solve has done so
+    /// yet, exactly as the first solve would; the answer is the device that solves on `Auto` then use.
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu => "CPU: asked for".into(),
+            #[cfg(feature = "gpu")]
+            Device::Gpu(ctx) => {
+                let software = if ctx.is_software() {
+                    "; a software adapter that runs on the CPU"
+                } else {
+                    ""
+                };
+                format!("GPU: {} ({}{software})", ctx.adapter_name(), ctx.backend())
+            }
+            #[cfg(feature = "gpu")]
+            Device::Auto => match GpuContext::shared() {
+                Ok(ctx) if !ctx.is_software() => {
+                    format!("GPU: {} ({})", ctx.adapter_name(), ctx.backend())
+                }
+                Ok(ctx) => format!(
+                    "CPU: only a software adapter was found ({}, {}), which Device::Auto does not choose; \
+                     ask for it with Device::gpu()",
+                    ctx.adapter_name(),
+                    ctx.backend()
+                ),
+                Err(crate::error::Error::NoAdapter { why }) => format!("CPU: no GPU adapter ({why})"),
+                Err(e) => format!("CPU: {e}"),
+            },
+            #[cfg(not(feature = "gpu"))]
+            Device::Auto => "CPU: built without the `gpu` feature".into(),
+        }
+    }
+
     /// Where a solve on this device runs.
     pub(crate) fn target(&self) -> Target {
         match self {

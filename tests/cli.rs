@@ -579,7 +579,7 @@ fn help_documents_the_defaults() {
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     let defaults = [
-        format!("[default: {:e}]", sparse_ot::DEFAULT_TOL),
+        format!("[default: {:e} on the CPU", sparse_ot::DEFAULT_TOL),
         format!("[default: {} for sparse", sparse_ot::DEFAULT_MAX_ITER),
         format!("{} for sinkhorn]", sparse_ot::DEFAULT_SINKHORN_MAX_ITER),
     ];
@@ -593,6 +593,75 @@ fn help_documents_the_defaults() {
     ]) {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
+}
+
+/// Progress goes to stderr only when asked for off a terminal, names the stage and iteration, and never
+/// reaches stdout; `--quiet` leaves stderr empty; `--device auto` names the device it chose and why.
+#[test]
+fn progress_and_notes_go_to_stderr_only_when_wanted() {
+    let dir = temp_dir("progress");
+    let (a, b, cost) = golden_arrays();
+    let input = dir.join("p.npz");
+    write_problem(&input, &a, &b, &cost);
+    let output = dir.join("s.npz");
+    let run_with = |extra: &[&str]| {
+        let mut args = vec![
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--solver",
+            "sinkhorn",
+            "--tol",
+            "0",
+            "--max-iter",
+            "300",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(solve_binary())
+            .args(&args)
+            // Report at once instead of after a second, so that a short solve shows its progress.
+            .env("SPARSE_OT_PROGRESS_INTERVAL", "0")
+            .output()
+            .expect("the solve binary runs");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "solve {extra:?} failed: {stderr}");
+        (stdout, stderr)
+    };
+
+    let (stdout, stderr) = run_with(&["--device", "cpu", "--progress"]);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "--progress printed nothing");
+    for line in &lines {
+        assert!(
+            line.starts_with("progress: solve: ")
+                && line.contains("iteration")
+                && line.ends_with(" s"),
+            "unexpected progress line {line:?}"
+        );
+    }
+    assert!(!stdout.contains("progress: solve"), "progress reached stdout");
+
+    // Not a terminal and no --progress: silent.
+    let (_, stderr) = run_with(&["--device", "cpu"]);
+    assert_eq!(stderr, "", "progress without --progress off a terminal");
+
+    let (_, stderr) = run_with(&["--device", "auto"]);
+    let note: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        note.len(),
+        1,
+        "--device auto should print one note: {stderr:?}"
+    );
+    assert!(
+        note[0].starts_with("device: GPU: ") || note[0].starts_with("device: CPU: "),
+        "unexpected device note {:?}",
+        note[0]
+    );
+
+    let (_, stderr) = run_with(&["--device", "auto", "--quiet"]);
+    assert_eq!(stderr, "", "--quiet printed on stderr");
 }
 
 /// The output appears whole or not at all: a destination that cannot be written fails before the solve,

@@ -78,7 +78,16 @@ pub(crate) enum WorkspaceKey {
 }
 
 impl GpuContext {
-    /// Opens the best adapter (high performance preference) with its full limits.
+    /// Opens the best adapter (high performance preference, or `WGPU_POWER_PREF`) with its full limits.
+    ///
+    /// Backends: Vulkan, Metal and DX12 ([`wgpu::Backends::PRIMARY`]) are probed first; the GL backend only
+    /// when none of them has an adapter, so the GL/EGL drivers are not loaded where a Vulkan adapter exists.
+    /// When `WGPU_BACKEND` is set (e.g. `vulkan`, `gl`, `vulkan,gl`), exactly those backends are probed.
+    ///
+    /// Mesa's Vulkan device-selection layer (`VK_LAYER_MESA_device_select`, installed with Mesa's Vulkan
+    /// drivers) asks the Wayland compositor for the default GPU while the adapters are listed, and without
+    /// `XDG_RUNTIME_DIR` it prints `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` on
+    /// stderr. That line is the layer's, not an error of this crate; `NODEVICE_SELECT=1` turns the layer off.
     ///
     /// Errors: [`Error::NoAdapter`] when no adapter exists or it cannot open a device.
     pub fn new() -> Result<Self> {
@@ -87,16 +96,22 @@ impl GpuContext {
 
     /// Async version of [`GpuContext::new`].
     pub async fn new_async() -> Result<Self> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::from_env()
-                    .unwrap_or(wgpu::PowerPreference::HighPerformance),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::NoAdapter { why: e.to_string() })?;
+        let adapter = match wgpu::Backends::from_env() {
+            Some(asked) => Self::request_adapter(asked).await?,
+            None => match Self::request_adapter(wgpu::Backends::PRIMARY).await {
+                Ok(adapter) => adapter,
+                Err(primary) => Self::request_adapter(wgpu::Backends::SECONDARY)
+                    .await
+                    .map_err(|gl| match (primary, gl) {
+                        (Error::NoAdapter { why }, Error::NoAdapter { why: gl }) => {
+                            Error::NoAdapter {
+                                why: format!("{why}; then with GL only: {gl}"),
+                            }
+                        }
+                        (primary, _) => primary,
+                    })?,
+            },
+        };
         let info = adapter.get_info();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -124,6 +139,20 @@ impl GpuContext {
                     .push(e.to_string());
             }));
         Ok(ctx)
+    }
+
+    /// The best adapter of `backends` (the other instance options from the `WGPU_*` variables).
+    async fn request_adapter(backends: wgpu::Backends) -> Result<wgpu::Adapter> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends;
+        wgpu::Instance::new(desc)
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::from_env()
+                    .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter { why: e.to_string() })
     }
 
     /// Adopts an application's device and queue (e.g. a renderer's). `name` is reported as
