@@ -641,7 +641,10 @@ fn progress_and_notes_go_to_stderr_only_when_wanted() {
             "unexpected progress line {line:?}"
         );
     }
-    assert!(!stdout.contains("progress: solve"), "progress reached stdout");
+    assert!(
+        !stdout.contains("progress: solve"),
+        "progress reached stdout"
+    );
 
     // Not a terminal and no --progress: silent.
     let (_, stderr) = run_with(&["--device", "cpu"]);

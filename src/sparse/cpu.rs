@@ -31,6 +31,14 @@ impl Objective for Negated<'_, '_> {
     }
 }
 
+/// Iterations over which L-BFGS must cut its best marginal error by 20%, else it hands over to the nonsmooth
+/// stage. On the kinks of k < m L-BFGS zig-zags long before its line search fails, and the nonsmooth stage
+/// (f64 Newton on the smoothed dual) finishes far faster from there: on uniform 2-D points (k = 5, γ = 0.1,
+/// 2000² to 6000², squared distances scaled to max 1) a window of 30 took 0.6 to 0.85 of the time of a
+/// window of 100 (measured on a 2-core VM, 2026-12). With k = m there are no kinks and the window rarely
+/// decides; when it does, the nonsmooth stage solves k = m as well.
+const PROGRESS_WINDOW: usize = 30;
+
 /// Solves `problem` on the CPU; `cfg.monitor` sees every step and can cancel.
 pub(crate) fn solve(cfg: &SparseOt, problem: &Problem) -> Result<Solution> {
     rules::on_columns(cfg, problem, solve_columns)
@@ -55,7 +63,10 @@ pub(crate) fn solve_columns(
         let (x, termination, iterations) = k1_exact(cfg, p, &mut dual)?;
         return Ok(solution_at(cfg, p, &mut dual, &x, termination, iterations));
     }
-    let settings = Settings::new(cfg.tol, cfg.max_iter);
+    let settings = Settings {
+        progress_window: PROGRESS_WINDOW,
+        ..Settings::new(cfg.tol, cfg.max_iter)
+    };
     let monitor = &cfg.monitor;
     let (termination, iterations, x) = {
         let mut neg = Negated(&mut dual);
@@ -207,7 +218,6 @@ fn nonsmooth_stage(
         });
         !monitor.is_cancelled()
     });
-    let smoothed_bound = (out.residual <= cfg.tol).then(|| sm.primal_bound());
     let view = |xd: &[f64]| -> Vec<f64> {
         match cfg.formulation {
             Formulation::Dual => xd.to_vec(),
@@ -232,7 +242,7 @@ fn nonsmooth_stage(
         .as_ref()
         .map(|c| c.primal)
         .into_iter()
-        .chain(smoothed_bound)
+        .chain([out.bound])
         .fold(f64::INFINITY, f64::min);
     let gap = (bound - best_value).max(0.0);
     let termination = if gap <= cfg.tol.max(1e-12 * best_value.abs()) {
