@@ -368,6 +368,9 @@ fn median_positive(v: &[f64], scratch: &mut Vec<f64>) -> f64 {
         .1
 }
 
+/// CG tolerance (relative residual) of an exactly solved Newton system.
+const EXACT_CG: f64 = 1e-10;
+
 /// Preconditioned CG for (H + diag(reg)) d = rhs; returns the number of iterations.
 fn pcg(
     sm: &Smoothed<'_>,
@@ -478,36 +481,33 @@ impl Smoothed<'_> {
             self.entry_steps(x, &grad, &diag, &mut reg);
             let rhs: Vec<f64> = grad.iter().map(|g| -g).collect();
             // Inexact Newton: far from the solution a rough direction does as well as an exact one, so CG
-            // stops at a relative residual that shrinks with √(relative gradient) (superlinear locally);
-            // solving every system to 1e-10 made CG most of the stage's time on large problems.
-            let forcing = (0.5 * rel.sqrt()).clamp(1e-10, 1e-1);
-            pcg(self, mu, &reg, &diag, &rhs, &mut d, forcing);
-            let slope: f64 = grad.iter().zip(&d).map(|(g, d)| g * d).sum();
-            if slope.is_nan() || slope >= 0.0 {
-                return (steps, residual);
-            }
-            // Armijo backtracking; within rounding noise, accept a step that lowers the residual.
-            let mut t = 1.0;
+            // stops at a relative residual of half the relative gradient (quadratic convergence locally);
+            // solving every system to 1e-10 made CG most of the stage's time on large problems. A looser
+            // forcing term (√ of the relative gradient) stalled the sharp late stages of a 300 × 200 k = 2
+            // problem. When no step along a rough direction is accepted, the system is solved again to 1e-10
+            // before the stage gives up.
+            let rough = (0.5 * rel).clamp(EXACT_CG, 1e-1);
+            let tries: &[f64] = if rough > EXACT_CG {
+                &[rough, EXACT_CG]
+            } else {
+                &[EXACT_CG]
+            };
             let mut accepted = false;
-            for _ in 0..40 {
-                trial
-                    .iter_mut()
-                    .zip(x.iter())
-                    .zip(&d)
-                    .for_each(|((y, x), d)| *y = x + t * d);
-                let ft = self.eval(&trial, mu, &mut gtrial);
-                let rt = gtrial.iter().fold(0.0f64, |m, g| m.max(g.abs()));
-                // A full step that crosses many kinks can decrease f yet throw the marginals far off; such
-                // a step is shortened too.
-                let sane = rt <= 10.0 * residual;
-                if sane
-                    && (ft <= f + 1e-4 * t * slope || (ft <= f + 1e-13 * f.abs() && rt < residual))
+            for &forcing in tries {
+                if accepted {
+                    break;
+                }
+                pcg(self, mu, &reg, &diag, &rhs, &mut d, forcing);
+                let slope: f64 = grad.iter().zip(&d).map(|(g, d)| g * d).sum();
+                if slope.is_nan() || slope >= 0.0 {
+                    continue;
+                }
+                if let Some(ft) =
+                    self.line_search(x, &d, mu, f, slope, residual, &mut trial, &mut gtrial)
                 {
                     f = ft;
                     accepted = true;
-                    break;
                 }
-                t *= 0.5;
             }
             if !accepted {
                 self.eval(x, mu, &mut grad);
@@ -517,6 +517,41 @@ impl Smoothed<'_> {
             std::mem::swap(&mut grad, &mut gtrial);
             steps += 1;
         }
+    }
+
+    /// Armijo backtracking from `x` along `d`; within rounding noise, a step that lowers the residual is
+    /// accepted too. On success `trial` holds the new point, `gtrial` its gradient, and the value is returned.
+    #[allow(clippy::too_many_arguments)]
+    fn line_search(
+        &mut self,
+        x: &[f64],
+        d: &[f64],
+        mu: f64,
+        f: f64,
+        slope: f64,
+        residual: f64,
+        trial: &mut [f64],
+        gtrial: &mut [f64],
+    ) -> Option<f64> {
+        let mut t = 1.0;
+        for _ in 0..40 {
+            trial
+                .iter_mut()
+                .zip(x)
+                .zip(d)
+                .for_each(|((y, x), d)| *y = x + t * d);
+            let ft = self.eval(trial, mu, gtrial);
+            let rt = gtrial.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+            // A full step that crosses many kinks can decrease f yet throw the marginals far off; such a
+            // step is shortened too.
+            let sane = rt <= 10.0 * residual;
+            if sane && (ft <= f + 1e-4 * t * slope || (ft <= f + 1e-13 * f.abs() && rt < residual))
+            {
+                return Some(ft);
+            }
+            t *= 0.5;
+        }
+        None
     }
 
     /// D_k(x), the unsmoothed dual: at μ = √(smallest positive f64) the smoothing error nkμ/2 is far below
