@@ -181,7 +181,7 @@ fn k1_exact(
     let value = objective(dual, &x);
     let bound = exact.transport_cost + 0.5 * cfg.gamma * p.b().iter().map(|b| b * b).sum::<f64>();
     let gap = (bound - value).max(0.0);
-    let termination = if exact.converged() && gap <= cfg.tol.max(1e-12 * value.abs()) {
+    let termination = if exact.converged() && nonsmooth::gap_certifies(gap, value, cfg.tol) {
         Termination::Converged(Criterion::DualityGap { gap })
     } else if matches!(
         exact.termination,
@@ -261,7 +261,7 @@ fn nonsmooth_stage(
         .chain([out.bound])
         .fold(f64::INFINITY, f64::min);
     let gap = (bound - best_value).max(0.0);
-    let termination = if gap <= cfg.tol.max(1e-12 * best_value.abs()) {
+    let termination = if nonsmooth::gap_certifies(gap, best_value, cfg.tol) {
         Termination::Converged(Criterion::DualityGap { gap })
     } else if monitor.is_cancelled() {
         Termination::Cancelled

@@ -368,6 +368,12 @@ fn median_positive(v: &[f64], scratch: &mut Vec<f64>) -> f64 {
         .1
 }
 
+/// Whether a duality gap certifies a dual value at tolerance `tol`: gap ≤ tol, or within the rounding of
+/// the two objectives (1e-12 relative) when tol is below that.
+pub(crate) fn gap_certifies(gap: f64, value: f64, tol: f64) -> bool {
+    gap <= tol.max(1e-12 * value.abs())
+}
+
 /// CG tolerance (relative residual) of an exactly solved Newton system.
 const EXACT_CG: f64 = 1e-10;
 
@@ -563,8 +569,7 @@ impl Smoothed<'_> {
 
     /// Scale of q = [s]_+²/(2γ) over the selected entries at `x`.
     fn q_scale(&mut self, x: &[f64]) -> f64 {
-        let mut grad = vec![0.0; x.len()];
-        self.eval(x, f64::MIN_POSITIVE.sqrt(), &mut grad);
+        self.true_value(x);
         self.cols
             .iter()
             .flat_map(|c| c.entries.iter().map(|e| 0.5 * self.gamma * e.g * e.g))
@@ -628,7 +633,7 @@ pub(crate) fn run(
             bound = bound.min(stage_bound);
             if stage_bound.is_finite() {
                 let value = sm.true_value(&x);
-                if stage_bound - value <= settings.tol.max(1e-12 * value.abs()) {
+                if gap_certifies(stage_bound - value, value, settings.tol) {
                     break;
                 }
             }
