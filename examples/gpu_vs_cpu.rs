@@ -249,6 +249,19 @@ fn batches(
             1e3 * tg / nb as f64,
             converged[1]
         );
+        // A problem that did not converge says why (its status) and how far its plan is from the marginals.
+        for (side, results) in [("cpu", &cpu), ("gpu", &gpu)] {
+            for (i, r) in results.iter().enumerate() {
+                match r {
+                    Ok(s) if !s.converged() => println!(
+                        "    {side} problem {i}: {} after {} iterations; marginal errors rows {:.2e} cols {:.2e}",
+                        s.termination, s.iterations, s.marginal_error_rows, s.marginal_error_cols
+                    ),
+                    Err(e) => println!("    {side} problem {i}: error: {e}"),
+                    Ok(_) => {}
+                }
+            }
+        }
     };
     let sk = Sinkhorn::new(0.01)?.tol(1e-6)?;
     let run = |what: &str, device: &Device| {

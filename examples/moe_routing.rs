@@ -20,7 +20,9 @@
 //! back; an extra table row and `ot_gpu_buffers` in the JSON).
 //! `--logits L.npy` routes a float32 array of shape (G, S, E). `--output R.npz` writes `dispatch`
 //! (G, S, E; u8 0/1) and `combine` (G, S, E; float32, the gate of each routed pair, 0 elsewhere).
-//! Progress goes to stderr every `--progress-every` groups. Bad input exits non-zero with a one-line error.
+//! Progress of routes that take more than a second goes to stderr (a status line on a terminal; lines with
+//! `--progress`; every n groups with `--progress-every n`; nothing with `--quiet`). Bad input exits non-zero
+//! with a one-line error.
 
 #[path = "../tests/common/data.rs"]
 mod data;
@@ -28,8 +30,6 @@ mod data;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
@@ -39,10 +39,15 @@ use ndarray_npy::{read_npy, NpzWriter};
 
 #[path = "common/atomic.rs"]
 mod atomic;
+#[path = "common/progress.rs"]
+mod progress;
+use progress::ProgressArgs;
+#[path = "common/quiet_probe.rs"]
+mod quiet_probe;
 use atomic::AtomicFile;
 use serde_json::json;
 use sparse_ot::moe::LoadMetrics;
-use sparse_ot::{greedy_top_k, Device, Event, Monitor, Router, RouterSolver, Routing, Termination};
+use sparse_ot::{greedy_top_k, Device, Router, RouterSolver, Routing, Termination};
 
 #[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 enum Mode {
@@ -122,15 +127,19 @@ struct Args {
     /// Generated workload: seed.
     #[arg(long, default_value_t = 2023)]
     seed: u64,
-    /// Print a progress line to stderr every this many groups (0: never).
-    #[arg(long, default_value_t = 16)]
-    progress_every: usize,
+    /// Print a progress line to stderr every this many finished groups, from the start and also when stderr
+    /// is not a terminal (0: never). Without it, progress follows `--progress` / `--quiet`.
+    #[arg(long)]
+    progress_every: Option<usize>,
+    #[command(flatten)]
+    progress: ProgressArgs,
     /// Where the OT router runs.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
 }
 
 fn main() -> ExitCode {
+    quiet_probe::quiet_device_select_layer();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -188,27 +197,18 @@ fn run(args: Args) -> Result<(), String> {
     );
 
     let device = args.device.device()?;
-    let every = args.progress_every;
-    let last = Arc::new(AtomicUsize::new(0));
+    let reporter = match args.progress_every {
+        Some(n) => args.progress.reporter().every_items(n),
+        None => args.progress.reporter(),
+    };
+    let watch = reporter.batch("OT router", "groups");
     let start = Instant::now();
-    let monitor = Monitor::new().on_event(move |event| {
-        if let Event::Finished { done, total } = *event {
-            if every > 0
-                && (done % every == 0 || done == total)
-                && last.fetch_max(done, Ordering::Relaxed) < done
-            {
-                eprintln!(
-                    "  OT router: {done}/{total} groups, {:.2} s",
-                    start.elapsed().as_secs_f64()
-                );
-            }
-        }
-    });
     let ot = router
         .clone()
-        .monitor(monitor)
+        .monitor(watch.monitor())
         .route_on(logits.view(), &device)
         .map_err(|e| e.to_string())?;
+    drop(watch);
     let ot_seconds = start.elapsed().as_secs_f64();
     println!("OT router ran on: {}", ot.device);
     let on_buffers = gpu_buffers_run(&router, &args, &device, &logits)?;
@@ -259,11 +259,27 @@ fn run(args: Args) -> Result<(), String> {
             b.seconds
         );
     }
+    println!(
+        "columns: dropped = tokens routed to no expert; tokens/expert = fewest-most tokens an expert took \
+         (capacity {}); imbalance = busiest expert's tokens over the mean (1 = balanced)",
+        capacity.min(s)
+    );
     let unconverged = ot.groups.len() - ot.converged_groups();
     if unconverged > 0 {
+        let why = match args.solver {
+            Solver::Adam => {
+                "the Adam recipe runs a fixed 20 steps by design, so each group stops at its step limit \
+                 rather than at a tolerance (`--solver accurate` solves to 1e-6)"
+            }
+            Solver::Accurate => "L-BFGS reached its iteration limit or stalled before the 1e-6 tolerance",
+        };
+        let limit = match args.mode {
+            Mode::ExpertsChoose => "the capacity per expert",
+            Mode::TokensChoose => "the limit of experts per token",
+        };
         println!(
-            "note: {unconverged} of {g} groups did not converge (worst mass errors: tokens {:.2e}, experts {:.2e}); \
-             the k limit holds regardless",
+            "note: {unconverged} of {g} groups are not converged: {why}; worst mass errors: tokens {:.2e}, \
+             experts {:.2e}; {limit} holds regardless",
             ot.groups.iter().map(|r| r.token_mass_error).fold(0.0, f64::max),
             ot.groups.iter().map(|r| r.expert_mass_error).fold(0.0, f64::max)
         );

@@ -210,14 +210,15 @@ pub const DEFAULT_TOL: f64 = 1e-9;
 /// Sinkhorn's f32 iteration reaches was at most 1.1 × that estimate; the factor 16 leaves a margin for
 /// other hardware and is still "f32 precision": 1.9e-6 of the largest entry at max|C|/ε ≤ 1.
 ///
-/// The GPU solvers stop when their f32 measure of the marginal error is at most half this tolerance, so that
-/// the returned plan, measured again in f64, meets the tolerance its `Converged` status names. The sparse and
-/// quadratic solvers use no conditioning factor: when their f32 iteration stalls above the tolerance, the f64
-/// stage continues on the CPU at [`DEFAULT_TOL`]. An explicit `.tol(t)` is always used as given.
+/// The GPU solvers stop when their f32 measure of the marginal error is at most half the tolerance (this one
+/// or an explicit `.tol(t)`), so that the returned plan, measured again in f64, meets the tolerance its
+/// `Converged` status names. The sparse and quadratic solvers use no conditioning factor: when their f32
+/// iteration stalls above the tolerance, the f64 stage continues on the CPU at [`DEFAULT_TOL`].
 pub const DEFAULT_TOL_F32: f64 = 16.0 * f32::EPSILON as f64;
 
-/// The fraction of a default f32 tolerance at which the GPU solvers stop: their f32 estimate of the marginal
-/// error can miss the f64 measure of the returned plan by about 1%, and the status promises the latter.
+/// The fraction of the tolerance (default or given) at which the GPU solvers stop: their f32 estimate of the
+/// marginal error can miss the f64 measure of the returned plan by about 1%, and the status promises the
+/// latter.
 #[cfg(feature = "gpu")]
 pub(crate) const F32_STOP_FRACTION: f64 = 0.5;
 

@@ -196,8 +196,8 @@ struct Track {
     /// The tolerance of the last stage that a `Converged` status names: the configuration's when it was set,
     /// else the f32 default ([`DEFAULT_TOL_F32`] × max(a, b) × max(1, cost scale / ε)).
     tol: f64,
-    /// The last stage stops when the f32 error is at most this: `tol` when it was set, else
-    /// [`F32_STOP_FRACTION`] × `tol`, a margin for the f64 measure of the returned plan.
+    /// The last stage stops when the f32 error is at most this, [`F32_STOP_FRACTION`] × `tol`: a margin for
+    /// the f64 measure of the returned plan, which the status promises.
     stop_tol: f64,
     /// Tolerance of the intermediate stages, max(tol, 1e-2 · max a): they only need a rough fit.
     mid_tol: f64,
@@ -220,12 +220,12 @@ impl Track {
         amax: f64,
         mass_scale: f64,
     ) -> Self {
-        let (tol, stop_tol) = if cfg.tol_given {
-            (cfg.tol, cfg.tol)
+        let tol = if cfg.tol_given {
+            cfg.tol
         } else {
-            let tol = DEFAULT_TOL_F32 * mass_scale * (cost_scale / cfg.epsilon).max(1.0);
-            (tol, F32_STOP_FRACTION * tol)
+            DEFAULT_TOL_F32 * mass_scale * (cost_scale / cfg.epsilon).max(1.0)
         };
+        let stop_tol = F32_STOP_FRACTION * tol;
         Self {
             stages: epsilon_schedule(cfg.epsilon, cfg.scaling, cost_range, cfg.warm.is_some()),
             stage: 0,

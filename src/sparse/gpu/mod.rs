@@ -310,26 +310,27 @@ struct DeviceTol {
 }
 
 impl DeviceTol {
-    /// The configuration's tolerance when it was set; else the f32 default, [`DEFAULT_TOL_F32`] × the largest
-    /// marginal entry of `p`, stopped at [`F32_STOP_FRACTION`] of it so that the plan measured in f64 on the
-    /// host meets it. (A stalled run is continued on the CPU with the configuration's f64 tolerance.)
+    /// The configuration's tolerance when it was set, else the f32 default, [`DEFAULT_TOL_F32`] × the
+    /// largest marginal entry of `p`; the driver stops at [`F32_STOP_FRACTION`] of it so that the plan
+    /// measured in f64 on the host meets it. (A stalled run is continued on the CPU with the configuration's
+    /// f64 tolerance.)
     fn for_problem(cfg: &SparseOt, p: &Problem) -> Self {
         if cfg.tol_given {
             Self::given(cfg)
         } else {
-            let report = DEFAULT_TOL_F32 * p.largest_marginal();
-            Self {
-                stop: F32_STOP_FRACTION * report,
-                report,
-            }
+            Self::reported(DEFAULT_TOL_F32 * p.largest_marginal())
         }
     }
 
-    /// The configuration's tolerance as it is.
+    /// The configuration's tolerance, stopped at [`F32_STOP_FRACTION`] of it.
     fn given(cfg: &SparseOt) -> Self {
+        Self::reported(cfg.tol)
+    }
+
+    fn reported(report: f64) -> Self {
         Self {
-            stop: cfg.tol,
-            report: cfg.tol,
+            stop: F32_STOP_FRACTION * report,
+            report,
         }
     }
 }
@@ -644,7 +645,7 @@ fn solve_in_buffers(
     enc.copy_buffer_to_buffer(input.a, 0, &ws.a, 0, 4 * m as u64);
     enc.copy_buffer_to_buffer(input.b, 0, &ws.b, 0, 4 * n as u64);
     buffers::submit(ctx, enc);
-    // The marginals are on the device only: the configuration's tolerance is used as it is.
+    // The marginals are on the device only: the configuration's tolerance is used (stopped at half of it).
     let tols = [DeviceTol::given(cfg)];
     let r = run(ctx, ws, cfg, x0, &tols, &mut |_, _| {}, &mut |_, _| {})?
         .pop()
