@@ -74,13 +74,22 @@ fn top_k_small(values: &[f64], k: usize, idx: &mut Vec<usize>) {
 
 /// Selection of the k-th by the tie rule, then a sort of the k selected.
 fn top_k_select(values: &[f64], k: usize, idx: &mut Vec<usize>) {
-    let m = values.len();
-    idx.extend(0..m);
-    if k < m {
-        idx.select_nth_unstable_by(k - 1, |&x, &y| rank_order(values, x, y));
-        idx.truncate(k);
+    idx.extend(0..values.len());
+    top_k_among(values, k, idx);
+}
+
+/// Keeps in `candidates` (indices into `values`) the min(k, len) best by the tie rule, sorted by it (largest
+/// first, equal values by lower index): selection of the k-th, then a sort of the kept ones.
+pub(crate) fn top_k_among(values: &[f64], k: usize, candidates: &mut Vec<usize>) {
+    if k == 0 {
+        candidates.clear();
+        return;
     }
-    idx.sort_unstable_by(|&x, &y| rank_order(values, x, y));
+    if k < candidates.len() {
+        candidates.select_nth_unstable_by(k - 1, |&x, &y| rank_order(values, x, y));
+        candidates.truncate(k);
+    }
+    candidates.sort_unstable_by(|&x, &y| rank_order(values, x, y));
 }
 
 /// δ_k(s) = (1/2γ) Σ_{i ∈ TopK(s)} [s_i]_+², with `top` the top-k indices of `s`.

@@ -1272,6 +1272,44 @@ proptest! {
     }
 }
 
+/// For k above 16 a column's support is searched among the entries that can carry mass rather than by a
+/// top-k pass over the whole column (the quadratic solver is k = m): value and plan must be those of the
+/// full definition, for both formulations and for k with and without an active constraint.
+#[test]
+fn large_k_columns_agree_with_a_naive_recomputation() {
+    let mut rng = Rng::new(77);
+    let p = random_problem_from(&mut rng, 60, 40, MASSES);
+    for k in [17, 20, 30, 60] {
+        for gamma in [0.003, 0.1, 3.0] {
+            for f in [Formulation::SemiDual, Formulation::Dual] {
+                let sol = SparseOt::new(k, gamma)
+                    .unwrap()
+                    .formulation(f)
+                    .solve(&p)
+                    .unwrap();
+                let (value, plan) = naive_objective(&p, &sol, k, gamma, f, false);
+                let scale = 1.0
+                    + sol
+                        .alpha
+                        .iter()
+                        .chain(&sol.beta)
+                        .fold(0.0f64, |s, x| s.max(x.abs()));
+                let what = format!("k = {k}, gamma = {gamma}, {f:?}");
+                assert_close(&format!("{what}: value"), sol.value, value, 1e-12 * scale);
+                let dense = sol.dense_plan();
+                let worst = dense
+                    .iter()
+                    .zip(plan.iter())
+                    .fold(0.0f64, |w, (x, y)| w.max((x - y).abs()));
+                assert!(
+                    worst <= 1e-12 * scale / gamma,
+                    "{what}: plan differs by {worst:e}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn golden_problem_matches_its_definition() {
     let p = golden_problem();

@@ -13,13 +13,18 @@
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
-use crate::ops::{simplex_threshold, top_k_into};
+use crate::ops::{simplex_threshold, top_k_among, top_k_into};
 use crate::problem::Problem;
 use crate::solution::Formulation;
 use crate::sparse::settings::SparseOt;
 
 /// Columns per parallel chunk (fixed, for deterministic summation).
 const CHUNK: usize = 32;
+
+/// Above this k a column's support is found among the entries that can carry mass ([`ColumnKernel::column`])
+/// instead of by a top-k pass over the whole column: for large k (the quadratic solver is k = m) most of the
+/// top k would get zero mass, and sorting them cost O(m log m) per column.
+const FILTER_ABOVE_K: usize = 16;
 
 /// The data of a sparse (semi-)dual: cost stored column by column, marginals, k, γ.
 pub(crate) struct SparseDual<'p> {
@@ -68,8 +73,31 @@ impl ColumnKernel<'_> {
         for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
             *si = ai - ci;
         }
-        top_k_into(s, self.k, idx);
         let gamma = self.gamma;
+        if self.k <= FILTER_ABOVE_K {
+            top_k_into(s, self.k, idx);
+        } else {
+            // Only entries that can get mass matter; the others of the top k would get exactly 0. They rank
+            // below every entry that can, so the kept ones are the top of the top-k list, in its order, and
+            // θ, the sums and the plan are the same as over the whole list.
+            // Dual: t_i = [s_i + β_j]_+/γ > 0 needs s_i > −β_j. Semi-dual: the threshold of the projection
+            // is at least that of its largest entry alone, θ ≥ −b_j (scores relative to the largest, over
+            // γ), so t_i > 0 needs s_i − max s > −γ b_j; the cut at twice that leaves room for rounding.
+            let keep = |cut: f64, si: f64| match self.formulation {
+                Formulation::Dual => si > cut,
+                Formulation::SemiDual => si >= cut,
+            };
+            let cut = match self.formulation {
+                Formulation::Dual => -beta_j,
+                Formulation::SemiDual => {
+                    let top = s.iter().fold(f64::NEG_INFINITY, |x, &y| x.max(y));
+                    top - 2.0 * gamma * self.b[j]
+                }
+            };
+            idx.clear();
+            idx.extend((0..s.len()).filter(|&i| keep(cut, s[i])));
+            top_k_among(s, self.k, idx);
+        }
         let (theta, shift) = match self.formulation {
             Formulation::SemiDual => {
                 let shift = s[idx[0]];
