@@ -235,6 +235,41 @@ def test_gil_is_released():
                              f"{window['end'] - window['start']:.3f} s: the GIL was held"
 
 
+def test_two_threads_solve_concurrently():
+    """Short solves in one thread finish while a long solve runs in another. A solve that held the GIL
+    would keep the other thread from running any Python, so none could finish inside the long one."""
+    a, b, M = problem(400, 300, uniform=True)
+    sa, sb, sM = problem(20, 15)
+    window, finished = {}, []
+    started = threading.Event()
+
+    def long_solve():
+        window["start"] = time.perf_counter()
+        started.set()
+        ot_fast.solve(M, a, b, solver="sparse", k=2, reg=0.01, device="cpu", max_iter=400)
+        window["end"] = time.perf_counter()
+
+    def short_solves():
+        started.wait()
+        while "end" not in window:
+            ot_fast.solve(sM, sa, sb, solver="sparse", k=2, reg=0.1, device="cpu")
+            finished.append(time.perf_counter())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        threads = [threading.Thread(target=long_solve), threading.Thread(target=short_solves)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    # The middle 60% of the long solve's window: its Python before and after the extension call (where the
+    # other thread may run either way) takes milliseconds of a window of tenths of a second.
+    d = window["end"] - window["start"]
+    inside = [x for x in finished if window["start"] + 0.2 * d < x < window["end"] - 0.2 * d]
+    assert len(inside) >= 3, f"{len(inside)} short solves finished in the middle of a long one of " \
+                             f"{d:.3f} s: the solves did not run concurrently"
+
+
 def test_router_capacity():
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(4, 64, 8)).astype(np.float32)
