@@ -43,13 +43,33 @@ pub(crate) fn top_k_into(values: &[f64], k: usize, idx: &mut Vec<usize>) {
     }
 }
 
-/// One pass keeping the best k so far, sorted by the tie rule, in a buffer. Entries are visited by increasing
-/// index, so a newcomer equal to a kept value ranks after it: anything ≤ the k-th kept value is skipped.
+/// One pass keeping the best k so far, sorted by the tie rule, in a buffer.
 fn top_k_small(values: &[f64], k: usize, idx: &mut Vec<usize>) {
-    let mut kept = [0.0f64; 16];
+    top_k_buffered(values, 0..values.len(), k, idx);
+}
+
+/// The largest k that [`top_k_buffered`] takes.
+pub(crate) const BUFFERED_MAX_K: usize = 64;
+
+/// Writes into `idx` the best min(k, number of rows) of `values` over `rows` by the tie rule, sorted by it,
+/// in one pass with a sorted buffer (k ≤ [`BUFFERED_MAX_K`]). `rows` must come by increasing index, so a
+/// newcomer equal to a kept value ranks after it: anything ≤ the k-th kept value is skipped. Over a subset
+/// of the rows that holds the whole column's top k, the result is the whole column's.
+pub(crate) fn top_k_buffered(
+    values: &[f64],
+    rows: impl Iterator<Item = usize>,
+    k: usize,
+    idx: &mut Vec<usize>,
+) {
+    let mut kept = [0.0f64; BUFFERED_MAX_K];
     debug_assert!(k <= kept.len());
+    idx.clear();
+    if k == 0 {
+        return;
+    }
     let mut threshold = f64::NEG_INFINITY;
-    for (i, &v) in values.iter().enumerate() {
+    for i in rows {
+        let v = values[i];
         let len = idx.len();
         if len == k && v <= threshold {
             continue;
@@ -314,6 +334,12 @@ mod tests {
             let values: Vec<f64> = (0..m).map(|_| (next() % levels) as f64 - 2.5).collect();
             for k in 1..=16 {
                 top_k_into(&values, k, &mut fast);
+                slow.clear();
+                top_k_select(&values, k.min(m), &mut slow);
+                assert_eq!(fast, slow, "values {values:?}, k {k}");
+            }
+            for k in [17, 33, BUFFERED_MAX_K] {
+                top_k_buffered(&values, 0..m, k, &mut fast);
                 slow.clear();
                 top_k_select(&values, k.min(m), &mut slow);
                 assert_eq!(fast, slow, "values {values:?}, k {k}");

@@ -21,6 +21,7 @@ mod nonsmooth;
 mod objective;
 pub(crate) mod rules;
 pub(crate) mod settings;
+mod working_set;
 
 use crate::batch::Batch;
 use crate::device::{off_thread, Device, Target};

@@ -35,11 +35,19 @@
 //! [`POLISH_MAX_DIM`] unknowns) and keep the result only if it raises the true objective D_k.
 //!
 //! Whatever happens, the potentials returned are those with the highest true objective seen.
+//!
+//! # Cost of an evaluation
+//! A column's candidates are its top k + 1 scores and the rows within μ of them. For small k on long
+//! columns they are looked for among the 32 rows of a [`WorkingSet`] (the best near the previous
+//! evaluations) and the whole column is read only when the set's bound cannot rule the others out: the
+//! Newton steps of a stage move the potentials little, so most evaluations read 32 rows per column instead
+//! of m, with results bit for bit those of full scans.
 
 use ndarray::Array2;
 use rayon::prelude::*;
 
-use crate::ops::top_k_into;
+use crate::ops::{top_k_buffered, top_k_into};
+use crate::sparse::working_set::{ColumnSet, WorkingSet, WIDTH};
 
 /// Largest number of unknowns (m + n + tie equations) for which the dense exact polish is attempted.
 pub(crate) const POLISH_MAX_DIM: usize = 1500;
@@ -67,6 +75,8 @@ struct Column {
     kth: f64,
     /// The largest score of the column.
     top: f64,
+    /// The last evaluation scanned the whole column although a working set was there.
+    fallback: bool,
 }
 
 /// A column's structure at a tie: entries fully selected, tied entries and the slots they share.
@@ -84,24 +94,48 @@ pub(crate) struct Smoothed<'a> {
     k: usize,
     gamma: f64,
     cols: Vec<Column>,
+    /// Candidate rows per column for evaluations near the last ones (small k on long columns).
+    working: Option<WorkingSet>,
 }
 
-/// Smoothed top-k weights of one column: fills `col` from the scores s_i = α_i − c_ij + β_j.
-fn smooth_column(s: &[f64], k: usize, gamma: f64, mu: f64, idx: &mut Vec<usize>, col: &mut Column) {
+/// The scores s_i = α_i − c_ij + β_j of one column: computed into `s` over `rows` (ascending) or all rows.
+fn fill_scores(s: &mut [f64], alpha: &[f64], c: &[f64], beta_j: f64, rows: Option<&[usize]>) {
+    match rows {
+        Some(rows) => {
+            for &i in rows {
+                s[i] = alpha[i] - c[i] + beta_j;
+            }
+        }
+        None => {
+            for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
+                *si = ai - ci + beta_j;
+            }
+        }
+    }
+}
+
+/// The rows that can get a nonzero weight in a column, into `idx` (ascending): its top k + 1 scores and
+/// every row whose q = [s]_+²/2γ lies within μ of the (k+1)-th (since τ ≥ q_{k+1} − μ). Sets `col.top` and
+/// `col.kth`. Over the rows of a working set it returns `false`, leaving the rest undone, unless the set's
+/// bound shows that no row outside it is among them; then the result is that of the whole column.
+fn candidates(
+    s: &[f64],
+    k: usize,
+    gamma: f64,
+    mu: f64,
+    idx: &mut Vec<usize>,
+    col: &mut Column,
+    within: Option<(&[usize], &ColumnSet<'_>, f64)>,
+) -> bool {
     let m = s.len();
-    col.entries.clear();
-    col.binding = false;
-    col.nfrac = 0;
-    col.value = 0.0;
     let q = |i: usize| {
         let p = s[i].max(0.0);
         p * p / (2.0 * gamma)
     };
-    // Candidates: the top k+1 scores and every entry whose q lies within μ of the (k+1)-th (the only ones
-    // that can get a nonzero weight, since τ ≥ q_{k+1} − μ).
-    top_k_into(s, (k + 1).min(m), idx);
-    col.top = s[idx[0]];
-    col.kth = s[idx[k.min(m) - 1]];
+    match within {
+        Some((rows, _, _)) => top_k_buffered(s, rows.iter().copied(), (k + 1).min(m), idx),
+        None => top_k_into(s, (k + 1).min(m), idx),
+    }
     if k < m {
         let cut = q(idx[k]) - mu;
         // q_i > cut ⇔ s_i > √(2γ·cut) for positive scores: compare the scores to a level just below that
@@ -111,14 +145,79 @@ fn smooth_column(s: &[f64], k: usize, gamma: f64, mu: f64, idx: &mut Vec<usize>,
         } else {
             0.0
         };
-        for (i, &si) in s.iter().enumerate() {
-            if si > level && q(i) > cut {
+        // Every row outside the set must rank below the (k+1)-th and fail `s_i > level`.
+        if let Some((_, set, beta_j)) = within {
+            if idx.len() <= k || !set.clears(s[idx[k]], beta_j) || !set.clears(level, beta_j) {
+                return false;
+            }
+        }
+        col.top = s[idx[0]];
+        col.kth = s[idx[k.min(m) - 1]];
+        let mut scan = |i: usize| {
+            if s[i] > level && q(i) > cut {
                 idx.push(i);
             }
+        };
+        match within {
+            Some((rows, _, _)) => rows.iter().for_each(|&i| scan(i)),
+            None => (0..m).for_each(scan),
         }
         idx.sort_unstable();
         idx.dedup();
+    } else {
+        col.top = s[idx[0]];
+        col.kth = s[idx[k.min(m) - 1]];
     }
+    true
+}
+
+/// Smoothed top-k weights of one column j from α, its cost column `c` and β_j: fills `col`. With a working
+/// set the column's candidate rows are tried first, else (or when they do not suffice) all rows are scanned
+/// and the set rebuilt; returns whether the whole column was scanned. The result is that of a full scan.
+#[allow(clippy::too_many_arguments)]
+fn smooth_column(
+    (alpha, c, beta_j): (&[f64], &[f64], f64),
+    k: usize,
+    gamma: f64,
+    mu: f64,
+    s: &mut [f64],
+    idx: &mut Vec<usize>,
+    col: &mut Column,
+    set: Option<&mut ColumnSet<'_>>,
+) -> bool {
+    col.entries.clear();
+    col.binding = false;
+    col.nfrac = 0;
+    col.value = 0.0;
+    let mut scanned = true;
+    if let Some(set) = set {
+        if set.drift.is_some() {
+            let rows: &[usize] = set.rows;
+            fill_scores(s, alpha, c, beta_j, Some(rows));
+            scanned = !candidates(s, k, gamma, mu, idx, col, Some((rows, set, beta_j)));
+        }
+        if scanned {
+            // The set's bound is on α − c: rebuild from the scores without β_j.
+            fill_scores(s, alpha, c, 0.0, None);
+            set.rebuild(s, idx);
+            fill_scores(s, alpha, c, beta_j, None);
+        }
+    } else {
+        fill_scores(s, alpha, c, beta_j, None);
+    }
+    if scanned {
+        candidates(s, k, gamma, mu, idx, col, None);
+    }
+    weights(s, k, gamma, mu, idx, col);
+    scanned
+}
+
+/// The smoothed weights of a column on its candidate rows `idx`.
+fn weights(s: &[f64], k: usize, gamma: f64, mu: f64, idx: &mut Vec<usize>, col: &mut Column) {
+    let q = |i: usize| {
+        let p = s[i].max(0.0);
+        p * p / (2.0 * gamma)
+    };
     idx.retain(|&i| s[i] > 0.0);
     if idx.is_empty() {
         return;
@@ -190,6 +289,7 @@ impl<'a> Smoothed<'a> {
             k,
             gamma,
             cols: vec![Column::default(); b.len()],
+            working: WorkingSet::applies(a.len(), k).then(|| WorkingSet::new(a.len(), b.len())),
         }
     }
 
@@ -202,16 +302,37 @@ impl<'a> Smoothed<'a> {
         let m = self.m();
         let (alpha, beta) = x.split_at(m);
         let (cost_t, k, gamma) = (self.cost_t, self.k, self.gamma);
-        self.cols.par_iter_mut().enumerate().for_each_init(
-            || (vec![0.0; m], Vec::with_capacity(m)),
-            |(s, idx), (j, col)| {
-                let c = cost_t.row(j);
-                for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c.iter()) {
-                    *si = ai - ci + beta[j];
-                }
-                smooth_column(s, k, gamma, mu, idx, col);
-            },
-        );
+        let drift = self.working.as_mut().map(|w| w.begin(alpha));
+        let mut parts: Vec<Option<(&mut [usize], &mut [f64])>> = match self.working.as_mut() {
+            Some(w) => {
+                let (rows, outside) = w.chunks_mut(1);
+                rows.zip(outside).map(Some).collect()
+            }
+            None => (0..self.cols.len()).map(|_| None).collect(),
+        };
+        self.cols
+            .par_iter_mut()
+            .zip(parts.par_iter_mut())
+            .enumerate()
+            .for_each_init(
+                || (vec![0.0; m], Vec::with_capacity(m)),
+                |(s, idx), (j, (col, part))| {
+                    let c = cost_t.row(j);
+                    let c = c.as_slice().expect("standard layout");
+                    let mut set = part.as_mut().map(|(rows, outside)| ColumnSet {
+                        rows: &mut rows[..WIDTH],
+                        outside: &mut outside[0],
+                        drift: drift.flatten(),
+                    });
+                    let scanned =
+                        smooth_column((alpha, c, beta[j]), k, gamma, mu, s, idx, col, set.as_mut());
+                    col.fallback = scanned && set.is_some_and(|s| s.drift.is_some());
+                },
+            );
+        drop(parts);
+        if let Some(w) = self.working.as_mut() {
+            w.end(self.cols.iter().filter(|c| c.fallback).count());
+        }
         let (ga, gb) = grad.split_at_mut(m);
         for (g, &ai) in ga.iter_mut().zip(self.a) {
             *g = -ai;
@@ -954,6 +1075,48 @@ mod tests {
         assert!(has_cycle(4, [(0, 1), (1, 0)].into_iter()));
         assert!(has_cycle(3, [(0, 1), (1, 2), (2, 0)].into_iter()));
         assert!(!has_cycle(2, std::iter::empty()));
+    }
+
+    /// Smoothed evaluations through the working set equal full scans bit for bit, along a path of small
+    /// steps and jumps, for several k and μ.
+    #[test]
+    fn working_set_evaluations_equal_full_scans() {
+        let (m, n) = (300, 60);
+        let mut state = 5u64;
+        let mut rnd = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let cost = Array2::from_shape_fn((n, m), |_| rnd());
+        let a = vec![1.0 / m as f64; m];
+        let b = vec![1.0 / n as f64; n];
+        for (k, mu) in [(1, 1e-3), (3, 1e-4), (5, 1e-2), (8, 1e-6)] {
+            let mut with = Smoothed::new(&cost, &a, &b, k, 0.05);
+            let mut without = Smoothed::new(&cost, &a, &b, k, 0.05);
+            assert!(with.working.is_some());
+            without.working = None;
+            let mut x: Vec<f64> = (0..m + n).map(|_| 0.2 * rnd()).collect();
+            let (mut g1, mut g2) = (vec![0.0; m + n], vec![0.0; m + n]);
+            let mut served = 0;
+            for step in 0..40 {
+                let size = if step % 10 == 9 { 0.3 } else { 1e-5 };
+                for v in x.iter_mut() {
+                    *v += size * (rnd() - 0.5);
+                }
+                let v1 = with.eval(&x, mu, &mut g1);
+                let v2 = without.eval(&x, mu, &mut g2);
+                assert_eq!(v1.to_bits(), v2.to_bits(), "k {k} mu {mu} step {step}");
+                assert!(g1.iter().zip(&g2).all(|(p, q)| p.to_bits() == q.to_bits()));
+                let (mut h1, mut h2) = (vec![0.0; m + n], vec![0.0; m + n]);
+                with.hess_vec(mu, &g1, &mut h1);
+                without.hess_vec(mu, &g1, &mut h2);
+                assert!(h1.iter().zip(&h2).all(|(p, q)| p.to_bits() == q.to_bits()));
+                served += with.working.as_ref().map_or(0, |w| w.served);
+            }
+            assert!(served > 20 * n, "k {k} mu {mu}: {served} columns served");
+        }
     }
 
     /// Hessian-vector products match central differences of the gradient (away from kinks).

@@ -9,14 +9,19 @@
 //!
 //! Columns are processed in parallel in fixed chunks; each chunk accumulates its own partial row sums and
 //! the partials are added in chunk order, so results do not depend on the thread count or scheduling.
+//!
+//! For small k on long columns, evaluations go through a [`WorkingSet`]: a column's top k is looked for
+//! among the 32 rows that scored best near the last evaluations, and the whole column is read only when a
+//! bound cannot rule the other rows out. Results are bit for bit those of full scans.
 
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
-use crate::ops::{simplex_threshold, top_k_among, top_k_into};
+use crate::ops::{simplex_threshold, top_k_among, top_k_buffered, top_k_into};
 use crate::problem::Problem;
 use crate::solution::Formulation;
 use crate::sparse::settings::SparseOt;
+use crate::sparse::working_set::{ColumnSet, WorkingSet, WIDTH};
 
 /// Columns per parallel chunk (fixed, for deterministic summation).
 const CHUNK: usize = 32;
@@ -36,6 +41,8 @@ pub(crate) struct SparseDual<'p> {
     pub(crate) gamma: f64,
     pub(crate) formulation: Formulation,
     chunks: Vec<Chunk>,
+    /// Candidate rows per column for evaluations near the last ones (small k on long columns).
+    working: Option<WorkingSet>,
 }
 
 /// Per-chunk scratch and partial results.
@@ -46,6 +53,8 @@ struct Chunk {
     idx: Vec<usize>,
     rowsum: Vec<f64>,
     term: f64,
+    /// Columns of the last evaluation scanned in full although a working set was there.
+    fallbacks: usize,
 }
 
 /// The read-only data of the column kernel.
@@ -60,6 +69,8 @@ struct ColumnKernel<'a> {
 
 impl ColumnKernel<'_> {
     /// Computes column j's support and threshold into the scratch `s`, `idx`. `beta_j` is used by the dual.
+    /// With a working set the column's candidates are tried first; the returned flag says whether the whole
+    /// column was scanned (always so without a set). Either way the plan is that of a full scan.
     fn column<'s>(
         &self,
         alpha: &[f64],
@@ -67,13 +78,32 @@ impl ColumnKernel<'_> {
         j: usize,
         s: &'s mut [f64],
         idx: &'s mut Vec<usize>,
-    ) -> ColumnPlan<'s> {
+        set: Option<&mut ColumnSet<'_>>,
+    ) -> (ColumnPlan<'s>, bool) {
         let c = self.cost_t.row(j);
         let c = c.as_slice().expect("standard layout");
+        let mut scanned = true;
+        if let Some(set) = set {
+            if set.drift.is_some() {
+                for &i in set.rows.iter() {
+                    s[i] = alpha[i] - c[i];
+                }
+                top_k_buffered(s, set.rows.iter().copied(), self.k, idx);
+                scanned = !(idx.len() == self.k && set.clears(s[idx[self.k - 1]], 0.0));
+            }
+            if scanned {
+                for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
+                    *si = ai - ci;
+                }
+                // The column's top WIDTH + 1 by the tie rule starts with its top k.
+                set.rebuild(s, idx);
+                idx.truncate(self.k);
+            }
+            return (self.plan_of(beta_j, j, s, idx), scanned);
+        }
         for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
             *si = ai - ci;
         }
-        let gamma = self.gamma;
         if self.k <= FILTER_ABOVE_K {
             top_k_into(s, self.k, idx);
         } else {
@@ -91,13 +121,19 @@ impl ColumnKernel<'_> {
                 Formulation::Dual => -beta_j,
                 Formulation::SemiDual => {
                     let top = s.iter().fold(f64::NEG_INFINITY, |x, &y| x.max(y));
-                    top - 2.0 * gamma * self.b[j]
+                    top - 2.0 * self.gamma * self.b[j]
                 }
             };
             idx.clear();
             idx.extend((0..s.len()).filter(|&i| keep(cut, s[i])));
             top_k_among(s, self.k, idx);
         }
+        (self.plan_of(beta_j, j, s, idx), scanned)
+    }
+
+    /// Column j's plan on its selected rows `idx` (in rank order) of the scores `s`.
+    fn plan_of<'s>(&self, beta_j: f64, j: usize, s: &'s [f64], idx: &'s [usize]) -> ColumnPlan<'s> {
+        let gamma = self.gamma;
         let (theta, shift) = match self.formulation {
             Formulation::SemiDual => {
                 let shift = s[idx[0]];
@@ -147,8 +183,11 @@ impl<'p> SparseDual<'p> {
                 idx: Vec::with_capacity(m),
                 rowsum: vec![0.0; m],
                 term: 0.0,
+                fallbacks: 0,
             })
             .collect();
+        let working =
+            (k <= FILTER_ABOVE_K && WorkingSet::applies(m, k)).then(|| WorkingSet::new(m, n));
         Self {
             cost_t,
             a,
@@ -157,6 +196,7 @@ impl<'p> SparseDual<'p> {
             gamma,
             formulation,
             chunks,
+            working,
         }
     }
 
@@ -212,18 +252,38 @@ impl<'p> SparseDual<'p> {
             formulation: self.formulation,
         };
         let (gamma, f, b) = (self.gamma, self.formulation, self.b);
+        let nchunks = self.chunks.len();
         // Column sums go straight into the β-gradient: chunks own disjoint column ranges.
-        let mut gb_chunks: Vec<&mut [f64]> = match f {
-            Formulation::Dual => gb.chunks_mut(CHUNK).collect(),
-            Formulation::SemiDual => Vec::new(),
+        let mut gb_chunks: Vec<Option<&mut [f64]>> = match f {
+            Formulation::Dual => gb.chunks_mut(CHUNK).map(Some).collect(),
+            Formulation::SemiDual => (0..nchunks).map(|_| None).collect(),
         };
-        let work = |(ch, gbc): (&mut Chunk, Option<&mut &mut [f64]>)| {
+        // δ of this evaluation (None inside: the working set is rebuilt), and each chunk's part of the set.
+        let drift = self.working.as_mut().map(|w| w.begin(alpha));
+        type Part<'w> = Option<(&'w mut [usize], &'w mut [f64])>;
+        let mut parts: Vec<Part<'_>> = match self.working.as_mut() {
+            Some(w) => {
+                let (rows, outside) = w.chunks_mut(CHUNK);
+                rows.zip(outside).map(Some).collect()
+            }
+            None => (0..nchunks).map(|_| None).collect(),
+        };
+        let work = |((ch, gbc), part): ((&mut Chunk, &mut Option<&mut [f64]>), &mut Part<'_>)| {
             ch.rowsum.iter_mut().for_each(|r| *r = 0.0);
+            ch.fallbacks = 0;
             let mut term = 0.0;
-            let mut gbc = gbc;
             for (off, j) in (ch.first..ch.first + ch.len).enumerate() {
                 let beta_j = if f == Formulation::Dual { beta[j] } else { 0.0 };
-                let col = kernel.column(alpha, beta_j, j, &mut ch.s, &mut ch.idx);
+                let mut set = part.as_mut().map(|(rows, outside)| ColumnSet {
+                    rows: &mut rows[off * WIDTH..(off + 1) * WIDTH],
+                    outside: &mut outside[off],
+                    drift: drift.flatten(),
+                });
+                let (col, scanned) =
+                    kernel.column(alpha, beta_j, j, &mut ch.s, &mut ch.idx, set.as_mut());
+                if scanned && set.is_some_and(|s| s.drift.is_some()) {
+                    ch.fallbacks += 1;
+                }
                 let mut colsum = 0.0;
                 let mut sq = 0.0;
                 let mut lin = 0.0;
@@ -246,13 +306,14 @@ impl<'p> SparseDual<'p> {
             }
             ch.term = term;
         };
-        if f == Formulation::Dual {
-            self.chunks
-                .par_iter_mut()
-                .zip(gb_chunks.par_iter_mut().map(Some))
-                .for_each(work);
-        } else {
-            self.chunks.par_iter_mut().map(|c| (c, None)).for_each(work);
+        self.chunks
+            .par_iter_mut()
+            .zip(gb_chunks.par_iter_mut())
+            .zip(parts.par_iter_mut())
+            .for_each(work);
+        drop(parts);
+        if let Some(w) = self.working.as_mut() {
+            w.end(self.chunks.iter().map(|c| c.fallbacks).sum());
         }
         // Deterministic reduction in chunk order.
         ga.copy_from_slice(self.a);
@@ -285,7 +346,9 @@ impl<'p> SparseDual<'p> {
         let mut idx = Vec::with_capacity(m);
         for j in 0..self.n() {
             let beta_j = beta.map_or(0.0, |b| b[j]);
-            let col = self.kernel().column(alpha, beta_j, j, &mut s, &mut idx);
+            let (col, _) = self
+                .kernel()
+                .column(alpha, beta_j, j, &mut s, &mut idx, None);
             let gamma = self.gamma;
             let (theta, shift) = (col.theta, col.shift);
             let sv = col.s;
@@ -299,6 +362,53 @@ impl<'p> SparseDual<'p> {
                 Formulation::Dual => beta_j,
             };
             emit(j, col.rows, &mut vals, beta_out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path of points: small steps (the working set serves them), then jumps (columns fall back and the
+    /// set is rebuilt), for both formulations and several k; value and gradient equal those of full scans
+    /// bit for bit.
+    #[test]
+    fn working_set_evaluations_equal_full_scans() {
+        let (m, n) = (300, 70);
+        let mut state = 11u64;
+        let mut rnd = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let cost = Array2::from_shape_fn((m, n), |_| rnd());
+        let a = vec![1.0 / m as f64; m];
+        let b = vec![1.0 / n as f64; n];
+        for f in [Formulation::SemiDual, Formulation::Dual] {
+            for k in [1, 3, 8] {
+                let mut with = SparseDual::new(cost.view(), &a, &b, k, 0.05, f);
+                let mut without = SparseDual::new(cost.view(), &a, &b, k, 0.05, f);
+                assert!(with.working.is_some());
+                without.working = None;
+                let mut x: Vec<f64> = (0..with.dim()).map(|_| 0.2 * rnd()).collect();
+                let (mut g1, mut g2) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+                let mut served = 0;
+                for step in 0..40 {
+                    let size = if step % 10 == 9 { 0.3 } else { 1e-4 };
+                    for v in x.iter_mut() {
+                        *v += size * (rnd() - 0.5);
+                    }
+                    let v1 = with.value_and_gradient(&x, &mut g1);
+                    let v2 = without.value_and_gradient(&x, &mut g2);
+                    assert_eq!(v1.to_bits(), v2.to_bits(), "{f:?} k {k} step {step}");
+                    assert!(g1.iter().zip(&g2).all(|(p, q)| p.to_bits() == q.to_bits()));
+                    served += with.working.as_ref().map_or(0, |w| w.served);
+                }
+                // The small steps are served from the set (not every column falls back).
+                assert!(served > 20 * n, "{f:?} k {k}: {served} columns served");
+            }
         }
     }
 }

@@ -1,0 +1,158 @@
+//! Working sets of the CPU column kernels: near a reference point, a column's selected rows are found among
+//! [`WIDTH`] candidates instead of all m rows, with the same result as a scan of the whole column.
+//!
+//! At potentials α the rows selected in column j are the top k of the scores s_i = α_i − c_ij (β_j shifts a
+//! column's scores alike and leaves the order). A working set keeps for every column the rows of its
+//! [`WIDTH`] largest scores at a reference point α⁰, and a bound r_j on the score α⁰_i − c_ij of every other
+//! row. At any α with drift δ = maxᵢ |αᵢ − α⁰ᵢ| a row outside the set scores at most r_j + δ. So when the
+//! k-th largest score inside the set exceeds r_j + δ, the column's top k lie in the set; as both scans visit
+//! rows by increasing index, the tie rule keeps the same rows in the same order and the column's terms are
+//! bit for bit those of a full scan. A column that fails the test is scanned in full, and its set is rebuilt
+//! from that scan (its bound then adds the drift of the point it was built at). When many columns fail, the
+//! whole set is rebuilt at the next evaluation.
+//!
+//! The test leaves a margin for rounding: scores are computed in floating point, so "at most r_j + δ" holds
+//! up to a few units in the last place of the scores.
+
+use crate::ops::top_k_buffered;
+
+/// Candidate rows kept per column.
+pub(crate) const WIDTH: usize = 32;
+
+/// A working set for an m × n problem with k selected rows per column.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkingSet {
+    /// α⁰, where the set was last rebuilt as a whole.
+    reference: Vec<f64>,
+    /// Column j's candidate rows, ascending: `rows[j·WIDTH..(j+1)·WIDTH]`.
+    rows: Vec<usize>,
+    /// r_j: a bound on α⁰_i − c_ij over the rows outside column j's set.
+    outside: Vec<f64>,
+    /// Rebuild every column at the next evaluation.
+    stale: bool,
+    /// The current evaluation rebuilds every column.
+    rebuilding: bool,
+    /// Columns of the last evaluation answered from their sets.
+    pub(crate) served: usize,
+}
+
+/// What a column kernel gets for one column: its candidates and bound, and how the evaluation goes.
+pub(crate) struct ColumnSet<'a> {
+    /// The column's candidate rows (ascending).
+    pub rows: &'a mut [usize],
+    /// r_j.
+    pub outside: &'a mut f64,
+    /// δ of this evaluation, or `None` when every column is being rebuilt (scan in full).
+    pub drift: Option<f64>,
+}
+
+impl ColumnSet<'_> {
+    /// Whether `level` (a score computed like the column's scores) is above every row outside the set:
+    /// r_j + δ + `shift` (β_j, for scores that include it) plus a rounding margin.
+    pub(crate) fn clears(&self, level: f64, shift: f64) -> bool {
+        let Some(drift) = self.drift else {
+            return false;
+        };
+        let bound = *self.outside + drift + shift;
+        let margin = 64.0 * f64::EPSILON * (level.abs() + self.outside.abs() + drift + shift.abs());
+        level > bound + margin
+    }
+
+    /// Rebuilds the set from the scores `s` of the whole column at the current point; `scratch` is reused.
+    pub(crate) fn rebuild(&mut self, s: &[f64], scratch: &mut Vec<usize>) {
+        top_k_buffered(s, 0..s.len(), WIDTH + 1, scratch);
+        *self.outside = s[scratch[WIDTH]] + self.drift.unwrap_or(0.0);
+        self.rows.copy_from_slice(&scratch[..WIDTH]);
+        self.rows.sort_unstable();
+    }
+}
+
+impl WorkingSet {
+    /// Whether a working set can help: k + 1 selected rows (the most a kernel inspects) well inside the
+    /// set, and columns much longer than it.
+    pub(crate) fn applies(m: usize, k: usize) -> bool {
+        k < WIDTH / 2 && m > 4 * WIDTH
+    }
+
+    /// An empty set for an m × n problem; the first evaluation builds it.
+    pub(crate) fn new(m: usize, n: usize) -> Self {
+        Self {
+            reference: vec![0.0; m],
+            rows: vec![0; n * WIDTH],
+            outside: vec![f64::INFINITY; n],
+            stale: true,
+            rebuilding: false,
+            served: 0,
+        }
+    }
+
+    /// Starts an evaluation at `alpha`: δ, or `None` when the whole set is rebuilt now (α becomes α⁰).
+    pub(crate) fn begin(&mut self, alpha: &[f64]) -> Option<f64> {
+        self.rebuilding = self.stale;
+        if self.stale {
+            self.reference.copy_from_slice(alpha);
+            self.stale = false;
+            return None;
+        }
+        Some(
+            alpha
+                .iter()
+                .zip(&self.reference)
+                .fold(0.0f64, |d, (x, y)| d.max((x - y).abs())),
+        )
+    }
+
+    /// Ends an evaluation in which `fallbacks` of the n columns were scanned in full: when more than an
+    /// eighth were, the next evaluation rebuilds the whole set.
+    pub(crate) fn end(&mut self, fallbacks: usize) {
+        let n = self.outside.len();
+        self.served = if self.rebuilding { 0 } else { n - fallbacks };
+        if fallbacks * 8 > n {
+            self.stale = true;
+        }
+    }
+
+    /// The per-column parts, in chunks of `chunk` columns (for parallel loops over column chunks).
+    pub(crate) fn chunks_mut(
+        &mut self,
+        chunk: usize,
+    ) -> (
+        std::slice::ChunksMut<'_, usize>,
+        std::slice::ChunksMut<'_, f64>,
+    ) {
+        (
+            self.rows.chunks_mut(chunk * WIDTH),
+            self.outside.chunks_mut(chunk),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuilt_column_bounds_every_other_row() {
+        let s: Vec<f64> = (0..200).map(|i| ((i * 37) % 101) as f64 * 0.01).collect();
+        let (mut rows, mut outside) = (vec![0; WIDTH], 0.0);
+        let mut set = ColumnSet {
+            rows: &mut rows,
+            outside: &mut outside,
+            drift: Some(0.25),
+        };
+        set.rebuild(&s, &mut Vec::new());
+        let r = *set.outside;
+        assert!(set.rows.windows(2).all(|w| w[0] < w[1]));
+        for (i, &v) in s.iter().enumerate() {
+            if !set.rows.contains(&i) {
+                assert!(
+                    v + 0.25 <= r,
+                    "row {i} scores {v}, above the bound {r} less the drift"
+                );
+            }
+        }
+        // A level above the bound, this evaluation's drift and the shift clears it; the sum itself does not.
+        assert!(set.clears(r + 0.25 + 0.5 + 1e-9, 0.5));
+        assert!(!set.clears(r + 0.25 + 0.5, 0.5));
+    }
+}
