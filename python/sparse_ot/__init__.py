@@ -368,14 +368,22 @@ def _smooth_solver(reg_type: str, max_nz) -> Tuple[str, Optional[int]]:
     raise NotImplementedError("Unknown regularization")
 
 
-def _smooth(a, b, M, reg, reg_type, max_nz, stopThr, numItermax, formulation):
+def _smooth(a, b, M, reg, reg_type, max_nz, stopThr, numItermax, formulation, what, log):
+    """The smooth solvers' common body: solve, warn unless converged, return G or (G, log)."""
     solver, k = _smooth_solver(reg_type, max_nz)
     if solver == "sinkhorn":
         d = _solve_one(a, b, M, "sinkhorn", reg=float(reg), max_iter=int(numItermax), tol=float(stopThr))
     else:
         d = _solve_one(a, b, M, solver, reg=float(reg), k=k, formulation=formulation,
                        max_iter=int(numItermax), tol=float(stopThr))
-    return d
+    # stacklevel 4: the warning names the user's call, two frames above this one.
+    _warn_unless_converged(d, what, "Try to increase numItermax.", stacklevel=4)
+    G = _plan(d)
+    if not log:
+        return G
+    out = _log_common(d)
+    out.update(alpha=d["alpha"], beta=d["beta"])
+    return G, out
 
 
 def smooth_ot_dual(a: ArrayLike, b: ArrayLike, M: ArrayLike, reg: float, reg_type: str = "l2", method: str = "L-BFGS-B", stopThr: float = 1e-9,
@@ -390,14 +398,7 @@ def smooth_ot_dual(a: ArrayLike, b: ArrayLike, M: ArrayLike, reg: float, reg_typ
     With ``log=True`` returns ``(G, log)``: ``alpha``, ``beta`` (POT's), ``converged``, ``termination``,
     ``value`` (the dual objective, >= POT's at its optimum), ``cost``, ``niter``, ``err``.
     """
-    d = _smooth(a, b, M, reg, reg_type, max_nz, stopThr, numItermax, "dual")
-    _warn_unless_converged(d, "smooth_ot_dual", "Try to increase numItermax.")
-    G = _plan(d)
-    if not log:
-        return G
-    out = _log_common(d)
-    out.update(alpha=d["alpha"], beta=d["beta"])
-    return G, out
+    return _smooth(a, b, M, reg, reg_type, max_nz, stopThr, numItermax, "dual", "smooth_ot_dual", log)
 
 
 def smooth_ot_semi_dual(a: ArrayLike, b: ArrayLike, M: ArrayLike, reg: float, reg_type: str = "l2", max_nz: Optional[int] = None,
@@ -407,14 +408,7 @@ def smooth_ot_semi_dual(a: ArrayLike, b: ArrayLike, M: ArrayLike, reg: float, re
     regularisations as in :func:`smooth_ot_dual`. With ``log=True`` returns ``(G, log)``: ``alpha``
     (POT's), ``beta`` (the best beta for alpha), ``converged``, ``termination``, ``value``, ``cost``,
     ``niter``, ``err``."""
-    d = _smooth(a, b, M, reg, reg_type, max_nz, stopThr, numItermax, "semi-dual")
-    _warn_unless_converged(d, "smooth_ot_semi_dual", "Try to increase numItermax.")
-    G = _plan(d)
-    if not log:
-        return G
-    out = _log_common(d)
-    out.update(alpha=d["alpha"], beta=d["beta"])
-    return G, out
+    return _smooth(a, b, M, reg, reg_type, max_nz, stopThr, numItermax, "semi-dual", "smooth_ot_semi_dual", log)
 
 
 #: POT keeps the smooth solvers in ``ot.smooth``; ``sparse_ot.smooth.smooth_ot_dual`` works the same way.
