@@ -212,7 +212,7 @@ def test_solve_and_batches():
 
 def test_gil_is_released():
     """Python code in a second thread runs while a solve is inside the extension."""
-    a, b, M = problem(400, 300, uniform=True)
+    a, b, M = problem(1000, 800, uniform=True)
     window = {}
 
     def solve():
@@ -238,7 +238,7 @@ def test_gil_is_released():
 def test_two_threads_solve_concurrently():
     """Short solves in one thread finish while a long solve runs in another. A solve that held the GIL
     would keep the other thread from running any Python, so none could finish inside the long one."""
-    a, b, M = problem(400, 300, uniform=True)
+    a, b, M = problem(1000, 800, uniform=True)
     sa, sb, sM = problem(20, 15)
     window, finished = {}, []
     started = threading.Event()
