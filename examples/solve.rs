@@ -413,6 +413,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         "n": problem.n(),
         "seconds": seconds,
         "device": sol.device.to_string(),
+        // Device work counted by the host (totals for the solve); null on the CPU.
+        "gpu": sol.gpu_work.map(|w| serde_json::json!({
+            "adapter": sol.device.adapter(),
+            "dispatches": w.dispatches,
+            "readbacks": w.readbacks,
+            "cost_bytes_read": w.cost_bytes_read,
+        })),
     });
     println!("{summary}");
     Ok(())

@@ -2,12 +2,14 @@
 //
 // Bindings (group 0):
 //   0 uniform                 R: ReduceParams { len, rows, cols }
-//   1 storage read            src: array<f32>   (max_abs, range: B × len; transpose: rows×cols row-major;
+//   1 storage read            src: array<f32>   (max_abs, range: B × len; transpose: B × rows×cols row-major;
 //                                               log_into: len)
-//   2 storage read_write      dst: array<f32>   (max_abs, range: B; transpose: cols×rows; log_into: len)
+//   2 storage read_write      dst: array<f32>   (max_abs, range: B; transpose: B × cols×rows; log_into: len)
 // Dispatch: max_abs and range one workgroup per problem (it strides over the problem's vector), workgroup_id.z
-//   the problem index p (z = B; 1 for a single vector); transpose and log_into one thread per destination
-//   entry, ceil(entries / WG) workgroups laid out as in common.wgsl (z = 1).
+//   the problem index p (z = B; 1 for a single vector); log_into one thread per entry, ceil(len / WG)
+//   workgroups laid out as in common.wgsl (z = 1); transpose one workgroup of WG = 256 threads per 16 × 16
+//   tile (tile = lane, row-tile-major), z = B: the tile goes through workgroup memory, so that reads and
+//   writes both walk 16 consecutive addresses.
 // Batches (max_abs, range): src holds B vectors of len entries back to back; problem p reduces
 //   src[p·len .. (p+1)·len] into dst[p].
 // Overrides: WG.
@@ -39,14 +41,26 @@ fn max_abs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     }
 }
 
+const TILE: u32 = 16u;
+var<workgroup> tile: array<f32, 272>; // 16 × 17: the padding column keeps the transposed reads conflict-free
+
 @compute @workgroup_size(WG)
 fn transpose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) tid: u32) {
-    let e = lane_of(wid, nwg) * WG + tid;
-    if (e < R.rows * R.cols) {
-        let c = e / R.rows;
-        let r = e % R.rows;
-        dst[e] = src[r * R.cols + c];
+    let lane = lane_of(wid, nwg);
+    let tiles_c = (R.cols + TILE - 1u) / TILE;
+    let r0 = (lane / tiles_c) * TILE;
+    let c0 = (lane % tiles_c) * TILE;
+    let base = wid.z * R.rows * R.cols;
+    let tx = tid % TILE;
+    let ty = tid / TILE;
+    let live = r0 < R.rows;
+    if (live && r0 + ty < R.rows && c0 + tx < R.cols) {
+        tile[ty * (TILE + 1u) + tx] = src[base + (r0 + ty) * R.cols + c0 + tx];
+    }
+    workgroupBarrier();
+    if (live && c0 + ty < R.cols && r0 + tx < R.rows) {
+        dst[base + (c0 + ty) * R.rows + r0 + tx] = tile[tx * (TILE + 1u) + ty];
     }
 }
 

@@ -126,18 +126,8 @@ pub fn pairwise<'a, T: Scalar>(
     y: impl AsArray<'a, T, Ix2>,
     cost: GroundCost,
 ) -> Result<Array2<f64>> {
-    let (x, y) = (x.into(), y.into());
     cost.validate()?;
-    check_points("x", "x (its points have no coordinates: d = 0)", x)?;
-    check_points("y", "y (its points have no coordinates: d = 0)", y)?;
-    if y.ncols() != x.ncols() {
-        return Err(Error::ShapeMismatch {
-            what: "y columns (the dimension d of its points; must equal x's)",
-            expected: x.ncols(),
-            found: y.ncols(),
-        });
-    }
-    let (x, y) = (finite_points("x", x)?, finite_points("y", y)?);
+    let (x, y) = clouds(x.into(), y.into())?;
     let (m, n, d) = (x.nrows(), y.nrows(), x.ncols());
     let (xs, ys) = (
         x.as_slice().expect("standard layout"),
@@ -158,6 +148,24 @@ pub fn pairwise<'a, T: Scalar>(
         });
     }
     Ok(Array2::from_shape_vec((m, n), out).expect("m * n entries"))
+}
+
+/// Two point clouds as f64, row-major, after checking them: at least one point each, d ≥ 1, the same d,
+/// finite coordinates (errors as [`pairwise`]).
+pub(crate) fn clouds<T: Scalar>(
+    x: ArrayView2<'_, T>,
+    y: ArrayView2<'_, T>,
+) -> Result<(Array2<f64>, Array2<f64>)> {
+    check_points("x", "x (its points have no coordinates: d = 0)", x)?;
+    check_points("y", "y (its points have no coordinates: d = 0)", y)?;
+    if y.ncols() != x.ncols() {
+        return Err(Error::ShapeMismatch {
+            what: "y columns (the dimension d of its points; must equal x's)",
+            expected: x.ncols(),
+            found: y.ncols(),
+        });
+    }
+    Ok((finite_points("x", x)?, finite_points("y", y)?))
 }
 
 /// Checks that a cloud has at least one point and at least one coordinate.

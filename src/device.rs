@@ -120,3 +120,32 @@ pub(crate) async fn off_thread(
         why: "the solver thread ended without one (it panicked)".into(),
     })?
 }
+
+/// Runs a solve and attaches the GPU work it recorded on this thread ([`crate::GpuWork`]) to its solution;
+/// a solve that recorded none (the CPU) keeps `gpu_work = None`.
+pub(crate) fn counting(solve: impl FnOnce() -> Result<Solution>) -> Result<Solution> {
+    let (out, work) = measured(solve);
+    out.map(|s| s.with_gpu_work(work))
+}
+
+/// [`counting`] for a batch: every problem's solution carries the batch's totals.
+pub(crate) fn counting_batch(
+    solve: impl FnOnce() -> Vec<Result<Solution>>,
+) -> Vec<Result<Solution>> {
+    let (out, work) = measured(solve);
+    out.into_iter()
+        .map(|r| r.map(|s| s.with_gpu_work(work)))
+        .collect()
+}
+
+/// Runs `f` and returns the GPU work it recorded on this thread (nothing without the `gpu` feature).
+pub(crate) fn measured<R>(f: impl FnOnce() -> R) -> (R, crate::solution::GpuWork) {
+    #[cfg(feature = "gpu")]
+    {
+        crate::gpu::work::measure(f)
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        (f(), crate::solution::GpuWork::default())
+    }
+}

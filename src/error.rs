@@ -170,6 +170,24 @@ pub enum Error {
         /// Which part of the solution.
         what: &'static str,
     },
+    /// Something the caller asked to form would take more memory than the limit given (or than fits).
+    #[error("{what} would take {bytes} bytes, above the limit of {limit} bytes")]
+    TooLarge {
+        /// What would be formed.
+        what: &'static str,
+        /// Bytes it needs.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A cost computed from the input (points, their scale) overflows f64.
+    #[error("{what} overflows f64 ({}): rescale the points or divide the cost", number(*value))]
+    CostOverflow {
+        /// Which cost.
+        what: &'static str,
+        /// The overflowing value (inf).
+        value: f64,
+    },
     /// A GPU operation failed (validation, out of memory, lost device, failed readback).
     #[error("GPU error: {0}")]
     Gpu(String),

@@ -131,6 +131,7 @@ mod lbfgs;
 pub mod moe;
 mod monitor;
 pub mod ops;
+mod points;
 mod problem;
 pub mod quick;
 mod sinkhorn;
@@ -149,12 +150,13 @@ pub use exact::{ExactOt, DEFAULT_EXACT_MAX_ITER};
 pub use moe::GpuRouting;
 pub use moe::{greedy_top_k, Router, RouterSolver, Routing, RoutingMode};
 pub use monitor::{Event, Monitor, Progress};
+pub use points::{PointProblem, PointSolution};
 pub use problem::{golden_problem, Problem, Scalar, DEFAULT_MASS_TOLERANCE, REBALANCE_BELOW};
 #[cfg(feature = "gpu")]
 pub use sinkhorn::GpuSinkhornOutput;
 pub use sinkhorn::{Precision, Sinkhorn, DEFAULT_SINKHORN_MAX_ITER};
 pub use solution::{
-    Criterion, Formulation, Lanes, Method, Plan, RanOn, Solution, SparsePlan, Termination,
+    Criterion, Formulation, GpuWork, Lanes, Method, Plan, RanOn, Solution, SparsePlan, Termination,
     DEFAULT_TOL, DEFAULT_TOL_F32,
 };
 #[cfg(feature = "gpu")]

@@ -258,12 +258,7 @@ impl Problem {
                 value: v,
             });
         }
-        let (sum_a, sum_b) = (a.sum(), b.sum());
-        check_mass(sum_a, sum_b, mass_tolerance)?;
-        let mut b = b;
-        if (sum_a - sum_b).abs() > REBALANCE_BELOW * sum_a.max(sum_b) {
-            b *= sum_a / sum_b;
-        }
+        let (a, b) = balanced(a, b, mass_tolerance)?;
         Ok(Self { a, b, cost })
     }
 
@@ -543,6 +538,24 @@ pub(crate) fn check_vector(what: &'static str, v: ArrayView1<f64>) -> Result<()>
     Ok(())
 }
 
+/// Marginals checked (finite, nonnegative, same total within `tolerance`) and rebalanced: b rescaled by
+/// Σa / Σb unless they agree to [`REBALANCE_BELOW`] (see [`Problem`]).
+pub(crate) fn balanced(
+    a: Array1<f64>,
+    b: Array1<f64>,
+    tolerance: f64,
+) -> Result<(Array1<f64>, Array1<f64>)> {
+    check_vector("a", a.view())?;
+    check_vector("b", b.view())?;
+    let (sum_a, sum_b) = (a.sum(), b.sum());
+    check_mass(sum_a, sum_b, tolerance)?;
+    let mut b = b;
+    if (sum_a - sum_b).abs() > REBALANCE_BELOW * sum_a.max(sum_b) {
+        b *= sum_a / sum_b;
+    }
+    Ok((a, b))
+}
+
 /// Checks that two total masses are positive and agree within `tolerance` (relative).
 pub(crate) fn check_mass(sum_a: f64, sum_b: f64, tolerance: f64) -> Result<()> {
     let scale = sum_a.max(sum_b);
@@ -561,7 +574,7 @@ pub(crate) fn check_mass(sum_a: f64, sum_b: f64, tolerance: f64) -> Result<()> {
     Ok(())
 }
 
-fn require_positive(
+pub(crate) fn require_positive(
     what: &'static str,
     v: ArrayView1<f64>,
     solver: &'static str,

@@ -406,6 +406,39 @@ impl fmt::Display for RanOn {
     }
 }
 
+/// Device work of a GPU solve, counted by the host as it records it (not measured on the device).
+///
+/// For a batch solved on a GPU these are the totals of the whole batch (its dispatches cover every problem),
+/// repeated on each problem's solution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuWork {
+    /// Compute dispatches (one per kernel launch, however many problems or workgroups it covers).
+    pub dispatches: u64,
+    /// Blocking readbacks: times the host waited for the device to hand back results.
+    pub readbacks: u64,
+    /// Bytes of cost matrix the kernels read, from each dispatch's geometry (a kernel that walks a column
+    /// several times counts every walk). Cost entries computed on the fly count nothing.
+    pub cost_bytes_read: u64,
+}
+
+impl GpuWork {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &GpuWork) {
+        self.dispatches += other.dispatches;
+        self.readbacks += other.readbacks;
+        self.cost_bytes_read += other.cost_bytes_read;
+    }
+
+    /// These counts minus `earlier`'s (saturating at 0): the work between two measurements.
+    pub fn since(&self, earlier: &GpuWork) -> GpuWork {
+        GpuWork {
+            dispatches: self.dispatches.saturating_sub(earlier.dispatches),
+            readbacks: self.readbacks.saturating_sub(earlier.readbacks),
+            cost_bytes_read: self.cost_bytes_read.saturating_sub(earlier.cost_bytes_read),
+        }
+    }
+}
+
 /// The result of a solve.
 #[derive(Debug, Clone)]
 pub struct Solution {
@@ -432,9 +465,19 @@ pub struct Solution {
     pub iterations: usize,
     /// Why the solver stopped.
     pub termination: Termination,
+    /// The device work of the solve when a GPU took part (`None` on the CPU).
+    pub gpu_work: Option<GpuWork>,
 }
 
 impl Solution {
+    /// This solution with `work` attached, unless no device work was recorded (a CPU solve).
+    pub(crate) fn with_gpu_work(mut self, work: GpuWork) -> Self {
+        if work != GpuWork::default() {
+            self.gpu_work = Some(work);
+        }
+        self
+    }
+
     /// Holds the status to its promise before the solution is returned. Every reported number (value,
     /// transport cost, marginal errors, potentials, plan) must be finite, else [`Error::NonFiniteResult`].
     /// A `Converged` status must hold on the returned plan as measured in f64: for

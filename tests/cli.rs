@@ -177,6 +177,10 @@ fn sparse_semi_dual_writes_the_library_solution() {
     write_problem(&input, &a, &b, &cost);
     let mut s = solve_ok(&dir, &input, &["--k", "2", "--gamma", "0.1"]);
     let (value, iterations) = check_outputs(&mut s, 8, 6, false);
+    assert!(
+        s.json["gpu"].is_null(),
+        "a CPU solve reports no device work"
+    );
     // The same solve in-process gives the same numbers (the CPU path is deterministic).
     let lib = SparseOt::new(2, 0.1)
         .unwrap()
@@ -341,6 +345,21 @@ fn device_gpu_solves_on_the_adapter_or_says_there_is_none() {
     assert!(
         (tc - 0.2851693482).abs() <= 1e-5,
         "transport cost {tc} on {device}"
+    );
+    // The device work of the solve: one read of the 8 x 6 f32 cost per iteration (plus one per ε stage for
+    // the columns of its start), a blocking readback per check and for the potentials.
+    let gpu = &s.json["gpu"];
+    assert_eq!(gpu["adapter"].as_str(), Some(device.as_str()), "{gpu}");
+    let iterations = s.json["iterations"].as_u64().unwrap();
+    let bytes = gpu["cost_bytes_read"].as_u64().unwrap();
+    assert!(bytes >= 4 * 48 * iterations, "{gpu}");
+    assert!(
+        gpu["readbacks"].as_u64().unwrap() >= iterations / 10,
+        "{gpu}"
+    );
+    assert!(
+        gpu["dispatches"].as_u64().unwrap() >= 2 * iterations,
+        "{gpu}"
     );
 }
 

@@ -70,6 +70,7 @@ pub(crate) fn solve(problem: &Problem, max_iter: usize, monitor: &Monitor) -> Re
         marginal_error_cols: err_cols,
         iterations,
         termination: end,
+        gpu_work: None,
     })
 }
 

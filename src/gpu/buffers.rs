@@ -7,6 +7,7 @@ use wgpu::util::DeviceExt;
 use crate::error::{Error, Result};
 use crate::gpu::context::{GpuContext, WORKGROUP};
 use crate::gpu::kernels::Kernel;
+use crate::gpu::work;
 
 /// Usage of every working buffer: bound as storage, copied in and out.
 pub(crate) const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -59,17 +60,26 @@ pub(crate) fn upload_words(ctx: &GpuContext, buf: &wgpu::Buffer, data: &[u32]) {
     }
 }
 
-/// A bind group for `kernel`'s auto layout from (binding, buffer) pairs.
-pub(crate) fn bind(
+/// A bind group for `pipeline`'s auto layout from (binding, buffer) pairs.
+fn bind_to(
     ctx: &GpuContext,
+    pipeline: &wgpu::ComputePipeline,
     kernel: Kernel,
     entries: &[(u32, &wgpu::Buffer)],
-) -> Result<wgpu::BindGroup> {
-    let whole: Vec<(u32, wgpu::BufferBinding<'_>)> = entries
+) -> wgpu::BindGroup {
+    let layout = pipeline.get_bind_group_layout(0);
+    let entries: Vec<wgpu::BindGroupEntry> = entries
         .iter()
-        .map(|&(binding, buf)| (binding, buf.as_entire_buffer_binding()))
+        .map(|&(binding, buf)| wgpu::BindGroupEntry {
+            binding,
+            resource: buf.as_entire_binding(),
+        })
         .collect();
-    bind_ranges(ctx, kernel, whole)
+    ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(kernel.entry()),
+        layout: &layout,
+        entries: &entries,
+    })
 }
 
 /// A bind group for `kernel`'s auto layout from (binding, buffer range) pairs: for buffers an application
@@ -101,6 +111,8 @@ pub(crate) struct Pass {
     group: wgpu::BindGroup,
     grid: (u32, u32),
     batch: u32,
+    /// Bytes of cost one dispatch reads, for one problem ([`Pass::reads_cost`]).
+    cost_bytes: u64,
 }
 
 impl Pass {
@@ -111,11 +123,24 @@ impl Pass {
         entries: &[(u32, &wgpu::Buffer)],
         lanes: usize,
     ) -> Result<Self> {
+        Self::per_workgroup_sized(ctx, kernel, WORKGROUP, entries, lanes)
+    }
+
+    /// `lanes` workgroups of `wg` threads ([`GpuContext::pipeline_sized`]).
+    pub(crate) fn per_workgroup_sized(
+        ctx: &GpuContext,
+        kernel: Kernel,
+        wg: u32,
+        entries: &[(u32, &wgpu::Buffer)],
+        lanes: usize,
+    ) -> Result<Self> {
+        let pipeline = ctx.pipeline_sized(kernel, wg)?;
         Ok(Self {
-            pipeline: ctx.pipeline(kernel)?,
-            group: bind(ctx, kernel, entries)?,
+            group: bind_to(ctx, &pipeline, kernel, entries),
+            pipeline,
             grid: ctx.grid(lanes as u32),
             batch: 1,
+            cost_bytes: 0,
         })
     }
 
@@ -131,6 +156,7 @@ impl Pass {
             group,
             grid: ctx.grid(items.div_ceil(WORKGROUP as usize) as u32),
             batch: 1,
+            cost_bytes: 0,
         })
     }
 
@@ -138,6 +164,18 @@ impl Pass {
     pub(crate) fn batched(mut self, problems: usize) -> Self {
         self.batch = problems.max(1) as u32;
         self
+    }
+
+    /// Declares that one dispatch reads `bytes` of cost per problem (counted in [`crate::GpuWork`], times the
+    /// batch's problems).
+    pub(crate) fn reads_cost(mut self, bytes: u64) -> Self {
+        self.cost_bytes = bytes;
+        self
+    }
+
+    /// Bytes of cost one dispatch of this pass reads (all problems of its batch).
+    pub(crate) fn cost_bytes(&self) -> u64 {
+        self.cost_bytes * u64::from(self.batch)
     }
 
     /// One thread per item: ceil(items / WG) workgroups.
@@ -166,6 +204,48 @@ impl Pass {
     }
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct TransposeParams {
+    len: u32,
+    rows: u32,
+    cols: u32,
+    _pad: u32,
+}
+
+/// Side of the square tiles of the transpose kernel (`TILE` in `shaders/reduce.wgsl`); a workgroup is one tile.
+const TILE: usize = 16;
+
+/// A pass writing into `dst` the transposes of the `batch` row-major rows × cols matrices in `src` (the tiled
+/// device kernel of `shaders/reduce.wgsl`; it reads each matrix once).
+pub(crate) fn transpose(
+    ctx: &GpuContext,
+    src: &wgpu::Buffer,
+    dst: &wgpu::Buffer,
+    (rows, cols): (usize, usize),
+    batch: usize,
+) -> Result<Pass> {
+    let params = uniform(
+        ctx,
+        "transpose params",
+        &TransposeParams {
+            len: (rows * cols) as u32,
+            rows: rows as u32,
+            cols: cols as u32,
+            _pad: 0,
+        },
+    );
+    let tiles = rows.div_ceil(TILE) * cols.div_ceil(TILE);
+    let pass = Pass::per_workgroup_sized(
+        ctx,
+        Kernel::Transpose,
+        (TILE * TILE) as u32,
+        &[(0, &params), (1, src), (2, dst)],
+        tiles,
+    )?;
+    Ok(pass.batched(batch).reads_cost(4 * (rows * cols) as u64))
+}
+
 /// Records `passes` in order into one compute pass of a new encoder (wgpu orders storage accesses between
 /// dispatches).
 pub(crate) fn encode(ctx: &GpuContext, passes: &[&Pass]) -> wgpu::CommandEncoder {
@@ -182,6 +262,7 @@ pub(crate) fn encode(ctx: &GpuContext, passes: &[&Pass]) -> wgpu::CommandEncoder
         }
     }
     ctx.count_dispatches(passes.len());
+    work::dispatched(passes.len(), passes.iter().map(|p| p.cost_bytes()).sum());
     enc
 }
 
@@ -219,6 +300,7 @@ pub(crate) fn read_back_many<T: bytemuck::Pod>(
     ctx.device()
         .poll(wgpu::PollType::wait_indefinitely())
         .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+    work::read_back();
     rx.recv()
         .map_err(|_| Error::Gpu("readback callback dropped".into()))?
         .map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;

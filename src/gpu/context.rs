@@ -299,9 +299,25 @@ impl GpuContext {
         (lanes.min(per_dim), lanes.div_ceil(per_dim))
     }
 
-    /// The cached pipeline of `kernel` (compiled on first use).
+    /// The cached pipeline of `kernel` at the default workgroup size [`WORKGROUP`] (compiled on first use).
     pub(crate) fn pipeline(&self, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
-        let key = (kernel, WORKGROUP);
+        self.pipeline_sized(kernel, WORKGROUP)
+    }
+
+    /// The largest power-of-two workgroup size (at most 1024, the shaders' own bound) this device runs.
+    pub(crate) fn max_workgroup(&self) -> u32 {
+        let cap = self
+            .limits
+            .max_compute_invocations_per_workgroup
+            .min(self.limits.max_compute_workgroup_size_x)
+            .clamp(WORKGROUP, 1024);
+        1 << (31 - cap.leading_zeros())
+    }
+
+    /// The cached pipeline of `kernel` with workgroup size `wg` (a power of two, at most
+    /// [`GpuContext::max_workgroup`]).
+    pub(crate) fn pipeline_sized(&self, kernel: Kernel, wg: u32) -> Result<wgpu::ComputePipeline> {
+        let key = (kernel, wg);
         // The lock is held while compiling: bind groups are made from a pipeline's own (automatic) layout, so
         // every caller must get the one pipeline of a key, never a second one compiled by a racing thread.
         let mut pipelines = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
@@ -332,7 +348,7 @@ impl GpuContext {
                 module: &module,
                 entry_point: Some(kernel.entry()),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &[("WG", WORKGROUP as f64)],
+                    constants: &[("WG", f64::from(wg))],
                     zero_initialize_workgroup_memory: false,
                 },
                 cache: None,

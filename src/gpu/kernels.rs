@@ -56,8 +56,10 @@ impl Family {
 /// One compute entry point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
-    SinkhornG,
-    SinkhornF,
+    SinkhornSweep,
+    SinkhornRows,
+    SinkhornColumns,
+    SinkhornMerge,
     MaxAbs,
     Transpose,
     LogInto,
@@ -77,7 +79,10 @@ pub(crate) enum Kernel {
 impl Kernel {
     pub(crate) fn family(self) -> Family {
         match self {
-            Kernel::SinkhornG | Kernel::SinkhornF => Family::Sinkhorn,
+            Kernel::SinkhornSweep
+            | Kernel::SinkhornRows
+            | Kernel::SinkhornColumns
+            | Kernel::SinkhornMerge => Family::Sinkhorn,
             Kernel::MaxAbs | Kernel::Transpose | Kernel::LogInto | Kernel::Range => Family::Reduce,
             Kernel::Column | Kernel::Row | Kernel::Finalize | Kernel::Extract => Family::SparseDual,
             Kernel::Trial | Kernel::Accept | Kernel::Direction => Family::Lbfgs,
@@ -88,8 +93,10 @@ impl Kernel {
 
     pub(crate) fn entry(self) -> &'static str {
         match self {
-            Kernel::SinkhornG => "update_g",
-            Kernel::SinkhornF => "update_f",
+            Kernel::SinkhornSweep => "sweep",
+            Kernel::SinkhornRows => "update_f",
+            Kernel::SinkhornColumns => "columns",
+            Kernel::SinkhornMerge => "merge",
             Kernel::MaxAbs => "max_abs",
             Kernel::Transpose => "transpose",
             Kernel::LogInto => "log_into",

@@ -13,13 +13,22 @@
 //!   every `check_every` iterations. The potentials and the plan are read back once at the end (or stay in
 //!   buffers with [`crate::SparseOt::solve_buffers`] and [`crate::Sinkhorn::solve_buffers`], whose input is
 //!   a [`GpuProblem`]).
+//! * Sinkhorn reads one row-major copy of the cost once per iteration: a workgroup owns a block of rows,
+//!   keeps each row in registers, updates f from it and folds the same entries into per-block column
+//!   log-sum-exps, which a second small kernel merges (in block order) into the next g. Rows longer than
+//!   16 × the largest workgroup (16 384 entries at 1024 threads) are read twice instead (rows, then columns),
+//!   still from the one copy. The sparse kernels read the transposed cost, transposed on the device (a tiled
+//!   kernel); no GPU path transposes on the host.
+//! * Every solve counts the work it asks of the device ([`crate::GpuWork`] on the solution: dispatches,
+//!   blocking readbacks and bytes of cost the kernels read, from each dispatch's geometry).
 //! * Problems that do not fit one storage binding are refused with [`crate::Error::DeviceLimit`].
 //! * Batches: the kernels take the problem index from `workgroup_id.z` and find problem p's data at
 //!   p × its per-problem length in every buffer, so one dispatch covers B problems of one shape (B = 1 is the
 //!   single-problem path). [`crate::SparseOt::solve_batch_adam_on`] (the router recipe) runs a whole batch
 //!   with three dispatches per Adam step whatever B is, all steps in one submission, one readback at the end
 //!   ([`GpuContext::dispatches_recorded`] counts dispatches). [`crate::Sinkhorn::solve_batch_on`] runs a
-//!   batch with two dispatches per iteration and one reduction per check whatever B is, each problem with its
+//!   batch with two dispatches per iteration (three when a row does not fit one workgroup's registers) and
+//!   one reduction per check whatever B is, each problem with its
 //!   own ε schedule and stopping decision (a converged problem is frozen while the others go on; a single
 //!   solve is B = 1). L-BFGS solves of a batch ([`crate::SparseOt::solve_batch_on`]) run one driver per
 //!   problem in lockstep: a round serves every problem's next step (accept, new direction or trial
@@ -33,6 +42,7 @@ pub(crate) mod buffers;
 pub(crate) mod context;
 pub(crate) mod kernels;
 pub(crate) mod problem;
+pub(crate) mod work;
 
 pub use context::{GpuContext, GpuStats};
 pub use kernels::shader_sources;

@@ -24,6 +24,7 @@ use ndarray::Array1;
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::points::PointLanes;
 use crate::problem::Problem;
 use crate::sinkhorn::expsum::{Kernels, Real};
 use crate::sinkhorn::rules::{assemble, check, epsilon_schedule, row_error, validate, Check};
@@ -34,8 +35,8 @@ use crate::solution::{RanOn, Solution, Termination};
 pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem) -> Result<Solution> {
     let (f, g) = validate(cfg, p)?;
     let (f, g, iterations, termination) = match cfg.precision {
-        Precision::F64 => iterate::<f64>(cfg, p, f, g),
-        Precision::F32 => iterate::<f32>(cfg, p, f, g),
+        Precision::F64 => dense::<f64>(cfg, p, f, g),
+        Precision::F32 => dense::<f32>(cfg, p, f, g),
     };
     Ok(assemble(
         cfg,
@@ -48,19 +49,108 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem) -> Result<Solution> {
     ))
 }
 
+/// The iterations on a dense cost in precision F.
+fn dense<F: Real>(
+    cfg: &Sinkhorn,
+    p: &Problem,
+    f: Vec<f64>,
+    g: Vec<f64>,
+) -> (Vec<f64>, Vec<f64>, usize, Termination) {
+    let cost = CostLayouts::<F>::new(p);
+    let task = Task {
+        a: p.a_slice(),
+        b: p.b_slice(),
+        lanes: &cost,
+        bounds: p.cost_bounds(),
+        row_error: &|f: &[f64], g: &[f64], eps: f64| row_error(p, f, g, eps),
+    };
+    iterate(cfg, &task, f, g)
+}
+
+/// Where the iteration reads the cost: its rows (f-update) and columns (g-update) in the working precision,
+/// minus [`CostLanes::offset`]. A matrix lends its lanes; point clouds compute them into the caller's buffer.
+pub(crate) trait CostLanes<F: Real>: Sync {
+    /// Whether lanes are computed into the buffer passed in (then at least n long for a row, m for a column).
+    const COMPUTED: bool;
+    /// Row i (n entries).
+    fn row<'s>(&'s self, i: usize, buf: &'s mut [F]) -> &'s [F];
+    /// Column j (m entries).
+    fn col<'s>(&'s self, j: usize, buf: &'s mut [F]) -> &'s [F];
+    /// What was subtracted from every entry.
+    fn offset(&self) -> f64;
+}
+
+/// A scratch lane for [`CostLanes`] of `len` entries (empty when the lanes are borrowed).
+fn scratch<F: Real, L: CostLanes<F>>(len: usize) -> Vec<F> {
+    vec![F::ZERO; if L::COMPUTED { len } else { 0 }]
+}
+
+/// What one CPU solve iterates on: the masses, the cost's lanes and (min, max) bounds (for the ε schedule),
+/// and the f64 row error of a state, which a convergence claimed by the estimate must pass.
+pub(crate) struct Task<'a, L> {
+    pub(crate) a: &'a [f64],
+    pub(crate) b: &'a [f64],
+    pub(crate) lanes: &'a L,
+    pub(crate) bounds: (f64, f64),
+    pub(crate) row_error: &'a RowError<'a>,
+}
+
+/// The f64 row error of a state (f, g) at ε.
+pub(crate) type RowError<'a> = dyn Fn(&[f64], &[f64], f64) -> f64 + Sync + 'a;
+
 /// The cost in the working precision, in both layouts (rows for the f-update, columns for the g-update),
 /// shifted by `offset` (f32 only: it keeps the magnitudes, hence the rounding errors, small).
 struct CostLayouts<'a, F: Real> {
     rows: Cow<'a, [F]>,
     cols: Vec<F>,
     offset: f64,
+    m: usize,
+    n: usize,
 }
 
 impl<'a, F: Real> CostLayouts<'a, F> {
     fn new(p: &'a Problem) -> Self {
         let (rows, offset) = F::working_cost(p.cost_slice());
         let cols = transpose(&rows, p.m(), p.n());
-        Self { rows, cols, offset }
+        Self {
+            rows,
+            cols,
+            offset,
+            m: p.m(),
+            n: p.n(),
+        }
+    }
+}
+
+impl<F: Real> CostLanes<F> for CostLayouts<'_, F> {
+    const COMPUTED: bool = false;
+
+    fn row<'s>(&'s self, i: usize, _: &'s mut [F]) -> &'s [F] {
+        &self.rows[i * self.n..(i + 1) * self.n]
+    }
+
+    fn col<'s>(&'s self, j: usize, _: &'s mut [F]) -> &'s [F] {
+        &self.cols[j * self.m..(j + 1) * self.m]
+    }
+
+    fn offset(&self) -> f64 {
+        self.offset
+    }
+}
+
+impl<F: Real> CostLanes<F> for PointLanes<F> {
+    const COMPUTED: bool = true;
+
+    fn row<'s>(&'s self, i: usize, buf: &'s mut [F]) -> &'s [F] {
+        PointLanes::row(self, i, buf)
+    }
+
+    fn col<'s>(&'s self, j: usize, buf: &'s mut [F]) -> &'s [F] {
+        PointLanes::col(self, j, buf)
+    }
+
+    fn offset(&self) -> f64 {
+        PointLanes::offset(self)
     }
 }
 
@@ -84,38 +174,42 @@ fn transpose<F: Real>(rows: &[F], m: usize, n: usize) -> Vec<F> {
     cols
 }
 
-/// One half-iteration: for every lane l (a row for the f-update, a column for the g-update),
+/// The g-update read column by column (the first of each stage; later ones come from [`fused_sweep`]): for
+/// every column l,
 ///
-/// x_l ← ε log marg_l − ε LSE_k((y_k − C_lk)/ε) = ε log marg_l + x_l − ε ln Σ_k exp((x_l + y_k − C_lk)/ε).
+/// x_l ← ε log marg_l − ε LSE_k((y_k − C_kl)/ε) = ε log marg_l + x_l − ε ln Σ_k exp((x_l + y_k − C_kl)/ε).
 ///
 /// The previous x_l is the stabiliser: after the other half-step the plan's lanes sum to about their
 /// marginals, so the sum needs no max pass; [`Kernels::log_sum_exp`] adds one where it falls outside the safe
 /// range (first iterations, a new ε stage). `y_work` receives y − max y in the working precision.
 #[allow(clippy::too_many_arguments)]
-fn half_step<F: Real>(
+fn half_step<F: Real, L: CostLanes<F>>(
     kernels: &Kernels<F>,
     x: &mut [f64],
     y: &[f64],
     y_work: &mut [F],
-    lanes: &[F],
+    lanes: &L,
     log_marg: &[f64],
     eps: f64,
-    offset: f64,
 ) {
     let ys = y.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
     for (w, &v) in y_work.iter_mut().zip(y) {
         *w = F::from_f64(v - ys);
     }
     let y_work = &*y_work;
-    let inv = 1.0 / eps;
+    let (inv, offset) = (1.0 / eps, lanes.offset());
     x.par_iter_mut()
         .zip(log_marg.par_iter())
-        .zip(lanes.par_chunks(y.len()))
+        .enumerate()
         .with_min_len(8)
-        .for_each(|((xl, &lm), c)| {
-            let w = (*xl + ys - offset) * inv;
-            *xl += eps * (lm - kernels.log_sum_exp(y_work, c, inv, w));
-        });
+        .for_each_init(
+            || scratch::<F, L>(y.len()),
+            |buf, (l, (xl, &lm))| {
+                let c = lanes.col(l, buf);
+                let w = (*xl + ys - offset) * inv;
+                *xl += eps * (lm - kernels.log_sum_exp(y_work, c, inv, w));
+            },
+        );
 }
 
 /// Scratch of [`fused_sweep`], allocated once per solve. Rows are cut into fixed chunks (their size depends on
@@ -155,15 +249,14 @@ impl<F: Real> Sweep<F> {
 /// The next g-update needs S_j = Σ_i exp((f_i' + g_j − C_ij)/ε) = Σ_i r_i e_ij with r_i = a_i / Σ_j e_ij, so the
 /// row's terms, still in cache, are added to the chunk's column sums. `f` holds f on entry and f' on exit.
 #[allow(clippy::too_many_arguments)]
-fn fused_sweep<F: Real>(
+fn fused_sweep<F: Real, L: CostLanes<F>>(
     kernels: &Kernels<F>,
     f: &mut [f64],
     g: &[f64],
     g_work: &mut [F],
-    rows: &[F],
+    lanes: &L,
     log_a: &[f64],
     eps: f64,
-    offset: f64,
     sweep: &mut Sweep<F>,
 ) {
     let n = g.len();
@@ -172,25 +265,28 @@ fn fused_sweep<F: Real>(
         *w = F::from_f64(v - gs);
     }
     let g_work = &*g_work;
-    let inv = 1.0 / eps;
+    let (inv, offset) = (1.0 / eps, lanes.offset());
     let ch = sweep.rows_per_chunk;
     f.par_chunks_mut(ch)
         .zip(sweep.row_factor.par_chunks_mut(ch))
         .zip(sweep.terms.par_chunks_mut(n))
         .zip(sweep.partial.par_chunks_mut(n))
         .enumerate()
-        .for_each(|(c, (((fc, rc), terms), partial))| {
-            partial.fill(0.0);
-            for (l, (fi, ri)) in fc.iter_mut().zip(rc).enumerate() {
-                let i = c * ch + l;
-                let w = (*fi + gs - offset) * inv;
-                let (lse, shift) =
-                    kernels.log_sum_exp_store(g_work, &rows[i * n..(i + 1) * n], inv, w, terms);
-                *fi += eps * (log_a[i] - lse);
-                *ri = (shift + log_a[i] - lse).exp();
-                kernels.axpy(partial, *ri, terms);
-            }
-        });
+        .for_each_init(
+            || scratch::<F, L>(n),
+            |buf, (c, (((fc, rc), terms), partial))| {
+                partial.fill(0.0);
+                for (l, (fi, ri)) in fc.iter_mut().zip(rc).enumerate() {
+                    let i = c * ch + l;
+                    let w = (*fi + gs - offset) * inv;
+                    let row = lanes.row(i, buf);
+                    let (lse, shift) = kernels.log_sum_exp_store(g_work, row, inv, w, terms);
+                    *fi += eps * (log_a[i] - lse);
+                    *ri = (shift + log_a[i] - lse).exp();
+                    kernels.axpy(partial, *ri, terms);
+                }
+            },
+        );
     let chunks = sweep.partial.len() / n;
     let partial = &sweep.partial;
     sweep
@@ -207,17 +303,16 @@ fn fused_sweep<F: Real>(
 /// may have lost terms to underflow (S_j below 10¹² × the flush threshold × Σ_i r_i, which bounds the lost part)
 /// is recomputed directly from the column-major cost.
 #[allow(clippy::too_many_arguments)]
-fn next_columns<F: Real>(
+fn next_columns<F: Real, L: CostLanes<F>>(
     kernels: &Kernels<F>,
     g_next: &mut [f64],
     g: &[f64],
     sweep: &Sweep<F>,
     f: &[f64],
     f_work: &mut [F],
-    cols: &[F],
+    lanes: &L,
     log_b: &[f64],
     eps: f64,
-    offset: f64,
 ) {
     let lost = 1e12 * F::FLUSH * sweep.row_factor.iter().sum::<f64>();
     let trusted = |s: f64| s >= lost && s <= F::SAFE_HI && s > 0.0;
@@ -242,30 +337,30 @@ fn next_columns<F: Real>(
     for (w, &v) in f_work.iter_mut().zip(f) {
         *w = F::from_f64(v - fs);
     }
-    let (m, inv) = (f.len(), 1.0 / eps);
+    let (m, inv, offset) = (f.len(), 1.0 / eps, lanes.offset());
+    let mut buf = scratch::<F, L>(m);
     for (j, gn) in g_next.iter_mut().enumerate() {
         if !trusted(sweep.col_sums[j]) {
             let w = (*gn + fs - offset) * inv;
-            *gn +=
-                eps * (log_b[j] - kernels.log_sum_exp(f_work, &cols[j * m..(j + 1) * m], inv, w));
+            let col = lanes.col(j, &mut buf);
+            *gn += eps * (log_b[j] - kernels.log_sum_exp(f_work, col, inv, w));
         }
     }
 }
 
 /// The Sinkhorn iterations over the ε stages; returns (f, g, iterations, termination).
-fn iterate<F: Real>(
+pub(crate) fn iterate<F: Real, L: CostLanes<F>>(
     cfg: &Sinkhorn,
-    p: &Problem,
+    task: &Task<'_, L>,
     mut f: Vec<f64>,
     mut g: Vec<f64>,
 ) -> (Vec<f64>, Vec<f64>, usize, Termination) {
-    let (m, n) = (p.m(), p.n());
+    let (a, cost) = (task.a, task.lanes);
+    let (m, n) = (a.len(), task.b.len());
     let kernels = Kernels::<F>::detect();
-    let cost = CostLayouts::<F>::new(p);
-    let a = p.a_slice();
     let log_a: Vec<f64> = a.iter().map(|x| x.ln()).collect();
-    let log_b: Vec<f64> = p.b_slice().iter().map(|x| x.ln()).collect();
-    let (cmin, cmax) = p.cost_bounds();
+    let log_b: Vec<f64> = task.b.iter().map(|x| x.ln()).collect();
+    let (cmin, cmax) = task.bounds;
     let stages = epsilon_schedule(cfg.epsilon, cfg.scaling, cmax - cmin, cfg.warm.is_some());
     let amax = a.iter().fold(0.0f64, |x, &y| x.max(y));
     let mut f_new = vec![0.0; m];
@@ -292,16 +387,7 @@ fn iterate<F: Real>(
             if g_next_valid {
                 std::mem::swap(&mut g, &mut g_next);
             } else {
-                half_step(
-                    &kernels,
-                    &mut g,
-                    &f,
-                    &mut f_work,
-                    &cost.cols,
-                    &log_b,
-                    eps,
-                    cost.offset,
-                );
+                half_step(&kernels, &mut g, &f, &mut f_work, cost, &log_b, eps);
             }
             f_new.copy_from_slice(&f);
             fused_sweep(
@@ -309,10 +395,9 @@ fn iterate<F: Real>(
                 &mut f_new,
                 &g,
                 &mut g_work,
-                &cost.rows,
+                cost,
                 &log_a,
                 eps,
-                cost.offset,
                 &mut sweep,
             );
             next_columns(
@@ -322,10 +407,9 @@ fn iterate<F: Real>(
                 &sweep,
                 &f_new,
                 &mut f_work,
-                &cost.cols,
+                cost,
                 &log_b,
                 eps,
-                cost.offset,
             );
             g_next_valid = true;
             iterations += 1;
@@ -338,7 +422,7 @@ fn iterate<F: Real>(
                 let decision = match check(cfg, iterations, err, last, stage_tol) {
                     // A convergence claimed by the estimate holds only if the plan's true row sums agree.
                     Check::Stop(Termination::Converged(_))
-                        if row_error(p, &f, &g, eps) > stage_tol =>
+                        if (task.row_error)(&f, &g, eps) > stage_tol =>
                     {
                         Check::Continue
                     }
@@ -381,39 +465,20 @@ mod tests {
         let eps = 0.05;
         let (mut f, mut g) = (vec![0.0; m], vec![0.0; n]);
         let (mut f_work, mut g_work) = (vec![0.0; m], vec![0.0; n]);
-        half_step(
-            &kernels,
-            &mut g,
-            &f,
-            &mut f_work,
-            &cost.cols,
-            &log_b,
-            eps,
-            cost.offset,
-        );
+        half_step(&kernels, &mut g, &f, &mut f_work, &cost, &log_b, eps);
         let mut sweep = Sweep::<f64>::new(m, n);
         fused_sweep(
             &kernels,
             &mut f,
             &g,
             &mut g_work,
-            &cost.rows,
+            &cost,
             &log_a,
             eps,
-            cost.offset,
             &mut sweep,
         );
         let mut expected = g.clone();
-        half_step(
-            &kernels,
-            &mut expected,
-            &f,
-            &mut f_work,
-            &cost.cols,
-            &log_b,
-            eps,
-            cost.offset,
-        );
+        half_step(&kernels, &mut expected, &f, &mut f_work, &cost, &log_b, eps);
         let check = |got: &[f64], what: &str| {
             for (j, (x, e)) in got.iter().zip(&expected).enumerate() {
                 assert!(
@@ -430,10 +495,9 @@ mod tests {
             &sweep,
             &f,
             &mut f_work,
-            &cost.cols,
+            &cost,
             &log_b,
             eps,
-            cost.offset,
         );
         check(&fused, "trusted sums");
         sweep.col_sums[1] = 0.0;
@@ -446,10 +510,9 @@ mod tests {
             &sweep,
             &f,
             &mut f_work,
-            &cost.cols,
+            &cost,
             &log_b,
             eps,
-            cost.offset,
         );
         check(&recomputed, "recomputed columns");
     }

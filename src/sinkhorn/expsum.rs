@@ -42,6 +42,12 @@ pub(crate) trait Real:
     fn to_f64(self) -> f64;
     /// a·b + c, fused when `FMA` (only requested where the target has FMA).
     fn madd<const FMA: bool>(a: Self, b: Self, c: Self) -> Self;
+    /// |self|.
+    fn abs(self) -> Self;
+    /// √self.
+    fn sqrt(self) -> Self;
+    /// self^e.
+    fn powf(self, e: f64) -> Self;
     /// The polynomial exponential described in the module header.
     fn exp_poly<const FMA: bool>(self) -> Self;
     /// The cost in this precision and the offset subtracted from it (f64 borrows it unshifted; f32 copies it
@@ -68,6 +74,21 @@ impl Real for f64 {
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self
+    }
+
+    #[inline(always)]
+    fn abs(self) -> Self {
+        f64::abs(self)
+    }
+
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+
+    #[inline(always)]
+    fn powf(self, e: f64) -> Self {
+        f64::powf(self, e)
     }
 
     #[inline(always)]
@@ -147,6 +168,21 @@ impl Real for f32 {
     #[inline(always)]
     fn to_f64(self) -> f64 {
         f64::from(self)
+    }
+
+    #[inline(always)]
+    fn abs(self) -> Self {
+        f32::abs(self)
+    }
+
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+
+    #[inline(always)]
+    fn powf(self, e: f64) -> Self {
+        f32::powf(self, e as f32)
     }
 
     #[inline(always)]

@@ -1,16 +1,20 @@
 //! Log-domain Sinkhorn on the GPU (`shaders/sinkhorn.wgsl`) for a batch of B problems of one shape, with the
 //! CPU path's ε schedule, stopping rule and assembly. A single problem is the batch B = 1.
 //!
-//! All B problems share one workspace: costs, log marginals and potentials lie back to back and every kernel
-//! runs the B problems along `workgroup_id.z`. One round covers up to `check_every` iterations of every
-//! problem still running, in one submission of 2 dispatches per iteration plus 1 reduction at the check,
-//! whatever B is; then the B row-marginal errors (one f32 each) are read back and every problem goes through
-//! the shared stopping rule ([`check`]) with its own ε schedule, stage and tolerance. A problem that converged
-//! is frozen on the device (its workgroups return at once), so the others go on without it.
+//! All B problems share one workspace: costs (one row-major copy each), log marginals and potentials lie
+//! back to back and every kernel runs the B problems along `workgroup_id.z`. An iteration reads each cost
+//! once ([`Geometry`]: `sweep` computes f' row by row and each row block's column partials, `merge` the next
+//! g), or twice when a row exceeds one workgroup's registers (`update_f`, `columns`, `merge`). One round
+//! covers up to `check_every` iterations of every problem still running, in one submission, plus 1
+//! reduction at the check, whatever B is; then the B row-marginal errors (one f32 each) are read back and
+//! every problem goes through the shared stopping rule ([`check`]) with its own ε schedule, stage and
+//! tolerance. A problem that converged is frozen on the device (its workgroups return at once), so the
+//! others go on without it. Before the first iteration, and after a stage change, g = G(f) is recomputed at
+//! the current ε, so that an iteration's state always has exact columns for its ε.
 //!
-//! The potential f ping-pongs between two buffers, so on convergence the state *before* the last f-update
-//! (exact columns, measured row error) is still there, as on the CPU; the host remembers which buffer holds
-//! each problem's final f.
+//! Both potentials ping-pong between two buffers, so on convergence the state *before* the last f-update
+//! (exact columns, measured row error) is still there, as on the CPU; the host remembers which pair holds
+//! each problem's final potentials.
 
 use std::borrow::Cow;
 
@@ -22,20 +26,24 @@ use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::problem::GpuProblem;
+use crate::gpu::work;
 use crate::monitor::Monitor;
 use crate::problem::Problem;
 use crate::sinkhorn::rules::{assemble, check, epsilon_schedule, start_point, validate, Check};
 use crate::sinkhorn::settings::Sinkhorn;
 use crate::solution::{
-    Criterion, RanOn, Solution, Termination, DEFAULT_TOL_F32, F32_STOP_FRACTION,
+    Criterion, GpuWork, RanOn, Solution, Termination, DEFAULT_TOL_F32, F32_STOP_FRACTION,
 };
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct SinkhornParams {
+struct SweepParams {
     m: u32,
     n: u32,
-    _pad: [u32; 2],
+    rows: u32,
+    blocks: u32,
+    tiles: u32,
+    _pad: [u32; 3],
 }
 
 /// Problem p's entry of the `ctl` buffer: its current ε and whether it still iterates.
@@ -55,36 +63,101 @@ struct ReduceParams {
     _pad: u32,
 }
 
-/// Dispatches of one Sinkhorn iteration (g-update, f-update), whatever the batch size.
-pub(crate) const DISPATCHES_PER_ITERATION: usize = 2;
+/// Row entries each thread of `sweep` holds in registers (`VMAX` in `shaders/sinkhorn.wgsl`).
+const ENTRIES_PER_THREAD: usize = 16;
+
+/// How an iteration covers an m × n cost: the workgroup size, rows per block and whether a row fits the
+/// registers of one workgroup (one read of the cost per iteration) or not (two reads: rows, then columns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    /// Threads per workgroup of sweep, update_f and columns (merge too).
+    pub(crate) wg: u32,
+    /// sweep (rows and columns from one read) rather than update_f + columns.
+    pub(crate) fused: bool,
+    /// Rows per block: each block writes one partial log-sum-exp per column.
+    pub(crate) rows: usize,
+    pub(crate) blocks: usize,
+    /// Column tiles of wg × [`ENTRIES_PER_THREAD`] columns (1 when fused).
+    pub(crate) tiles: usize,
+}
+
+impl Geometry {
+    pub(crate) fn new(ctx: &GpuContext, m: usize, n: usize) -> Self {
+        let max_wg = ctx.max_workgroup();
+        let need = n.div_ceil(ENTRIES_PER_THREAD).next_power_of_two() as u64;
+        let fused = need <= u64::from(max_wg);
+        let wg = if fused {
+            (need as u32).max(64).min(max_wg)
+        } else {
+            max_wg
+        };
+        // About 512 blocks or more keep the device busy; more rows per block shrink the partials (2 words per
+        // block and column, against m words of cost per column).
+        let rows = (m / 512).clamp(1, 32);
+        let tiles = if fused {
+            1
+        } else {
+            n.div_ceil(wg as usize * ENTRIES_PER_THREAD)
+        };
+        Self {
+            wg,
+            fused,
+            rows,
+            blocks: m.div_ceil(rows),
+            tiles,
+        }
+    }
+
+    /// Dispatches of one iteration.
+    pub(crate) fn dispatches_per_iteration(&self) -> usize {
+        if self.fused {
+            2
+        } else {
+            3
+        }
+    }
+}
+
+/// The passes of one iteration from f, g in buffers `p` (writing f, g into `1 − p`).
+struct Iteration {
+    /// sweep, or update_f then columns.
+    rows: Vec<Pass>,
+    merge: Pass,
+}
 
 /// Buffers and prepared passes of B problems of one shape.
 pub(crate) struct SinkhornWorkspace {
     batch: usize,
+    geometry: Geometry,
     ctl: wgpu::Buffer,
     cost: wgpu::Buffer,
-    cost_t: wgpu::Buffer,
     log_a: wgpu::Buffer,
     log_b: wgpu::Buffer,
     f: [wgpu::Buffer; 2],
-    g: wgpu::Buffer,
+    g: [wgpu::Buffer; 2],
     max_err: wgpu::Buffer,
     staging: wgpu::Buffer,
-    /// update_g and update_f reading f[p] (and writing f[1 − p]), p = 0, 1.
-    update_g: [Pass; 2],
-    update_f: [Pass; 2],
+    /// The iteration from buffers 0 and from buffers 1.
+    iteration: [Iteration; 2],
+    /// g[p] = G(f[p]) for p = 0, 1: the columns of the starting point, and again after an ε stage changes
+    /// (so that the first iteration at a new ε starts from columns exact at that ε).
+    columns: [Vec<Pass>; 2],
     reduce: Pass,
 }
 
 impl SinkhornWorkspace {
     fn new(ctx: &GpuContext, m: usize, n: usize, nb: usize) -> Result<Self> {
+        let geo = Geometry::new(ctx, m, n);
         let params = buffers::uniform(
             ctx,
             "sinkhorn params",
-            &SinkhornParams {
+            &SweepParams {
                 m: m as u32,
                 n: n as u32,
-                _pad: [0; 2],
+                rows: geo.rows as u32,
+                blocks: geo.blocks as u32,
+                tiles: geo.tiles as u32,
+                _pad: [0; 3],
             },
         );
         let reduce_params = buffers::uniform(
@@ -99,57 +172,93 @@ impl SinkhornWorkspace {
         );
         let ctl = buffers::storage(ctx, "sinkhorn control", 2 * nb);
         let cost = buffers::storage(ctx, "cost", nb * m * n);
-        let cost_t = buffers::storage(ctx, "cost_t", nb * m * n);
         let log_a = buffers::storage(ctx, "log a", nb * m);
         let log_b = buffers::storage(ctx, "log b", nb * n);
         let f = [
             buffers::storage(ctx, "f0", nb * m),
             buffers::storage(ctx, "f1", nb * m),
         ];
-        let g = buffers::storage(ctx, "g", nb * n);
+        let g = [
+            buffers::storage(ctx, "g0", nb * n),
+            buffers::storage(ctx, "g1", nb * n),
+        ];
+        let partial = buffers::storage(ctx, "column partials", 2 * nb * geo.blocks * n);
         let err = buffers::storage(ctx, "row errors", nb * m);
         let max_err = buffers::storage(ctx, "max row error", nb);
         let staging = buffers::staging(ctx, "sinkhorn readback", buffers::words(nb * m.max(n)));
-        let pass_g = |p: usize| {
-            Ok::<_, Error>(
-                Pass::per_workgroup(
-                    ctx,
-                    Kernel::SinkhornG,
-                    &[
-                        (0, &params),
-                        (2, &cost_t),
-                        (4, &log_b),
-                        (5, &f[p]),
-                        (6, &g),
-                        (9, &ctl),
-                    ],
-                    n,
-                )?
-                .batched(nb),
-            )
+        let cost_bytes = 4 * (m * n) as u64;
+        let wg = geo.wg;
+        let pass = |kernel, entries: &[(u32, &wgpu::Buffer)], lanes| {
+            Ok::<_, Error>(Pass::per_workgroup_sized(ctx, kernel, wg, entries, lanes)?.batched(nb))
         };
-        let pass_f = |p: usize| {
+        // The columns of the f in buffer 1 − p (update_f's output).
+        let columns = |p: usize| {
             Ok::<_, Error>(
-                Pass::per_workgroup(
-                    ctx,
-                    Kernel::SinkhornF,
+                pass(
+                    Kernel::SinkhornColumns,
                     &[
                         (0, &params),
                         (1, &cost),
-                        (3, &log_a),
-                        (5, &f[p]),
-                        (6, &g),
                         (7, &f[1 - p]),
-                        (8, &err),
                         (9, &ctl),
+                        (10, &partial),
                     ],
-                    m,
+                    geo.tiles * geo.blocks,
                 )?
-                .batched(nb),
+                .reads_cost(cost_bytes),
             )
         };
-        let update_g = [pass_g(0)?, pass_g(1)?];
-        let update_f = [pass_f(0)?, pass_f(1)?];
+        // f, g read from buffers p (f_in, g_in), f' written to 1 − p and read by columns, g' to 1 − p.
+        let rows = |p: usize| -> Result<Vec<Pass>> {
+            let (fi, fo, gi) = (&f[p], &f[1 - p], &g[p]);
+            let common = [
+                (0, &params),
+                (1, &cost),
+                (3, &log_a),
+                (5, fi),
+                (6, gi),
+                (7, fo),
+                (8, &err),
+                (9, &ctl),
+            ];
+            if geo.fused {
+                let mut e = common.to_vec();
+                e.push((10, &partial));
+                Ok(vec![
+                    pass(Kernel::SinkhornSweep, &e, geo.blocks)?.reads_cost(cost_bytes)
+                ])
+            } else {
+                Ok(vec![
+                    pass(Kernel::SinkhornRows, &common, m)?.reads_cost(cost_bytes),
+                    columns(p)?,
+                ])
+            }
+        };
+        let merge = |p: usize| {
+            pass(
+                Kernel::SinkhornMerge,
+                &[
+                    (0, &params),
+                    (4, &log_b),
+                    (9, &ctl),
+                    (10, &partial),
+                    (11, &g[1 - p]),
+                ],
+                n.div_ceil(wg as usize),
+            )
+        };
+        let iteration = [
+            Iteration {
+                rows: rows(0)?,
+                merge: merge(0)?,
+            },
+            Iteration {
+                rows: rows(1)?,
+                merge: merge(1)?,
+            },
+        ];
+        // Columns of f[p] (bound as f_out of parity 1 − p) merged into g[p].
+        let columns = [vec![columns(1)?, merge(1)?], vec![columns(0)?, merge(0)?]];
         let reduce = Pass::single(
             ctx,
             Kernel::MaxAbs,
@@ -158,17 +267,17 @@ impl SinkhornWorkspace {
         .batched(nb);
         Ok(Self {
             batch: nb,
+            geometry: geo,
             ctl,
             cost,
-            cost_t,
             log_a,
             log_b,
             f,
             g,
             max_err,
             staging,
-            update_g,
-            update_f,
+            iteration,
+            columns,
             reduce,
         })
     }
@@ -205,8 +314,8 @@ struct Track {
     active: bool,
     iterations: usize,
     termination: Termination,
-    /// The f buffer (0 or 1) that holds this problem's f once it stopped.
-    f_at: usize,
+    /// The f and g buffers (0 or 1) that hold this problem's potentials once it stopped.
+    at: usize,
     /// The last measured max-norm row-marginal error (NaN before the first check).
     error: f64,
 }
@@ -235,7 +344,7 @@ impl Track {
             active: true,
             iterations: 0,
             termination: Termination::MaxIterations,
-            f_at: 0,
+            at: 0,
             error: f64::NAN,
         }
     }
@@ -275,7 +384,7 @@ impl Track {
             Check::Stop(t) => {
                 // Keep the state before the f-update: columns exact, row error = err.
                 self.active = false;
-                self.f_at = before_last;
+                self.at = before_last;
                 self.termination = match t {
                     Termination::Converged(Criterion::MarginalError { .. }) => {
                         Termination::Converged(Criterion::MarginalError { tol: self.tol })
@@ -288,8 +397,9 @@ impl Track {
     }
 }
 
-/// Runs every problem's ε schedule from the state in the workspace (f in `f[0]`, g, log marginals and both
-/// cost layouts of the B problems) until each has converged or `max_iter` iterations ran. Rounds of up to
+/// Runs every problem's ε schedule from the state in the workspace (f in `f[0]`, the log marginals and the
+/// costs of the B problems; the first submission computes g[0] = G(f[0])) until each has converged or
+/// `max_iter` iterations ran. Rounds of up to
 /// `check_every` iterations cover all problems still active; `cfg.monitor` sees every check of every
 /// problem and can cancel them all.
 fn iterate(
@@ -301,18 +411,26 @@ fn iterate(
 ) -> Result<()> {
     debug_assert_eq!(tracks.len(), ws.batch);
     ws.write_controls(ctx, tracks);
-    // f[cur] holds the current potential f of every active problem.
+    // f[cur] and g[cur] hold the current potentials of every active problem (g = G(f): columns exact).
     let mut cur = 0usize;
     let mut iterations = 0usize;
+    // g = G(f) before the first iteration and after a stage change.
+    let mut columns = true;
     while iterations < cfg.max_iter && tracks.iter().any(|t| t.active) {
         // Iterations up to the next check (or the limit), in one submission.
         let to_check = cfg.check_every - iterations % cfg.check_every;
         let batch = to_check.min(cfg.max_iter - iterations);
-        let mut passes: Vec<&Pass> = Vec::with_capacity(DISPATCHES_PER_ITERATION * batch + 1);
+        let per = ws.geometry.dispatches_per_iteration();
+        let mut passes: Vec<&Pass> = Vec::with_capacity(per * batch + 3);
+        if columns {
+            passes.extend(&ws.columns[cur]);
+            columns = false;
+        }
         let mut before_last = cur;
         for _ in 0..batch {
-            passes.push(&ws.update_g[cur]);
-            passes.push(&ws.update_f[cur]);
+            let it = &ws.iteration[cur];
+            passes.extend(&it.rows);
+            passes.push(&it.merge);
             before_last = cur;
             cur = 1 - cur;
         }
@@ -330,7 +448,9 @@ fn iterate(
         let errors = buffers::read_back::<f32>(ctx, enc, &ws.max_err, 0, bytes, &ws.staging)?;
         let mut changed = false;
         for (t, &err) in tracks.iter_mut().zip(&errors).filter(|(t, _)| t.active) {
+            let stage = t.stage;
             changed |= t.at_check(cfg, iterations, f64::from(err), before_last);
+            columns |= t.stage != stage;
             if !t.active {
                 finished();
             }
@@ -340,7 +460,7 @@ fn iterate(
         }
     }
     for t in tracks.iter_mut().filter(|t| t.active) {
-        t.f_at = cur;
+        t.at = cur;
         finished();
     }
     ctx.check_errors()
@@ -430,13 +550,6 @@ fn run_in(
     );
     buffers::upload(
         ctx,
-        &ws.cost_t,
-        &concat(starts, |s| {
-            s.problem.cost().reversed_axes().into_iter().copied()
-        }),
-    );
-    buffers::upload(
-        ctx,
         &ws.log_a,
         &concat(starts, |s| s.problem.a().into_iter().map(|x| x.ln())),
     );
@@ -446,7 +559,7 @@ fn run_in(
         &concat(starts, |s| s.problem.b().into_iter().map(|x| x.ln())),
     );
     buffers::upload(ctx, &ws.f[0], &concat(starts, |s| s.f0.iter().copied()));
-    buffers::upload(ctx, &ws.g, &concat(starts, |s| s.g0.iter().copied()));
+    buffers::upload(ctx, &ws.g[0], &concat(starts, |s| s.g0.iter().copied()));
     let mut tracks: Vec<Track> = starts
         .iter()
         .map(|s| {
@@ -459,24 +572,26 @@ fn run_in(
         .collect();
     iterate(ctx, ws, cfg, &mut tracks, finished)?;
     let nb = starts.len();
-    // Each f buffer is read only if some problem's final f lies there.
+    // Each pair of buffers is read only if some problem's final potentials lie there.
     let mut f_bufs: [Option<Vec<f64>>; 2] = [None, None];
+    let mut g_bufs: [Option<Vec<f64>>; 2] = [None, None];
     for t in &tracks {
-        if f_bufs[t.f_at].is_none() {
-            f_bufs[t.f_at] = Some(ws.read(ctx, &ws.f[t.f_at], nb * m)?);
+        if f_bufs[t.at].is_none() {
+            f_bufs[t.at] = Some(ws.read(ctx, &ws.f[t.at], nb * m)?);
+            g_bufs[t.at] = Some(ws.read(ctx, &ws.g[t.at], nb * n)?);
         }
     }
-    let g = ws.read(ctx, &ws.g, nb * n)?;
     Ok(starts
         .iter()
         .zip(&tracks)
         .enumerate()
         .map(|(p, (s, t))| {
-            let f_all = f_bufs[t.f_at]
-                .as_deref()
-                .expect("every problem's f buffer was read above");
+            let (f_all, g_all) = match (&f_bufs[t.at], &g_bufs[t.at]) {
+                (Some(f), Some(g)) => (f, g),
+                _ => unreachable!("every problem's buffers were read above"),
+            };
             let f = Array1::from(f_all[p * m..(p + 1) * m].to_vec());
-            let g = Array1::from(g[p * n..(p + 1) * n].to_vec());
+            let g = Array1::from(g_all[p * n..(p + 1) * n].to_vec());
             let device = RanOn::Gpu {
                 adapter: ctx.adapter_name().to_string(),
             };
@@ -507,6 +622,8 @@ pub struct GpuSinkhornOutput {
     pub termination: Termination,
     /// The last measured max-norm row-marginal error (NaN when no check ran); columns are exact.
     pub marginal_error: f64,
+    /// The device work of the solve.
+    pub work: GpuWork,
 }
 
 /// [`Sinkhorn::solve_buffers`]: the warm start is checked as for host problems ([`start_point`]); the
@@ -524,9 +641,9 @@ pub(crate) fn solve_buffers(
     check_shape(ctx, m, n, 1)?;
     let key = WorkspaceKey::Sinkhorn { m, n, batch: 1 };
     let ws = ctx.take_workspace(key, || SinkhornWorkspace::new(ctx, m, n, 1))?;
-    let out = solve_in_buffers(ctx, &ws, cfg, input, &f0, &g0);
+    let (out, work) = work::measure(|| solve_in_buffers(ctx, &ws, cfg, input, &f0, &g0));
     ctx.put_workspace(key, ws);
-    out
+    out.map(|o| GpuSinkhornOutput { work, ..o })
 }
 
 fn solve_in_buffers(
@@ -556,12 +673,6 @@ fn solve_in_buffers(
     let passes = [
         Pass::per_thread(
             ctx,
-            Kernel::Transpose,
-            &[(0, &p_mn), (1, input.cost), (2, &ws.cost_t)],
-            m * n,
-        )?,
-        Pass::per_thread(
-            ctx,
             Kernel::LogInto,
             &[(0, &p_m), (1, input.a), (2, &ws.log_a)],
             m,
@@ -576,13 +687,16 @@ fn solve_in_buffers(
             ctx,
             Kernel::Range,
             &[(0, &p_mn), (1, input.cost), (2, &range)],
-        )?,
+        )?
+        .reads_cost(4 * (m * n) as u64),
         Pass::single(ctx, Kernel::MaxAbs, &[(0, &p_m), (1, input.a), (2, &amax)])?,
     ];
     buffers::upload(ctx, &ws.f[0], f0);
-    buffers::upload(ctx, &ws.g, g0);
+    buffers::upload(ctx, &ws.g[0], g0);
     let mut enc = buffers::encode(ctx, &passes.iter().collect::<Vec<_>>());
+    // Into the workspace whose passes are bound to it (a device copy; counted as a read of the cost).
     enc.copy_buffer_to_buffer(input.cost, 0, &ws.cost, 0, 4 * (m * n) as u64);
+    work::dispatched(0, 4 * (m * n) as u64);
     // The ε schedule needs the cost range, the stage tolerances max a: one readback of two scalars.
     let both = buffers::storage(ctx, "range and max a", 2);
     enc.copy_buffer_to_buffer(&range, 0, &both, 0, 4);
@@ -597,8 +711,8 @@ fn solve_in_buffers(
     let f = buffers::storage(ctx, "f", m);
     let g = buffers::storage(ctx, "g", n);
     let mut enc = ctx.device().create_command_encoder(&Default::default());
-    enc.copy_buffer_to_buffer(&ws.f[t.f_at], 0, &f, 0, 4 * m as u64);
-    enc.copy_buffer_to_buffer(&ws.g, 0, &g, 0, 4 * n as u64);
+    enc.copy_buffer_to_buffer(&ws.f[t.at], 0, &f, 0, 4 * m as u64);
+    enc.copy_buffer_to_buffer(&ws.g[t.at], 0, &g, 0, 4 * n as u64);
     buffers::submit(ctx, enc);
     ctx.check_errors()?;
     Ok(GpuSinkhornOutput {
@@ -607,6 +721,7 @@ fn solve_in_buffers(
         iterations: t.iterations,
         termination: t.termination,
         marginal_error: t.error,
+        work: GpuWork::default(),
     })
 }
 
@@ -626,7 +741,15 @@ fn check_shape(ctx: &GpuContext, m: usize, n: usize, nb: usize) -> Result<()> {
             needed: words,
         });
     }
+    let geo = Geometry::new(ctx, m, n);
+    ctx.check_binding(
+        "max_storage_buffer_binding_size (column partials of the batch, f32)",
+        8 * (nb * geo.blocks * n) as u64,
+    )?;
     ctx.check_lanes("max_compute_workgroups_per_dimension² (rows)", m)?;
-    ctx.check_lanes("max_compute_workgroups_per_dimension² (columns)", n)?;
+    ctx.check_lanes(
+        "max_compute_workgroups_per_dimension² (column tiles × row blocks)",
+        geo.tiles * geo.blocks,
+    )?;
     ctx.check_batch(nb)
 }

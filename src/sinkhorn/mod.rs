@@ -8,15 +8,17 @@
 //! `expsum` (the vectorised exponential sums), `gpu` (batched kernels, f32).
 
 mod cpu;
-mod expsum;
+pub(crate) mod expsum;
 #[cfg(feature = "gpu")]
 mod gpu;
+mod points;
 pub(crate) mod rules;
 pub(crate) mod settings;
 
 use crate::batch::Batch;
-use crate::device::{off_thread, Device, Target};
+use crate::device::{counting, counting_batch, off_thread, Device, Target};
 use crate::error::Result;
+use crate::points::{PointProblem, PointSolution};
 use crate::problem::Problem;
 use crate::solution::Solution;
 
@@ -32,6 +34,11 @@ impl Sinkhorn {
 
     /// Solves on `device` (GPU results are f32; `Solution::device` says where it ran).
     pub fn solve_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
+        counting(|| self.run_on(problem, device))
+    }
+
+    /// [`Self::solve_on`] without the GPU work counted (zero-mass entries call it again on the rest).
+    fn run_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
         if let Some(sol) = self.solve_without_zero_mass(problem, device) {
             return sol;
         }
@@ -73,7 +80,7 @@ impl Sinkhorn {
             }
         }
         Some((|| {
-            let sol = cfg.solve_on(&reduced.problem, device)?;
+            let sol = cfg.run_on(&reduced.problem, device)?;
             let (f, g) = reduced.spread(problem, &sol.alpha, &sol.beta, 800.0 * self.epsilon);
             let full = rules::assemble(
                 self,
@@ -96,6 +103,19 @@ impl Sinkhorn {
         cfg
     }
 
+    /// Solves the problem between two point clouds on the CPU, computing the cost from the points as it
+    /// goes (tile by tile, never stored): memory is O((m + n) d) and the result keeps the potentials, not
+    /// the plan ([`PointSolution::plan_entry`], [`PointSolution::marginals`] and
+    /// [`PointSolution::dense_plan`] evaluate it). Same iterations, ε schedule (from the cost's range, or a
+    /// bound on it beyond 10⁷ pairs), stopping rule, warm start and precision as [`Sinkhorn::solve`]; the
+    /// reported numbers are measured pair by pair in f64.
+    ///
+    /// Errors: a zero mass ([`crate::Error::ZeroMass`]: Sinkhorn takes logarithms; drop the point), a warm
+    /// start of the wrong length, non-finite results.
+    pub fn solve_points(&self, problem: &PointProblem) -> Result<PointSolution> {
+        points::solve(self, problem)
+    }
+
     /// Async [`Sinkhorn::solve_on`], on a thread of its own as [`crate::SparseOt::solve_on_async`].
     pub async fn solve_on_async(&self, problem: &Problem, device: &Device) -> Result<Solution> {
         let (cfg, problem, device) = (self.clone(), problem.clone(), device.clone());
@@ -109,7 +129,8 @@ impl Sinkhorn {
     }
 
     /// Solves every problem of the batch on `device`. On the CPU this is [`Sinkhorn::solve_batch`]. On a GPU
-    /// the whole batch is one workspace and every iteration is two dispatches covering all B problems (f32):
+    /// the whole batch is one workspace and every iteration is two dispatches (three for rows beyond 16 384
+    /// entries) covering all B problems (f32), reading each cost once (twice beyond 16 384):
     /// a round of up to `check_every` iterations is one submission, after which the B row-marginal errors
     /// are read back together. Each problem keeps its own ε schedule (it depends on its cost range), stage,
     /// iteration count and [`crate::Termination`]; a problem that converged is frozen on the device while
@@ -122,13 +143,17 @@ impl Sinkhorn {
     /// The monitor hears of each problem as its result is ready (on a GPU: when it converges at a check, or
     /// when the iteration limit ends the run).
     pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
+        counting_batch(|| self.run_batch_on(batch, device))
+    }
+
+    fn run_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
         let each = self.for_batch_problems();
         match device.target() {
             Target::Cpu => batch.map_problems(&self.monitor, |p| each.solve(p)),
             #[cfg(feature = "gpu")]
             Target::Gpu(ctx) => {
                 let mut out = batch.check_all(gpu::solve_batch(&ctx, self, batch));
-                batch.solve_zero_mass_alone(&mut out, |p| each.solve_on(p, device));
+                batch.solve_zero_mass_alone(&mut out, |p| each.run_on(p, device));
                 out
             }
         }

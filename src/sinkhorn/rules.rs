@@ -164,5 +164,6 @@ pub(crate) fn assemble(
         marginal_error_cols,
         iterations,
         termination,
+        gpu_work: None,
     }
 }

@@ -24,7 +24,7 @@ pub(crate) mod settings;
 mod working_set;
 
 use crate::batch::Batch;
-use crate::device::{off_thread, Device, Target};
+use crate::device::{counting, counting_batch, off_thread, Device, Target};
 use crate::error::Result;
 use crate::problem::Problem;
 use crate::solution::{plan_metrics, Formulation, Lanes, Plan, Solution};
@@ -63,7 +63,7 @@ impl SparseOt {
             cfg.warm_beta = pick(&self.warm_beta, &reduced.cols).or(cfg.warm_beta);
         }
         Some((|| {
-            let sol = cfg.solve_on(&reduced.problem, device)?;
+            let sol = cfg.run_on(&reduced.problem, device)?;
             let (alpha, beta) = reduced.spread(problem, &sol.alpha, &sol.beta, 0.0);
             let plan = match &sol.plan {
                 Plan::Sparse(p) if rows => Plan::Sparse(p.spread_lanes(&reduced.rows, problem.m())),
@@ -112,6 +112,11 @@ impl SparseOt {
 
     /// Solves on `device` (GPU results are f32; `Solution::device` says where it ran).
     pub fn solve_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
+        counting(|| self.run_on(problem, device))
+    }
+
+    /// [`Self::solve_on`] without the GPU work counted (zero-mass entries call it again on the rest).
+    fn run_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
         if let Some(sol) = self.solve_without_zero_mass(problem, device) {
             return sol;
         }
@@ -162,13 +167,17 @@ impl SparseOt {
     /// GPU as each problem's L-BFGS driver stops (or, when its f32 iteration stalled and is continued on the
     /// CPU, when that is done).
     pub fn solve_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
+        counting_batch(|| self.run_batch_on(batch, device))
+    }
+
+    fn run_batch_on(&self, batch: &Batch, device: &Device) -> Vec<Result<Solution>> {
         let each = self.for_batch_problems();
         match device.target() {
             Target::Cpu => batch.map_problems(&self.monitor, |p| each.solve(p)),
             #[cfg(feature = "gpu")]
             Target::Gpu(ctx) => {
                 let mut out = batch.check_all(gpu::solve_batch(&ctx, self, batch));
-                batch.solve_zero_mass_alone(&mut out, |p| each.solve_on(p, device));
+                batch.solve_zero_mass_alone(&mut out, |p| each.run_on(p, device));
                 out
             }
         }
@@ -203,7 +212,9 @@ impl SparseOt {
                 batch.map_problems(&self.monitor, |p| p.check(adam::solve(&each, adam, p)?))
             }
             #[cfg(feature = "gpu")]
-            Target::Gpu(ctx) => batch.check_all(gpu::adam::solve_batch(&ctx, self, adam, batch)),
+            Target::Gpu(ctx) => {
+                counting_batch(|| batch.check_all(gpu::adam::solve_batch(&ctx, self, adam, batch)))
+            }
         })
     }
 

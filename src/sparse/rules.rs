@@ -240,5 +240,6 @@ pub(crate) fn solution(cfg: &SparseOt, p: &Problem, plan: PlanBuilder, out: Outc
         marginal_error_cols,
         iterations: out.iterations,
         termination: out.termination,
+        gpu_work: None,
     }
 }

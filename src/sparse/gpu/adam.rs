@@ -223,7 +223,7 @@ fn run_in(
         .iter()
         .map(|v| stop_tolerance(cfg, &v.columns))
         .collect();
-    let x0 = problems::upload(ctx, d, valid);
+    let x0 = problems::upload(ctx, d, valid)?;
     ws.start(ctx, &tols, Some(&x0));
     buffers::submit(ctx, buffers::encode(ctx, &ws.passes(adam)));
     let scalars: Vec<f32> = read(ctx, d, &d.scalars, 0, nb * 4)?;

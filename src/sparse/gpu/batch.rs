@@ -75,24 +75,33 @@ impl Prepared<'_, '_> {
     }
 }
 
-/// Uploads the costs (transposed, so a column is contiguous), marginals of the valid problems into the
-/// workspace and returns their starting points back to back (f32).
-pub(super) fn upload(ctx: &GpuContext, ws: &SparseWorkspace, valid: &[&Valid<'_>]) -> Vec<f32> {
+/// Uploads the costs (row-major as the problems hold them, then transposed on the device so that a column is
+/// contiguous) and the marginals of the valid problems into the workspace and returns their starting points
+/// back to back (f32).
+pub(super) fn upload(
+    ctx: &GpuContext,
+    ws: &SparseWorkspace,
+    valid: &[&Valid<'_>],
+) -> Result<Vec<f32>> {
     let nb = valid.len();
     let (m, n) = (ws.m, ws.n);
-    let mut cost_t = Vec::with_capacity(nb * m * n);
+    let mut cost = Vec::with_capacity(nb * m * n);
     let (mut a, mut b) = (Vec::with_capacity(nb * m), Vec::with_capacity(nb * n));
     let mut x0 = Vec::with_capacity(nb * ws.dim());
     for v in valid {
-        cost_t.extend(v.columns.cost().t().iter().map(|&c| c as f32));
+        cost.extend(v.columns.cost_slice().iter().map(|&c| c as f32));
         a.extend(v.columns.a().iter().map(|&c| c as f32));
         b.extend(v.columns.b().iter().map(|&c| c as f32));
         x0.extend(v.x0.iter().map(|&c| c as f32));
     }
-    buffers::upload(ctx, &ws.cost_t, &cost_t);
+    let rows_major = buffers::storage(ctx, "cost (row-major)", nb * m * n);
+    buffers::upload(ctx, &rows_major, &cost);
+    drop(cost);
+    let transpose = buffers::transpose(ctx, &rows_major, &ws.cost_t, (m, n), nb)?;
+    buffers::submit(ctx, buffers::encode(ctx, &[&transpose]));
     buffers::upload(ctx, &ws.a, &a);
     buffers::upload(ctx, &ws.b, &b);
-    x0
+    Ok(x0)
 }
 
 /// The outcome of one problem's device run; the potentials and plan are in the workspace buffers.

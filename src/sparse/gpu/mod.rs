@@ -17,12 +17,14 @@ use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::problem::GpuProblem;
+use crate::gpu::work;
 use crate::lbfgs::gpu::{DeviceObjective, GpuLbfgs, LbfgsBuffers};
 use crate::lbfgs::{self, Settings, Step};
 use crate::monitor::{Monitor, Progress};
 use crate::problem::Problem;
 use crate::solution::{
-    Criterion, Formulation, Lanes, RanOn, Solution, Termination, DEFAULT_TOL_F32, F32_STOP_FRACTION,
+    Criterion, Formulation, GpuWork, Lanes, RanOn, Solution, Termination, DEFAULT_TOL_F32,
+    F32_STOP_FRACTION,
 };
 use crate::sparse::rules;
 use crate::sparse::settings::SparseOt;
@@ -41,13 +43,13 @@ struct SparseParams {
     _pad: [u32; 2],
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct TransposeParams {
-    len: u32,
-    rows: u32,
-    cols: u32,
-    _pad: u32,
+/// Walks over its column that one `column_pass` workgroup makes (`shaders/sparse_dual.wgsl`): the 32-step
+/// search for the k-th key when k < m, the tie count, for the semi-dual the max, 26 bisection and 3
+/// refinement steps, and the term pass (the tie search's walk of one thread's chunk is left out).
+fn column_walks(dual: bool, k: usize, m: usize) -> u64 {
+    let search = if k < m { 32 } else { 0 };
+    let theta = if dual { 0 } else { 1 + 26 + 3 };
+    search + 1 + theta + 1
 }
 
 /// Relative noise of objective values computed in f32 (≈ 16 × f32 unit roundoff).
@@ -126,6 +128,7 @@ impl SparseWorkspace {
             },
         );
         let cost_t = buffers::storage(ctx, "cost_t", nb * m * n);
+        let cost_bytes = 4 * (m * n) as u64;
         let a = buffers::storage(ctx, "a", nb * m);
         let b = buffers::storage(ctx, "b", nb * n);
         let cols = buffers::storage(ctx, "column states", nb * COL_WORDS * n);
@@ -156,7 +159,8 @@ impl SparseWorkspace {
             ],
             n,
         )?
-        .batched(nb);
+        .batched(nb)
+        .reads_cost(column_walks(dual, k, m) * cost_bytes);
         let row = Pass::per_thread(
             ctx,
             Kernel::Row,
@@ -171,7 +175,8 @@ impl SparseWorkspace {
             ],
             m,
         )?
-        .batched(nb);
+        .batched(nb)
+        .reads_cost(cost_bytes);
         let finalize = Pass::single(
             ctx,
             Kernel::Finalize,
@@ -203,7 +208,8 @@ impl SparseWorkspace {
             ],
             n,
         )?
-        .batched(nb);
+        .batched(nb)
+        .reads_cost(cost_bytes);
         Ok(Self {
             m,
             n,
@@ -528,7 +534,7 @@ fn run_on_device(
         SparseWorkspace::batched(ctx, (m, n, k), dual, cfg.memory, nb)
     })?;
     let out = (|| {
-        let x0 = batch::upload(ctx, &ws, valid);
+        let x0 = batch::upload(ctx, &ws, valid)?;
         let tols: Vec<DeviceTol> = valid
             .iter()
             .map(|v| DeviceTol::for_problem(cfg, &v.columns))
@@ -584,6 +590,8 @@ pub struct GpuSparseOutput {
     pub iterations: usize,
     /// Why the solver stopped.
     pub termination: Termination,
+    /// The device work of the solve.
+    pub work: GpuWork,
 }
 
 /// [`SparseOt::solve_buffers`]: k and the warm start are checked as for host problems
@@ -612,9 +620,9 @@ pub(crate) fn solve_buffers(
     let ws = ctx.take_workspace(key, || {
         SparseWorkspace::batched(ctx, (m, n, k), dual, cfg.memory, 1)
     })?;
-    let out = solve_in_buffers(ctx, &ws, cfg, input, &x0);
+    let (out, work) = work::measure(|| solve_in_buffers(ctx, &ws, cfg, input, &x0));
     ctx.put_workspace(key, ws);
-    out
+    out.map(|o| GpuSparseOutput { work, ..o })
 }
 
 fn solve_in_buffers(
@@ -625,22 +633,7 @@ fn solve_in_buffers(
     x0: &[f32],
 ) -> Result<GpuSparseOutput> {
     let (m, n, k) = (ws.m, ws.n, ws.k);
-    let tp = buffers::uniform(
-        ctx,
-        "transpose params",
-        &TransposeParams {
-            len: (m * n) as u32,
-            rows: m as u32,
-            cols: n as u32,
-            _pad: 0,
-        },
-    );
-    let transpose = Pass::per_thread(
-        ctx,
-        Kernel::Transpose,
-        &[(0, &tp), (1, input.cost), (2, &ws.cost_t)],
-        m * n,
-    )?;
+    let transpose = buffers::transpose(ctx, input.cost, &ws.cost_t, (m, n), 1)?;
     let mut enc = buffers::encode(ctx, &[&transpose]);
     enc.copy_buffer_to_buffer(input.a, 0, &ws.a, 0, 4 * m as u64);
     enc.copy_buffer_to_buffer(input.b, 0, &ws.b, 0, 4 * n as u64);
@@ -677,5 +670,6 @@ fn solve_in_buffers(
         value: r.value,
         iterations: r.iterations,
         termination: r.termination,
+        work: GpuWork::default(),
     })
 }

@@ -1,0 +1,216 @@
+//! Point clouds: problems given by points and a ground cost, solved without forming the m × n matrix. On
+//! small clouds every result equals the dense path on `PointProblem::to_problem` (the same entries bit for
+//! bit); bad points and masses give typed errors.
+
+use ndarray::{Array1, Array2};
+use sparse_ot::{Error, GroundCost, PointProblem, Precision, Sinkhorn, Termination};
+
+fn cloud(n: usize, d: usize, seed: u64) -> Array2<f64> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    Array2::from_shape_fn((n, d), |_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+fn masses(n: usize, seed: u64) -> Array1<f64> {
+    let w = cloud(n, 1, seed).column(0).mapv(|v| 0.2 + v);
+    let total = w.sum();
+    w / total
+}
+
+const PLENTY: u64 = 1 << 30;
+
+#[test]
+fn sinkhorn_on_points_equals_the_dense_solve_bit_for_bit_in_f64() {
+    for (ground, d) in [
+        (GroundCost::SqEuclidean, 2),
+        (GroundCost::Euclidean, 5),
+        (GroundCost::Minkowski { p: 1.0, q: 1.0 }, 3),
+        (GroundCost::Minkowski { p: 3.0, q: 2.0 }, 2),
+    ] {
+        let (x, y) = (cloud(40, d, 1), cloud(30, d, 2));
+        let p = PointProblem::new(&masses(40, 3), &masses(30, 4), &x, &y, ground).unwrap();
+        let dense = p.to_problem(PLENTY).unwrap();
+        let cfg = Sinkhorn::new(0.05).unwrap().tol(1e-10).unwrap();
+        let on_points = cfg.solve_points(&p).unwrap();
+        let reference = cfg.solve(&dense).unwrap();
+        assert!(on_points.converged(), "{ground}: {on_points}");
+        assert_eq!(on_points.iterations, reference.iterations, "{ground}");
+        assert_eq!(on_points.alpha, reference.alpha, "{ground}");
+        assert_eq!(on_points.beta, reference.beta, "{ground}");
+        // The reported numbers are summed in another order (rows by chunks, SIMD exponentials): they agree to
+        // rounding.
+        let close = |a: f64, b: f64, what: &str| {
+            assert!(
+                (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                "{ground} {what}: {a} vs {b}"
+            )
+        };
+        close(on_points.value, reference.value, "value");
+        close(
+            on_points.transport_cost,
+            reference.transport_cost,
+            "transport cost",
+        );
+        assert!(
+            on_points.marginal_error_rows <= 1e-10 + 1e-14,
+            "{on_points}"
+        );
+        let plan = on_points.dense_plan(&p, PLENTY).unwrap();
+        let want = reference.dense_plan();
+        for (a, b) in plan.iter().zip(want.iter()) {
+            assert!((a - b).abs() <= 1e-15, "{ground}: plan {a} vs {b}");
+        }
+        let (rows, cols) = on_points.marginals(&p).unwrap();
+        for (r, a) in rows.iter().zip(p.a()) {
+            assert!((r - a).abs() <= 1e-10 + 1e-14);
+        }
+        for (c, b) in cols.iter().zip(p.b()) {
+            assert!((c - b).abs() <= 1e-12);
+        }
+    }
+}
+
+#[test]
+fn sinkhorn_on_points_in_f32_agrees_with_the_dense_f32_solve() {
+    let (x, y) = (cloud(200, 2, 5), cloud(150, 2, 6));
+    let p = PointProblem::uniform(&x, &y, GroundCost::SqEuclidean).unwrap();
+    let cfg = Sinkhorn::new(0.01)
+        .unwrap()
+        .precision(Precision::F32)
+        .tol(1e-7)
+        .unwrap();
+    let on_points = cfg.solve_points(&p).unwrap();
+    let reference = cfg.solve(&p.to_problem(PLENTY).unwrap()).unwrap();
+    assert!(on_points.converged(), "{on_points}");
+    assert!(reference.converged(), "{reference}");
+    // Both meet 1e-7 on the marginals (verified in f64); the entropic optimum is unique, so the transport
+    // costs agree to about tol × the cost range (≤ 2 here) / the mass.
+    assert!(
+        (on_points.transport_cost - reference.transport_cost).abs() <= 1e-6,
+        "{} vs {}",
+        on_points.transport_cost,
+        reference.transport_cost
+    );
+}
+
+#[test]
+fn a_divisor_scales_every_cost() {
+    let (x, y) = (cloud(5, 2, 7), cloud(4, 2, 8));
+    let p = PointProblem::uniform(&x, &y, GroundCost::SqEuclidean).unwrap();
+    let q = p.clone().scaled(4.0).unwrap();
+    for i in 0..5 {
+        for j in 0..4 {
+            assert_eq!(q.cost(i, j), p.cost(i, j) * 0.25);
+        }
+    }
+    assert!(matches!(
+        p.clone().scaled(0.0),
+        Err(Error::InvalidParameter {
+            name: "divisor",
+            ..
+        })
+    ));
+    assert!(matches!(
+        p.scaled(f64::NAN),
+        Err(Error::InvalidParameter { .. })
+    ));
+}
+
+#[test]
+fn bad_points_and_masses_give_typed_errors() {
+    let (x, y) = (cloud(5, 2, 1), cloud(4, 2, 2));
+    let sq = GroundCost::SqEuclidean;
+    let empty = Array2::<f64>::zeros((0, 2));
+    assert!(matches!(
+        PointProblem::uniform(&empty, &y, sq),
+        Err(Error::Empty { what: "x" })
+    ));
+    assert!(matches!(
+        PointProblem::uniform(
+            &Array2::<f64>::zeros((5, 0)),
+            &Array2::<f64>::zeros((4, 0)),
+            sq
+        ),
+        Err(Error::Empty { .. })
+    ));
+    assert!(matches!(
+        PointProblem::uniform(&x, &cloud(4, 3, 2), sq),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let mut bad = x.clone();
+    bad[[3, 1]] = f64::NAN;
+    assert!(matches!(
+        PointProblem::uniform(&bad, &y, sq),
+        Err(Error::NonFinite { what: "x", .. })
+    ));
+    assert!(matches!(
+        PointProblem::new(&masses(4, 1), &masses(4, 2), &x, &y, sq),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let mut negative = masses(5, 1);
+    negative[0] = -0.1;
+    assert!(matches!(
+        PointProblem::new(&negative, &masses(4, 2), &x, &y, sq),
+        Err(Error::NegativeMass { .. })
+    ));
+    assert!(matches!(
+        PointProblem::new(&(masses(5, 1) * 2.0), &masses(4, 2), &x, &y, sq),
+        Err(Error::MassMismatch { .. })
+    ));
+    assert!(matches!(
+        PointProblem::uniform(&x, &y, GroundCost::Minkowski { p: 0.0, q: 1.0 }),
+        Err(Error::InvalidParameter { name: "p", .. })
+    ));
+    let huge = x.mapv(|v| v * 1e200);
+    assert!(matches!(
+        PointProblem::uniform(&huge, &y, sq),
+        Err(Error::CostOverflow { .. })
+    ));
+    let mut zero = masses(5, 1);
+    zero[2] = 0.0;
+    let zero = zero.clone() / zero.sum();
+    let p = PointProblem::new(&zero, &masses(4, 2), &x, &y, sq).unwrap();
+    assert!(matches!(
+        Sinkhorn::new(0.1).unwrap().solve_points(&p),
+        Err(Error::ZeroMass { .. })
+    ));
+    let p = PointProblem::uniform(&x, &y, sq).unwrap();
+    assert!(matches!(p.to_problem(100), Err(Error::TooLarge { .. })));
+    let sol = Sinkhorn::new(0.1).unwrap().solve_points(&p).unwrap();
+    assert!(matches!(sol.dense_plan(&p, 8), Err(Error::TooLarge { .. })));
+    let other = PointProblem::uniform(&y, &x, sq).unwrap();
+    assert!(matches!(
+        sol.marginals(&other),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn points_never_report_an_unmet_convergence() {
+    // eps far below the cost scale with a generous iteration budget: whatever the status, a Converged one
+    // holds on the returned potentials.
+    let (x, y) = (cloud(60, 2, 9), cloud(50, 2, 10));
+    let p = PointProblem::uniform(&x, &y, GroundCost::SqEuclidean).unwrap();
+    for (eps, precision) in [
+        (1e-3, Precision::F64),
+        (1e-3, Precision::F32),
+        (1.0, Precision::F32),
+    ] {
+        let cfg = Sinkhorn::new(eps)
+            .unwrap()
+            .precision(precision)
+            .tol(1e-9)
+            .unwrap();
+        let sol = cfg.solve_points(&p).unwrap();
+        if let Termination::Converged(_) = sol.termination {
+            assert!(
+                sol.marginal_error_rows.max(sol.marginal_error_cols) <= 1e-9 * 1.001,
+                "{sol}"
+            );
+        }
+    }
+}
