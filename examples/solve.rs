@@ -4,8 +4,11 @@
 //! cargo run --release --example solve -- --input P.npz --output S.npz --k 3
 //! ```
 //!
-//! Input `P.npz`: `a` (m), `b` (n), `cost` (m, n), float64 or float32 (float32 is widened to float64).
-//! Output `S.npz`: `plan` (m, n) float64 dense, `alpha` (m), `beta` (n; not for the column semi-dual), and
+//! Input `P.npz`: `a` (m), `b` (n), `cost` (m, n), float64 or float32 (float32 is widened to float64); or,
+//! instead of `cost`, two point clouds `x` (m, d) and `y` (n, d) whose cost is computed on the fly
+//! (`--cost`, `--cost-divisor`; `a` and `b` may then be left out for uniform masses; Sinkhorn on the CPU).
+//! Output `S.npz`: `plan` (m, n) float64 dense (as `--plan` says: for points only when it fits), `alpha`
+//! (m), `beta` (n; not for the column semi-dual), and
 //! 0-d arrays `value`, `transport_cost`, `marginal_error_rows`, `marginal_error_cols` (float64),
 //! `iterations`, `converged` (int64, converged is 0 or 1).
 //! stdout: the solution's report, then as its last line one JSON object with the same scalars, the solve
@@ -21,7 +24,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
-use ndarray::{arr0, Array2, ArrayD, Ix1, Ix2, IxDyn, OwnedRepr};
+use ndarray::{arr0, Array1, Array2, ArrayD, Ix1, Ix2, IxDyn, OwnedRepr};
 use ndarray_npy::{NpzReader, NpzWriter, ReadNpyError, ReadNpzError};
 
 #[path = "common/atomic.rs"]
@@ -33,8 +36,9 @@ mod quiet_probe;
 use atomic::AtomicFile;
 use progress::{ProgressArgs, Reporter};
 use sparse_ot::{
-    Device, Error, ExactOt, Formulation, Monitor, Problem, Sinkhorn, Solution, SparseOt,
-    DEFAULT_MAX_ITER, DEFAULT_SINKHORN_MAX_ITER,
+    Device, Error, ExactOt, Formulation, GpuWork, GroundCost, Monitor, PointProblem, PointSolution,
+    Precision, Problem, RanOn, Sinkhorn, Solution, SparseOt, DEFAULT_MAX_ITER,
+    DEFAULT_SINKHORN_MAX_ITER,
 };
 
 const DEFAULT_GAMMA: f64 = 0.1;
@@ -61,6 +65,34 @@ enum FormulationArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CostArg {
+    /// |x - y|^2.
+    Sqeuclidean,
+    /// |x - y|.
+    Euclidean,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PlanArg {
+    /// Dense when m x n <= 10^7 (and always for a cost matrix); none for larger point clouds.
+    Auto,
+    /// The dense m x n plan, `plan`.
+    Dense,
+    /// The nonzeros as `plan_rows`, `plan_cols` (int64) and `plan_values` (float64).
+    Sparse,
+    /// No plan: the potentials and scalars only.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PrecisionArg {
+    /// Every exponential and sum in float64.
+    F64,
+    /// Exponentials in float32 over a float32 copy of the cost (sums in float64; Sinkhorn on the CPU).
+    F32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DeviceArg {
     /// A hardware GPU when there is one, else the CPU.
     Auto,
@@ -72,7 +104,8 @@ enum DeviceArg {
 
 /// Solve an optimal-transport problem stored in a .npz file.
 ///
-/// Input: arrays `a` (m), `b` (n) and `cost` (m, n), float64 or float32. Output: `plan` (m, n), `alpha` (m),
+/// Input: arrays `a` (m), `b` (n) and `cost` (m, n), float64 or float32, or point clouds `x` (m, d) and `y`
+/// (n, d) instead of `cost` (Sinkhorn on the CPU; `a`, `b` optional, uniform if absent). Output: `plan` (m, n), `alpha` (m),
 /// `beta` (n; written for --formulation dual, sinkhorn and exact, and for the semi-dual with --row-sparsity,
 /// whose variable it is) and 0-d arrays `value`, `transport_cost`, `iterations`, `converged` (0/1),
 /// `marginal_error_rows`, `marginal_error_cols`. The last line of stdout is a JSON object with those
@@ -116,6 +149,18 @@ struct Cli {
     /// lavapipe only with --device gpu).
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Sinkhorn on the CPU: working precision of the exponentials [default: f64].
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
+    /// Point-cloud input (x, y): the ground cost [default: sqeuclidean].
+    #[arg(long, value_enum)]
+    cost: Option<CostArg>,
+    /// Point-cloud input: divide every cost by D > 0 (e.g. the largest cost).
+    #[arg(long, value_name = "D", allow_hyphen_values = true)]
+    cost_divisor: Option<f64>,
+    /// Which plan to write.
+    #[arg(long, value_enum, default_value_t = PlanArg::Auto)]
+    plan: PlanArg,
     #[command(flatten)]
     progress: ProgressArgs,
 }
@@ -176,6 +221,9 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
         .to_possible_value()
         .map(|v| v.get_name().to_owned())
         .unwrap_or_default();
+    if cli.solver != SolverKind::Sinkhorn {
+        unused(&cli.precision, "--precision", &name)?;
+    }
     if cli.row_sparsity && cli.solver != SolverKind::Sparse {
         return Err(Failure(format!(
             "--row-sparsity does not apply to --solver {name}"
@@ -216,7 +264,11 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
             unused(&cli.gamma, "--gamma", &name)?;
             unused(&cli.formulation, "--formulation", &name)?;
             let mut cfg = Sinkhorn::new(cli.epsilon.unwrap_or(DEFAULT_EPSILON))?
-                .max_iter(cli.max_iter.unwrap_or(DEFAULT_SINKHORN_MAX_ITER));
+                .max_iter(cli.max_iter.unwrap_or(DEFAULT_SINKHORN_MAX_ITER))
+                .precision(match cli.precision.unwrap_or(PrecisionArg::F64) {
+                    PrecisionArg::F64 => Precision::F64,
+                    PrecisionArg::F32 => Precision::F32,
+                });
             if let Some(tol) = cli.tol {
                 cfg = cfg.tol(tol)?;
             }
@@ -272,7 +324,7 @@ fn read_array(
 ) -> Result<ArrayD<f64>, Failure> {
     if !names.iter().any(|n| n == name) {
         return Err(Failure(format!(
-            "input has no array `{name}` (it needs a, b and cost; found: {})",
+            "input has no array `{name}` (it needs a, b and cost, or x and y; found: {})",
             if names.is_empty() {
                 "none".to_owned()
             } else {
@@ -306,8 +358,14 @@ fn read_array(
     Ok(array)
 }
 
-/// Reads and validates the problem.
-fn read_problem(path: &Path) -> Result<Problem, Failure> {
+/// What the input file holds: a cost matrix or two point clouds.
+enum Input {
+    Matrix(Problem),
+    Points(PointProblem),
+}
+
+/// Reads and validates the problem: `a`, `b` and `cost`, or `x` and `y` (with `a` and `b`, or uniform masses).
+fn read_input(path: &Path, cli: &Cli) -> Result<Input, Failure> {
     let file =
         File::open(path).map_err(|e| format!("cannot open input {}: {e}", path.display()))?;
     let mut npz = NpzReader::new(file)
@@ -315,13 +373,68 @@ fn read_problem(path: &Path) -> Result<Problem, Failure> {
     let names = npz
         .names()
         .map_err(|e| format!("cannot list the arrays of {}: {e}", path.display()))?;
-    let a = read_array(&mut npz, &names, "a", 1)?;
-    let b = read_array(&mut npz, &names, "b", 1)?;
-    let cost = read_array(&mut npz, &names, "cost", 2)?;
-    let a = a.into_dimensionality::<Ix1>().expect("checked: 1-D");
-    let b = b.into_dimensionality::<Ix1>().expect("checked: 1-D");
-    let cost = cost.into_dimensionality::<Ix2>().expect("checked: 2-D");
-    Ok(Problem::new(a.view(), b.view(), cost.view())?)
+    let has = |n: &str| names.iter().any(|m| m == n);
+    let points = has("x") || has("y");
+    if points && has("cost") {
+        return Err(Failure(
+            "input has both `cost` and points (`x`, `y`): give one or the other".into(),
+        ));
+    }
+    if !points {
+        for (option, given) in [
+            ("--cost", cli.cost.is_some()),
+            ("--cost-divisor", cli.cost_divisor.is_some()),
+        ] {
+            if given {
+                return Err(Failure(format!(
+                    "{option} applies to point-cloud input (x, y), not to a cost matrix"
+                )));
+            }
+        }
+        let a = read_array(&mut npz, &names, "a", 1)?;
+        let b = read_array(&mut npz, &names, "b", 1)?;
+        let cost = read_array(&mut npz, &names, "cost", 2)?;
+        let a = a.into_dimensionality::<Ix1>().expect("checked: 1-D");
+        let b = b.into_dimensionality::<Ix1>().expect("checked: 1-D");
+        let cost = cost.into_dimensionality::<Ix2>().expect("checked: 2-D");
+        return Ok(Input::Matrix(Problem::new(
+            a.view(),
+            b.view(),
+            cost.view(),
+        )?));
+    }
+    let x = read_array(&mut npz, &names, "x", 2)?
+        .into_dimensionality::<Ix2>()
+        .expect("checked: 2-D");
+    let y = read_array(&mut npz, &names, "y", 2)?
+        .into_dimensionality::<Ix2>()
+        .expect("checked: 2-D");
+    let ground = match cli.cost.unwrap_or(CostArg::Sqeuclidean) {
+        CostArg::Sqeuclidean => GroundCost::SqEuclidean,
+        CostArg::Euclidean => GroundCost::Euclidean,
+    };
+    let problem = match (has("a"), has("b")) {
+        (false, false) => PointProblem::uniform(&x, &y, ground)?,
+        (true, true) => {
+            let a = read_array(&mut npz, &names, "a", 1)?
+                .into_dimensionality::<Ix1>()
+                .expect("checked: 1-D");
+            let b = read_array(&mut npz, &names, "b", 1)?
+                .into_dimensionality::<Ix1>()
+                .expect("checked: 1-D");
+            PointProblem::new(&a, &b, &x, &y, ground)?
+        }
+        _ => {
+            return Err(Failure(
+                "point-cloud input needs both masses `a` and `b`, or neither (uniform masses)"
+                    .into(),
+            ))
+        }
+    };
+    Ok(Input::Points(match cli.cost_divisor {
+        Some(d) => problem.scaled(d)?,
+        None => problem,
+    }))
 }
 
 /// Whether `beta` is part of the answer (it is not the variable of the column semi-dual).
@@ -334,39 +447,168 @@ fn writes_beta(cli: &Cli) -> bool {
     }
 }
 
-/// Writes the solution through `out` (a temporary file renamed over `path` once complete).
-fn write_solution(
-    out: AtomicFile,
-    path: &Path,
-    sol: &Solution,
-    with_beta: bool,
-) -> Result<(), Failure> {
-    let fail =
-        |e: &dyn std::fmt::Display| Failure(format!("cannot write output {}: {e}", path.display()));
-    out.commit(|w| {
-        let mut npz = NpzWriter::new_compressed(w);
-        let plan: Array2<f64> = sol.dense_plan();
-        npz.add_array("plan", &plan).map_err(|e| fail(&e))?;
-        npz.add_array("alpha", &sol.alpha).map_err(|e| fail(&e))?;
-        if with_beta {
-            npz.add_array("beta", &sol.beta).map_err(|e| fail(&e))?;
-        }
-        for (name, v) in [
-            ("value", sol.value),
-            ("transport_cost", sol.transport_cost),
-            ("marginal_error_rows", sol.marginal_error_rows),
-            ("marginal_error_cols", sol.marginal_error_cols),
-        ] {
-            npz.add_array(name, &arr0(v)).map_err(|e| fail(&e))?;
-        }
-        npz.add_array("iterations", &arr0(sol.iterations as i64))
-            .map_err(|e| fail(&e))?;
-        npz.add_array("converged", &arr0(i64::from(sol.converged())))
-            .map_err(|e| fail(&e))?;
-        let w = npz.finish().map_err(|e| fail(&e))?;
-        w.into_inner().map_err(|e| fail(&e.into_error()))
-    })
+/// The plan as written.
+enum PlanOut {
+    Dense(Array2<f64>),
+    /// Rows, columns and values of the nonzeros.
+    Sparse(Vec<i64>, Vec<i64>, Vec<f64>),
+    None,
 }
+
+impl PlanOut {
+    fn kind(&self) -> &'static str {
+        match self {
+            PlanOut::Dense(_) => "dense",
+            PlanOut::Sparse(..) => "sparse",
+            PlanOut::None => "none",
+        }
+    }
+
+    fn nnz(&self) -> Option<usize> {
+        match self {
+            PlanOut::Dense(t) => Some(t.iter().filter(|&&v| v != 0.0).count()),
+            PlanOut::Sparse(_, _, v) => Some(v.len()),
+            PlanOut::None => None,
+        }
+    }
+}
+
+/// What a solve reports, whatever its input: potentials, scalars and the plan chosen by --plan.
+struct Report<'a> {
+    alpha: &'a Array1<f64>,
+    beta: Option<&'a Array1<f64>>,
+    value: f64,
+    transport_cost: f64,
+    marginal_error_rows: f64,
+    marginal_error_cols: f64,
+    iterations: usize,
+    converged: bool,
+    termination: String,
+    device: &'a RanOn,
+    gpu_work: Option<GpuWork>,
+    plan: PlanOut,
+}
+
+impl<'a> Report<'a> {
+    fn of_solution(sol: &'a Solution, with_beta: bool, plan: PlanArg) -> Self {
+        let plan = match plan {
+            PlanArg::Auto | PlanArg::Dense => PlanOut::Dense(sol.dense_plan()),
+            PlanArg::Sparse => {
+                let (mut rows, mut cols, mut values) = (Vec::new(), Vec::new(), Vec::new());
+                for (i, j, v) in sol.plan.triplets().filter(|t| t.2 != 0.0) {
+                    rows.push(i as i64);
+                    cols.push(j as i64);
+                    values.push(v);
+                }
+                PlanOut::Sparse(rows, cols, values)
+            }
+            PlanArg::None => PlanOut::None,
+        };
+        Self {
+            alpha: &sol.alpha,
+            beta: with_beta.then_some(&sol.beta),
+            value: sol.value,
+            transport_cost: sol.transport_cost,
+            marginal_error_rows: sol.marginal_error_rows,
+            marginal_error_cols: sol.marginal_error_cols,
+            iterations: sol.iterations,
+            converged: sol.converged(),
+            termination: sol.termination.to_string(),
+            device: &sol.device,
+            gpu_work: sol.gpu_work,
+            plan,
+        }
+    }
+
+    fn of_points(sol: &'a PointSolution, plan: PlanOut) -> Self {
+        Self {
+            alpha: &sol.alpha,
+            beta: Some(&sol.beta),
+            value: sol.value,
+            transport_cost: sol.transport_cost,
+            marginal_error_rows: sol.marginal_error_rows,
+            marginal_error_cols: sol.marginal_error_cols,
+            iterations: sol.iterations,
+            converged: sol.converged(),
+            termination: sol.termination.to_string(),
+            device: &sol.device,
+            gpu_work: sol.gpu_work,
+            plan,
+        }
+    }
+
+    /// The JSON line: the scalars, the plan kind and nonzeros, the solve time, the device and its work.
+    fn json(&self, (m, n): (usize, usize), seconds: f64) -> serde_json::Value {
+        serde_json::json!({
+            "value": self.value,
+            "transport_cost": self.transport_cost,
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "termination": self.termination,
+            "marginal_error_rows": self.marginal_error_rows,
+            "marginal_error_cols": self.marginal_error_cols,
+            "plan": self.plan.kind(),
+            "nnz": self.plan.nnz(),
+            "m": m,
+            "n": n,
+            "seconds": seconds,
+            "device": self.device.to_string(),
+            // Device work counted by the host (totals for the solve); null on the CPU.
+            "gpu": self.gpu_work.map(|w| serde_json::json!({
+                "adapter": self.device.adapter(),
+                "dispatches": w.dispatches,
+                "readbacks": w.readbacks,
+                "cost_bytes_read": w.cost_bytes_read,
+            })),
+        })
+    }
+
+    /// Writes the report through `out` (a temporary file renamed over `path` once complete).
+    fn write(&self, out: AtomicFile, path: &Path) -> Result<(), Failure> {
+        let fail = |e: &dyn std::fmt::Display| {
+            Failure(format!("cannot write output {}: {e}", path.display()))
+        };
+        out.commit(|w| {
+            let mut npz = NpzWriter::new_compressed(w);
+            match &self.plan {
+                PlanOut::Dense(plan) => npz.add_array("plan", plan).map_err(|e| fail(&e))?,
+                PlanOut::Sparse(rows, cols, values) => {
+                    npz.add_array("plan_rows", &Array1::from(rows.clone()))
+                        .map_err(|e| fail(&e))?;
+                    npz.add_array("plan_cols", &Array1::from(cols.clone()))
+                        .map_err(|e| fail(&e))?;
+                    npz.add_array("plan_values", &Array1::from(values.clone()))
+                        .map_err(|e| fail(&e))?;
+                }
+                PlanOut::None => {}
+            }
+            npz.add_array("alpha", self.alpha).map_err(|e| fail(&e))?;
+            if let Some(beta) = self.beta {
+                npz.add_array("beta", beta).map_err(|e| fail(&e))?;
+            }
+            for (name, v) in [
+                ("value", self.value),
+                ("transport_cost", self.transport_cost),
+                ("marginal_error_rows", self.marginal_error_rows),
+                ("marginal_error_cols", self.marginal_error_cols),
+            ] {
+                npz.add_array(name, &arr0(v)).map_err(|e| fail(&e))?;
+            }
+            npz.add_array("iterations", &arr0(self.iterations as i64))
+                .map_err(|e| fail(&e))?;
+            npz.add_array("converged", &arr0(i64::from(self.converged)))
+                .map_err(|e| fail(&e))?;
+            let w = npz.finish().map_err(|e| fail(&e))?;
+            w.into_inner().map_err(|e| fail(&e.into_error()))
+        })
+    }
+}
+
+/// Point clouds up to this many pairs get a dense plan under `--plan auto`.
+const AUTO_DENSE_PAIRS: u64 = 10_000_000;
+
+/// The largest dense plan of point clouds written with `--plan dense` (bytes of f64).
+const DENSE_PLAN_LIMIT: u64 = 8 << 30;
 
 fn run(cli: &Cli) -> Result<(), Failure> {
     let device = resolve_device(cli.device)?;
@@ -382,7 +624,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     // Opened before solving: an unwritable destination fails now, not after the solve.
     let out = AtomicFile::create(&cli.output)
         .map_err(|e| Failure(format!("cannot write output {}: {e}", cli.output.display())))?;
-    let problem = read_problem(&cli.input)?;
+    let problem = match read_input(&cli.input, cli)? {
+        Input::Matrix(p) => p,
+        Input::Points(p) => return run_points(cli, cfg, &p, out),
+    };
     if cli.device == DeviceArg::Auto {
         // Resolved before the clock starts (opening a GPU is not part of the solve), said unless --quiet.
         let chosen = if cli.solver == SolverKind::Exact {
@@ -397,31 +642,72 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let start = Instant::now();
     let sol = solve(cfg, &problem, &device, &cli.progress.reporter())?;
     let seconds = start.elapsed().as_secs_f64();
-    write_solution(out, &cli.output, &sol, writes_beta(cli))?;
+    let report = Report::of_solution(&sol, writes_beta(cli), cli.plan);
+    report.write(out, &cli.output)?;
     println!("{sol}");
     println!("  wrote           {}", cli.output.display());
-    let summary = serde_json::json!({
-        "value": sol.value,
-        "transport_cost": sol.transport_cost,
-        "iterations": sol.iterations,
-        "converged": sol.converged(),
-        "termination": sol.termination.to_string(),
-        "marginal_error_rows": sol.marginal_error_rows,
-        "marginal_error_cols": sol.marginal_error_cols,
-        "nnz": sol.plan.nnz(),
-        "m": problem.m(),
-        "n": problem.n(),
-        "seconds": seconds,
-        "device": sol.device.to_string(),
-        // Device work counted by the host (totals for the solve); null on the CPU.
-        "gpu": sol.gpu_work.map(|w| serde_json::json!({
-            "adapter": sol.device.adapter(),
-            "dispatches": w.dispatches,
-            "readbacks": w.readbacks,
-            "cost_bytes_read": w.cost_bytes_read,
-        })),
-    });
-    println!("{summary}");
+    println!("{}", report.json((problem.m(), problem.n()), seconds));
+    Ok(())
+}
+
+/// Solves point clouds (Sinkhorn on the CPU) and writes the report.
+fn run_points(
+    cli: &Cli,
+    cfg: Configured,
+    problem: &PointProblem,
+    out: AtomicFile,
+) -> Result<(), Failure> {
+    let Configured::Sinkhorn(cfg) = cfg else {
+        return Err(Failure(
+            "point-cloud input (x, y) is solved by --solver sinkhorn only; give a cost matrix for the others"
+                .into(),
+        ));
+    };
+    if cli.device == DeviceArg::Gpu {
+        return Err(Failure(
+            "point-cloud input runs on the CPU only: leave out --device gpu (or give a cost matrix)".into(),
+        ));
+    }
+    if cli.device == DeviceArg::Auto && cli.progress.notes() {
+        eprintln!("device: CPU: point clouds are solved on the CPU");
+    }
+    let (m, n) = (problem.m(), problem.n());
+    let pairs = (m as u64).saturating_mul(n as u64);
+    let dense = match cli.plan {
+        PlanArg::Auto => pairs <= AUTO_DENSE_PAIRS,
+        PlanArg::Dense => {
+            if pairs.saturating_mul(8) > DENSE_PLAN_LIMIT {
+                return Err(Failure(format!(
+                    "--plan dense: the {m} x {n} plan would take {} bytes, above {DENSE_PLAN_LIMIT}; use --plan none",
+                    pairs.saturating_mul(8)
+                )));
+            }
+            true
+        }
+        PlanArg::Sparse => {
+            return Err(Failure(
+                "--plan sparse: the entropic plan has no zeros; use --plan dense or --plan none"
+                    .into(),
+            ))
+        }
+        PlanArg::None => false,
+    };
+    let progress = cli.progress.reporter();
+    let watch = progress.solve("solve");
+    let start = Instant::now();
+    let sol = cfg.monitor(watch.monitor()).solve_points(problem)?;
+    let seconds = start.elapsed().as_secs_f64();
+    drop(watch);
+    let plan = if dense {
+        PlanOut::Dense(sol.dense_plan(problem, u64::MAX)?)
+    } else {
+        PlanOut::None
+    };
+    let report = Report::of_points(&sol, plan);
+    report.write(out, &cli.output)?;
+    println!("{sol}");
+    println!("  wrote           {}", cli.output.display());
+    println!("{}", report.json((m, n), seconds));
     Ok(())
 }
 

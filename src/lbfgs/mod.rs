@@ -160,7 +160,7 @@ impl Driver {
         if self.s.tol > 0.0 && self.small_steps >= self.s.stall_window {
             return Action::Stop(Termination::Stalled);
         }
-        if self.iterations % self.s.progress_window == 0 {
+        if self.iterations.is_multiple_of(self.s.progress_window) {
             if self.s.tol > 0.0 && self.best_grad > 0.8 * self.checkpoint_grad {
                 return Action::Stop(Termination::Stalled);
             }

@@ -6,8 +6,10 @@
 //! `f64::exp`; arguments below the smallest normal result give exactly 0 (no subnormals).
 //!
 //! Sums run in 16 interleaved accumulators, in the working precision over blocks of 16 terms each and in f64
-//! across blocks, reduced in a fixed order, so results do not depend on the thread count. On x86-64 the kernels are compiled a second time with AVX2 and FMA enabled and
-//! chosen at run time ([`Kernels::detect`]); elsewhere the portable build is used.
+//! across blocks, reduced in a fixed order, so results do not depend on the thread count. On x86-64 the sums
+//! are also written with explicit AVX2 + FMA and AVX-512F vectors (`x86`, bit-identical to the generic code
+//! with FMA, which LLVM leaves scalar), the widest one the CPU has chosen at run time ([`Kernels::detect`]);
+//! elsewhere the portable build is used.
 
 use std::borrow::Cow;
 use std::ops::{Add, Mul, Sub};
@@ -15,8 +17,22 @@ use std::ops::{Add, Mul, Sub};
 use rayon::prelude::*;
 
 /// A floating-point type the Sinkhorn inner loops can run in (f64 or f32).
+#[cfg(target_arch = "x86_64")]
+mod x86;
+#[cfg(target_arch = "x86_64")]
+use x86::X86 as Arch;
+
+/// The per-architecture kernels an element type has (none outside x86-64).
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) trait Arch {}
+#[cfg(not(target_arch = "x86_64"))]
+impl Arch for f32 {}
+#[cfg(not(target_arch = "x86_64"))]
+impl Arch for f64 {}
+
 pub(crate) trait Real:
-    Copy
+    Arch
+    + Copy
     + Send
     + Sync
     + PartialOrd
@@ -335,26 +351,6 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn sum_exp<F: Real>(y: &[F], c: &[F], inv: F, w: F) -> f64 {
-        super::sum_exp_impl::<F, true, false>(y, c, inv, w, &mut [])
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn sum_exp_store<F: Real>(
-        y: &[F],
-        c: &[F],
-        inv: F,
-        w: F,
-        out: &mut [F],
-    ) -> f64 {
-        super::sum_exp_impl::<F, true, true>(y, c, inv, w, out)
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn max_diff<F: Real>(y: &[F], c: &[F]) -> F {
         super::max_diff_impl::<F>(y, c)
     }
@@ -377,28 +373,58 @@ pub(crate) struct Kernels<F> {
     sum_exp_store: SumExpStore<F>,
     max_diff: fn(&[F], &[F]) -> F,
     axpy: fn(&mut [f64], f64, &[F]),
+    #[allow(dead_code)]
+    name: &'static str,
 }
 
 impl<F: Real> Kernels<F> {
-    /// AVX2 + FMA where the CPU has them, the portable build otherwise.
+    /// The widest kernels this CPU runs: AVX-512F, else AVX2 + FMA (x86-64), else the portable build.
     pub(crate) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY (all four): both features were detected just above.
-                return Self {
-                    sum_exp: |y, c, inv, w| unsafe { avx2::sum_exp(y, c, inv, w) },
-                    sum_exp_store: |y, c, inv, w, out| unsafe {
-                        avx2::sum_exp_store(y, c, inv, w, out)
-                    },
-                    max_diff: |y, c| unsafe { avx2::max_diff(y, c) },
-                    axpy: |acc, r, e| unsafe { avx2::axpy(acc, r, e) },
-                };
+            if let Some(k) = Self::avx512().or_else(Self::avx2) {
+                return k;
             }
         }
         Self::portable()
+    }
+
+    /// The AVX2 + FMA kernels, if the CPU has both.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn avx2() -> Option<Self> {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            return None;
+        }
+        // SAFETY (all four): both features were detected just above.
+        Some(Self {
+            sum_exp: |y, c, inv, w| unsafe { F::sum_exp_avx2::<false>(y, c, inv, w, &mut []) },
+            sum_exp_store: |y, c, inv, w, out| unsafe {
+                F::sum_exp_avx2::<true>(y, c, inv, w, out)
+            },
+            max_diff: |y, c| unsafe { avx2::max_diff(y, c) },
+            axpy: |acc, r, e| unsafe { avx2::axpy(acc, r, e) },
+            name: "avx2",
+        })
+    }
+
+    /// The AVX-512F kernels (with AVX2 + FMA for the rest), if the CPU has them.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn avx512() -> Option<Self> {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return None;
+        }
+        let base = Self::avx2()?;
+        // SAFETY: AVX-512F was detected just above (AVX2 and FMA by `avx2`).
+        Some(Self {
+            sum_exp: |y, c, inv, w| unsafe { F::sum_exp_avx512::<false>(y, c, inv, w, &mut []) },
+            sum_exp_store: |y, c, inv, w, out| unsafe {
+                F::sum_exp_avx512::<true>(y, c, inv, w, out)
+            },
+            name: "avx512",
+            ..base
+        })
     }
 
     /// The build without target features (FMA on aarch64, where it is part of the base ISA).
@@ -409,7 +435,14 @@ impl<F: Real> Kernels<F> {
             sum_exp_store: sum_exp_impl::<F, FMA, true>,
             max_diff: max_diff_impl::<F>,
             axpy: axpy_impl::<F, FMA>,
+            name: "portable",
         }
+    }
+
+    /// Which build these are: `"avx512"`, `"avx2"` or `"portable"`.
+    #[allow(dead_code)] // read by the tests and the roofline measurement
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
     }
 
     /// acc_k += r · e_k.
@@ -494,6 +527,54 @@ mod tests {
         }
         assert!(worst < 5e-7, "worst relative error {worst:e}");
         assert_eq!((-90.0f32).exp_poly::<false>(), 0.0);
+    }
+
+    /// Every build of the kernels gives the same bits: the explicit vectors run the generic code's operations
+    /// lane for lane (with FMA), over lanes with and without a tail, across the underflow bound, with NaN.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_builds_equal_the_generic_kernel_bit_for_bit() {
+        fn case<F: Real + std::fmt::Debug>(to: fn(f64) -> F, lo: f64) {
+            let generic = |y: &[F], c: &[F], inv: F, w: F, out: &mut [F]| {
+                sum_exp_impl::<F, true, true>(y, c, inv, w, out)
+            };
+            for n in [0usize, 5, 16, 37, 256, 600, 4099] {
+                let y: Vec<F> = (0..n).map(|k| to((k as f64 * 0.37).sin() * 3.0)).collect();
+                let mut c: Vec<F> = (0..n).map(|k| to((k as f64 * 0.11).cos())).collect();
+                if n > 40 {
+                    c[7] = to(f64::NAN);
+                }
+                for (inv, w) in [
+                    (1.0, 0.0),
+                    (20.0, -30.0),
+                    (-lo / 3.0, lo * 0.9),
+                    (1.0, lo + 1.0),
+                ] {
+                    let (inv, w) = (to(inv), to(w));
+                    let mut want = vec![F::ZERO; n];
+                    let s0 = generic(&y, &c, inv, w, &mut want);
+                    for k in [Kernels::<F>::avx2(), Kernels::<F>::avx512()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        let mut got = vec![F::ZERO; n];
+                        let s1 = (k.sum_exp_store)(&y, &c, inv, w, &mut got);
+                        let s2 = (k.sum_exp)(&y, &c, inv, w);
+                        assert_eq!(s1.to_bits(), s0.to_bits(), "{} n={n} sum", k.name());
+                        assert_eq!(s2.to_bits(), s0.to_bits(), "{} n={n} sum", k.name());
+                        for (g, e) in got.iter().zip(&want) {
+                            assert!(
+                                g.to_f64().to_bits() == e.to_f64().to_bits(),
+                                "{} n={n}: {g:?} vs {e:?}",
+                                k.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        case::<f64>(|x| x, -708.0);
+        case::<f32>(|x| x as f32, -87.0);
     }
 
     #[test]
