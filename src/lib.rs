@@ -134,6 +134,7 @@ pub mod ops;
 mod points;
 mod problem;
 pub mod quick;
+pub mod roofline;
 mod sinkhorn;
 mod solution;
 mod sparse;

@@ -373,7 +373,6 @@ pub(crate) struct Kernels<F> {
     sum_exp_store: SumExpStore<F>,
     max_diff: fn(&[F], &[F]) -> F,
     axpy: fn(&mut [f64], f64, &[F]),
-    #[allow(dead_code)]
     name: &'static str,
 }
 
@@ -440,7 +439,6 @@ impl<F: Real> Kernels<F> {
     }
 
     /// Which build these are: `"avx512"`, `"avx2"` or `"portable"`.
-    #[allow(dead_code)] // read by the tests and the roofline measurement
     pub(crate) fn name(&self) -> &'static str {
         self.name
     }
