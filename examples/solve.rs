@@ -149,6 +149,10 @@ struct Cli {
     /// lavapipe only with --device gpu).
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Sinkhorn: iterate at the target epsilon from the start (no schedule from the cost's scale down to
+    /// it); for fixed iteration budgets, where every iteration should be at the target epsilon.
+    #[arg(long)]
+    no_epsilon_scaling: bool,
     /// Sinkhorn on the CPU: working precision of the exponentials [default: f64].
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
@@ -223,6 +227,11 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
         .unwrap_or_default();
     if cli.solver != SolverKind::Sinkhorn {
         unused(&cli.precision, "--precision", &name)?;
+        if cli.no_epsilon_scaling {
+            return Err(Failure(format!(
+                "--no-epsilon-scaling does not apply to --solver {name}"
+            )));
+        }
     }
     if cli.row_sparsity && cli.solver != SolverKind::Sparse {
         return Err(Failure(format!(
@@ -271,6 +280,9 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
                 });
             if let Some(tol) = cli.tol {
                 cfg = cfg.tol(tol)?;
+            }
+            if cli.no_epsilon_scaling {
+                cfg = cfg.epsilon_scaling(None)?;
             }
             Ok(Configured::Sinkhorn(cfg))
         }

@@ -96,6 +96,15 @@ impl Solved {
         x.into_scalar()
     }
 
+    /// A 1-D int64 array.
+    fn int_array(&mut self, name: &str) -> Vec<i64> {
+        let x: Array1<i64> = self
+            .npz
+            .by_name(name)
+            .unwrap_or_else(|e| panic!("1-D int64 `{name}`: {e}"));
+        x.to_vec()
+    }
+
     fn has(&self, name: &str) -> bool {
         self.names.iter().any(|n| n == name)
     }
@@ -736,4 +745,145 @@ fn output_is_written_atomically() {
         .filter(|n| n.contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// Point clouds instead of a cost: x and y in the input, the cost computed on the fly (Sinkhorn on the
+/// CPU); the same numbers as the library's solve on points, which equal the dense solve (tests/points.rs).
+#[test]
+fn point_clouds_solve_without_a_cost_matrix() {
+    let dir = temp_dir("points");
+    let x = Array2::from_shape_fn((30, 2), |(i, k)| ((i * 7 + k * 3) % 11) as f64 / 11.0);
+    let y = Array2::from_shape_fn((20, 2), |(j, k)| ((j * 5 + k) % 13) as f64 / 13.0);
+    let input = dir.join("points.npz");
+    write_npz(
+        &input,
+        &[
+            ("x", &|w, n| w.add_array(n, &x).unwrap()),
+            ("y", &|w, n| w.add_array(n, &y).unwrap()),
+        ],
+    );
+    let args = [
+        "--solver",
+        "sinkhorn",
+        "--epsilon",
+        "0.05",
+        "--cost",
+        "euclidean",
+    ];
+    let mut s = solve_ok(&dir, &input, &args);
+    let p = sparse_ot::PointProblem::uniform(&x, &y, sparse_ot::GroundCost::Euclidean).unwrap();
+    let lib = Sinkhorn::new(0.05).unwrap().solve_points(&p).unwrap();
+    assert_eq!(s.scalar("value"), lib.value);
+    assert_eq!(
+        s.array("alpha").as_slice().unwrap(),
+        lib.alpha.as_slice().unwrap()
+    );
+    assert_eq!(
+        s.json["plan"], "dense",
+        "600 pairs: --plan auto writes the plan"
+    );
+    assert_eq!(s.array("plan").shape(), [30, 20]);
+    assert!(s.json["converged"].as_bool().unwrap());
+    // --plan none: potentials and scalars only.
+    let mut s = solve_ok(&dir, &input, &[&args[..], &["--plan", "none"]].concat());
+    assert_eq!(s.json["plan"], "none");
+    assert!(s.json["nnz"].is_null());
+    assert!(!s.has("plan"));
+    assert_eq!(s.array("beta").len(), 20);
+    // f32 (to a tolerance f32 exponentials reach) and a divisor are accepted and reported.
+    let s = solve_ok(
+        &dir,
+        &input,
+        &[
+            &args[..],
+            &["--precision", "f32", "--cost-divisor", "2", "--tol", "1e-6"],
+        ]
+        .concat(),
+    );
+    assert!(s.json["converged"].as_bool().unwrap(), "{}", s.json);
+    // What does not apply is refused with one line.
+    fails(
+        &dir,
+        &input,
+        &["--solver", "sparse", "--k", "2"],
+        "--solver sinkhorn only",
+    );
+    fails(
+        &dir,
+        &input,
+        &["--solver", "sinkhorn", "--plan", "sparse"],
+        "--plan sparse",
+    );
+    fails(
+        &dir,
+        &input,
+        &["--solver", "sinkhorn", "--cost-divisor", "0"],
+        "divisor",
+    );
+    fails(
+        &dir,
+        &input,
+        &["--solver", "exact", "--precision", "f32"],
+        "--precision",
+    );
+    let (a, b, cost) = golden_arrays();
+    let matrix = dir.join("matrix.npz");
+    write_problem(&matrix, &a, &b, &cost);
+    fails(
+        &dir,
+        &matrix,
+        &["--solver", "sinkhorn", "--cost", "euclidean"],
+        "point-cloud input",
+    );
+    let both = dir.join("both.npz");
+    write_npz(
+        &both,
+        &[
+            ("x", &|w, n| w.add_array(n, &x).unwrap()),
+            ("y", &|w, n| w.add_array(n, &y).unwrap()),
+            ("cost", &|w, n| w.add_array(n, &cost).unwrap()),
+        ],
+    );
+    fails(
+        &dir,
+        &both,
+        &["--solver", "sinkhorn"],
+        "both `cost` and points",
+    );
+    let one_mass = dir.join("one_mass.npz");
+    write_npz(
+        &one_mass,
+        &[
+            ("x", &|w, n| w.add_array(n, &x).unwrap()),
+            ("y", &|w, n| w.add_array(n, &y).unwrap()),
+            ("a", &|w, n| {
+                w.add_array(n, &Array1::from_elem(30, 1.0 / 30.0)).unwrap()
+            }),
+        ],
+    );
+    fails(&dir, &one_mass, &["--solver", "sinkhorn"], "both masses");
+}
+
+/// A sparse plan written as triplets: the nonzeros of the dense plan, no more.
+#[test]
+fn plan_sparse_writes_the_nonzeros_as_triplets() {
+    let dir = temp_dir("triplets");
+    let (a, b, cost) = golden_arrays();
+    let input = dir.join("p.npz");
+    write_problem(&input, &a, &b, &cost);
+    let mut dense = solve_ok(&dir, &input, &["--k", "2"]);
+    let plan = dense
+        .array("plan")
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let mut s = solve_ok(&dir, &input, &["--k", "2", "--plan", "sparse"]);
+    assert_eq!(s.json["plan"], "sparse");
+    let values = s.array("plan_values");
+    let mut rebuilt = Array2::<f64>::zeros((8, 6));
+    let (rows, cols) = (s.int_array("plan_rows"), s.int_array("plan_cols"));
+    for ((&i, &j), &v) in rows.iter().zip(&cols).zip(&values) {
+        rebuilt[[i as usize, j as usize]] = v;
+    }
+    assert_eq!(rebuilt, plan);
+    assert_eq!(s.json["nnz"].as_u64().unwrap() as usize, values.len());
 }
