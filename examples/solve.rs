@@ -6,7 +6,7 @@
 //!
 //! Input `P.npz`: `a` (m), `b` (n), `cost` (m, n), float64 or float32 (float32 is widened to float64); or,
 //! instead of `cost`, two point clouds `x` (m, d) and `y` (n, d) whose cost is computed on the fly
-//! (`--cost`, `--cost-divisor`; `a` and `b` may then be left out for uniform masses; Sinkhorn on the CPU).
+//! (`--cost`, `--cost-divisor`; `a` and `b` may then be left out for uniform masses; Sinkhorn).
 //! Output `S.npz`: `plan` (m, n) float64 dense (as `--plan` says: for points only when it fits), `alpha`
 //! (m), `beta` (n; not for the column semi-dual), and
 //! 0-d arrays `value`, `transport_cost`, `marginal_error_rows`, `marginal_error_cols` (float64),
@@ -105,7 +105,7 @@ enum DeviceArg {
 /// Solve an optimal-transport problem stored in a .npz file.
 ///
 /// Input: arrays `a` (m), `b` (n) and `cost` (m, n), float64 or float32, or point clouds `x` (m, d) and `y`
-/// (n, d) instead of `cost` (Sinkhorn on the CPU; `a`, `b` optional, uniform if absent). Output: `plan` (m, n), `alpha` (m),
+/// (n, d) instead of `cost` (Sinkhorn; `a`, `b` optional, uniform if absent). Output: `plan` (m, n), `alpha` (m),
 /// `beta` (n; written for --formulation dual, sinkhorn and exact, and for the semi-dual with --row-sparsity,
 /// whose variable it is) and 0-d arrays `value`, `transport_cost`, `iterations`, `converged` (0/1),
 /// `marginal_error_rows`, `marginal_error_cols`. The last line of stdout is a JSON object with those
@@ -662,7 +662,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Solves point clouds (Sinkhorn on the CPU) and writes the report.
+/// Solves point clouds (Sinkhorn, on the CPU or a GPU) and writes the report.
 fn run_points(
     cli: &Cli,
     cfg: Configured,
@@ -675,13 +675,9 @@ fn run_points(
                 .into(),
         ));
     };
-    if cli.device == DeviceArg::Gpu {
-        return Err(Failure(
-            "point-cloud input runs on the CPU only: leave out --device gpu (or give a cost matrix)".into(),
-        ));
-    }
+    let device = resolve_device(cli.device)?;
     if cli.device == DeviceArg::Auto && cli.progress.notes() {
-        eprintln!("device: CPU: point clouds are solved on the CPU");
+        eprintln!("device: {}", device.describe());
     }
     let (m, n) = (problem.m(), problem.n());
     let pairs = (m as u64).saturating_mul(n as u64);
@@ -707,7 +703,9 @@ fn run_points(
     let progress = cli.progress.reporter();
     let watch = progress.solve("solve");
     let start = Instant::now();
-    let sol = cfg.monitor(watch.monitor()).solve_points(problem)?;
+    let sol = cfg
+        .monitor(watch.monitor())
+        .solve_points_on(problem, &device)?;
     let seconds = start.elapsed().as_secs_f64();
     drop(watch);
     let plan = if dense {

@@ -1,9 +1,13 @@
 // sinkhorn.wgsl — log-domain Sinkhorn (docs/MATH.md §5) for a batch of B problems of one shape, f32, reading
-// one row-major copy of each cost once per iteration.
+// each cost entry once per iteration.
+//
+// The cost comes from a provider prepended on the host, which defines `cost_entry(p, i, j)` and its own
+// bindings: cost_matrix.wgsl (binding 1, one row-major copy of each C) or cost_points.wgsl (bindings 12–14,
+// the entry computed from two point clouds, nothing stored).
 //
 // Bindings (group 0):
 //   0 uniform                 P: SweepParams { m, n, rows (per block), blocks, tiles }
-//   1 storage read            cost:    B × (m×n row-major C)
+//   1, 12–14                  the cost provider's
 //   3 storage read            log_a:   B × m                                    (sweep, update_f)
 //   4 storage read            log_b:   B × n                                    (merge)
 //   5 storage read            f_in:    B × m, f before this iteration           (sweep, update_f)
@@ -59,7 +63,6 @@ const SWEEP_MAX_WG: u32 = 1024u;
 const LOG2E: f32 = 1.4426950408889634;
 
 @group(0) @binding(0) var<uniform> P: SweepParams;
-@group(0) @binding(1) var<storage, read> cost: array<f32>;
 @group(0) @binding(3) var<storage, read> log_a: array<f32>;
 @group(0) @binding(4) var<storage, read> log_b: array<f32>;
 @group(0) @binding(5) var<storage, read> f_in: array<f32>;
@@ -149,12 +152,11 @@ fn sweep(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
     var row: array<f32, VMAX>;
     for (var i = row0; i < row_end; i = i + 1u) {
-        let base = (p * P.m + i) * P.n;
         var acc = vec2<f32>(NEG_BIG, 0.0);
         for (var q = 0u; q < VMAX; q = q + 1u) {
             let j = tid + q * WG;
             if (j < P.n) {
-                row[q] = cost[base + j];
+                row[q] = cost_entry(p, i, j);
                 acc = fold(acc, gs[q] - row[q], s);
             }
         }
@@ -192,11 +194,10 @@ fn update_f(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (i >= P.m) {
         return;
     }
-    let base = (p * P.m + i) * P.n;
     let g0 = p * P.n;
     var acc = vec2<f32>(NEG_BIG, 0.0);
     for (var j = tid; j < P.n; j = j + WG) {
-        acc = fold(acc, g_in[g0 + j] - cost[base + j], s);
+        acc = fold(acc, g_in[g0 + j] - cost_entry(p, i, j), s);
     }
     let f_new = new_f(p, i, wg_soft_max(tid, acc, s, eps), eps);
     if (tid == 0u) {
@@ -227,12 +228,11 @@ fn columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         cols[q] = vec2<f32>(NEG_BIG, 0.0);
     }
     for (var i = row0; i < row_end; i = i + 1u) {
-        let base = (p * P.m + i) * P.n;
         let fi = f_out[p * P.m + i];
         for (var q = 0u; q < VMAX; q = q + 1u) {
             let j = j0 + q * WG;
             if (j < P.n) {
-                cols[q] = fold(cols[q], fi - cost[base + j], s);
+                cols[q] = fold(cols[q], fi - cost_entry(p, i, j), s);
             }
         }
     }

@@ -214,3 +214,45 @@ fn points_never_report_an_unmet_convergence() {
         }
     }
 }
+
+#[path = "common/gpu.rs"]
+mod gpu_common;
+
+/// On a GPU (lavapipe in CI) the kernels compute every entry from the points: no cost bytes read, results
+/// equal to the CPU path within f32's reach, for one pass per iteration (n = 150) and for rows beyond one
+/// workgroup's registers (n = 20 000, read twice), for each ground cost.
+#[test]
+fn sinkhorn_on_points_on_the_gpu_reads_no_cost_and_agrees_with_the_cpu() {
+    let Some(ctx) = gpu_common::gpu() else { return };
+    let device = sparse_ot::Device::Gpu(ctx);
+    for (m, n, ground) in [
+        (120, 150, GroundCost::SqEuclidean),
+        (60, 40, GroundCost::Euclidean),
+        (50, 45, GroundCost::Minkowski { p: 1.5, q: 1.0 }),
+        (3, 20_000, GroundCost::SqEuclidean),
+    ] {
+        let (x, y) = (cloud(m, 2, 11), cloud(n, 2, 12));
+        let p = PointProblem::uniform(&x, &y, ground).unwrap();
+        // tol 1e-6 of unit mass: within the f32 floor (docs of crate::gpu), checked in f64 on the host.
+        let cfg = Sinkhorn::new(0.05).unwrap().tol(1e-6).unwrap();
+        let g = cfg.solve_points_on(&p, &device).unwrap();
+        let c = cfg.solve_points(&p).unwrap();
+        assert!(g.converged(), "{ground} {m}x{n}: {g}");
+        assert!(
+            g.marginal_error_rows.max(g.marginal_error_cols) <= 1e-6,
+            "{g}"
+        );
+        let work = g.gpu_work.expect("a GPU solve reports its work");
+        assert_eq!(work.cost_bytes_read, 0, "{ground}: {work:?}");
+        assert!(work.dispatches > 0 && work.readbacks > 0);
+        // Both meet 1e-6 on the marginals of one strictly convex problem: the transport costs agree to about
+        // tol × the cost range (≤ 2) / ε-smoothing, well inside 1e-4.
+        assert!(
+            (g.transport_cost - c.transport_cost).abs() <= 1e-4,
+            "{ground} {m}x{n}: {} vs {}",
+            g.transport_cost,
+            c.transport_cost
+        );
+        assert!(c.gpu_work.is_none());
+    }
+}

@@ -56,8 +56,14 @@ impl std::fmt::Debug for GpuContext {
 /// Identifies a reusable set of buffers: kind of solver and every size its buffers depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum WorkspaceKey {
-    /// A batch of `batch` Sinkhorn problems of one shape (1 for a single problem).
-    Sinkhorn { m: usize, n: usize, batch: usize },
+    /// A batch of `batch` Sinkhorn problems of one shape (1 for a single problem); `points` is the
+    /// dimension d of point clouds whose cost the kernels compute, None for cost matrices.
+    Sinkhorn {
+        m: usize,
+        n: usize,
+        batch: usize,
+        points: Option<usize>,
+    },
     Sparse {
         m: usize,
         n: usize,

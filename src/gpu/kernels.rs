@@ -7,7 +7,10 @@
 /// A WGSL file of kernels (one family per file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Family {
+    /// Sinkhorn over a cost matrix.
     Sinkhorn,
+    /// Sinkhorn over point clouds (the same kernels, the cost computed from the points).
+    SinkhornPoints,
     SparseDual,
     Lbfgs,
     Reduce,
@@ -18,8 +21,9 @@ pub(crate) enum Family {
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 impl Family {
-    pub(crate) const ALL: [Family; 6] = [
+    pub(crate) const ALL: [Family; 7] = [
         Family::Sinkhorn,
+        Family::SinkhornPoints,
         Family::SparseDual,
         Family::Lbfgs,
         Family::Reduce,
@@ -31,6 +35,7 @@ impl Family {
     pub(crate) fn file(self) -> &'static str {
         match self {
             Family::Sinkhorn => "sinkhorn.wgsl",
+            Family::SinkhornPoints => "sinkhorn.wgsl (cost_points.wgsl)",
             Family::SparseDual => "sparse_dual.wgsl",
             Family::Lbfgs => "lbfgs.wgsl",
             Family::Reduce => "reduce.wgsl",
@@ -39,10 +44,22 @@ impl Family {
         }
     }
 
-    /// The full WGSL source as compiled: common helpers, then the family.
+    /// The full WGSL source as compiled: common helpers, then the family (Sinkhorn after its cost provider).
     pub(crate) fn source(self) -> String {
+        const SINKHORN: &str = include_str!("../../shaders/sinkhorn.wgsl");
         let own = match self {
-            Family::Sinkhorn => include_str!("../../shaders/sinkhorn.wgsl"),
+            Family::Sinkhorn => {
+                return format!(
+                    "{COMMON}\n{}\n{SINKHORN}",
+                    include_str!("../../shaders/cost_matrix.wgsl")
+                )
+            }
+            Family::SinkhornPoints => {
+                return format!(
+                    "{COMMON}\n{}\n{SINKHORN}",
+                    include_str!("../../shaders/cost_points.wgsl")
+                )
+            }
             Family::SparseDual => include_str!("../../shaders/sparse_dual.wgsl"),
             Family::Lbfgs => include_str!("../../shaders/lbfgs.wgsl"),
             Family::Reduce => include_str!("../../shaders/reduce.wgsl"),
@@ -60,6 +77,10 @@ pub(crate) enum Kernel {
     SinkhornRows,
     SinkhornColumns,
     SinkhornMerge,
+    PointsSweep,
+    PointsRows,
+    PointsColumns,
+    PointsMerge,
     MaxAbs,
     Transpose,
     LogInto,
@@ -83,6 +104,10 @@ impl Kernel {
             | Kernel::SinkhornRows
             | Kernel::SinkhornColumns
             | Kernel::SinkhornMerge => Family::Sinkhorn,
+            Kernel::PointsSweep
+            | Kernel::PointsRows
+            | Kernel::PointsColumns
+            | Kernel::PointsMerge => Family::SinkhornPoints,
             Kernel::MaxAbs | Kernel::Transpose | Kernel::LogInto | Kernel::Range => Family::Reduce,
             Kernel::Column | Kernel::Row | Kernel::Finalize | Kernel::Extract => Family::SparseDual,
             Kernel::Trial | Kernel::Accept | Kernel::Direction => Family::Lbfgs,
@@ -93,10 +118,10 @@ impl Kernel {
 
     pub(crate) fn entry(self) -> &'static str {
         match self {
-            Kernel::SinkhornSweep => "sweep",
-            Kernel::SinkhornRows => "update_f",
-            Kernel::SinkhornColumns => "columns",
-            Kernel::SinkhornMerge => "merge",
+            Kernel::SinkhornSweep | Kernel::PointsSweep => "sweep",
+            Kernel::SinkhornRows | Kernel::PointsRows => "update_f",
+            Kernel::SinkhornColumns | Kernel::PointsColumns => "columns",
+            Kernel::SinkhornMerge | Kernel::PointsMerge => "merge",
             Kernel::MaxAbs => "max_abs",
             Kernel::Transpose => "transpose",
             Kernel::LogInto => "log_into",

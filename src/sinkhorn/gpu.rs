@@ -28,12 +28,15 @@ use crate::gpu::kernels::Kernel;
 use crate::gpu::problem::GpuProblem;
 use crate::gpu::work;
 use crate::monitor::Monitor;
+use crate::points::{PointProblem, PointSolution};
 use crate::problem::Problem;
+use crate::sinkhorn::points;
 use crate::sinkhorn::rules::{assemble, check, epsilon_schedule, start_point, validate, Check};
 use crate::sinkhorn::settings::Sinkhorn;
 use crate::solution::{
     Criterion, GpuWork, RanOn, Solution, Termination, DEFAULT_TOL_F32, F32_STOP_FRACTION,
 };
+use crate::GroundCost;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -125,12 +128,108 @@ struct Iteration {
     merge: Pass,
 }
 
+/// Where the kernels of a workspace find the cost.
+pub(crate) enum CostBuffers {
+    /// B row-major matrices (`shaders/cost_matrix.wgsl`).
+    Matrix(wgpu::Buffer),
+    /// Point clouds, coordinate-major (`shaders/cost_points.wgsl`): x (d × m), y (d × n) and the ground
+    /// cost's parameters.
+    Points {
+        xt: wgpu::Buffer,
+        yt: wgpu::Buffer,
+        ground: wgpu::Buffer,
+    },
+}
+
+impl CostBuffers {
+    fn new(ctx: &GpuContext, (m, n, nb): (usize, usize, usize), points: Option<usize>) -> Self {
+        match points {
+            None => CostBuffers::Matrix(buffers::storage(ctx, "cost", nb * m * n)),
+            Some(d) => CostBuffers::Points {
+                xt: buffers::storage(ctx, "x (coordinate-major)", nb * d * m),
+                yt: buffers::storage(ctx, "y (coordinate-major)", nb * d * n),
+                ground: buffers::uniform(ctx, "ground cost", &GroundParams::zeroed()),
+            },
+        }
+    }
+
+    /// The kernel of `step` for this source, and its bindings.
+    fn kernel(&self, step: Step) -> Kernel {
+        let points = matches!(self, CostBuffers::Points { .. });
+        match (step, points) {
+            (Step::Sweep, false) => Kernel::SinkhornSweep,
+            (Step::Rows, false) => Kernel::SinkhornRows,
+            (Step::Columns, false) => Kernel::SinkhornColumns,
+            (Step::Merge, false) => Kernel::SinkhornMerge,
+            (Step::Sweep, true) => Kernel::PointsSweep,
+            (Step::Rows, true) => Kernel::PointsRows,
+            (Step::Columns, true) => Kernel::PointsColumns,
+            (Step::Merge, true) => Kernel::PointsMerge,
+        }
+    }
+
+    /// `entries` of a pass that reads the cost, with the cost's own bindings added.
+    fn with<'a>(&'a self, entries: &[(u32, &'a wgpu::Buffer)]) -> Vec<(u32, &'a wgpu::Buffer)> {
+        let mut e = entries.to_vec();
+        match self {
+            CostBuffers::Matrix(c) => e.push((1, c)),
+            CostBuffers::Points { xt, yt, ground } => e.extend([(12, xt), (13, yt), (14, ground)]),
+        }
+        e
+    }
+
+    /// The matrix of a workspace made for cost matrices.
+    fn matrix(&self) -> Result<&wgpu::Buffer> {
+        match self {
+            CostBuffers::Matrix(c) => Ok(c),
+            CostBuffers::Points { .. } => Err(Error::Gpu(
+                "internal: a point-cloud workspace was handed a cost matrix".into(),
+            )),
+        }
+    }
+
+    /// Bytes of cost one pass over every entry reads (0 for points: computed).
+    fn bytes(&self, m: usize, n: usize) -> u64 {
+        match self {
+            CostBuffers::Matrix(_) => 4 * (m * n) as u64,
+            CostBuffers::Points { .. } => 0,
+        }
+    }
+}
+
+/// The steps of an iteration, each a kernel of the Sinkhorn family.
+#[derive(Clone, Copy)]
+enum Step {
+    Sweep,
+    Rows,
+    Columns,
+    Merge,
+}
+
+/// `GroundParams` of `shaders/cost_points.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct GroundParams {
+    d: u32,
+    kind: u32,
+    p: f32,
+    q: f32,
+    scale: f32,
+    _pad: [u32; 3],
+}
+
+impl GroundParams {
+    fn zeroed() -> Self {
+        bytemuck::Zeroable::zeroed()
+    }
+}
+
 /// Buffers and prepared passes of B problems of one shape.
 pub(crate) struct SinkhornWorkspace {
     batch: usize,
     geometry: Geometry,
     ctl: wgpu::Buffer,
-    cost: wgpu::Buffer,
+    cost: CostBuffers,
     log_a: wgpu::Buffer,
     log_b: wgpu::Buffer,
     f: [wgpu::Buffer; 2],
@@ -146,7 +245,7 @@ pub(crate) struct SinkhornWorkspace {
 }
 
 impl SinkhornWorkspace {
-    fn new(ctx: &GpuContext, m: usize, n: usize, nb: usize) -> Result<Self> {
+    fn new(ctx: &GpuContext, m: usize, n: usize, nb: usize, points: Option<usize>) -> Result<Self> {
         let geo = Geometry::new(ctx, m, n);
         let params = buffers::uniform(
             ctx,
@@ -171,7 +270,7 @@ impl SinkhornWorkspace {
             },
         );
         let ctl = buffers::storage(ctx, "sinkhorn control", 2 * nb);
-        let cost = buffers::storage(ctx, "cost", nb * m * n);
+        let cost = CostBuffers::new(ctx, (m, n, nb), points);
         let log_a = buffers::storage(ctx, "log a", nb * m);
         let log_b = buffers::storage(ctx, "log b", nb * n);
         let f = [
@@ -186,23 +285,19 @@ impl SinkhornWorkspace {
         let err = buffers::storage(ctx, "row errors", nb * m);
         let max_err = buffers::storage(ctx, "max row error", nb);
         let staging = buffers::staging(ctx, "sinkhorn readback", buffers::words(nb * m.max(n)));
-        let cost_bytes = 4 * (m * n) as u64;
+        let cost_bytes = cost.bytes(m, n);
         let wg = geo.wg;
-        let pass = |kernel, entries: &[(u32, &wgpu::Buffer)], lanes| {
-            Ok::<_, Error>(Pass::per_workgroup_sized(ctx, kernel, wg, entries, lanes)?.batched(nb))
+        let pass = |step, entries: &[(u32, &wgpu::Buffer)], lanes| {
+            Ok::<_, Error>(
+                Pass::per_workgroup_sized(ctx, cost.kernel(step), wg, entries, lanes)?.batched(nb),
+            )
         };
         // The columns of the f in buffer 1 − p (update_f's output).
         let columns = |p: usize| {
             Ok::<_, Error>(
                 pass(
-                    Kernel::SinkhornColumns,
-                    &[
-                        (0, &params),
-                        (1, &cost),
-                        (7, &f[1 - p]),
-                        (9, &ctl),
-                        (10, &partial),
-                    ],
+                    Step::Columns,
+                    &cost.with(&[(0, &params), (7, &f[1 - p]), (9, &ctl), (10, &partial)]),
                     geo.tiles * geo.blocks,
                 )?
                 .reads_cost(cost_bytes),
@@ -211,32 +306,31 @@ impl SinkhornWorkspace {
         // f, g read from buffers p (f_in, g_in), f' written to 1 − p and read by columns, g' to 1 − p.
         let rows = |p: usize| -> Result<Vec<Pass>> {
             let (fi, fo, gi) = (&f[p], &f[1 - p], &g[p]);
-            let common = [
+            let common = cost.with(&[
                 (0, &params),
-                (1, &cost),
                 (3, &log_a),
                 (5, fi),
                 (6, gi),
                 (7, fo),
                 (8, &err),
                 (9, &ctl),
-            ];
+            ]);
             if geo.fused {
-                let mut e = common.to_vec();
+                let mut e = common.clone();
                 e.push((10, &partial));
                 Ok(vec![
-                    pass(Kernel::SinkhornSweep, &e, geo.blocks)?.reads_cost(cost_bytes)
+                    pass(Step::Sweep, &e, geo.blocks)?.reads_cost(cost_bytes)
                 ])
             } else {
                 Ok(vec![
-                    pass(Kernel::SinkhornRows, &common, m)?.reads_cost(cost_bytes),
+                    pass(Step::Rows, &common, m)?.reads_cost(cost_bytes),
                     columns(p)?,
                 ])
             }
         };
         let merge = |p: usize| {
             pass(
-                Kernel::SinkhornMerge,
+                Step::Merge,
                 &[
                     (0, &params),
                     (4, &log_b),
@@ -287,6 +381,38 @@ impl SinkhornWorkspace {
         let ctl: Vec<Control> = tracks.iter().map(Track::control).collect();
         ctx.queue()
             .write_buffer(&self.ctl, 0, bytemuck::cast_slice(&ctl));
+    }
+
+    /// Every problem's final (f, g) (as f64), from the pair of buffers its track says; each pair is read
+    /// only if some problem's potentials lie there.
+    fn read_state(
+        &self,
+        ctx: &GpuContext,
+        tracks: &[Track],
+        m: usize,
+        n: usize,
+    ) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+        let nb = self.batch;
+        let mut pairs: [Option<(Vec<f64>, Vec<f64>)>; 2] = [None, None];
+        for t in tracks {
+            if pairs[t.at].is_none() {
+                pairs[t.at] = Some((
+                    self.read(ctx, &self.f[t.at], nb * m)?,
+                    self.read(ctx, &self.g[t.at], nb * n)?,
+                ));
+            }
+        }
+        Ok(tracks
+            .iter()
+            .enumerate()
+            .map(|(p, t)| match &pairs[t.at] {
+                Some((f, g)) => (
+                    f[p * m..(p + 1) * m].to_vec(),
+                    g[p * n..(p + 1) * n].to_vec(),
+                ),
+                None => (Vec::new(), Vec::new()),
+            })
+            .collect())
     }
 
     /// Reads `len` f32 words of `buf` (from word 0) as f64.
@@ -528,8 +654,13 @@ fn run(
     let nb = starts.len();
     let (m, n) = (starts[0].problem.m(), starts[0].problem.n());
     check_shape(ctx, m, n, nb)?;
-    let key = WorkspaceKey::Sinkhorn { m, n, batch: nb };
-    let ws = ctx.take_workspace(key, || SinkhornWorkspace::new(ctx, m, n, nb))?;
+    let key = WorkspaceKey::Sinkhorn {
+        m,
+        n,
+        batch: nb,
+        points: None,
+    };
+    let ws = ctx.take_workspace(key, || SinkhornWorkspace::new(ctx, m, n, nb, None))?;
     let result = run_in(ctx, &ws, cfg, starts, finished);
     ctx.put_workspace(key, ws);
     result
@@ -545,7 +676,7 @@ fn run_in(
     let (m, n) = (starts[0].problem.m(), starts[0].problem.n());
     buffers::upload(
         ctx,
-        &ws.cost,
+        ws.cost.matrix()?,
         &concat(starts, |s| s.problem.cost_slice().iter().copied()),
     );
     buffers::upload(
@@ -571,33 +702,121 @@ fn run_in(
         })
         .collect();
     iterate(ctx, ws, cfg, &mut tracks, finished)?;
-    let nb = starts.len();
-    // Each pair of buffers is read only if some problem's final potentials lie there.
-    let mut f_bufs: [Option<Vec<f64>>; 2] = [None, None];
-    let mut g_bufs: [Option<Vec<f64>>; 2] = [None, None];
-    for t in &tracks {
-        if f_bufs[t.at].is_none() {
-            f_bufs[t.at] = Some(ws.read(ctx, &ws.f[t.at], nb * m)?);
-            g_bufs[t.at] = Some(ws.read(ctx, &ws.g[t.at], nb * n)?);
-        }
-    }
+    let state = ws.read_state(ctx, &tracks, m, n)?;
     Ok(starts
         .iter()
         .zip(&tracks)
-        .enumerate()
-        .map(|(p, (s, t))| {
-            let (f_all, g_all) = match (&f_bufs[t.at], &g_bufs[t.at]) {
-                (Some(f), Some(g)) => (f, g),
-                _ => unreachable!("every problem's buffers were read above"),
-            };
-            let f = Array1::from(f_all[p * m..(p + 1) * m].to_vec());
-            let g = Array1::from(g_all[p * n..(p + 1) * n].to_vec());
+        .zip(state)
+        .map(|((s, t), (f, g))| {
             let device = RanOn::Gpu {
                 adapter: ctx.adapter_name().to_string(),
             };
-            assemble(cfg, s.problem, f, g, t.iterations, t.termination, device)
+            assemble(
+                cfg,
+                s.problem,
+                Array1::from(f),
+                Array1::from(g),
+                t.iterations,
+                t.termination,
+                device,
+            )
         })
         .collect())
+}
+
+/// One point-cloud problem on the GPU: the same kernels with the cost computed from the points
+/// (`shaders/cost_points.wgsl`), no matrix anywhere; the solution assembled on the host in f64 from the
+/// potentials ([`crate::sinkhorn::points::assemble`]). The masses must be positive (checked by the caller).
+pub(crate) fn solve_points(
+    ctx: &GpuContext,
+    cfg: &Sinkhorn,
+    p: &PointProblem,
+) -> Result<PointSolution> {
+    let (m, n, d) = (p.m(), p.n(), p.dim());
+    let (f0, g0) = start_point(cfg, m, n)?;
+    check_points(ctx, m, n, d)?;
+    let key = WorkspaceKey::Sinkhorn {
+        m,
+        n,
+        batch: 1,
+        points: Some(d),
+    };
+    let ws = ctx.take_workspace(key, || SinkhornWorkspace::new(ctx, m, n, 1, Some(d)))?;
+    let out = (|| {
+        let CostBuffers::Points { xt, yt, ground, .. } = &ws.cost else {
+            return Err(Error::Gpu(
+                "internal: a cost-matrix workspace was handed point clouds".into(),
+            ));
+        };
+        let coordinate_major = |v: ndarray::ArrayView2<'_, f64>| -> Vec<f32> {
+            v.t().iter().map(|&x| x as f32).collect()
+        };
+        buffers::upload(ctx, xt, &coordinate_major(p.x()));
+        buffers::upload(ctx, yt, &coordinate_major(p.y()));
+        let (kind, pw, q) = match p.ground_cost() {
+            GroundCost::SqEuclidean => (0, 2.0, 2.0),
+            GroundCost::Euclidean => (1, 2.0, 1.0),
+            GroundCost::Minkowski { p, q } => (2, p as f32, q as f32),
+        };
+        let params = GroundParams {
+            d: d as u32,
+            kind,
+            p: pw,
+            q,
+            scale: (1.0 / p.divisor()) as f32,
+            _pad: [0; 3],
+        };
+        ctx.queue()
+            .write_buffer(ground, 0, bytemuck::bytes_of(&params));
+        let to32 = |v: ndarray::ArrayView1<'_, f64>, log: bool| -> Vec<f32> {
+            v.iter()
+                .map(|&x| if log { x.ln() as f32 } else { x as f32 })
+                .collect()
+        };
+        buffers::upload(ctx, &ws.log_a, &to32(p.a(), true));
+        buffers::upload(ctx, &ws.log_b, &to32(p.b(), true));
+        buffers::upload(ctx, &ws.f[0], &to32(ndarray::ArrayView1::from(&f0), false));
+        buffers::upload(ctx, &ws.g[0], &to32(ndarray::ArrayView1::from(&g0), false));
+        let (lo, hi) = p.cost_bounds();
+        let amax = p.a().iter().fold(0.0f64, |x, &y| x.max(y));
+        let mut tracks = [Track::new(
+            cfg,
+            (hi - lo, lo.abs().max(hi.abs())),
+            amax,
+            p.largest_marginal(),
+        )];
+        iterate(ctx, &ws, cfg, &mut tracks, &mut || {})?;
+        let [t] = tracks;
+        let (f, g) = ws
+            .read_state(ctx, std::slice::from_ref(&t), m, n)?
+            .pop()
+            .ok_or_else(|| Error::Gpu("no potentials read back".into()))?;
+        let device = RanOn::Gpu {
+            adapter: ctx.adapter_name().to_string(),
+        };
+        points::assemble(cfg, p, f, g, t.iterations, t.termination, device)
+    })();
+    ctx.put_workspace(key, ws);
+    out
+}
+
+/// Refuses point clouds beyond the device's limits (coordinates and column partials in one binding each,
+/// u32 indexing, the workgroup grid).
+fn check_points(ctx: &GpuContext, m: usize, n: usize, d: usize) -> Result<()> {
+    ctx.check_binding(
+        "max_storage_buffer_binding_size (coordinates of a cloud, f32)",
+        4 * (d * m.max(n)) as u64,
+    )?;
+    let geo = Geometry::new(ctx, m, n);
+    ctx.check_binding(
+        "max_storage_buffer_binding_size (column partials, f32)",
+        8 * (geo.blocks * n) as u64,
+    )?;
+    ctx.check_lanes("max_compute_workgroups_per_dimension² (rows)", m)?;
+    ctx.check_lanes(
+        "max_compute_workgroups_per_dimension² (column tiles × row blocks)",
+        geo.tiles * geo.blocks,
+    )
 }
 
 /// The problems' values back to back, in f32 (the layout of every batched buffer).
@@ -639,8 +858,13 @@ pub(crate) fn solve_buffers(
     let to_f32 = |v: Vec<f64>| -> Vec<f32> { v.into_iter().map(|x| x as f32).collect() };
     let (f0, g0) = (to_f32(f0), to_f32(g0));
     check_shape(ctx, m, n, 1)?;
-    let key = WorkspaceKey::Sinkhorn { m, n, batch: 1 };
-    let ws = ctx.take_workspace(key, || SinkhornWorkspace::new(ctx, m, n, 1))?;
+    let key = WorkspaceKey::Sinkhorn {
+        m,
+        n,
+        batch: 1,
+        points: None,
+    };
+    let ws = ctx.take_workspace(key, || SinkhornWorkspace::new(ctx, m, n, 1, None))?;
     let (out, work) = work::measure(|| solve_in_buffers(ctx, &ws, cfg, input, &f0, &g0));
     ctx.put_workspace(key, ws);
     out.map(|o| GpuSinkhornOutput { work, ..o })
@@ -695,7 +919,7 @@ fn solve_in_buffers(
     buffers::upload(ctx, &ws.g[0], g0);
     let mut enc = buffers::encode(ctx, &passes.iter().collect::<Vec<_>>());
     // Into the workspace whose passes are bound to it (a device copy; counted as a read of the cost).
-    enc.copy_buffer_to_buffer(input.cost, 0, &ws.cost, 0, 4 * (m * n) as u64);
+    enc.copy_buffer_to_buffer(input.cost, 0, ws.cost.matrix()?, 0, 4 * (m * n) as u64);
     work::dispatched(0, 4 * (m * n) as u64);
     // The ε schedule needs the cost range, the stage tolerances max a: one readback of two scalars.
     let both = buffers::storage(ctx, "range and max a", 2);

@@ -113,7 +113,34 @@ impl Sinkhorn {
     /// Errors: a zero mass ([`crate::Error::ZeroMass`]: Sinkhorn takes logarithms; drop the point), a warm
     /// start of the wrong length, non-finite results.
     pub fn solve_points(&self, problem: &PointProblem) -> Result<PointSolution> {
-        points::solve(self, problem)
+        self.solve_points_on(problem, &Device::Cpu)
+    }
+
+    /// [`Sinkhorn::solve_points`] on `device`. On a GPU the kernels compute every cost entry from the
+    /// points (f32, no matrix in any buffer: [`crate::GpuWork::cost_bytes_read`] is 0) with the stopping
+    /// rule and ε schedule of [`Sinkhorn::solve_on`]; the reported numbers are measured on the host in f64
+    /// from the potentials, and the status is verified there.
+    ///
+    /// Errors: those of [`Sinkhorn::solve_points`]; device limits ([`crate::Error::DeviceLimit`]).
+    pub fn solve_points_on(
+        &self,
+        problem: &PointProblem,
+        device: &Device,
+    ) -> Result<PointSolution> {
+        crate::problem::require_positive("a", problem.a(), "Sinkhorn", "it takes log a_i")?;
+        crate::problem::require_positive("b", problem.b(), "Sinkhorn", "it takes log b_j")?;
+        match device.target() {
+            Target::Cpu => points::solve(self, problem),
+            #[cfg(feature = "gpu")]
+            Target::Gpu(ctx) => {
+                let (out, work) =
+                    crate::device::measured(|| gpu::solve_points(&ctx, self, problem));
+                out.map(|mut s| {
+                    s.gpu_work = Some(work);
+                    s
+                })
+            }
+        }
     }
 
     /// Async [`Sinkhorn::solve_on`], on a thread of its own as [`crate::SparseOt::solve_on_async`].
