@@ -409,11 +409,8 @@ fn read_input(path: &Path, cli: &Cli) -> Result<Input, Failure> {
         let a = a.into_dimensionality::<Ix1>().expect("checked: 1-D");
         let b = b.into_dimensionality::<Ix1>().expect("checked: 1-D");
         let cost = cost.into_dimensionality::<Ix2>().expect("checked: 2-D");
-        return Ok(Input::Matrix(Problem::new(
-            a.view(),
-            b.view(),
-            cost.view(),
-        )?));
+        // Moved, not copied: the cost is held once, also when a device then refuses its size.
+        return Ok(Input::Matrix(Problem::from_owned(a, b, cost)?));
     }
     let x = read_array(&mut npz, &names, "x", 2)?
         .into_dimensionality::<Ix2>()

@@ -144,6 +144,20 @@ impl Problem {
         )
     }
 
+    /// [`Problem::new`] taking ownership of f64 arrays: a row-major cost is kept as it is, not copied, so a
+    /// large input is held once (a cost in another layout is copied into row-major order).
+    ///
+    /// Errors: those of [`Problem::new`].
+    pub fn from_owned(a: Array1<f64>, b: Array1<f64>, cost: Array2<f64>) -> Result<Self> {
+        validate_shapes(a.len(), b.len(), cost.dim())?;
+        let cost = if cost.is_standard_layout() {
+            cost
+        } else {
+            matrix_f64(cost.view())
+        };
+        Self::validated(a, b, cost, DEFAULT_MASS_TOLERANCE)
+    }
+
     /// Uniform marginals a_i = 1/m and b_j = 1/n for an m × n cost (what POT uses when `a` and `b` are
     /// empty): every source and every target carries the same mass, and the total is 1.
     ///
