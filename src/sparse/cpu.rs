@@ -11,6 +11,7 @@ use crate::lbfgs::{self, Settings};
 use crate::monitor::{Monitor, Progress};
 use crate::problem::Problem;
 use crate::solution::{Criterion, Formulation, RanOn, Solution, Termination};
+use crate::sparse::newton;
 use crate::sparse::nonsmooth::{self, NonsmoothSettings, Smoothed};
 use crate::sparse::objective::SparseDual;
 use crate::sparse::rules::{self, Outcome, PlanBuilder};
@@ -101,6 +102,29 @@ pub(crate) fn solve_columns(
             &|| monitor.is_cancelled(),
         );
         (termination, driver.iterations, backend.x)
+    };
+    // Without an active sparsity limit the semi-dual is piecewise quadratic: where L-BFGS stalls (badly
+    // scaled masses), semismooth Newton on the supports finishes it.
+    let (x, termination, iterations) = if termination == Termination::Stalled
+        && cfg.tol > 0.0
+        && k >= p.m()
+        && cfg.formulation == Formulation::SemiDual
+    {
+        let budget = cfg.max_iter.saturating_sub(iterations);
+        let out = newton::run(&mut dual, x.clone(), cfg.tol, budget);
+        if out.error <= cfg.tol {
+            let tol = cfg.tol;
+            (
+                out.x,
+                Termination::Converged(Criterion::MarginalError { tol }),
+                iterations + out.steps,
+            )
+        } else {
+            // Not there: the nonsmooth stage starts from the L-BFGS point, as without this stage.
+            (x, termination, iterations)
+        }
+    } else {
+        (x, termination, iterations)
     };
     // L-BFGS stalls on the kinks of k < m (and on rounding for tiny γ): hand over to the nonsmooth stage.
     let (x, termination, iterations) = if termination == Termination::Stalled && cfg.tol > 0.0 {

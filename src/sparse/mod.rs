@@ -17,6 +17,7 @@ pub(crate) mod adam;
 pub(crate) mod cpu;
 #[cfg(feature = "gpu")]
 pub(crate) mod gpu;
+mod newton;
 mod nonsmooth;
 mod objective;
 pub(crate) mod rules;

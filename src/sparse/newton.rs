@@ -1,0 +1,162 @@
+//! Semismooth Newton for the quadratic semi-dual (k ≥ m: no sparsity limit is active), where L-BFGS stalls
+//! on badly scaled problems (masses over many orders of magnitude).
+//!
+//! S(α) = α·a − Σ_j max_{t ≥ 0, Σt = b_j} t·(α − c_j) − (γ/2)‖t‖² is concave and piecewise quadratic: on the
+//! region where every column's support S_j is fixed, column j's plan is t = (α − c_j)/γ − θ_j on S_j with θ_j
+//! set by Σt = b_j, so ∂t_i/∂α_l = (δ_il − 1/|S_j|)/γ on S_j. The gradient is ∇S = a − T1 and the generalised
+//! Hessian −H with
+//!
+//! H = (1/γ) Σ_j (D_{S_j} − 1_{S_j} 1_{S_j}ᵀ / |S_j|),
+//!
+//! positive semidefinite, a sum over the plan's nonzeros (cheap to apply). Each step solves (H + R) d = ∇S by
+//! conjugate gradients, R = 1/γ on rows no column supports (the scale at which such a row enters a support)
+//! and μ/γ on the others (Levenberg–Marquardt: H is flat along the constants of each group of rows and
+//! columns its supports connect), then backtracks (Armijo) on S itself. Once the supports are right and μ
+//! has shrunk, a step lands on the maximiser of that piece, so the marginals go to rounding in a few steps.
+
+use crate::sparse::objective::SparseDual;
+
+/// Newton steps at most.
+const MAX_STEPS: usize = 100;
+/// Conjugate-gradient iterations per step at most, and their relative residual.
+const CG_ITERATIONS: usize = 500;
+const CG_TOL: f64 = 1e-12;
+/// Armijo constant and halvings of the line search.
+const ARMIJO: f64 = 1e-4;
+const HALVINGS: usize = 40;
+
+/// What the Newton stage reached.
+pub(crate) struct NewtonOutcome {
+    /// The last iterate α.
+    pub x: Vec<f64>,
+    /// max |a − T1| there (the semi-dual's marginal error; columns are exact).
+    pub error: f64,
+    /// Newton steps taken.
+    pub steps: usize,
+}
+
+/// Runs the Newton stage from α = `x` until max |∇S| ≤ `tol`, `budget` steps (capped at 100) or no ascent.
+/// `dual` must be the semi-dual with k ≥ m.
+pub(crate) fn run(
+    dual: &mut SparseDual<'_>,
+    x: Vec<f64>,
+    tol: f64,
+    budget: usize,
+) -> NewtonOutcome {
+    let m = dual.m();
+    let gamma = dual.gamma;
+    let mut alpha = x;
+    let mut grad = vec![0.0; m];
+    let mut value = dual.value_and_gradient(&alpha, &mut grad);
+    let mut steps = 0;
+    // Levenberg–Marquardt damping of H's flat directions (relative to 1/γ): shrunk after a full step,
+    // grown after a cut one, so that a component whose rows and columns carry different masses moves by a
+    // step its supports can follow rather than along H's null space.
+    let mut mu = 1e-4;
+    let max_abs = |g: &[f64]| g.iter().fold(0.0f64, |x, &y| x.max(y.abs()));
+    while steps < budget.min(MAX_STEPS) && max_abs(&grad) > tol {
+        let supports = supports(dual, &alpha);
+        let mut covered = vec![false; m];
+        for s in &supports {
+            for &i in s {
+                covered[i] = true;
+            }
+        }
+        let apply = |v: &[f64], out: &mut [f64]| {
+            for ((o, &vi), &c) in out.iter_mut().zip(v).zip(&covered) {
+                *o = vi * if c { mu / gamma } else { 1.0 / gamma };
+            }
+            for s in &supports {
+                let mean = s.iter().map(|&i| v[i]).sum::<f64>() / s.len() as f64;
+                for &i in s {
+                    out[i] += (v[i] - mean) / gamma;
+                }
+            }
+        };
+        let d = conjugate_gradients(&apply, &grad);
+        let slope: f64 = d.iter().zip(&grad).map(|(x, y)| x * y).sum();
+        if slope.is_nan() || slope <= 0.0 {
+            break;
+        }
+        let mut tau = 1.0;
+        let mut trial = vec![0.0; m];
+        let mut trial_grad = vec![0.0; m];
+        let mut accepted = false;
+        for _ in 0..HALVINGS {
+            for ((t, &a), &di) in trial.iter_mut().zip(&alpha).zip(&d) {
+                *t = a + tau * di;
+            }
+            let v = dual.value_and_gradient(&trial, &mut trial_grad);
+            if v >= value + ARMIJO * tau * slope {
+                accepted = true;
+                value = v;
+                break;
+            }
+            tau *= 0.5;
+        }
+        if !accepted {
+            break;
+        }
+        mu = if tau == 1.0 {
+            (mu * 0.1).max(1e-12)
+        } else {
+            (mu * 10.0).min(1.0)
+        };
+        std::mem::swap(&mut alpha, &mut trial);
+        std::mem::swap(&mut grad, &mut trial_grad);
+        steps += 1;
+    }
+    NewtonOutcome {
+        error: max_abs(&grad),
+        x: alpha,
+        steps,
+    }
+}
+
+/// Each column's support {i : t_ij > 0} at α.
+fn supports(dual: &mut SparseDual<'_>, alpha: &[f64]) -> Vec<Vec<usize>> {
+    let mut out = vec![Vec::new(); dual.n()];
+    dual.for_each_column(alpha, None, |j, rows, values, _| {
+        out[j] = rows
+            .iter()
+            .zip(values)
+            .filter(|(_, v)| *v > 0.0)
+            .map(|(&i, _)| i)
+            .collect();
+    });
+    out
+}
+
+/// Solves A d = g for the symmetric positive definite A given by `apply`, from d = 0.
+fn conjugate_gradients(apply: &dyn Fn(&[f64], &mut [f64]), g: &[f64]) -> Vec<f64> {
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
+    let n = g.len();
+    let mut d = vec![0.0; n];
+    let mut r = g.to_vec();
+    let mut p = r.clone();
+    let mut ap = vec![0.0; n];
+    let mut rr = dot(&r, &r);
+    let stop = CG_TOL * CG_TOL * rr;
+    for _ in 0..CG_ITERATIONS {
+        if rr <= stop || rr == 0.0 {
+            break;
+        }
+        apply(&p, &mut ap);
+        let pap = dot(&p, &ap);
+        if pap.is_nan() || pap <= 0.0 {
+            break;
+        }
+        let step = rr / pap;
+        for ((di, ri), (&pi, &api)) in d.iter_mut().zip(r.iter_mut()).zip(p.iter().zip(&ap)) {
+            *di += step * pi;
+            *ri -= step * api;
+        }
+        let rr_new = dot(&r, &r);
+        let beta = rr_new / rr;
+        for (pi, &ri) in p.iter_mut().zip(&r) {
+            *pi = ri + beta * *pi;
+        }
+        rr = rr_new;
+    }
+    d
+}
