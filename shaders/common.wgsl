@@ -1,12 +1,13 @@
 // common.wgsl — helpers prepended to every kernel family (concatenated on the host, no templating).
 //
-// Overrides: WG (workgroup size, a power of two, at most 256; the host picks it and keys its pipeline cache on it).
-// Workgroup memory: red_f (f32 × 256), red_u (u32 × 256), used by the tree reductions below.
+// Overrides: WG (workgroup size, a power of two, at most 1024; the host picks it per kernel and keys its pipeline
+//   cache on it).
+// Workgroup memory: red_f (f32 × 1024), red_u (u32 × 1024), used by the tree reductions below.
 // Lanes: a dispatch of L workgroups (or threads) is laid out as (min(L, 65535), ceil(L / 65535), 1) and
 // `lane_of` flattens it; the z dimension is left to batches (workgroup_id.z = problem index).
 
 override WG: u32 = 64u;
-const MAX_WG: u32 = 256u;
+const MAX_WG: u32 = 1024u;
 const NEG_BIG: f32 = -3.0e38;
 
 var<workgroup> red_f: array<f32, MAX_WG>;

@@ -14,7 +14,9 @@
 //  10 storage read_write      beta_out: n, β_j (dual) or the implied −γ θ_j (semi-dual)   (extract)
 //  11 storage read            evaluated: B, nonzero when problem p is evaluated by this round's dispatches;
 //                             every kernel leaves the other problems' outputs untouched
-// Dispatch: column_pass one workgroup per column; row_pass one thread per row (ceil(m / WG) workgroups);
+// Dispatch: column_pass one workgroup per column (WG ≥ m / VMAX where the device allows: the column is then
+//   read once into registers and every later walk is over them); row_pass one thread per row (ceil(m / WG)
+//   workgroups);
 //   finalize one workgroup per problem; extract one thread per column. Lanes laid out as in common.wgsl.
 // Batches: workgroup_id.z is the problem index p of a batch of B problems of one shape (z = 1 for a single
 //   problem). Every buffer holds the B problems back to back and problem p's slice starts at p × its
@@ -22,7 +24,8 @@
 //   extract, rows_out n·k), so the strides follow from the uniform's m, n, k and dim.
 // Overrides: WG.
 // Formula: s = α − c_j. TopK(s) by the tie rule of docs/MATH.md §3.1 (larger value, then lower index) found without
-//   sorting: the k-th largest order-preserving key by a 32-step bitwise search of counts, then the last
+//   sorting: the k-th largest order-preserving key by a 32-step bitwise search of counts, then (by bisection
+//   on the index, 32 steps of counts) the last
 //   admitted index among keys equal to it. A column's plan is t_i = [(s_i − σ_j)/γ − θ_j]_+ on TopK, in
 //   coordinates shifted by σ_j so that f32 keeps Σ t = b_j to its unit roundoff even for small γ:
 //   semi-dual σ_j = max_TopK s, θ_j ∈ [−b_j, 0] solves Σ t = b_j (bisection, then exact refinement on the
@@ -98,8 +101,21 @@ fn plan_entry(s: f32, c: ColState) -> f32 {
     return max((s - c.shift) / P.gamma - c.theta, 0.0);
 }
 
-var<workgroup> wg_tie: u32;
 var<workgroup> wg_evaluated: u32;
+
+// Rows of a column each thread of column_pass holds in registers: columns of up to WG·VMAX rows are read
+// once per evaluation, longer ones on every walk.
+const VMAX: u32 = 16u;
+var<private> sc: array<f32, VMAX>;
+var<private> cached: bool;
+
+// The score of row i = tid + q·WG of column j: from the registers when the column was cached.
+fn col_score(q: u32, i: u32, j: u32) -> f32 {
+    if (cached) {
+        return sc[min(q, VMAX - 1u)];
+    }
+    return score(i, j);
+}
 
 // Whether problem pb is evaluated this round, loaded uniformly for the workgroup (kernels with barriers).
 fn uniform_evaluated(tid: u32) -> bool {
@@ -121,6 +137,14 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let j = min(j_raw, P.n - 1u);
     let m = P.m;
     let k = min(P.k, m);
+    // The column's scores, read once into registers when they fit (rows i = tid + q·WG, q < VMAX).
+    cached = m <= WG * VMAX;
+    if (cached) {
+        for (var q = 0u; q < VMAX; q = q + 1u) {
+            let i = tid + q * WG;
+            sc[q] = select(0.0, score(min(i, m - 1u), j), i < m);
+        }
+    }
 
     // 1. Threshold key: the k-th largest key (all rows when k = m).
     var th = 0u;
@@ -128,8 +152,9 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         for (var bit = 0u; bit < 32u; bit = bit + 1u) {
             let cand = th | (1u << (31u - bit));
             var c = 0u;
-            for (var i = tid; i < m; i = i + WG) {
-                c = c + select(0u, 1u, order_key(score(i, j)) >= cand);
+            for (var q = 0u; tid + q * WG < m; q = q + 1u) {
+                let i = tid + q * WG;
+                c = c + select(0u, 1u, order_key(col_score(q, i, j)) >= cand);
             }
             let total = wg_count(tid, c);
             if (total >= k) {
@@ -137,53 +162,43 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             }
         }
     }
-    // 2. Tie index: the r-th lowest index among keys equal to th, r = k − #{key > th}.
+    // 2. Tie index: the r-th lowest index among keys equal to th, r = k − #{key > th}: the smallest τ with
+    //    #{i ≤ τ : key_i = th} ≥ r, by bisection on τ (32 rounds cover every u32 index).
     var gt_count = 0u;
-    var eq_count = 0u;
-    let chunk = (m + WG - 1u) / WG;
-    let lo = min(tid * chunk, m);
-    let hi = min(lo + chunk, m);
-    for (var i = lo; i < hi; i = i + 1u) {
-        let key = order_key(score(i, j));
-        gt_count = gt_count + select(0u, 1u, key > th);
-        eq_count = eq_count + select(0u, 1u, key == th);
+    for (var q = 0u; tid + q * WG < m; q = q + 1u) {
+        let i = tid + q * WG;
+        gt_count = gt_count + select(0u, 1u, order_key(col_score(q, i, j)) > th);
     }
     let above = wg_count(tid, gt_count);
-    red_u[tid] = eq_count;
-    workgroupBarrier();
-    if (tid == 0u) {
-        // Exclusive scan of the per-thread equal counts, in place.
-        var run = 0u;
-        for (var t = 0u; t < WG; t = t + 1u) {
-            let c = red_u[t];
-            red_u[t] = run;
-            run = run + c;
-        }
-        wg_tie = 0xffffffffu;
-    }
-    workgroupBarrier();
     let r = k - above;
-    let before = red_u[tid];
-    if (r > before && r <= before + eq_count) {
-        var seen = before;
-        for (var i = lo; i < hi; i = i + 1u) {
-            if (order_key(score(i, j)) == th) {
-                seen = seen + 1u;
-                if (seen == r) {
-                    wg_tie = i;
-                }
+    var lo = 0u;
+    var hi = m - 1u;
+    for (var round = 0u; round < 32u; round = round + 1u) {
+        let mid = lo + (hi - lo) / 2u;
+        var c = 0u;
+        for (var q = 0u; tid + q * WG < m; q = q + 1u) {
+            let i = tid + q * WG;
+            c = c + select(0u, 1u, i <= mid && order_key(col_score(q, i, j)) == th);
+        }
+        let total = wg_count(tid, c);
+        if (lo < hi) {
+            if (total >= r) {
+                hi = mid;
+            } else {
+                lo = mid + 1u;
             }
         }
     }
-    let tie = workgroupUniformLoad(&wg_tie);
+    let tie = select(lo, 0xffffffffu, r == 0u);
     var state = ColState(th, tie, 0.0, 0.0, 0.0, 0u, 0u, 0u);
 
     // 3. σ_j and θ_j.
     let bj = b[pb * P.n + j];
     if (P.mode == 0u) {
         var smax = NEG_BIG;
-        for (var i = tid; i < m; i = i + WG) {
-            let s = score(i, j);
+        for (var q = 0u; tid + q * WG < m; q = q + 1u) {
+            let i = tid + q * WG;
+            let s = col_score(q, i, j);
             if (selected(order_key(s), i, state)) {
                 smax = max(smax, s);
             }
@@ -195,8 +210,9 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             let mid = 0.5 * (t_lo + t_hi);
             state.theta = mid;
             var acc = 0.0;
-            for (var i = tid; i < m; i = i + WG) {
-                let s = score(i, j);
+            for (var q = 0u; tid + q * WG < m; q = q + 1u) {
+                let i = tid + q * WG;
+                let s = col_score(q, i, j);
                 if (selected(order_key(s), i, state)) {
                     acc = acc + plan_entry(s, state);
                 }
@@ -213,8 +229,9 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         for (var it = 0u; it < REFINE_STEPS; it = it + 1u) {
             var cnt = 0u;
             var acc = 0.0;
-            for (var i = tid; i < m; i = i + WG) {
-                let s = score(i, j);
+            for (var q = 0u; tid + q * WG < m; q = q + 1u) {
+                let i = tid + q * WG;
+                let s = col_score(q, i, j);
                 let v = (s - state.shift) / P.gamma;
                 if (selected(order_key(s), i, state) && v > theta) {
                     cnt = cnt + 1u;
@@ -237,8 +254,9 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var lin = 0.0;
     var sq = 0.0;
     var cs = 0.0;
-    for (var i = tid; i < m; i = i + WG) {
-        let s = score(i, j);
+    for (var q = 0u; tid + q * WG < m; q = q + 1u) {
+        let i = tid + q * WG;
+        let s = col_score(q, i, j);
         if (selected(order_key(s), i, state)) {
             let t = plan_entry(s, state);
             lin = lin + t * s;

@@ -43,13 +43,28 @@ struct SparseParams {
     _pad: [u32; 2],
 }
 
-/// Walks over its column that one `column_pass` workgroup makes (`shaders/sparse_dual.wgsl`): the 32-step
-/// search for the k-th key when k < m, the tie count, for the semi-dual the max, 26 bisection and 3
-/// refinement steps, and the term pass (the tie search's walk of one thread's chunk is left out).
-fn column_walks(dual: bool, k: usize, m: usize) -> u64 {
+/// Rows of a column each `column_pass` thread holds in registers (`VMAX` in `shaders/sparse_dual.wgsl`).
+const COLUMN_REGISTERS: usize = 16;
+
+/// The workgroup size of `column_pass` for columns of m rows: the smallest power of two (at least the
+/// default) that holds the column in registers, capped by the device. Columns of up to 1024 rows keep the
+/// default size, and with it the results of earlier versions bit for bit.
+fn column_workgroup(ctx: &GpuContext, m: usize) -> u32 {
+    let need = m.div_ceil(COLUMN_REGISTERS).next_power_of_two() as u64;
+    (need.min(u64::from(ctx.max_workgroup())) as u32).max(crate::gpu::context::WORKGROUP)
+}
+
+/// Walks over its column in memory that one `column_pass` workgroup makes (`shaders/sparse_dual.wgsl`): one
+/// when the column fits the registers (every later walk is over them), else the 32-step search for the k-th
+/// key when k < m, the tie count, the 32-step tie bisection, for the semi-dual the max, 26 bisection and 3
+/// refinement steps, and the term pass.
+fn column_walks(dual: bool, k: usize, m: usize, cached: bool) -> u64 {
+    if cached {
+        return 1;
+    }
     let search = if k < m { 32 } else { 0 };
     let theta = if dual { 0 } else { 1 + 26 + 3 };
-    search + 1 + theta + 1
+    search + 1 + 32 + theta + 1
 }
 
 /// Relative noise of objective values computed in f32 (≈ 16 × f32 unit roundoff).
@@ -145,9 +160,12 @@ impl SparseWorkspace {
         buffers::upload_words(ctx, &active, &vec![1u32; nb]);
         let lbfgs = LbfgsBuffers::new(ctx, dim, memory, nb)?;
         let (x, g, d) = (&lbfgs.xt, &lbfgs.gt, &lbfgs.d);
-        let column = Pass::per_workgroup(
+        let column_wg = column_workgroup(ctx, m);
+        let cached = m <= column_wg as usize * COLUMN_REGISTERS;
+        let column = Pass::per_workgroup_sized(
             ctx,
             Kernel::Column,
+            column_wg,
             &[
                 (0, &params),
                 (1, &cost_t),
@@ -160,7 +178,7 @@ impl SparseWorkspace {
             n,
         )?
         .batched(nb)
-        .reads_cost(column_walks(dual, k, m) * cost_bytes);
+        .reads_cost(column_walks(dual, k, m, cached) * cost_bytes);
         let row = Pass::per_thread(
             ctx,
             Kernel::Row,
