@@ -63,6 +63,10 @@ pub const DEFAULT_MASS_TOLERANCE: f64 = 1e-6;
 /// below it.
 pub(crate) const SHIFT_ABOVE: f64 = 16.0;
 
+/// How far above the bulk of the cost (its 90th percentile above the minimum) an entry counts as forbidden for
+/// Sinkhorn's ε schedule and cost-scaled tolerances ([`Problem::bulk_bounds`]).
+pub(crate) const FORBIDDEN_ABOVE: f64 = 1e6;
+
 /// Relative mismatch |Σa − Σb| / max(Σa, Σb) below which `b` is not rescaled: about the rounding of the two
 /// sums, far below any reachable marginal tolerance.
 pub const REBALANCE_BELOW: f64 = 1e-13;
@@ -386,6 +390,29 @@ impl Problem {
     }
 
     /// (min C, max C).
+    /// (min, max) of the cost without its forbidden entries: those above min C + [`FORBIDDEN_ABOVE`] × the
+    /// 90th percentile of C − min C over a fixed sample (up to 4096 evenly spaced entries). A cost that far
+    /// above the bulk of the matrix (a "big-M" that forbids a pair) keeps no mass in any plan regularised at
+    /// the bulk's scale; it would only stretch an ε schedule, or a tolerance scaled by the cost, to its own
+    /// size. Equal to [`Problem::cost_bounds`] when no entry is that far out.
+    pub(crate) fn bulk_bounds(&self) -> (f64, f64) {
+        let (lo, hi) = self.cost_bounds();
+        let cs = self.cost_slice();
+        let step = cs.len().div_ceil(4096).max(1);
+        let mut sample: Vec<f64> = cs.iter().step_by(step).map(|&c| c - lo).collect();
+        let at = (sample.len() * 9 / 10).min(sample.len() - 1);
+        let (_, &mut q, _) = sample.select_nth_unstable_by(at, f64::total_cmp);
+        if q.is_nan() || q <= 0.0 || hi - lo <= FORBIDDEN_ABOVE * q {
+            return (lo, hi);
+        }
+        let limit = lo + FORBIDDEN_ABOVE * q;
+        let bulk_hi = cs
+            .iter()
+            .filter(|&&c| c <= limit)
+            .fold(lo, |m, &c| m.max(c));
+        (lo, bulk_hi)
+    }
+
     pub(crate) fn cost_bounds(&self) -> (f64, f64) {
         self.cost
             .iter()

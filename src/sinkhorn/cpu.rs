@@ -61,7 +61,7 @@ fn dense<F: Real>(
         a: p.a_slice(),
         b: p.b_slice(),
         lanes: &cost,
-        bounds: p.cost_bounds(),
+        bounds: p.bulk_bounds(),
         row_error: &|f: &[f64], g: &[f64], eps: f64| row_error(p, f, g, eps),
     };
     iterate(cfg, &task, f, g)

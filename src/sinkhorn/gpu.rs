@@ -695,7 +695,7 @@ fn run_in(
         .iter()
         .map(|s| {
             let p = s.problem;
-            let (lo, hi) = p.cost_bounds();
+            let (lo, hi) = p.bulk_bounds();
             let amax = p.a().iter().fold(0.0f64, |x, &y| x.max(y));
             let cost = (hi - lo, lo.abs().max(hi.abs()));
             Track::new(cfg, cost, amax, p.largest_marginal())

@@ -9,6 +9,11 @@ use crate::solution::DEFAULT_TOL;
 
 /// Entropic OT by log-domain Sinkhorn (docs/MATH.md §5), with ε-scaling and warm start.
 ///
+/// **Forbidden pairs.** A cost entry more than 10⁶ times the bulk of the cost above its minimum (its 90th
+/// percentile over a sample), a "big-M" that forbids a pair, gets no mass (exp of minus its size over ε is
+/// 0) and does not set the scale of the ε schedule or of the GPU's default tolerance, which follow the other
+/// entries.
+///
 /// ```
 /// use sparse_ot::{golden_problem, Sinkhorn};
 /// let sol = Sinkhorn::new(0.1)?.solve(&golden_problem())?;
