@@ -20,7 +20,9 @@
 //! Timings are wall-clock on the host, each run ending in a wait for the device. On a software adapter
 //! (lavapipe) they time an emulation on the CPU, not a GPU; the JSON says which adapter ran.
 
-use std::io::Write;
+#[path = "common/json_lines.rs"]
+mod json_lines;
+
 use std::time::Instant;
 
 use clap::Parser;
@@ -249,20 +251,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "seconds_per_route": best, "dispatches": dispatches,
         }));
     }
-    let mut file = match &args.json {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ),
-        None => None,
-    };
-    for line in &lines {
-        println!("{line}");
-        if let Some(f) = file.as_mut() {
-            writeln!(f, "{line}")?;
-        }
-    }
+    json_lines::emit(&lines, args.json.as_deref())?;
     Ok(())
 }

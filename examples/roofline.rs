@@ -14,7 +14,9 @@
 //! its bound (max of n² exponentials at the measured rate and reading the cost once) and the ratio. One
 //! JSON object per measurement on stdout; `--json PATH` appends them to a file too.
 
-use std::io::Write;
+#[path = "common/json_lines.rs"]
+mod json_lines;
+
 use std::time::Instant;
 
 use clap::Parser;
@@ -144,20 +146,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }));
         }
     }
-    let mut file = match &args.json {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ),
-        None => None,
-    };
-    for line in &lines {
-        println!("{line}");
-        if let Some(f) = file.as_mut() {
-            writeln!(f, "{line}")?;
-        }
-    }
+    json_lines::emit(&lines, args.json.as_deref())?;
     Ok(())
 }

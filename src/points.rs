@@ -219,14 +219,7 @@ impl PointProblem {
     /// Errors: [`Error::TooLarge`] when m × n f64 would exceed `max_bytes`.
     pub fn to_problem(&self, max_bytes: u64) -> Result<Problem> {
         let (m, n) = (self.m(), self.n());
-        let bytes = 8u64.saturating_mul(m as u64).saturating_mul(n as u64);
-        if bytes > max_bytes {
-            return Err(Error::TooLarge {
-                what: "the dense cost matrix of the point clouds",
-                bytes,
-                limit: max_bytes,
-            });
-        }
+        dense_fits("the dense cost matrix of the point clouds", m, n, max_bytes)?;
         let cost = Array2::from_shape_fn((m, n), |(i, j)| self.cost(i, j));
         Problem::new(&self.a, &self.b, &cost)
     }
@@ -270,6 +263,19 @@ impl PointProblem {
     pub(crate) fn largest_marginal(&self) -> f64 {
         crate::problem::largest_entry(self.a.view(), self.b.view())
     }
+}
+
+/// Refuses an m × n f64 matrix (`what`) of more than `max_bytes` ([`Error::TooLarge`]).
+fn dense_fits(what: &'static str, m: usize, n: usize, max_bytes: u64) -> Result<()> {
+    let bytes = 8u64.saturating_mul(m as u64).saturating_mul(n as u64);
+    if bytes > max_bytes {
+        return Err(Error::TooLarge {
+            what,
+            bytes,
+            limit: max_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Rows and columns of a [`PointProblem`]'s cost computed from the points in the working precision F, minus
@@ -497,14 +503,7 @@ impl PointSolution {
     pub fn dense_plan(&self, p: &PointProblem, max_bytes: u64) -> Result<Array2<f64>> {
         self.check_shape(p)?;
         let (m, n) = (p.m(), p.n());
-        let bytes = 8u64.saturating_mul(m as u64).saturating_mul(n as u64);
-        if bytes > max_bytes {
-            return Err(Error::TooLarge {
-                what: "the dense plan of the point clouds",
-                bytes,
-                limit: max_bytes,
-            });
-        }
+        dense_fits("the dense plan of the point clouds", m, n, max_bytes)?;
         Ok(Array2::from_shape_fn((m, n), |(i, j)| {
             self.plan_entry(p, i, j)
         }))

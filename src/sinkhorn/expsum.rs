@@ -71,6 +71,58 @@ pub(crate) trait Real:
     fn working_cost(c: &[f64]) -> (Cow<'_, [Self]>, f64);
 }
 
+/// The constants of the f64 exponential ([`Real::exp_poly`]; the vector kernels use the same).
+mod exp_f64 {
+    pub(super) const LOG2E: f64 = std::f64::consts::LOG2_E;
+    // ln 2 split so that n · LN2_HI is exact for |n| < 2^11 (fdlibm).
+    pub(super) const LN2_HI: f64 = 0.693_147_180_369_123_8;
+    pub(super) const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    // 1.5 · 2^52: adding it rounds to an integer held in the low mantissa bits.
+    pub(super) const MAGIC: f64 = 6_755_399_441_055_744.0;
+    pub(super) const LO: f64 = -708.0;
+    pub(super) const HI: f64 = 709.0;
+    // Taylor coefficients 1/k!, k = 13 down to 0; |r| ≤ 0.347 so the remainder is below 5e-18.
+    pub(super) const C: [f64; 14] = [
+        1.0 / 6_227_020_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ];
+}
+
+/// The constants of the f32 exponential.
+mod exp_f32 {
+    pub(super) const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // Cephes split of ln 2 for f32.
+    pub(super) const LN2_HI: f32 = 0.693_359_4;
+    pub(super) const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 · 2^23.
+    pub(super) const MAGIC: f32 = 12_582_912.0;
+    pub(super) const LO: f32 = -87.0;
+    pub(super) const HI: f32 = 88.0;
+    // Taylor coefficients 1/k!, k = 7 down to 0; remainder below 6e-9.
+    pub(super) const C: [f32; 8] = [
+        1.0 / 5040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ];
+}
+
 impl Real for f64 {
     const ZERO: Self = 0.0;
     const NEG_INFINITY: Self = f64::NEG_INFINITY;
@@ -118,35 +170,11 @@ impl Real for f64 {
 
     #[inline(always)]
     fn exp_poly<const FMA: bool>(self) -> Self {
-        const LOG2E: f64 = std::f64::consts::LOG2_E;
-        // ln 2 split so that n · LN2_HI is exact for |n| < 2^11 (fdlibm).
-        const LN2_HI: f64 = 0.693_147_180_369_123_8;
-        const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
-        // 1.5 · 2^52: adding it rounds to an integer held in the low mantissa bits.
-        const MAGIC: f64 = 6_755_399_441_055_744.0;
-        const LO: f64 = -708.0;
-        const HI: f64 = 709.0;
+        use exp_f64::{C, HI, LN2_HI, LN2_LO, LO, LOG2E, MAGIC};
         let x = self.clamp(LO, HI);
         let t = Self::madd::<FMA>(x, LOG2E, MAGIC);
         let n = t - MAGIC;
         let r = Self::madd::<FMA>(-n, LN2_LO, Self::madd::<FMA>(-n, LN2_HI, x));
-        // Taylor coefficients 1/k!, k = 13 down to 0; |r| ≤ 0.347 so the remainder is below 5e-18.
-        const C: [f64; 14] = [
-            1.0 / 6_227_020_800.0,
-            1.0 / 479_001_600.0,
-            1.0 / 39_916_800.0,
-            1.0 / 3_628_800.0,
-            1.0 / 362_880.0,
-            1.0 / 40_320.0,
-            1.0 / 5_040.0,
-            1.0 / 720.0,
-            1.0 / 120.0,
-            1.0 / 24.0,
-            1.0 / 6.0,
-            0.5,
-            1.0,
-            1.0,
-        ];
         let mut p = C[0];
         for &c in &C[1..] {
             p = Self::madd::<FMA>(p, r, c);
@@ -212,29 +240,11 @@ impl Real for f32 {
 
     #[inline(always)]
     fn exp_poly<const FMA: bool>(self) -> Self {
-        const LOG2E: f32 = std::f32::consts::LOG2_E;
-        // Cephes split of ln 2 for f32.
-        const LN2_HI: f32 = 0.693_359_4;
-        const LN2_LO: f32 = -2.121_944_4e-4;
-        // 1.5 · 2^23.
-        const MAGIC: f32 = 12_582_912.0;
-        const LO: f32 = -87.0;
-        const HI: f32 = 88.0;
+        use exp_f32::{C, HI, LN2_HI, LN2_LO, LO, LOG2E, MAGIC};
         let x = self.clamp(LO, HI);
         let t = Self::madd::<FMA>(x, LOG2E, MAGIC);
         let n = t - MAGIC;
         let r = Self::madd::<FMA>(-n, LN2_LO, Self::madd::<FMA>(-n, LN2_HI, x));
-        // Taylor coefficients 1/k!, k = 7 down to 0; remainder below 6e-9.
-        const C: [f32; 8] = [
-            1.0 / 5040.0,
-            1.0 / 720.0,
-            1.0 / 120.0,
-            1.0 / 24.0,
-            1.0 / 6.0,
-            0.5,
-            1.0,
-            1.0,
-        ];
         let mut p = C[0];
         for &c in &C[1..] {
             p = Self::madd::<FMA>(p, r, c);

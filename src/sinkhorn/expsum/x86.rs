@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Real, BLOCK, WIDTH};
+use super::{exp_f32, exp_f64, Real, BLOCK, WIDTH};
 
 /// A SIMD register of `LANES` values of `Elem` and the operations the sum needs.
 trait Vector: Copy {
@@ -104,46 +104,6 @@ unsafe fn flush<V: Vector>(
     }
 }
 
-// The constants of `Real::exp_poly`, f32 and f64.
-const F32_LOG2E: f32 = std::f32::consts::LOG2_E;
-const F32_LN2_HI: f32 = 0.693_359_4;
-const F32_LN2_LO: f32 = -2.121_944_4e-4;
-const F32_MAGIC: f32 = 12_582_912.0;
-const F32_LO: f32 = -87.0;
-const F32_HI: f32 = 88.0;
-const F32_C: [f32; 8] = [
-    1.0 / 5040.0,
-    1.0 / 720.0,
-    1.0 / 120.0,
-    1.0 / 24.0,
-    1.0 / 6.0,
-    0.5,
-    1.0,
-    1.0,
-];
-const F64_LOG2E: f64 = std::f64::consts::LOG2_E;
-const F64_LN2_HI: f64 = 0.693_147_180_369_123_8;
-const F64_LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
-const F64_MAGIC: f64 = 6_755_399_441_055_744.0;
-const F64_LO: f64 = -708.0;
-const F64_HI: f64 = 709.0;
-const F64_C: [f64; 14] = [
-    1.0 / 6_227_020_800.0,
-    1.0 / 479_001_600.0,
-    1.0 / 39_916_800.0,
-    1.0 / 3_628_800.0,
-    1.0 / 362_880.0,
-    1.0 / 40_320.0,
-    1.0 / 5_040.0,
-    1.0 / 720.0,
-    1.0 / 120.0,
-    1.0 / 24.0,
-    1.0 / 6.0,
-    0.5,
-    1.0,
-    1.0,
-];
-
 #[derive(Clone, Copy)]
 struct F32x8(__m256);
 #[derive(Clone, Copy)]
@@ -184,24 +144,28 @@ impl Vector for F32x8 {
     unsafe fn exp(self) -> Self {
         let s = _mm256_set1_ps;
         // clamp: max(LO, x) then min(HI, ·) keep a NaN as f32::clamp does.
-        let x = _mm256_min_ps(s(F32_HI), _mm256_max_ps(s(F32_LO), self.0));
-        let t = _mm256_fmadd_ps(x, s(F32_LOG2E), s(F32_MAGIC));
-        let n = _mm256_sub_ps(t, s(F32_MAGIC));
+        let x = _mm256_min_ps(s(exp_f32::HI), _mm256_max_ps(s(exp_f32::LO), self.0));
+        let t = _mm256_fmadd_ps(x, s(exp_f32::LOG2E), s(exp_f32::MAGIC));
+        let n = _mm256_sub_ps(t, s(exp_f32::MAGIC));
         let neg = _mm256_xor_ps(n, s(-0.0));
-        let r = _mm256_fmadd_ps(neg, s(F32_LN2_LO), _mm256_fmadd_ps(neg, s(F32_LN2_HI), x));
-        let mut p = s(F32_C[0]);
-        for &c in &F32_C[1..] {
+        let r = _mm256_fmadd_ps(
+            neg,
+            s(exp_f32::LN2_LO),
+            _mm256_fmadd_ps(neg, s(exp_f32::LN2_HI), x),
+        );
+        let mut p = s(exp_f32::C[0]);
+        for &c in &exp_f32::C[1..] {
             p = _mm256_fmadd_ps(p, r, s(c));
         }
         let bits = _mm256_sub_epi32(
             _mm256_castps_si256(t),
-            _mm256_set1_epi32(F32_MAGIC.to_bits() as i32),
+            _mm256_set1_epi32(exp_f32::MAGIC.to_bits() as i32),
         );
         let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
             bits,
             _mm256_set1_epi32(127),
         )));
-        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, s(F32_LO));
+        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, s(exp_f32::LO));
         Self(_mm256_andnot_ps(below, _mm256_mul_ps(p, scale)))
     }
 }
@@ -236,24 +200,28 @@ impl Vector for F64x4 {
     #[inline(always)]
     unsafe fn exp(self) -> Self {
         let s = _mm256_set1_pd;
-        let x = _mm256_min_pd(s(F64_HI), _mm256_max_pd(s(F64_LO), self.0));
-        let t = _mm256_fmadd_pd(x, s(F64_LOG2E), s(F64_MAGIC));
-        let n = _mm256_sub_pd(t, s(F64_MAGIC));
+        let x = _mm256_min_pd(s(exp_f64::HI), _mm256_max_pd(s(exp_f64::LO), self.0));
+        let t = _mm256_fmadd_pd(x, s(exp_f64::LOG2E), s(exp_f64::MAGIC));
+        let n = _mm256_sub_pd(t, s(exp_f64::MAGIC));
         let neg = _mm256_xor_pd(n, s(-0.0));
-        let r = _mm256_fmadd_pd(neg, s(F64_LN2_LO), _mm256_fmadd_pd(neg, s(F64_LN2_HI), x));
-        let mut p = s(F64_C[0]);
-        for &c in &F64_C[1..] {
+        let r = _mm256_fmadd_pd(
+            neg,
+            s(exp_f64::LN2_LO),
+            _mm256_fmadd_pd(neg, s(exp_f64::LN2_HI), x),
+        );
+        let mut p = s(exp_f64::C[0]);
+        for &c in &exp_f64::C[1..] {
             p = _mm256_fmadd_pd(p, r, s(c));
         }
         let bits = _mm256_sub_epi64(
             _mm256_castpd_si256(t),
-            _mm256_set1_epi64x(F64_MAGIC.to_bits() as i64),
+            _mm256_set1_epi64x(exp_f64::MAGIC.to_bits() as i64),
         );
         let scale = _mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_add_epi64(
             bits,
             _mm256_set1_epi64x(1023),
         )));
-        let below = _mm256_cmp_pd::<_CMP_LT_OQ>(self.0, s(F64_LO));
+        let below = _mm256_cmp_pd::<_CMP_LT_OQ>(self.0, s(exp_f64::LO));
         Self(_mm256_andnot_pd(below, _mm256_mul_pd(p, scale)))
     }
 }
@@ -288,27 +256,31 @@ impl Vector for F32x16 {
     #[inline(always)]
     unsafe fn exp(self) -> Self {
         let s = _mm512_set1_ps;
-        let x = _mm512_min_ps(s(F32_HI), _mm512_max_ps(s(F32_LO), self.0));
-        let t = _mm512_fmadd_ps(x, s(F32_LOG2E), s(F32_MAGIC));
-        let n = _mm512_sub_ps(t, s(F32_MAGIC));
+        let x = _mm512_min_ps(s(exp_f32::HI), _mm512_max_ps(s(exp_f32::LO), self.0));
+        let t = _mm512_fmadd_ps(x, s(exp_f32::LOG2E), s(exp_f32::MAGIC));
+        let n = _mm512_sub_ps(t, s(exp_f32::MAGIC));
         let neg = _mm512_castsi512_ps(_mm512_xor_si512(
             _mm512_castps_si512(n),
             _mm512_set1_epi32(i32::MIN),
         ));
-        let r = _mm512_fmadd_ps(neg, s(F32_LN2_LO), _mm512_fmadd_ps(neg, s(F32_LN2_HI), x));
-        let mut p = s(F32_C[0]);
-        for &c in &F32_C[1..] {
+        let r = _mm512_fmadd_ps(
+            neg,
+            s(exp_f32::LN2_LO),
+            _mm512_fmadd_ps(neg, s(exp_f32::LN2_HI), x),
+        );
+        let mut p = s(exp_f32::C[0]);
+        for &c in &exp_f32::C[1..] {
             p = _mm512_fmadd_ps(p, r, s(c));
         }
         let bits = _mm512_sub_epi32(
             _mm512_castps_si512(t),
-            _mm512_set1_epi32(F32_MAGIC.to_bits() as i32),
+            _mm512_set1_epi32(exp_f32::MAGIC.to_bits() as i32),
         );
         let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
             bits,
             _mm512_set1_epi32(127),
         )));
-        let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, s(F32_LO));
+        let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, s(exp_f32::LO));
         Self(_mm512_maskz_mov_ps(!below, _mm512_mul_ps(p, scale)))
     }
 }
@@ -343,27 +315,31 @@ impl Vector for F64x8 {
     #[inline(always)]
     unsafe fn exp(self) -> Self {
         let s = _mm512_set1_pd;
-        let x = _mm512_min_pd(s(F64_HI), _mm512_max_pd(s(F64_LO), self.0));
-        let t = _mm512_fmadd_pd(x, s(F64_LOG2E), s(F64_MAGIC));
-        let n = _mm512_sub_pd(t, s(F64_MAGIC));
+        let x = _mm512_min_pd(s(exp_f64::HI), _mm512_max_pd(s(exp_f64::LO), self.0));
+        let t = _mm512_fmadd_pd(x, s(exp_f64::LOG2E), s(exp_f64::MAGIC));
+        let n = _mm512_sub_pd(t, s(exp_f64::MAGIC));
         let neg = _mm512_castsi512_pd(_mm512_xor_si512(
             _mm512_castpd_si512(n),
             _mm512_set1_epi64(i64::MIN),
         ));
-        let r = _mm512_fmadd_pd(neg, s(F64_LN2_LO), _mm512_fmadd_pd(neg, s(F64_LN2_HI), x));
-        let mut p = s(F64_C[0]);
-        for &c in &F64_C[1..] {
+        let r = _mm512_fmadd_pd(
+            neg,
+            s(exp_f64::LN2_LO),
+            _mm512_fmadd_pd(neg, s(exp_f64::LN2_HI), x),
+        );
+        let mut p = s(exp_f64::C[0]);
+        for &c in &exp_f64::C[1..] {
             p = _mm512_fmadd_pd(p, r, s(c));
         }
         let bits = _mm512_sub_epi64(
             _mm512_castpd_si512(t),
-            _mm512_set1_epi64(F64_MAGIC.to_bits() as i64),
+            _mm512_set1_epi64(exp_f64::MAGIC.to_bits() as i64),
         );
         let scale = _mm512_castsi512_pd(_mm512_slli_epi64::<52>(_mm512_add_epi64(
             bits,
             _mm512_set1_epi64(1023),
         )));
-        let below = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(self.0, s(F64_LO));
+        let below = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(self.0, s(exp_f64::LO));
         Self(_mm512_maskz_mov_pd(!below, _mm512_mul_pd(p, scale)))
     }
 }
