@@ -567,6 +567,7 @@ impl<'a> Report<'a> {
                 "adapter": self.device.adapter(),
                 "dispatches": w.dispatches,
                 "readbacks": w.readbacks,
+                "search_readbacks": w.search_readbacks,
                 "cost_bytes_read": w.cost_bytes_read,
             })),
         })

@@ -17,47 +17,63 @@ fn lane_of(id: vec3<u32>, count: vec3<u32>) -> u32 {
     return id.x + id.y * count.x;
 }
 
-// Sum of v over the workgroup (fixed pairwise tree: deterministic). Call from uniform control flow.
-fn wg_sum(tid: u32, v: f32) -> f32 {
+// Reductions over aligned segments of `seg` threads (seg a power of two dividing WG, uniform across the
+// workgroup): thread tid belongs to segment tid / seg and gets its segment's result, by a fixed pairwise tree
+// (deterministic). Call from uniform control flow. With seg = WG they reduce over the whole workgroup.
+fn seg_sum(tid: u32, seg: u32, v: f32) -> f32 {
+    let lane = tid & (seg - 1u);
     red_f[tid] = v;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
+    for (var s = seg / 2u; s > 0u; s = s >> 1u) {
+        if (lane < s) {
             red_f[tid] = red_f[tid] + red_f[tid + s];
         }
         workgroupBarrier();
     }
-    let r = red_f[0];
+    let r = red_f[tid - lane];
     workgroupBarrier();
     return r;
 }
 
-// Maximum of v over the workgroup.
-fn wg_max(tid: u32, v: f32) -> f32 {
+fn seg_max(tid: u32, seg: u32, v: f32) -> f32 {
+    let lane = tid & (seg - 1u);
     red_f[tid] = v;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
+    for (var s = seg / 2u; s > 0u; s = s >> 1u) {
+        if (lane < s) {
             red_f[tid] = max(red_f[tid], red_f[tid + s]);
         }
         workgroupBarrier();
     }
-    let r = red_f[0];
+    let r = red_f[tid - lane];
     workgroupBarrier();
     return r;
 }
 
-// Sum of u32 counts over the workgroup.
-fn wg_count(tid: u32, v: u32) -> u32 {
+fn seg_count(tid: u32, seg: u32, v: u32) -> u32 {
+    let lane = tid & (seg - 1u);
     red_u[tid] = v;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
+    for (var s = seg / 2u; s > 0u; s = s >> 1u) {
+        if (lane < s) {
             red_u[tid] = red_u[tid] + red_u[tid + s];
         }
         workgroupBarrier();
     }
-    let r = red_u[0];
+    let r = red_u[tid - lane];
     workgroupBarrier();
     return r;
+}
+
+// Sum, maximum and count over the whole workgroup.
+fn wg_sum(tid: u32, v: f32) -> f32 {
+    return seg_sum(tid, WG, v);
+}
+
+fn wg_max(tid: u32, v: f32) -> f32 {
+    return seg_max(tid, WG, v);
+}
+
+fn wg_count(tid: u32, v: u32) -> u32 {
+    return seg_count(tid, WG, v);
 }

@@ -13,14 +13,17 @@
 //   7 storage read_write      st:   B × LbfgsState { head, len, rho[32] }
 //   8 storage read            ctrl: B × Control { ops, t }: what problem p does this round (bit flags below)
 //                                   and its step length
-//   9 storage read_write      res:  B × 4: [g·d, max|g|, steepest?, 0] written by `direction`
+//   9 storage read_write      res:  B × 4: [g·d, max|g|, steepest?, t₀] written by `direction`; t₀, the
+//                                   first step of the line search, is 1/max|g| for a steepest direction
+//                                   (the step that moves the largest entry by 1) and 1 otherwise
 // Dispatch: workgroup_id.z is the problem index p (z = B). trial: one thread per entry (ceil(dim / WG)
 //   workgroups laid out as in common.wgsl); accept and direction: one workgroup per problem (each thread owns
 //   entries tid, tid + WG, …, so no entry is shared between threads and only dot products cross threads,
 //   through the fixed reduction tree). A kernel leaves problems whose ops lack its flag untouched, so one
 //   round of dispatches serves problems that are at different points of their iterations.
 // Overrides: WG.
-// Formula: trial xt = x + t d. accept: s = xt − x, y = gt − g, stored into ring slot head + 1 only if
+// Formula: trial xt = x + t d, t from the control word, or with the FIRST flag the t₀ that this round's
+//   direction wrote (the line search's first trial, evaluated in the same round as its direction). accept: s = xt − x, y = gt − g, stored into ring slot head + 1 only if
 //   s·y > 1e-12 ‖s‖‖y‖ (ρ = 1/s·y), then x ← xt, g ← gt. direction: two-loop recursion d = −H g with
 //   H₀ = (s·y / y·y) I of the newest pair (Nocedal & Wright Alg. 7.4), or, with the STEEPEST flag or an
 //   empty memory, d = −g (the STEEPEST flag also clears the memory).
@@ -39,6 +42,7 @@ const OP_ACCEPT: u32 = 1u;
 const OP_DIRECTION: u32 = 2u;
 const OP_STEEPEST: u32 = 4u;
 const OP_TRIAL: u32 = 8u;
+const OP_FIRST: u32 = 16u;
 
 struct LbfgsState {
     head: u32,
@@ -96,7 +100,8 @@ fn trial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let i = lane_of(wid, nwg) * WG + tid;
     if ((c.ops & OP_TRIAL) != 0u && i < L.dim) {
         let e = pb * L.dim + i;
-        xt[e] = x[e] + c.t * d[e];
+        let t = select(c.t, res[4u * pb + 3u], (c.ops & OP_FIRST) != 0u);
+        xt[e] = x[e] + t * d[e];
     }
 }
 
@@ -143,7 +148,7 @@ fn accept(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     }
 }
 
-// res = [g·d, max|g|, steepest?, 0] of problem pb.
+// res = [g·d, max|g|, steepest?, t₀] of problem pb.
 fn report(tid: u32, gd: f32, gmax: f32, flag: f32) {
     let gd_t = wg_sum(tid, gd);
     let gmax_t = wg_max(tid, gmax);
@@ -151,7 +156,7 @@ fn report(tid: u32, gd: f32, gmax: f32, flag: f32) {
         res[4u * pb] = gd_t;
         res[4u * pb + 1u] = gmax_t;
         res[4u * pb + 2u] = flag;
-        res[4u * pb + 3u] = 0.0;
+        res[4u * pb + 3u] = select(1.0, 1.0 / gmax_t, flag != 0.0 && gmax_t > 0.0);
     }
 }
 

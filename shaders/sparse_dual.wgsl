@@ -109,7 +109,7 @@ const VMAX: u32 = 16u;
 var<private> sc: array<f32, VMAX>;
 var<private> cached: bool;
 
-// The score of row i = tid + q·WG of column j: from the registers when the column was cached.
+// The score of row i = lane + q·seg of column j: from the registers when the column was cached.
 fn col_score(q: u32, i: u32, j: u32) -> f32 {
     if (cached) {
         return sc[min(q, VMAX - 1u)];
@@ -132,16 +132,23 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (!uniform_evaluated(tid)) {
         return;
     }
-    let j_raw = lane_of(wid, nwg);
+    column_at(tid, WG, lane_of(wid, nwg));
+}
+
+// Column j_raw of problem pb by the `seg` threads of tid's segment (seg a power of two dividing WG, uniform):
+// selection, σ_j, θ_j, the column term and (dual) the β-gradient, into cols[j] (nothing is written when
+// j_raw ≥ n; the segment still takes part in the reductions). Call from uniform control flow.
+fn column_at(tid: u32, seg: u32, j_raw: u32) {
+    let lane = tid & (seg - 1u);
     let live = j_raw < P.n;
     let j = min(j_raw, P.n - 1u);
     let m = P.m;
     let k = min(P.k, m);
-    // The column's scores, read once into registers when they fit (rows i = tid + q·WG, q < VMAX).
-    cached = m <= WG * VMAX;
+    // The column's scores, read once into registers when they fit (rows i = lane + q·seg, q < VMAX).
+    cached = m <= seg * VMAX;
     if (cached) {
         for (var q = 0u; q < VMAX; q = q + 1u) {
-            let i = tid + q * WG;
+            let i = lane + q * seg;
             sc[q] = select(0.0, score(min(i, m - 1u), j), i < m);
         }
     }
@@ -152,11 +159,11 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         for (var bit = 0u; bit < 32u; bit = bit + 1u) {
             let cand = th | (1u << (31u - bit));
             var c = 0u;
-            for (var q = 0u; tid + q * WG < m; q = q + 1u) {
-                let i = tid + q * WG;
+            for (var q = 0u; lane + q * seg < m; q = q + 1u) {
+                let i = lane + q * seg;
                 c = c + select(0u, 1u, order_key(col_score(q, i, j)) >= cand);
             }
-            let total = wg_count(tid, c);
+            let total = seg_count(tid, seg, c);
             if (total >= k) {
                 th = cand;
             }
@@ -165,22 +172,22 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     // 2. Tie index: the r-th lowest index among keys equal to th, r = k − #{key > th}: the smallest τ with
     //    #{i ≤ τ : key_i = th} ≥ r, by bisection on τ (32 rounds cover every u32 index).
     var gt_count = 0u;
-    for (var q = 0u; tid + q * WG < m; q = q + 1u) {
-        let i = tid + q * WG;
+    for (var q = 0u; lane + q * seg < m; q = q + 1u) {
+        let i = lane + q * seg;
         gt_count = gt_count + select(0u, 1u, order_key(col_score(q, i, j)) > th);
     }
-    let above = wg_count(tid, gt_count);
+    let above = seg_count(tid, seg, gt_count);
     let r = k - above;
     var lo = 0u;
     var hi = m - 1u;
     for (var round = 0u; round < 32u; round = round + 1u) {
         let mid = lo + (hi - lo) / 2u;
         var c = 0u;
-        for (var q = 0u; tid + q * WG < m; q = q + 1u) {
-            let i = tid + q * WG;
+        for (var q = 0u; lane + q * seg < m; q = q + 1u) {
+            let i = lane + q * seg;
             c = c + select(0u, 1u, i <= mid && order_key(col_score(q, i, j)) == th);
         }
-        let total = wg_count(tid, c);
+        let total = seg_count(tid, seg, c);
         if (lo < hi) {
             if (total >= r) {
                 hi = mid;
@@ -196,28 +203,28 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let bj = b[pb * P.n + j];
     if (P.mode == 0u) {
         var smax = NEG_BIG;
-        for (var q = 0u; tid + q * WG < m; q = q + 1u) {
-            let i = tid + q * WG;
+        for (var q = 0u; lane + q * seg < m; q = q + 1u) {
+            let i = lane + q * seg;
             let s = col_score(q, i, j);
             if (selected(order_key(s), i, state)) {
                 smax = max(smax, s);
             }
         }
-        state.shift = wg_max(tid, smax);
+        state.shift = seg_max(tid, seg, smax);
         var t_lo = -bj;
         var t_hi = 0.0;
         for (var it = 0u; it < BISECTION_STEPS; it = it + 1u) {
             let mid = 0.5 * (t_lo + t_hi);
             state.theta = mid;
             var acc = 0.0;
-            for (var q = 0u; tid + q * WG < m; q = q + 1u) {
-                let i = tid + q * WG;
+            for (var q = 0u; lane + q * seg < m; q = q + 1u) {
+                let i = lane + q * seg;
                 let s = col_score(q, i, j);
                 if (selected(order_key(s), i, state)) {
                     acc = acc + plan_entry(s, state);
                 }
             }
-            let total = wg_sum(tid, acc);
+            let total = seg_sum(tid, seg, acc);
             if (total >= bj) {
                 t_lo = mid;
             } else {
@@ -229,8 +236,8 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         for (var it = 0u; it < REFINE_STEPS; it = it + 1u) {
             var cnt = 0u;
             var acc = 0.0;
-            for (var q = 0u; tid + q * WG < m; q = q + 1u) {
-                let i = tid + q * WG;
+            for (var q = 0u; lane + q * seg < m; q = q + 1u) {
+                let i = lane + q * seg;
                 let s = col_score(q, i, j);
                 let v = (s - state.shift) / P.gamma;
                 if (selected(order_key(s), i, state) && v > theta) {
@@ -238,8 +245,8 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                     acc = acc + v;
                 }
             }
-            let rho = wg_count(tid, cnt);
-            let sv = wg_sum(tid, acc);
+            let rho = seg_count(tid, seg, cnt);
+            let sv = seg_sum(tid, seg, acc);
             if (rho > 0u) {
                 theta = (sv - bj) / f32(rho);
             }
@@ -254,8 +261,8 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var lin = 0.0;
     var sq = 0.0;
     var cs = 0.0;
-    for (var q = 0u; tid + q * WG < m; q = q + 1u) {
-        let i = tid + q * WG;
+    for (var q = 0u; lane + q * seg < m; q = q + 1u) {
+        let i = lane + q * seg;
         let s = col_score(q, i, j);
         if (selected(order_key(s), i, state)) {
             let t = plan_entry(s, state);
@@ -264,10 +271,10 @@ fn column_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             cs = cs + t;
         }
     }
-    let lin_t = wg_sum(tid, lin);
-    let sq_t = wg_sum(tid, sq);
-    let cs_t = wg_sum(tid, cs);
-    if (live && tid == 0u) {
+    let lin_t = seg_sum(tid, seg, lin);
+    let sq_t = seg_sum(tid, seg, sq);
+    let cs_t = seg_sum(tid, seg, cs);
+    if (live && lane == 0u) {
         if (P.mode == 0u) {
             state.term = lin_t - 0.5 * P.gamma * sq_t;
         } else {
@@ -286,6 +293,12 @@ fn row_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (i >= P.m || evaluated[pb] == 0u) {
         return;
     }
+    grad[pb * P.dim + i] = row_gradient(i);
+}
+
+// ∇_α of row i of problem pb: (T1)_i − a_i, the columns' entries in row i re-applied from their states and
+// summed in column order.
+fn row_gradient(i: u32) -> f32 {
     var acc = 0.0;
     for (var j = 0u; j < P.n; j = j + 1u) {
         let c = cols[pb * P.n + j];
@@ -294,7 +307,7 @@ fn row_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             acc = acc + plan_entry(s, c);
         }
     }
-    grad[pb * P.dim + i] = acc - a[pb * P.m + i];
+    return acc - a[pb * P.m + i];
 }
 
 // finalize's loop bounds (m, n, dim, mode), passed through workgroup memory. Read straight from the uniform,

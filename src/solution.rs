@@ -416,6 +416,11 @@ pub struct GpuWork {
     pub dispatches: u64,
     /// Blocking readbacks: times the host waited for the device to hand back results.
     pub readbacks: u64,
+    /// Of `readbacks`, the L-BFGS rounds in which some problem evaluated a point other than the first trial
+    /// of a new direction (which shares the direction's round): line-search retries, the start point and
+    /// the returned point. `readbacks − search_readbacks` over a run is at most one per L-BFGS iteration
+    /// plus a fixed few (the plan and scalars read at the end).
+    pub search_readbacks: u64,
     /// Bytes of cost matrix the kernels read, from each dispatch's geometry (a kernel that walks a column
     /// several times counts every walk). Cost entries computed on the fly count nothing.
     pub cost_bytes_read: u64,
@@ -426,6 +431,7 @@ impl GpuWork {
     pub fn add(&mut self, other: &GpuWork) {
         self.dispatches += other.dispatches;
         self.readbacks += other.readbacks;
+        self.search_readbacks += other.search_readbacks;
         self.cost_bytes_read += other.cost_bytes_read;
     }
 
@@ -434,6 +440,9 @@ impl GpuWork {
         GpuWork {
             dispatches: self.dispatches.saturating_sub(earlier.dispatches),
             readbacks: self.readbacks.saturating_sub(earlier.readbacks),
+            search_readbacks: self
+                .search_readbacks
+                .saturating_sub(earlier.search_readbacks),
             cost_bytes_read: self.cost_bytes_read.saturating_sub(earlier.cost_bytes_read),
         }
     }

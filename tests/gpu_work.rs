@@ -142,3 +142,55 @@ fn sparse_evaluations_read_each_column_once() {
         }
     }
 }
+
+/// An L-BFGS iteration on the GPU waits for the device once: the round that accepts a step and computes the
+/// next direction also evaluates that direction's first trial point (at the step the direction kernel
+/// chose), so only line-search retries cost further readbacks, and those are counted apart
+/// (`search_readbacks`). Differencing runs of 10 and 30 iterations cancels the start and the end.
+#[test]
+fn sparse_lbfgs_iterations_wait_for_the_device_once() {
+    let Some(shared) = gpu() else { return };
+    let device = Device::Gpu(private_context(&shared));
+    let p = random_problem(300, 200, 7);
+    for formulation in [
+        sparse_ot::Formulation::SemiDual,
+        sparse_ot::Formulation::Dual,
+    ] {
+        let run = |iters| {
+            let sol = SparseOt::new(8, 0.1)
+                .unwrap()
+                .formulation(formulation)
+                .tol(0.0)
+                .unwrap()
+                .max_iter(iters)
+                .solve_on(&p, &device)
+                .unwrap();
+            (
+                sol.iterations,
+                sol.gpu_work.expect("a GPU solve reports its work"),
+            )
+        };
+        let ((i0, w0), (i1, w1)) = (run(10), run(30));
+        let d = w1.since(&w0);
+        let iterations = (i1 - i0) as u64;
+        assert_eq!(iterations, 20, "{formulation}");
+        assert!(
+            d.readbacks - d.search_readbacks <= iterations,
+            "{formulation}: {d:?} over {iterations} iterations"
+        );
+        // Every round waits once; the retries are a minority on this well-conditioned problem.
+        assert!(d.search_readbacks < iterations, "{formulation}: {d:?}");
+        // A converging solve: one readback per iteration, plus its retries, plus a fixed few at the ends.
+        let sol = SparseOt::new(8, 0.1)
+            .unwrap()
+            .formulation(formulation)
+            .solve_on(&p, &device)
+            .unwrap();
+        let w = sol.gpu_work.expect("a GPU solve reports its work");
+        assert!(
+            w.readbacks - w.search_readbacks <= sol.iterations as u64 + 3,
+            "{formulation}: {w:?} over {} iterations",
+            sol.iterations
+        );
+    }
+}

@@ -45,3 +45,9 @@ pub(crate) fn dispatched(count: usize, cost_bytes: u64) {
 pub(crate) fn read_back() {
     record(|w| w.readbacks += 1);
 }
+
+/// The last readback served an L-BFGS round that evaluated more than new directions' first trials
+/// ([`GpuWork::search_readbacks`]).
+pub(crate) fn search_round() {
+    record(|w| w.search_readbacks += 1);
+}

@@ -5,13 +5,17 @@
 //! round is one submission of at most six dispatches whatever B is (accept, direction, trial and the
 //! objective's passes; kernels no problem needs are left out), each kernel skipping the problems whose
 //! control word lacks its flag; then one readback of eight f32 per problem (value, g·d, max|g| of an
-//! evaluation; g·d, max|g| of a new direction). The shared [`crate::lbfgs::Driver`] makes every decision,
-//! so stopping rules and statuses are those of the CPU path, problem by problem.
+//! evaluation; g·d, max|g|, first step of a new direction). A round that computes a direction also
+//! evaluates its first trial point, at the step the direction kernel chose ([`Lockstep::speculates`]): an
+//! iteration whose first trial is accepted is one round and one blocking readback. The shared
+//! [`crate::lbfgs::Driver`] makes every decision, so stopping rules and statuses are those of the CPU path,
+//! problem by problem.
 
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::Kernel;
+use crate::gpu::work;
 use crate::lbfgs::{Eval, Lockstep, Reply, Step};
 
 /// Largest memory the direction kernel holds (`MAX_MEM` in `shaders/lbfgs.wgsl`).
@@ -33,6 +37,7 @@ const OP_ACCEPT: u32 = 1;
 const OP_DIRECTION: u32 = 2;
 const OP_STEEPEST: u32 = 4;
 const OP_TRIAL: u32 = 8;
+const OP_FIRST: u32 = 16;
 
 /// The L-BFGS vectors of B problems of dimension `dim`.
 pub(crate) struct LbfgsBuffers {
@@ -102,7 +107,7 @@ impl LbfgsBuffers {
         let trial = Pass::per_thread(
             ctx,
             Kernel::Trial,
-            &[all[0], all[1], all[3], all[4], all[8]],
+            &[all[0], all[1], all[3], all[4], all[8], all[9]],
             dim,
         )?
         .batched(problems);
@@ -160,6 +165,8 @@ impl LbfgsBuffers {
                 }
                 if s.evaluate.is_some() {
                     ops |= OP_TRIAL;
+                } else if s.first_trial {
+                    ops |= OP_TRIAL | OP_FIRST;
                 }
                 [ops, (s.evaluate.unwrap_or(0.0) as f32).to_bits()]
             })
@@ -201,7 +208,7 @@ impl<O: DeviceObjective> GpuLbfgs<'_, O> {
         if steps.iter().any(|s| s.direction.is_some()) {
             passes.push(&self.buf.direction);
         }
-        if steps.iter().any(|s| s.evaluate.is_some()) {
+        if steps.iter().any(Step::evaluates) {
             passes.push(&self.buf.trial);
             passes.extend(self.obj.passes());
         }
@@ -222,10 +229,7 @@ impl<O: DeviceObjective> Lockstep for GpuLbfgs<'_, O> {
         self.buf.set_steps(self.ctx, steps);
         self.obj.set_active(
             self.ctx,
-            &steps
-                .iter()
-                .map(|s| s.evaluate.is_some())
-                .collect::<Vec<_>>(),
+            &steps.iter().map(Step::evaluates).collect::<Vec<_>>(),
         );
         let enc = buffers::encode(self.ctx, &self.passes(steps));
         let words = 4 * nb as u64 * 4;
@@ -243,27 +247,28 @@ impl<O: DeviceObjective> Lockstep for GpuLbfgs<'_, O> {
                 return vec![Reply::default(); nb];
             }
         };
+        if steps.iter().any(|s| s.evaluate.is_some()) {
+            work::search_round();
+        }
         let (evals, dirs) = v.split_at(4 * nb);
         steps
             .iter()
             .enumerate()
             .map(|(p, s)| Reply {
-                eval: s.evaluate.map(|_| Eval {
+                eval: s.evaluates().then(|| Eval {
                     value: evals[4 * p] as f64,
                     slope: evals[4 * p + 1] as f64,
                     grad_norm: evals[4 * p + 2] as f64,
                 }),
-                direction: s.direction.map(|_| {
-                    let (gd, gmax, steepest) =
-                        (dirs[4 * p] as f64, dirs[4 * p + 1] as f64, dirs[4 * p + 2]);
-                    let t0 = if steepest != 0.0 && gmax > 0.0 {
-                        1.0 / gmax
-                    } else {
-                        1.0
-                    };
-                    (gd, t0)
-                }),
+                // The first step as the device chose it (and used it for the first trial).
+                direction: s
+                    .direction
+                    .map(|_| (dirs[4 * p] as f64, dirs[4 * p + 3] as f64)),
             })
             .collect()
+    }
+
+    fn speculates(&self) -> bool {
+        true
     }
 }

@@ -395,6 +395,9 @@ pub(crate) struct Step {
     pub direction: Option<bool>,
     /// Evaluate at x + t·d.
     pub evaluate: Option<f64>,
+    /// With a direction: also evaluate at its suggested first step, in the same round (see
+    /// [`Lockstep::speculates`]).
+    pub first_trial: bool,
 }
 
 impl Step {
@@ -402,12 +405,17 @@ impl Step {
     pub(crate) fn is_idle(&self) -> bool {
         !self.accept && self.direction.is_none() && self.evaluate.is_none()
     }
+
+    /// Whether the round evaluates the objective for this problem.
+    pub(crate) fn evaluates(&self) -> bool {
+        self.evaluate.is_some() || self.first_trial
+    }
 }
 
 /// What the device reports for one problem after a round: the evaluation or the direction asked for.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Reply {
-    /// The evaluation, when the step asked for one.
+    /// The evaluation, when the step asked for one (or for a first trial).
     pub eval: Option<Eval>,
     /// (g·d, suggested first step), when the step asked for a direction.
     pub direction: Option<(f64, f64)>,
@@ -418,6 +426,15 @@ pub(crate) struct Reply {
 pub(crate) trait Lockstep {
     /// Performs `steps[p]` for every problem p and returns one reply per problem.
     fn round(&mut self, steps: &[Step]) -> Vec<Reply>;
+
+    /// Whether a round that computes a direction should also evaluate its first trial point x + t₀·d
+    /// ([`Step::first_trial`], t₀ the direction's suggested first step, chosen by the backend). The driver
+    /// asks for exactly that point whenever the direction descends, so a backend for which a round is
+    /// expensive (a blocking device readback) saves one round per iteration; when the direction does not
+    /// descend the evaluation is discarded. Host backends compute on demand and say no.
+    fn speculates(&self) -> bool {
+        false
+    }
 }
 
 /// A single-problem [`Backend`] as a batch of one.
@@ -441,6 +458,7 @@ impl<B: Backend> Lockstep for One<'_, B> {
                     }),
                     eval: s.evaluate.map(|t| self.0.evaluate(t)),
                 }
+                // `speculates` is false: no step asks for a first trial.
             })
             .collect()
     }
@@ -470,6 +488,11 @@ pub(crate) fn run<B: Backend>(
 /// problem p after each of its accepted steps, `finished(p, termination)` when it stops. When `cancelled()`
 /// turns true, every unfinished problem stops before the next round with [`Termination::Cancelled`], its
 /// iterate the last accepted point (a pending trial is dropped). Returns (termination, driver) per problem.
+///
+/// With a speculating backend ([`Lockstep::speculates`]) a round that computes a direction also evaluates
+/// its first trial point; the driver's request for that point is then answered from the same reply, so an
+/// iteration whose first trial is accepted costs one round instead of two, and every decision is the one the
+/// driver would take without speculation.
 pub(crate) fn run_lockstep<L: Lockstep>(
     settings: &[Settings],
     backend: &mut L,
@@ -516,11 +539,23 @@ pub(crate) fn run_lockstep<L: Lockstep>(
         if steps.iter().all(Step::is_idle) {
             break;
         }
+        if backend.speculates() {
+            for step in steps.iter_mut() {
+                step.first_trial = step.direction.is_some() && step.evaluate.is_none();
+            }
+        }
         let replies = backend.round(&steps);
         for (p, (step, reply)) in steps.iter().zip(replies).enumerate() {
             pending[p] = match (step.direction, reply.direction, step.evaluate, reply.eval) {
-                (Some(steepest), Some((slope, t0)), _, _) => {
-                    Some(drivers[p].on_direction(slope, steepest, t0))
+                (Some(steepest), Some((slope, t0)), _, eval) => {
+                    let next = drivers[p].on_direction(slope, steepest, t0);
+                    match (next, eval) {
+                        // The point the driver asks for was evaluated in this round already.
+                        (Action::Evaluate(t), Some(e)) if step.first_trial && t == t0 => {
+                            Some(drivers[p].on_eval(e))
+                        }
+                        _ => Some(next),
+                    }
                 }
                 (_, _, Some(_), Some(e)) => Some(drivers[p].on_eval(e)),
                 // No answer where one was asked for (a device error, kept by the backend): the problem
