@@ -3,7 +3,7 @@
 // Bindings (group 0):
 //   0 uniform                 P: SparseParams { m, n, k, mode (0 semi-dual, 1 dual), gamma, dim }
 //   1 storage read            cost_t: n×m row-major Cᵀ (column j of C is contiguous)
-//   2 storage read            x: trial point, α = x[0..m], β = x[m..m+n] (dual)
+//   2 storage read_write      x: trial point, α = x[0..m], β = x[m..m+n] (dual); only `recipe` writes it
 //   3 storage read            a: m          (row_pass, finalize)
 //   4 storage read            b: n          (column_pass, finalize)
 //   5 storage read_write      cols: n × ColState { key, tie, theta, term, shift } (column_pass writes)
@@ -14,10 +14,21 @@
 //  10 storage read_write      beta_out: n, β_j (dual) or the implied −γ θ_j (semi-dual)   (extract)
 //  11 storage read            evaluated: B, nonzero when problem p is evaluated by this round's dispatches;
 //                             every kernel leaves the other problems' outputs untouched
+//  12 uniform                 A: AdamParams (adam_rule.wgsl)                                   (recipe)
+//  13 storage read_write      m1: B×dim, Adam's first moment                                   (recipe)
+//  14 storage read_write      m2: B×dim, Adam's second moment                                  (recipe)
+//  15 storage read_write      adam_st: B × AdamState { steps, stopped, tol }                   (recipe)
+//  16 storage read            bias: 2·steps Adam bias corrections                              (recipe)
 // Dispatch: column_pass one workgroup per column (WG ≥ m / VMAX where the device allows: the column is then
 //   read once into registers and every later walk is over them); row_pass one thread per row (ceil(m / WG)
 //   workgroups);
 //   finalize one workgroup per problem; extract one thread per column. Lanes laid out as in common.wgsl.
+//   recipe: one workgroup per problem runs the router recipe's every Adam step (adam_rule.wgsl) and the
+//   evaluation at the final point in one dispatch, for problems small enough that one workgroup holds them
+//   (the host decides): segment tid / seg of seg threads (the smallest power of two with seg·VMAX ≥ m)
+//   evaluates column tid / seg from registers, all columns at once (the host makes WG ≥ seg·n), then each
+//   thread sums rows tid, tid + WG, …; storageBarrier orders the phases (x, column states, gradient) inside
+//   the workgroup.
 // Batches: workgroup_id.z is the problem index p of a batch of B problems of one shape (z = 1 for a single
 //   problem). Every buffer holds the B problems back to back and problem p's slice starts at p × its
 //   per-problem length (cost_t m·n, x/grad/d dim, a m, b/cols/beta_out n, out 4 for finalize and n·k for
@@ -60,7 +71,7 @@ struct ColState {
 
 @group(0) @binding(0) var<uniform> P: SparseParams;
 @group(0) @binding(1) var<storage, read> cost_t: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
 @group(0) @binding(3) var<storage, read> a: array<f32>;
 @group(0) @binding(4) var<storage, read> b: array<f32>;
 @group(0) @binding(5) var<storage, read_write> cols: array<ColState>;
@@ -70,6 +81,11 @@ struct ColState {
 @group(0) @binding(9) var<storage, read_write> rows_out: array<u32>;
 @group(0) @binding(10) var<storage, read_write> beta_out: array<f32>;
 @group(0) @binding(11) var<storage, read> evaluated: array<u32>;
+@group(0) @binding(12) var<uniform> A: AdamParams;
+@group(0) @binding(13) var<storage, read_write> m1: array<f32>;
+@group(0) @binding(14) var<storage, read_write> m2: array<f32>;
+@group(0) @binding(15) var<storage, read_write> adam_st: array<AdamState>;
+@group(0) @binding(16) var<storage, read> bias: array<f32>;
 
 // Problem index of the invocation (workgroup_id.z), set first thing by every entry point.
 var<private> pb: u32;
@@ -308,6 +324,38 @@ fn row_gradient(i: u32) -> f32 {
         }
     }
     return acc - a[pb * P.m + i];
+}
+
+// The objective's gradient of problem pb at x, computed by the whole workgroup of `recipe`: every column's
+// state (seg threads per column, every column at once), then the row sums. Call from uniform control flow.
+fn evaluate_in_workgroup(tid: u32, seg: u32) {
+    storageBarrier();
+    column_at(tid, seg, tid / seg);
+    storageBarrier();
+    for (var i = tid; i < P.m; i = i + WG) {
+        grad[pb * P.dim + i] = row_gradient(i);
+    }
+    storageBarrier();
+}
+
+@compute @workgroup_size(WG)
+fn recipe(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    pb = wid.z;
+    if (!uniform_evaluated(tid)) {
+        return;
+    }
+    // Threads per column: enough to hold the column in registers, at most the workgroup.
+    var seg = 1u;
+    while (seg * VMAX < P.m && seg < WG) {
+        seg = seg * 2u;
+    }
+    for (var t = 0u; t < A.steps; t = t + 1u) {
+        evaluate_in_workgroup(tid, seg);
+        if (!adam_step_of(tid, pb)) {
+            break;
+        }
+    }
+    evaluate_in_workgroup(tid, seg);
 }
 
 // finalize's loop bounds (m, n, dim, mode), passed through workgroup memory. Read straight from the uniform,

@@ -357,14 +357,18 @@ on_both_devices!(iteration_limit_is_a_status, |device: &Device, _tol: Tol| {
 fn shaders_validate_without_a_device() {
     use wgpu::naga;
     let sources = sparse_ot::gpu::shader_sources();
-    // Every kernel family in shaders/ (common.wgsl is prepended to each and the cost_*.wgsl providers to
-    // Sinkhorn, which is compiled once with each of its two providers).
+    // Every kernel family in shaders/ (common.wgsl is prepended to each, the cost_*.wgsl providers to
+    // Sinkhorn, which is compiled once with each of its two providers, and adam_rule.wgsl to the sparse and
+    // Adam families).
     let families = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders"))
         .unwrap()
         .filter(|e| {
             let name = e.as_ref().unwrap().file_name();
             let name = name.to_string_lossy();
-            name.ends_with(".wgsl") && name != "common.wgsl" && !name.starts_with("cost_")
+            name.ends_with(".wgsl")
+                && name != "common.wgsl"
+                && name != "adam_rule.wgsl"
+                && !name.starts_with("cost_")
         })
         .count();
     assert_eq!(sources.len(), families + 1);

@@ -19,6 +19,8 @@ pub(crate) enum Family {
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
+/// Adam's step of one problem, shared by the Adam family and the sparse family's fused recipe.
+const ADAM_RULE: &str = include_str!("../../shaders/adam_rule.wgsl");
 
 impl Family {
     pub(crate) const ALL: [Family; 7] = [
@@ -36,15 +38,16 @@ impl Family {
         match self {
             Family::Sinkhorn => "sinkhorn.wgsl",
             Family::SinkhornPoints => "sinkhorn.wgsl (cost_points.wgsl)",
-            Family::SparseDual => "sparse_dual.wgsl",
+            Family::SparseDual => "sparse_dual.wgsl (adam_rule.wgsl)",
             Family::Lbfgs => "lbfgs.wgsl",
             Family::Reduce => "reduce.wgsl",
-            Family::Adam => "adam.wgsl",
+            Family::Adam => "adam.wgsl (adam_rule.wgsl)",
             Family::Router => "router.wgsl",
         }
     }
 
-    /// The full WGSL source as compiled: common helpers, then the family (Sinkhorn after its cost provider).
+    /// The full WGSL source as compiled: common helpers, then the family (Sinkhorn after its cost provider,
+    /// the sparse and Adam families after Adam's step).
     pub(crate) fn source(self) -> String {
         const SINKHORN: &str = include_str!("../../shaders/sinkhorn.wgsl");
         let own = match self {
@@ -60,10 +63,20 @@ impl Family {
                     include_str!("../../shaders/cost_points.wgsl")
                 )
             }
-            Family::SparseDual => include_str!("../../shaders/sparse_dual.wgsl"),
+            Family::SparseDual => {
+                return format!(
+                    "{COMMON}\n{ADAM_RULE}\n{}",
+                    include_str!("../../shaders/sparse_dual.wgsl")
+                )
+            }
             Family::Lbfgs => include_str!("../../shaders/lbfgs.wgsl"),
             Family::Reduce => include_str!("../../shaders/reduce.wgsl"),
-            Family::Adam => include_str!("../../shaders/adam.wgsl"),
+            Family::Adam => {
+                return format!(
+                    "{COMMON}\n{ADAM_RULE}\n{}",
+                    include_str!("../../shaders/adam.wgsl")
+                )
+            }
             Family::Router => include_str!("../../shaders/router.wgsl"),
         };
         format!("{COMMON}\n{own}")
@@ -89,6 +102,7 @@ pub(crate) enum Kernel {
     Row,
     Finalize,
     Extract,
+    Recipe,
     Trial,
     Accept,
     Direction,
@@ -109,7 +123,9 @@ impl Kernel {
             | Kernel::PointsColumns
             | Kernel::PointsMerge => Family::SinkhornPoints,
             Kernel::MaxAbs | Kernel::Transpose | Kernel::LogInto | Kernel::Range => Family::Reduce,
-            Kernel::Column | Kernel::Row | Kernel::Finalize | Kernel::Extract => Family::SparseDual,
+            Kernel::Column | Kernel::Row | Kernel::Finalize | Kernel::Extract | Kernel::Recipe => {
+                Family::SparseDual
+            }
             Kernel::Trial | Kernel::Accept | Kernel::Direction => Family::Lbfgs,
             Kernel::AdamStep => Family::Adam,
             Kernel::RouterGates | Kernel::RouterGather => Family::Router,
@@ -130,6 +146,7 @@ impl Kernel {
             Kernel::Row => "row_pass",
             Kernel::Finalize => "finalize",
             Kernel::Extract => "extract",
+            Kernel::Recipe => "recipe",
             Kernel::Trial => "trial",
             Kernel::Accept => "accept",
             Kernel::Direction => "direction",

@@ -141,7 +141,7 @@ fn route_in(
     let tol = stop_tolerance_for(cfg, expert_mass.max(1.0));
     ws.start(ctx, &vec![tol; g], None);
     let mut passes = vec![&gates];
-    passes.extend(ws.passes(adam));
+    passes.extend(ws.passes(adam, false));
     passes.push(&gather);
     let mut enc = buffers::encode(ctx, &passes);
     enc.copy_buffer_to_buffer(&d.plan_rows, 0, &tokens, 0, 4 * (g * e * k) as u64);

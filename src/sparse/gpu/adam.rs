@@ -2,10 +2,12 @@
 //! whole [`Batch`] on the GPU (`shaders/adam.wgsl` + the batched kernels of `shaders/sparse_dual.wgsl`).
 //!
 //! All B problems share one workspace: costs, marginals, potentials and moments lie back to back and every
-//! kernel runs the B problems along `workgroup_id.z`. A step is three dispatches whatever B is (column pass,
-//! row pass, Adam update); all steps and the final evaluation and plan extraction are recorded into one
-//! submission, and the potentials, the k-per-column plans, the objective values and the step counts are read
-//! back once at the end. The host then builds each problem's [`Solution`] as the single-problem GPU path does
+//! kernel runs the B problems along `workgroup_id.z`. Problems small enough for one workgroup (a router
+//! group: 256 tokens × 32 experts is 8192 entries) run the whole recipe, every step and the evaluation at
+//! the final point, in one `recipe` dispatch, one workgroup per problem ([`fused_workgroup`]); larger ones take
+//! three dispatches per step whatever B is (column pass, row pass, Adam update). All steps and the final
+//! evaluation and plan extraction are recorded into one submission, and the potentials, the k-per-column
+//! plans, the objective values and the step counts are read back once at the end. The host then builds each problem's [`Solution`] as the single-problem GPU path does
 //! (plan compressed, cost and marginal errors measured in f64 against the f64 problem).
 
 use crate::batch::Batch;
@@ -43,8 +45,40 @@ const F32_GRADIENT_NOISE: f64 = 1e-6;
 /// Most steps recorded into one submission (the recipe uses 20; the bias table holds 2 f32 per step).
 const MAX_STEPS: usize = 1 << 20;
 
-/// Dispatches per Adam step, whatever the batch size (column pass, row pass, update).
+/// Dispatches per Adam step, whatever the batch size (column pass, row pass, update), where the recipe is
+/// not fused.
 pub(crate) const DISPATCHES_PER_STEP: usize = 3;
+
+/// Largest problem (m·n cost entries) whose recipe runs fused, one workgroup per problem. The fused kernel
+/// trades the parallelism of many workgroups per problem for the absence of 3 dispatches per step: right
+/// for a router's many small groups, wrong for one large problem. 2^15 entries (128 KB of f32 cost) covers
+/// the router's groups (256 × 32 = 8192) with room; the bound is a judgement, not a measurement (no
+/// hardware GPU was at hand).
+const FUSED_MAX_ENTRIES: usize = 1 << 15;
+
+/// Storage buffers the fused `recipe` binds (`shaders/sparse_dual.wgsl`, bindings 1–16 less the uniforms
+/// and the four the recipe does not use).
+const FUSED_STORAGE_BUFFERS: u32 = 11;
+
+/// The workgroup size of the fused recipe for problems of m × n, or `None` where they take the unfused
+/// path. Every column is evaluated at once by its own segment of seg threads (seg the smallest power of two
+/// with seg · 16 ≥ m, so the column sits in registers), so the workgroup is seg times n rounded up to a power
+/// of two (at least the default size); it must fit the device, as must the kernel's bindings (a device
+/// created by the application may have lower limits than the adapter), and the problem must be small
+/// ([`FUSED_MAX_ENTRIES`]).
+fn fused_workgroup(ctx: &GpuContext, m: usize, n: usize) -> Option<u32> {
+    if m.saturating_mul(n) > FUSED_MAX_ENTRIES
+        || ctx.limits().max_storage_buffers_per_shader_stage < FUSED_STORAGE_BUFFERS
+    {
+        return None;
+    }
+    let seg = m
+        .div_ceil(super::COLUMN_REGISTERS)
+        .max(1)
+        .next_power_of_two();
+    let wg = (seg * n.next_power_of_two()).max(crate::gpu::context::WORKGROUP as usize);
+    (wg <= ctx.max_workgroup() as usize).then_some(wg as u32)
+}
 
 /// The sparse objective's workspace for B problems plus the Adam moments and per-problem state.
 pub(crate) struct AdamWorkspace {
@@ -55,6 +89,8 @@ pub(crate) struct AdamWorkspace {
     state: wgpu::Buffer,
     bias: wgpu::Buffer,
     step: Pass,
+    /// The fused recipe, where the problems fit ([`fused_workgroup`]).
+    recipe: Option<Pass>,
 }
 
 impl AdamWorkspace {
@@ -76,7 +112,9 @@ impl AdamWorkspace {
         let m2 = buffers::storage(ctx, "adam m2", len);
         let state = buffers::storage(ctx, "adam state", nb * STATE_WORDS);
         let bias = buffers::storage(ctx, "adam bias corrections", 0);
-        let step = Self::step_pass(ctx, &ws, [&params, &m1, &m2, &state, &bias], nb)?;
+        let bufs = [&params, &m1, &m2, &state, &bias];
+        let step = Self::step_pass(ctx, &ws, bufs, nb)?;
+        let recipe = Self::recipe_pass(ctx, &ws, bufs, nb)?;
         Ok(Self {
             dual: ws,
             params,
@@ -85,7 +123,41 @@ impl AdamWorkspace {
             state,
             bias,
             step,
+            recipe,
         })
+    }
+
+    fn recipe_pass(
+        ctx: &GpuContext,
+        ws: &SparseWorkspace,
+        [params, m1, m2, state, bias]: [&wgpu::Buffer; 5],
+        nb: usize,
+    ) -> Result<Option<Pass>> {
+        let Some(wg) = fused_workgroup(ctx, ws.m, ws.n) else {
+            return Ok(None);
+        };
+        let pass = Pass::per_workgroup_sized(
+            ctx,
+            Kernel::Recipe,
+            wg,
+            &[
+                (0, &ws.params),
+                (1, &ws.cost_t),
+                (2, &ws.lbfgs.xt),
+                (3, &ws.a),
+                (4, &ws.b),
+                (5, &ws.cols),
+                (6, &ws.lbfgs.gt),
+                (11, &ws.active),
+                (12, params),
+                (13, m1),
+                (14, m2),
+                (15, state),
+                (16, bias),
+            ],
+            1,
+        )?;
+        Ok(Some(pass.batched(nb)))
     }
 
     fn step_pass(
@@ -129,7 +201,16 @@ impl AdamWorkspace {
             self.bias = buffers::storage(ctx, "adam bias corrections", table.len());
             let bufs = [&self.params, &self.m1, &self.m2, &self.state, &self.bias];
             self.step = Self::step_pass(ctx, &self.dual, bufs, nb)?;
+            self.recipe = Self::recipe_pass(ctx, &self.dual, bufs, nb)?;
         }
+        // Each evaluation of the fused recipe reads every column once into registers and once for the row
+        // sums: counted for the whole budget of steps (a problem that stops early skips the rest).
+        let evaluations = adam.steps as u64 + 1;
+        let entry_bytes = 4 * (self.dual.m * self.dual.n) as u64;
+        self.recipe = self
+            .recipe
+            .take()
+            .map(|p| p.reads_cost(2 * evaluations * entry_bytes));
         buffers::upload(ctx, &self.bias, &table);
         let p = AdamParams {
             dim: self.dual.dim() as u32,
@@ -225,7 +306,7 @@ fn run_in(
         .collect();
     let x0 = problems::upload(ctx, d, valid)?;
     ws.start(ctx, &tols, Some(&x0));
-    buffers::submit(ctx, buffers::encode(ctx, &ws.passes(adam)));
+    buffers::submit(ctx, buffers::encode(ctx, &ws.passes(adam, true)));
     let scalars: Vec<f32> = read(ctx, d, &d.scalars, 0, nb * 4)?;
     let state: Vec<u32> = read(ctx, d, &ws.state, 0, nb * STATE_WORDS)?;
     let runs = (0..nb)
@@ -263,15 +344,25 @@ impl AdamWorkspace {
         buffers::submit(ctx, enc);
     }
 
-    /// The passes of a whole run: the steps, then the objective, column states and plans at the final
-    /// potentials (record them into one submission).
-    pub(crate) fn passes(&self, adam: Adam) -> Vec<&Pass> {
+    /// The passes of a whole run: the steps, then the column states and plans at the final potentials, and
+    /// with `value` the objective there (record them into one submission). Fused: `recipe`, `finalize`,
+    /// `extract`.
+    pub(crate) fn passes(&self, adam: Adam, value: bool) -> Vec<&Pass> {
         let d = &self.dual;
         let mut passes: Vec<&Pass> = Vec::with_capacity(DISPATCHES_PER_STEP * adam.steps + 4);
-        for _ in 0..adam.steps {
-            passes.extend([&d.column, &d.row, &self.step]);
+        match &self.recipe {
+            Some(recipe) => passes.push(recipe),
+            None => {
+                for _ in 0..adam.steps {
+                    passes.extend([&d.column, &d.row, &self.step]);
+                }
+                passes.extend([&d.column, &d.row]);
+            }
         }
-        passes.extend([&d.column, &d.row, &d.finalize, &d.extract]);
+        if value {
+            passes.push(&d.finalize);
+        }
+        passes.push(&d.extract);
         passes
     }
 }

@@ -87,6 +87,8 @@ pub(crate) struct SparseWorkspace {
     pub(crate) cost_t: wgpu::Buffer,
     pub(crate) a: wgpu::Buffer,
     pub(crate) b: wgpu::Buffer,
+    /// B × n column states (`ColState`).
+    cols: wgpu::Buffer,
     pub(crate) scalars: wgpu::Buffer,
     pub(crate) plan_values: wgpu::Buffer,
     pub(crate) plan_rows: wgpu::Buffer,
@@ -237,6 +239,7 @@ impl SparseWorkspace {
             cost_t,
             a,
             b,
+            cols,
             scalars,
             plan_values,
             plan_rows,
