@@ -23,8 +23,8 @@
 //   round of dispatches serves problems that are at different points of their iterations.
 // Overrides: WG.
 // Formula: trial xt = x + t d, t from the control word, or with the FIRST flag the t₀ that this round's
-//   direction wrote (the line search's first trial, evaluated in the same round as its direction). accept: s = xt − x, y = gt − g, stored into ring slot head + 1 only if
-//   s·y > 1e-12 ‖s‖‖y‖ (ρ = 1/s·y), then x ← xt, g ← gt. direction: two-loop recursion d = −H g with
+//   direction wrote (the line search's first trial, evaluated in the same round as its direction).
+//   accept: s = xt − x, y = gt − g, stored into ring slot head + 1 only if s·y > 1e-12 ‖s‖‖y‖ (ρ = 1/s·y), then x ← xt, g ← gt. direction: two-loop recursion d = −H g with
 //   H₀ = (s·y / y·y) I of the newest pair (Nocedal & Wright Alg. 7.4), or, with the STEEPEST flag or an
 //   empty memory, d = −g (the STEEPEST flag also clears the memory).
 

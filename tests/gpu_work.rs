@@ -96,6 +96,23 @@ fn cpu_solves_report_no_device_work_and_gpu_solves_do() {
     assert!(w.readbacks >= 1 && w.dispatches >= w.readbacks, "{w:?}");
 }
 
+/// A sparse solve (k = 8, γ = 0.1) of exactly `iterations` L-BFGS iterations (tol 0: a fixed budget).
+fn fixed_budget_sparse(
+    p: &Problem,
+    device: &Device,
+    formulation: sparse_ot::Formulation,
+    iterations: usize,
+) -> sparse_ot::Solution {
+    SparseOt::new(8, 0.1)
+        .unwrap()
+        .formulation(formulation)
+        .tol(0.0)
+        .unwrap()
+        .max_iter(iterations)
+        .solve_on(p, device)
+        .unwrap()
+}
+
 /// The sparse kernels read each column once per objective evaluation (into registers; every later walk of
 /// the top-k search, the bisection for θ and the terms is over them) and the row sums once: at most
 /// 2 × 4mn bytes per round trip to the host, whatever the L-BFGS line search does (the bound is
@@ -111,14 +128,7 @@ fn sparse_evaluations_read_each_column_once() {
             sparse_ot::Formulation::Dual,
         ] {
             let run = |iters| {
-                SparseOt::new(8, 0.1)
-                    .unwrap()
-                    .formulation(formulation)
-                    .tol(0.0)
-                    .unwrap()
-                    .max_iter(iters)
-                    .solve_on(&p, &device)
-                    .unwrap()
+                fixed_budget_sparse(&p, &device, formulation, iters)
                     .gpu_work
                     .expect("a GPU solve reports its work")
             };
@@ -157,14 +167,7 @@ fn sparse_lbfgs_iterations_wait_for_the_device_once() {
         sparse_ot::Formulation::Dual,
     ] {
         let run = |iters| {
-            let sol = SparseOt::new(8, 0.1)
-                .unwrap()
-                .formulation(formulation)
-                .tol(0.0)
-                .unwrap()
-                .max_iter(iters)
-                .solve_on(&p, &device)
-                .unwrap();
+            let sol = fixed_budget_sparse(&p, &device, formulation, iters);
             (
                 sol.iterations,
                 sol.gpu_work.expect("a GPU solve reports its work"),

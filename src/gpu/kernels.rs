@@ -50,36 +50,17 @@ impl Family {
     /// the sparse and Adam families after Adam's step).
     pub(crate) fn source(self) -> String {
         const SINKHORN: &str = include_str!("../../shaders/sinkhorn.wgsl");
-        let own = match self {
-            Family::Sinkhorn => {
-                return format!(
-                    "{COMMON}\n{}\n{SINKHORN}",
-                    include_str!("../../shaders/cost_matrix.wgsl")
-                )
-            }
-            Family::SinkhornPoints => {
-                return format!(
-                    "{COMMON}\n{}\n{SINKHORN}",
-                    include_str!("../../shaders/cost_points.wgsl")
-                )
-            }
-            Family::SparseDual => {
-                return format!(
-                    "{COMMON}\n{ADAM_RULE}\n{}",
-                    include_str!("../../shaders/sparse_dual.wgsl")
-                )
-            }
-            Family::Lbfgs => include_str!("../../shaders/lbfgs.wgsl"),
-            Family::Reduce => include_str!("../../shaders/reduce.wgsl"),
-            Family::Adam => {
-                return format!(
-                    "{COMMON}\n{ADAM_RULE}\n{}",
-                    include_str!("../../shaders/adam.wgsl")
-                )
-            }
-            Family::Router => include_str!("../../shaders/router.wgsl"),
+        // (what the family is concatenated after, besides the common helpers; the family's own file)
+        let (before, own) = match self {
+            Family::Sinkhorn => (include_str!("../../shaders/cost_matrix.wgsl"), SINKHORN),
+            Family::SinkhornPoints => (include_str!("../../shaders/cost_points.wgsl"), SINKHORN),
+            Family::SparseDual => (ADAM_RULE, include_str!("../../shaders/sparse_dual.wgsl")),
+            Family::Lbfgs => ("", include_str!("../../shaders/lbfgs.wgsl")),
+            Family::Reduce => ("", include_str!("../../shaders/reduce.wgsl")),
+            Family::Adam => (ADAM_RULE, include_str!("../../shaders/adam.wgsl")),
+            Family::Router => ("", include_str!("../../shaders/router.wgsl")),
         };
-        format!("{COMMON}\n{own}")
+        format!("{COMMON}\n{before}\n{own}")
     }
 }
 

@@ -458,7 +458,6 @@ impl<B: Backend> Lockstep for One<'_, B> {
                     }),
                     eval: s.evaluate.map(|t| self.0.evaluate(t)),
                 }
-                // `speculates` is false: no step asks for a first trial.
             })
             .collect()
     }

@@ -4,10 +4,11 @@
 //! All B problems share one workspace: costs, marginals, potentials and moments lie back to back and every
 //! kernel runs the B problems along `workgroup_id.z`. Problems small enough for one workgroup (a router
 //! group: 256 tokens × 32 experts is 8192 entries) run the whole recipe, every step and the evaluation at
-//! the final point, in one `recipe` dispatch, one workgroup per problem ([`fused_workgroup`]); larger ones take
-//! three dispatches per step whatever B is (column pass, row pass, Adam update). All steps and the final
-//! evaluation and plan extraction are recorded into one submission, and the potentials, the k-per-column
-//! plans, the objective values and the step counts are read back once at the end. The host then builds each problem's [`Solution`] as the single-problem GPU path does
+//! the final point, in one `recipe` dispatch, one workgroup per problem ([`fused_workgroup`]); larger ones
+//! take three dispatches per step whatever B is (column pass, row pass, Adam update). All steps and the
+//! final evaluation and plan extraction are recorded into one submission, and the potentials, the
+//! k-per-column plans, the objective values and the step counts are read back once at the end. The host
+//! then builds each problem's [`Solution`] as the single-problem GPU path does
 //! (plan compressed, cost and marginal errors measured in f64 against the f64 problem).
 
 use crate::batch::Batch;
