@@ -36,8 +36,8 @@ mod quiet_probe;
 use atomic::AtomicFile;
 use progress::{ProgressArgs, Reporter};
 use sparse_ot::{
-    Device, Error, ExactOt, Formulation, GpuWork, GroundCost, Monitor, PointProblem, PointSolution,
-    Precision, Problem, RanOn, Sinkhorn, Solution, SparseOt, DEFAULT_MAX_ITER,
+    Device, Error, ExactOt, Formulation, GpuWork, GroundCost, Monitor, PlanKind, PointProblem,
+    PointSolution, Precision, Problem, RanOn, Sinkhorn, Solution, SparseOt, DEFAULT_MAX_ITER,
     DEFAULT_SINKHORN_MAX_ITER,
 };
 
@@ -82,6 +82,17 @@ enum PlanArg {
     Sparse,
     /// No plan: the potentials and scalars only.
     None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PlanKindArg {
+    /// The k-sparse plan read off the potentials (may miss a row marginal at a nonsmooth optimum).
+    Gradient,
+    /// The relaxation's optimal plan: meets both marginals, may mix more than k entries in a column.
+    Relaxed,
+    /// At most k nonzeros per column and both marginals met (quadratic OT on a support from the relaxed
+    /// plan), else the relaxed plan; the JSON line's `plan_kind` says which was written.
+    Feasible,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -165,6 +176,9 @@ struct Cli {
     /// Which plan to write.
     #[arg(long, value_enum, default_value_t = PlanArg::Auto)]
     plan: PlanArg,
+    /// Sparse and quadratic solvers: which transport plan to return [default: gradient].
+    #[arg(long, value_enum)]
+    plan_kind: Option<PlanKindArg>,
     #[command(flatten)]
     progress: ProgressArgs,
 }
@@ -266,9 +280,15 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
             if cli.row_sparsity {
                 cfg = cfg.row_sparsity();
             }
+            cfg = cfg.plan_kind(match cli.plan_kind.unwrap_or(PlanKindArg::Gradient) {
+                PlanKindArg::Gradient => PlanKind::Gradient,
+                PlanKindArg::Relaxed => PlanKind::Relaxed,
+                PlanKindArg::Feasible => PlanKind::Feasible,
+            });
             Ok(Configured::Sparse(cfg))
         }
         SolverKind::Sinkhorn => {
+            unused(&cli.plan_kind, "--plan-kind", &name)?;
             unused(&cli.k, "--k", &name)?;
             unused(&cli.gamma, "--gamma", &name)?;
             unused(&cli.formulation, "--formulation", &name)?;
@@ -287,6 +307,7 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
             Ok(Configured::Sinkhorn(cfg))
         }
         SolverKind::Exact => {
+            unused(&cli.plan_kind, "--plan-kind", &name)?;
             unused(&cli.k, "--k", &name)?;
             unused(&cli.gamma, "--gamma", &name)?;
             unused(&cli.epsilon, "--epsilon", &name)?;
@@ -496,6 +517,11 @@ struct Report<'a> {
     device: &'a RanOn,
     gpu_work: Option<GpuWork>,
     plan: PlanOut,
+    /// Which plan a sparse or quadratic solve returned, its gap to the dual value, and how far a gradient
+    /// plan under a certified status misses a marginal.
+    plan_kind: Option<PlanKind>,
+    plan_gap: Option<f64>,
+    plan_miss: Option<f64>,
 }
 
 impl<'a> Report<'a> {
@@ -526,6 +552,9 @@ impl<'a> Report<'a> {
             device: &sol.device,
             gpu_work: sol.gpu_work,
             plan,
+            plan_kind: sol.plan_kind,
+            plan_gap: sol.plan_gap,
+            plan_miss: sol.certified_plan_miss(),
         }
     }
 
@@ -543,6 +572,9 @@ impl<'a> Report<'a> {
             device: &sol.device,
             gpu_work: sol.gpu_work,
             plan,
+            plan_kind: None,
+            plan_gap: None,
+            plan_miss: None,
         }
     }
 
@@ -558,6 +590,12 @@ impl<'a> Report<'a> {
             "marginal_error_cols": self.marginal_error_cols,
             "plan": self.plan.kind(),
             "nnz": self.plan.nnz(),
+            // Sparse and quadratic solvers: which plan was written (gradient, relaxed or feasible), its
+            // objective minus the dual value, and, for a gradient plan under a certified status, by how
+            // much it misses a marginal (null when it does not).
+            "plan_kind": self.plan_kind.map(|k| k.to_string()),
+            "plan_gap": self.plan_gap,
+            "plan_misses_marginal_by": self.plan_miss,
             "m": m,
             "n": n,
             "seconds": seconds,

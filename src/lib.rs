@@ -157,8 +157,8 @@ pub use problem::{golden_problem, Problem, Scalar, DEFAULT_MASS_TOLERANCE, REBAL
 pub use sinkhorn::GpuSinkhornOutput;
 pub use sinkhorn::{Precision, Sinkhorn, DEFAULT_SINKHORN_MAX_ITER};
 pub use solution::{
-    Criterion, Formulation, GpuWork, Lanes, Method, Plan, RanOn, Solution, SparsePlan, Termination,
-    DEFAULT_TOL, DEFAULT_TOL_F32,
+    Criterion, Formulation, GpuWork, Lanes, Method, Plan, PlanKind, RanOn, Solution, SparsePlan,
+    Termination, DEFAULT_TOL, DEFAULT_TOL_F32,
 };
 #[cfg(feature = "gpu")]
 pub use sparse::GpuSparseOutput;

@@ -313,6 +313,42 @@ impl fmt::Display for Formulation {
     }
 }
 
+/// Which transport plan a sparse or quadratic solve returns, chosen with [`crate::SparseOt::plan_kind`]
+/// ([`Solution::plan_kind`] says which one came back).
+///
+/// At a smooth optimum (the marginal criterion met) the three coincide: the k-sparse plan read off the
+/// potentials meets the marginals. At a nonsmooth optimum of k < m (ties between the k-th and (k+1)-th
+/// scores of some columns, the rule rather than the exception for small k) they differ: the optimal plan
+/// of the convex relaxation mixes the tied supports, so the plan read off the potentials can miss a row's
+/// whole mass while the potentials are certified optimal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlanKind {
+    /// T(α, β), the plan the potentials' gradient is made of: at most k nonzeros per column, column
+    /// marginals exact for the semi-dual, row marginals off by the gradient (possibly by a whole row's mass
+    /// at a nonsmooth optimum; [`Solution::marginal_error_rows`] says by how much).
+    #[default]
+    Gradient,
+    /// The optimal plan of the convex relaxation (columns that are mixtures of k-sparse columns), which
+    /// meets both marginals: from the exact polish's multipliers, or from the smoothing stage's mixed plan
+    /// (marginals within the tolerance). A column may have more than k nonzeros where tied supports mix.
+    Relaxed,
+    /// A plan with at most k nonzeros per column that meets both marginals (within the tolerance): the
+    /// relaxed plan's k largest entries per column (then the best scores) fix a support, and quadratic OT
+    /// restricted to it is solved with exact marginals. [`Solution::plan_gap`] bounds how far its objective
+    /// is from the (nonconvex) optimum.
+    Feasible,
+}
+
+impl fmt::Display for PlanKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PlanKind::Gradient => "gradient",
+            PlanKind::Relaxed => "relaxed",
+            PlanKind::Feasible => "feasible",
+        })
+    }
+}
+
 /// Which problem a solution solves, for reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Method {
@@ -476,6 +512,17 @@ pub struct Solution {
     pub termination: Termination,
     /// The device work of the solve when a GPU took part (`None` on the CPU).
     pub gpu_work: Option<GpuWork>,
+    /// Which plan a sparse or quadratic solve returned (`None` for Sinkhorn and the exact solver). It is
+    /// the kind asked for with [`crate::SparseOt::plan_kind`] when that plan could be built, else the next
+    /// one down (feasible → relaxed → gradient): a relaxed plan exists once the potentials are optimal, a
+    /// feasible one when the support chosen admits the marginals.
+    pub plan_kind: Option<PlanKind>,
+    /// For a relaxed or feasible plan: its primal objective ⟨T, C⟩ + (γ/2)‖T‖² (for a relaxed plan, the
+    /// relaxation's objective, which mixes the columns' supports) minus `value`. The dual value is a lower
+    /// bound on the objective of every plan that meets the marginals, so this bounds how far the plan is from
+    /// optimal. It is ≥ 0 up to the plan's own marginal errors times the potentials (weak duality:
+    /// P(T) − D(α, β) ≥ −α·(a − T1) − β·(b − Tᵀ1)).
+    pub plan_gap: Option<f64>,
 }
 
 impl Solution {
@@ -535,6 +582,23 @@ impl Solution {
         self.termination.converged()
     }
 
+    /// The marginal violation of a gradient plan returned under a certified (duality-gap) status, when it
+    /// is more than rounding (1e-9 of the plan's mass): the potentials are optimal but this plan is not
+    /// feasible. `None` otherwise: every other `Converged` status promises the marginals, and relaxed and
+    /// feasible plans meet them.
+    pub fn certified_plan_miss(&self) -> Option<f64> {
+        let certified = matches!(
+            self.termination,
+            Termination::Converged(Criterion::DualityGap { .. })
+        );
+        if !certified || self.plan_kind != Some(PlanKind::Gradient) {
+            return None;
+        }
+        let mass: f64 = self.plan.triplets().map(|(_, _, v)| v).sum();
+        let error = self.marginal_error_rows.max(self.marginal_error_cols);
+        (error > 1e-9 * mass).then_some(error)
+    }
+
     /// The dense plan (a copy).
     pub fn dense_plan(&self) -> Array2<f64> {
         self.plan.to_dense()
@@ -545,11 +609,20 @@ impl fmt::Display for Solution {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (m, n) = self.plan.shape();
         writeln!(f, "{} on {m} x {n} [{}]", self.method, self.device)?;
-        writeln!(
+        write!(
             f,
             "  status          {} after {} iterations",
             self.termination, self.iterations
         )?;
+        if let Some(miss) = self.certified_plan_miss() {
+            // Never a bare "converged" over a plan that misses a marginal.
+            write!(
+                f,
+                "; the gradient plan misses a marginal by {miss:.2e} (the potentials are optimal: at a \
+                 nonsmooth optimum the optimal plan mixes tied supports; ask for the relaxed or feasible plan)"
+            )?;
+        }
+        writeln!(f)?;
         writeln!(f, "  objective       {:.10}", self.value)?;
         writeln!(f, "  transport cost  {:.10}", self.transport_cost)?;
         writeln!(
@@ -557,22 +630,14 @@ impl fmt::Display for Solution {
             "  marginal error  rows {:.2e}, columns {:.2e}",
             self.marginal_error_rows, self.marginal_error_cols
         )?;
-        if let Termination::Converged(Criterion::DualityGap { .. }) = self.termination {
-            let mass: f64 = self.plan.triplets().map(|(_, _, v)| v).sum();
-            let error = self.marginal_error_rows.max(self.marginal_error_cols);
-            if error > 1e-9 * mass {
-                writeln!(
-                    f,
-                    "  note            the potentials are optimal (certified); the k-sparse plan built from them \
-                     misses a marginal by {error:.2e}: at a nonsmooth optimum the optimal plan mixes tied \
-                     supports (docs/MATH.md §2.3)"
-                )?;
-            }
+        write!(f, "  plan            ")?;
+        if let Some(kind) = self.plan_kind {
+            write!(f, "{kind}, ")?;
         }
         match &self.plan {
             Plan::Sparse(p) => write!(
                 f,
-                "  plan            {} nonzeros, at most {} per {}",
+                "{} nonzeros, at most {} per {}",
                 p.nnz(),
                 p.max_lane_nnz(),
                 if p.lanes() == Lanes::Columns {
@@ -580,13 +645,17 @@ impl fmt::Display for Solution {
                 } else {
                     "row"
                 }
-            ),
+            )?,
             Plan::Dense(t) => write!(
                 f,
-                "  plan            dense, {} entries > 0",
+                "dense, {} entries > 0",
                 t.iter().filter(|&&v| v > 0.0).count()
-            ),
+            )?,
         }
+        if let Some(gap) = self.plan_gap {
+            write!(f, ", objective within {gap:.2e} of the dual bound")?;
+        }
+        Ok(())
     }
 }
 

@@ -887,3 +887,55 @@ fn plan_sparse_writes_the_nonzeros_as_triplets() {
     assert_eq!(rebuilt, plan);
     assert_eq!(s.json["nnz"].as_u64().unwrap() as usize, values.len());
 }
+
+#[test]
+fn plan_kind_chooses_the_plan_and_the_json_says_which() {
+    let dir = temp_dir("plan-kind");
+    let (a, b, cost) = golden_arrays();
+    let input = dir.join("p.npz");
+    write_problem(&input, &a, &b, &cost);
+    let args = ["--k", "2", "--gamma", "0.01"];
+    let mut s = solve_ok(&dir, &input, &args);
+    check_outputs(&mut s, 8, 6, false);
+    assert_eq!(s.json["plan_kind"], "gradient");
+    assert!(s.json["plan_gap"].is_null());
+    let lib = SparseOt::new(2, 0.01)
+        .unwrap()
+        .solve(&golden_problem())
+        .unwrap();
+    // The gradient plan's miss is on the JSON line next to the status (null when it meets the marginals).
+    assert_eq!(
+        s.json["plan_misses_marginal_by"].as_f64(),
+        lib.certified_plan_miss()
+    );
+    for (kind, lib_kind) in [
+        ("relaxed", sparse_ot::PlanKind::Relaxed),
+        ("feasible", sparse_ot::PlanKind::Feasible),
+    ] {
+        let mut with = args.to_vec();
+        with.extend_from_slice(&["--plan-kind", kind]);
+        let mut s = solve_ok(&dir, &input, &with);
+        check_outputs(&mut s, 8, 6, false);
+        let lib = SparseOt::new(2, 0.01)
+            .unwrap()
+            .plan_kind(lib_kind)
+            .solve(&golden_problem())
+            .unwrap();
+        let written = lib.plan_kind.unwrap().to_string();
+        assert_eq!(s.json["plan_kind"], written.as_str(), "{kind}");
+        assert_eq!(s.json["plan_gap"].as_f64(), lib.plan_gap, "{kind}");
+        assert!(s.json["plan_misses_marginal_by"].is_null(), "{kind}");
+        assert_eq!(
+            s.array("plan").as_slice().unwrap(),
+            lib.dense_plan().as_slice().unwrap()
+        );
+        assert!(s.scalar("marginal_error_rows") <= 1e-9, "{kind}");
+        assert!(s.stdout.contains(&format!("plan            {written}")));
+    }
+    fails(
+        &dir,
+        &input,
+        &["--solver", "sinkhorn", "--plan-kind", "relaxed"],
+        "--plan-kind",
+    );
+}

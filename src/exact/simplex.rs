@@ -71,6 +71,8 @@ pub(crate) fn solve(problem: &Problem, max_iter: usize, monitor: &Monitor) -> Re
         iterations,
         termination: end,
         gpu_work: None,
+        plan_kind: None,
+        plan_gap: None,
     })
 }
 

@@ -165,5 +165,7 @@ pub(crate) fn assemble(
         iterations,
         termination,
         gpu_work: None,
+        plan_kind: None,
+        plan_gap: None,
     }
 }

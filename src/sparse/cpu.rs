@@ -14,6 +14,7 @@ use crate::solution::{Criterion, Formulation, RanOn, Solution, Termination};
 use crate::sparse::newton;
 use crate::sparse::nonsmooth::{self, NonsmoothSettings, Smoothed};
 use crate::sparse::objective::SparseDual;
+use crate::sparse::plans::Relaxed;
 use crate::sparse::rules::{self, Outcome, PlanBuilder};
 use crate::sparse::settings::SparseOt;
 
@@ -77,8 +78,16 @@ pub(crate) fn solve_columns(
     }
     let mut dual = SparseDual::for_problem(p, k, cfg);
     if rules::k1_is_exact(cfg, p, k) {
-        let (x, termination, iterations) = k1_exact(cfg, p, &mut dual)?;
-        return Ok(solution_at(cfg, p, &mut dual, &x, termination, iterations));
+        let (x, termination, iterations, relaxed) = k1_exact(cfg, p, &mut dual)?;
+        return Ok(solution_at(
+            cfg,
+            p,
+            &mut dual,
+            &x,
+            termination,
+            iterations,
+            Some(relaxed),
+        ));
     }
     let settings = Settings {
         progress_window: progress_window(p),
@@ -127,12 +136,21 @@ pub(crate) fn solve_columns(
         (x, termination, iterations)
     };
     // L-BFGS stalls on the kinks of k < m (and on rounding for tiny γ): hand over to the nonsmooth stage.
-    let (x, termination, iterations) = if termination == Termination::Stalled && cfg.tol > 0.0 {
-        nonsmooth_stage(cfg, &mut dual, x, iterations)
-    } else {
-        (x, termination, iterations)
-    };
-    Ok(solution_at(cfg, p, &mut dual, &x, termination, iterations))
+    let (x, termination, iterations, relaxed) =
+        if termination == Termination::Stalled && cfg.tol > 0.0 {
+            nonsmooth_stage(cfg, &mut dual, x, iterations)
+        } else {
+            (x, termination, iterations, None)
+        };
+    Ok(solution_at(
+        cfg,
+        p,
+        &mut dual,
+        &x,
+        termination,
+        iterations,
+        relaxed,
+    ))
 }
 
 /// Whether the dual is maximised through its β-eliminated form. For fixed α, D_k(α, ·) is maximised in closed
@@ -174,21 +192,22 @@ pub(crate) fn continue_after_stall(
     iterations: usize,
 ) -> Solution {
     let mut dual = SparseDual::for_problem(p, k, cfg);
-    let (x, termination, iterations) = nonsmooth_stage(cfg, &mut dual, x, iterations);
-    solution_at(cfg, p, &mut dual, &x, termination, iterations)
+    let (x, termination, iterations, relaxed) = nonsmooth_stage(cfg, &mut dual, x, iterations);
+    solution_at(cfg, p, &mut dual, &x, termination, iterations, relaxed)
 }
 
 /// k = 1 is unregularised OT in disguise (docs/MATH.md §2.3): S_1(α) = α·a − Σ_j b_j max_i(α_i − c_ij) + (γ/2)‖b‖²
 /// is the LP semi-dual plus a constant, so the optimal transport potential α of the network simplex is an
 /// exact maximiser, and β_j = γ b_j − max_i(α_i − c_ij) maximises the dual at that α. The exact plan P is
 /// feasible for the relaxed primal, whose objective there is at most ⟨P, C⟩ + (γ/2)‖b‖²: that certifies the
-/// gap. `iterations` counts network-simplex pivots; a warm start is not needed and not used. With
-/// `max_iter(0)` (evaluate the start point) or `tol(0)` (a fixed budget of iterations) the general path runs.
+/// gap, and P is the relaxation's optimal plan (returned as the relaxed plan). `iterations` counts
+/// network-simplex pivots; a warm start is not needed and not used. With `max_iter(0)` (evaluate the start
+/// point) or `tol(0)` (a fixed budget of iterations) the general path runs.
 fn k1_exact(
     cfg: &SparseOt,
     p: &Problem,
     dual: &mut SparseDual<'_>,
-) -> Result<(Vec<f64>, Termination, usize)> {
+) -> Result<(Vec<f64>, Termination, usize, Relaxed)> {
     let exact = ExactOt::new().monitor(cfg.monitor.quiet()).solve(p)?;
     let mut x = exact.alpha.to_vec();
     if cfg.formulation == Formulation::Dual {
@@ -215,7 +234,8 @@ fn k1_exact(
     } else {
         Termination::Stalled
     };
-    Ok((x, termination, exact.iterations))
+    let relaxed = Relaxed::from_triplets(p.n(), exact.plan.triplets(), bound);
+    Ok((x, termination, exact.iterations, relaxed))
 }
 
 /// Objective of the formulation solved at `x` (α, or (α, β)).
@@ -225,13 +245,13 @@ fn objective(dual: &mut SparseDual<'_>, x: &[f64]) -> f64 {
 }
 
 /// Runs the [nonsmooth stage](crate::sparse::nonsmooth) from the L-BFGS point and keeps the potentials with
-/// the best true objective.
+/// the best true objective, and the relaxed plan with the least objective it built.
 fn nonsmooth_stage(
     cfg: &SparseOt,
     dual: &mut SparseDual<'_>,
     x: Vec<f64>,
     iterations: usize,
-) -> (Vec<f64>, Termination, usize) {
+) -> (Vec<f64>, Termination, usize, Option<Relaxed>) {
     let m = dual.m();
     // The nonsmooth stage works on the dual (α, β); the semi-dual's β is its maximiser at α.
     let mut xd = x[..m].to_vec();
@@ -277,13 +297,13 @@ fn nonsmooth_stage(
     }
     let iterations = iterations + out.steps;
     // Any near-feasible mixed plan bounds D_k* from above; the best bound certifies the gap.
-    let bound = out
+    let relaxed = out
         .certified
-        .as_ref()
-        .map(|c| c.primal)
+        .map(|c| c.plan)
         .into_iter()
-        .chain([out.bound])
-        .fold(f64::INFINITY, f64::min);
+        .chain(out.relaxed)
+        .min_by(|x, y| x.primal.total_cmp(&y.primal));
+    let bound = relaxed.as_ref().map_or(f64::INFINITY, |r| r.primal);
     let gap = (bound - best_value).max(0.0);
     let termination = if nonsmooth::gap_certifies(gap, best_value, cfg.tol) {
         Termination::Converged(Criterion::DualityGap { gap })
@@ -294,10 +314,11 @@ fn nonsmooth_stage(
     } else {
         Termination::Stalled
     };
-    (best, termination, iterations)
+    (best, termination, iterations, relaxed)
 }
 
-/// The column problem's solution at potentials `x`: plan, value recomputed at `x`, metrics.
+/// The column problem's solution at potentials `x`: plan (of the kind asked for; `relaxed` is the
+/// relaxation's plan when the solve built one), value recomputed at `x`, metrics.
 pub(crate) fn solution_at(
     cfg: &SparseOt,
     p: &Problem,
@@ -305,6 +326,7 @@ pub(crate) fn solution_at(
     x: &[f64],
     termination: Termination,
     iterations: usize,
+    relaxed: Option<Relaxed>,
 ) -> Solution {
     let (m, n) = (p.m(), p.n());
     let mut grad = vec![0.0; x.len()];
@@ -324,6 +346,7 @@ pub(crate) fn solution_at(
         iterations,
         termination,
         device: RanOn::Cpu,
+        relaxed,
     };
     rules::solution(cfg, p, plan, out)
 }

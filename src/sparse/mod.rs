@@ -20,6 +20,7 @@ pub(crate) mod gpu;
 mod newton;
 mod nonsmooth;
 mod objective;
+mod plans;
 pub(crate) mod rules;
 pub(crate) mod settings;
 mod working_set;

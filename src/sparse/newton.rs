@@ -16,6 +16,46 @@
 
 use crate::sparse::objective::SparseDual;
 
+/// A concave piecewise-quadratic semi-dual of quadratic OT over α (column marginals exact by construction):
+/// the quadratic solver's (k ≥ m), or one restricted to a support (`sparse::plans`).
+pub(crate) trait PiecewiseQuadratic {
+    /// Rows (the length of α).
+    fn m(&self) -> usize;
+    /// γ.
+    fn gamma(&self) -> f64;
+    /// S(α), and its gradient a − T1 into `grad`.
+    fn value_and_gradient(&mut self, alpha: &[f64], grad: &mut [f64]) -> f64;
+    /// Each column's support {i : t_ij > 0} at α.
+    fn supports(&mut self, alpha: &[f64]) -> Vec<Vec<usize>>;
+}
+
+impl PiecewiseQuadratic for SparseDual<'_> {
+    fn m(&self) -> usize {
+        SparseDual::m(self)
+    }
+
+    fn gamma(&self) -> f64 {
+        self.gamma
+    }
+
+    fn value_and_gradient(&mut self, alpha: &[f64], grad: &mut [f64]) -> f64 {
+        SparseDual::value_and_gradient(self, alpha, grad)
+    }
+
+    fn supports(&mut self, alpha: &[f64]) -> Vec<Vec<usize>> {
+        let mut out = vec![Vec::new(); self.n()];
+        self.for_each_column(alpha, None, |j, rows, values, _| {
+            out[j] = rows
+                .iter()
+                .zip(values)
+                .filter(|(_, v)| *v > 0.0)
+                .map(|(&i, _)| i)
+                .collect();
+        });
+        out
+    }
+}
+
 /// Newton steps at most.
 const MAX_STEPS: usize = 100;
 /// Conjugate-gradient iterations per step at most, and their relative residual.
@@ -36,15 +76,15 @@ pub(crate) struct NewtonOutcome {
 }
 
 /// Runs the Newton stage from α = `x` until max |∇S| ≤ `tol`, `budget` steps (capped at 100) or no ascent.
-/// `dual` must be the semi-dual with k ≥ m.
+/// A [`SparseDual`] must be the semi-dual with k ≥ m.
 pub(crate) fn run(
-    dual: &mut SparseDual<'_>,
+    dual: &mut impl PiecewiseQuadratic,
     x: Vec<f64>,
     tol: f64,
     budget: usize,
 ) -> NewtonOutcome {
     let m = dual.m();
-    let gamma = dual.gamma;
+    let gamma = dual.gamma();
     let mut alpha = x;
     let mut grad = vec![0.0; m];
     let mut value = dual.value_and_gradient(&alpha, &mut grad);
@@ -55,7 +95,7 @@ pub(crate) fn run(
     let mut mu = 1e-4;
     let max_abs = |g: &[f64]| g.iter().fold(0.0f64, |x, &y| x.max(y.abs()));
     while steps < budget.min(MAX_STEPS) && max_abs(&grad) > tol {
-        let supports = supports(dual, &alpha);
+        let supports = dual.supports(&alpha);
         let mut covered = vec![false; m];
         for s in &supports {
             for &i in s {
@@ -111,20 +151,6 @@ pub(crate) fn run(
         x: alpha,
         steps,
     }
-}
-
-/// Each column's support {i : t_ij > 0} at α.
-fn supports(dual: &mut SparseDual<'_>, alpha: &[f64]) -> Vec<Vec<usize>> {
-    let mut out = vec![Vec::new(); dual.n()];
-    dual.for_each_column(alpha, None, |j, rows, values, _| {
-        out[j] = rows
-            .iter()
-            .zip(values)
-            .filter(|(_, v)| *v > 0.0)
-            .map(|(&i, _)| i)
-            .collect();
-    });
-    out
 }
 
 /// Solves A d = g for the symmetric positive definite A given by `apply`, from d = 0.

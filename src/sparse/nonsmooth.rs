@@ -47,6 +47,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 
 use crate::ops::{top_k_buffered, top_k_into};
+use crate::sparse::plans::Relaxed;
 use crate::sparse::working_set::{ColumnSet, WorkingSet, WIDTH};
 
 /// Largest number of unknowns (m + n + tie equations) for which the dense exact polish is attempted.
@@ -456,21 +457,29 @@ impl<'a> Smoothed<'a> {
             .collect()
     }
 
-    /// Upper bound on D_k* from the mixed plan T̃ = z ∘ [s]_+/γ of the last evaluation:
-    /// ⟨T̃, C⟩ + (γ/2) Σ_j Σ_i z_ij g_ij², valid when every column is a mixture of k-sparse columns (Σz over
-    /// a tie is the integer number of free slots); +∞ otherwise. T̃'s marginals are off by the last
-    /// gradient's max-norm.
-    pub(crate) fn primal_bound(&self) -> f64 {
-        if self.structure().is_none() {
-            return f64::INFINITY;
-        }
-        let mut total = 0.0;
-        for (j, col) in self.cols.iter().enumerate() {
-            for e in &col.entries {
-                total += e.z * e.g * self.cost_t[[j, e.i]] + 0.5 * self.gamma * e.z * e.g * e.g;
-            }
-        }
-        total
+    /// The mixed plan T̃ = z ∘ [s]_+/γ of the last evaluation, column by column, with its relaxed primal
+    /// objective ⟨T̃, C⟩ + (γ/2) Σ_j Σ_i z_ij g_ij², an upper bound on D_k*; `None` unless every column is a
+    /// mixture of k-sparse columns (Σz over a tie is the integer number of free slots). T̃'s marginals are
+    /// off by the last gradient's max-norm.
+    pub(crate) fn mixed_plan(&self) -> Option<Relaxed> {
+        self.structure()?;
+        let mut primal = 0.0;
+        let columns = self
+            .cols
+            .iter()
+            .enumerate()
+            .map(|(j, col)| {
+                col.entries
+                    .iter()
+                    .map(|e| {
+                        primal +=
+                            e.z * e.g * self.cost_t[[j, e.i]] + 0.5 * self.gamma * e.z * e.g * e.g;
+                        (e.i, e.z * e.g)
+                    })
+                    .collect()
+            })
+            .collect();
+        Some(Relaxed { columns, primal })
     }
 }
 
@@ -553,12 +562,12 @@ pub(crate) struct NonsmoothSettings {
     pub max_steps: usize,
 }
 
-/// A certified point: potentials and the duality gap of the exactly feasible mixed plan built from the
-/// polish's multipliers.
+/// A certified point: potentials and the exactly feasible mixed plan built from the polish's multipliers,
+/// whose relaxed objective P̃(T̃) bounds D_k* from above (P̃(T̃) − D_k(x) ≥ D_k* − D_k(x)).
 pub(crate) struct Certified {
     pub x: Vec<f64>,
-    /// P̃(T̃) − D_k(x) ≥ D_k* − D_k(x).
-    pub primal: f64,
+    /// T̃ and P̃(T̃).
+    pub plan: Relaxed,
     /// Max-norm marginal violation of T̃ (rounding of the KKT solve).
     pub plan_error: f64,
 }
@@ -569,9 +578,9 @@ pub(crate) struct NonsmoothOutcome {
     pub x: Vec<f64>,
     /// Newton steps taken (smoothing stages and polish).
     pub steps: usize,
-    /// The least upper bound on D_k* from a smoothed stage's mixed plan whose marginals were within the
-    /// tolerance ([`Smoothed::primal_bound`]); +∞ if there was none.
-    pub bound: f64,
+    /// The smoothed stage's mixed plan whose marginals were within the tolerance with the least relaxed
+    /// objective ([`Smoothed::mixed_plan`], an upper bound on D_k*), if there was one.
+    pub relaxed: Option<Relaxed>,
     /// The certified polish, when one succeeded.
     pub certified: Option<Certified>,
 }
@@ -714,7 +723,7 @@ pub(crate) fn run(
     let q_scale = sm.q_scale(&x);
     let mass_scale = sm.a.iter().chain(sm.b).fold(0.0f64, |x, &y| x.max(y));
     let mut steps = 0;
-    let mut bound = f64::INFINITY;
+    let mut relaxed: Option<Relaxed> = None;
     let mut certified = None;
     // μ from 10 q down to q·1e-10 by factors of 10; polish from μ = q on, stop once certified. A stage
     // only has to bring the next one within reach and reveal the tie structure to the polish, so stage s
@@ -750,9 +759,11 @@ pub(crate) fn run(
         }
         if r <= settings.tol {
             // The column states are those of the stage's last point: bound first, then the true value.
-            let stage_bound = sm.primal_bound();
-            bound = bound.min(stage_bound);
-            if stage_bound.is_finite() {
+            if let Some(mixed) = sm.mixed_plan() {
+                let stage_bound = mixed.primal;
+                if relaxed.as_ref().is_none_or(|r| stage_bound < r.primal) {
+                    relaxed = Some(mixed);
+                }
                 let value = sm.true_value(&x);
                 if gap_certifies(stage_bound - value, value, settings.tol) {
                     break;
@@ -775,7 +786,7 @@ pub(crate) fn run(
     NonsmoothOutcome {
         x,
         steps,
-        bound,
+        relaxed,
         certified,
     }
 }
@@ -902,6 +913,7 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
     let mut rows = vec![0.0; m];
     let mut primal = 0.0;
     let mut col_err = 0.0f64;
+    let mut columns = Vec::with_capacity(n);
     for (j, col) in plan.iter().enumerate() {
         let mut colsum = 0.0;
         for &(i, t, g) in col {
@@ -914,6 +926,7 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
             primal += t * sm.cost_t[[j, i]] + if g > 0.0 { 0.5 * gamma * t * g } else { 0.0 };
         }
         col_err = col_err.max((colsum - sm.b[j]).abs());
+        columns.push(col.iter().map(|&(i, t, _)| (i, t.max(0.0))).collect());
     }
     let row_err = rows
         .iter()
@@ -921,7 +934,7 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
         .fold(0.0f64, |e, (r, a)| e.max((r - a).abs()));
     Some(Certified {
         x: xk,
-        primal,
+        plan: Relaxed { columns, primal },
         plan_error: row_err.max(col_err),
     })
 }

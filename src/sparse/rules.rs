@@ -16,6 +16,7 @@ use crate::problem::{check_vector_finite, Problem};
 use crate::solution::{
     plan_metrics, Formulation, Lanes, Method, Plan, RanOn, Solution, SparsePlan, Termination,
 };
+use crate::sparse::plans::{self, Relaxed};
 use crate::sparse::settings::SparseOt;
 
 /// Validated numeric settings of one solve, for its column problem.
@@ -188,6 +189,20 @@ impl PlanBuilder {
         }
     }
 
+    /// Column j's entries (row, value).
+    pub(crate) fn column(&self, j: usize) -> impl Iterator<Item = (usize, f64)> + '_ {
+        let r = self.ptr[j]..self.ptr[j + 1];
+        self.indices[r.clone()]
+            .iter()
+            .copied()
+            .zip(self.values[r].iter().copied())
+    }
+
+    /// The (row, column, value) entries of the columns pushed so far.
+    pub(crate) fn triplets(&self) -> impl Iterator<Item = (usize, usize, f64)> + '_ {
+        (0..self.ptr.len() - 1).flat_map(move |j| self.column(j).map(move |(i, v)| (i, j, v)))
+    }
+
     /// Appends the next column from its (row, value) entries.
     pub(crate) fn push_column(&mut self, entries: impl IntoIterator<Item = (usize, f64)>) {
         for (i, v) in entries {
@@ -214,11 +229,25 @@ pub(crate) struct Outcome {
     pub termination: Termination,
     /// Where it ran.
     pub device: RanOn,
+    /// The relaxation's optimal plan, when the solve built one (the nonsmooth stage, the k = 1 route).
+    pub relaxed: Option<Relaxed>,
 }
 
-/// The column problem's [`Solution`]: the plan compressed by column, its transport cost and marginal errors
+/// The column problem's [`Solution`]: the plan of the kind the configuration asks for (from T(α, β), the
+/// gradient plan `plan`, see [`plans`]) compressed by column, its transport cost and marginal errors
 /// measured in f64 against the f64 problem `p`.
 pub(crate) fn solution(cfg: &SparseOt, p: &Problem, plan: PlanBuilder, out: Outcome) -> Solution {
+    let ingredients = plans::Ingredients {
+        problem: p,
+        k: cfg.k.unwrap_or(p.m()),
+        gamma: cfg.gamma,
+        alpha: out.alpha.as_slice().expect("a standard vector"),
+        value: out.value,
+        termination: out.termination,
+        tol: cfg.tol,
+        relaxed: out.relaxed,
+    };
+    let (plan, plan_kind, plan_gap) = plans::build(cfg.plan_kind, plan, ingredients);
     let PlanBuilder {
         shape,
         ptr,
@@ -241,5 +270,7 @@ pub(crate) fn solution(cfg: &SparseOt, p: &Problem, plan: PlanBuilder, out: Outc
         iterations: out.iterations,
         termination: out.termination,
         gpu_work: None,
+        plan_kind: Some(plan_kind),
+        plan_gap,
     }
 }

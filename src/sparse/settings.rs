@@ -5,7 +5,7 @@ use ndarray::Array1;
 
 use crate::error::{at_least_one, nonnegative, positive, Error, Result};
 use crate::monitor::Monitor;
-use crate::solution::{Formulation, Lanes, DEFAULT_TOL};
+use crate::solution::{Formulation, Lanes, PlanKind, DEFAULT_TOL};
 
 /// Sparsity-constrained OT (at most k nonzeros per column, or per row), and quadratic OT as the case without k.
 ///
@@ -29,6 +29,7 @@ pub struct SparseOt {
     pub(crate) warm_alpha: Option<Array1<f64>>,
     pub(crate) warm_beta: Option<Array1<f64>>,
     pub(crate) monitor: Monitor,
+    pub(crate) plan_kind: PlanKind,
 }
 
 /// Default iteration limit of the sparse and quadratic solvers.
@@ -67,6 +68,7 @@ impl SparseOt {
             warm_alpha: None,
             warm_beta: None,
             monitor: Monitor::new(),
+            plan_kind: PlanKind::Gradient,
         })
     }
 
@@ -117,6 +119,19 @@ impl SparseOt {
     pub fn warm_start(mut self, alpha: Array1<f64>, beta: Option<Array1<f64>>) -> Self {
         self.warm_alpha = Some(alpha);
         self.warm_beta = beta;
+        self
+    }
+
+    /// Which plan to return (default [`PlanKind::Gradient`], the k-sparse plan read off the potentials).
+    /// [`PlanKind::Relaxed`] returns the relaxation's optimal plan, which meets both marginals but may mix
+    /// more than k entries in a column where supports tie; [`PlanKind::Feasible`] returns a plan with at
+    /// most k nonzeros per column that meets both marginals, by solving quadratic OT on a support chosen
+    /// from the relaxed plan. Both are built on the host in f64 after the solve (on any device) and come
+    /// with [`crate::Solution::plan_gap`]; when the kind asked for cannot be built, the next one down
+    /// comes back and [`crate::Solution::plan_kind`] says which. `SparseOt::solve_buffers` (plans in GPU
+    /// buffers) returns gradient plans only and refuses the other kinds.
+    pub fn plan_kind(mut self, kind: PlanKind) -> Self {
+        self.plan_kind = kind;
         self
     }
 

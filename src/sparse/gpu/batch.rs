@@ -198,6 +198,7 @@ fn build_solution(
         device: RanOn::Gpu {
             adapter: ctx.adapter_name().to_string(),
         },
+        relaxed: None,
     };
     rules::solution(cfg, p, plan, out)
 }

@@ -23,8 +23,8 @@ use crate::lbfgs::{self, Settings, Step};
 use crate::monitor::{Monitor, Progress};
 use crate::problem::Problem;
 use crate::solution::{
-    Criterion, Formulation, GpuWork, Lanes, RanOn, Solution, Termination, DEFAULT_TOL_F32,
-    F32_STOP_FRACTION,
+    Criterion, Formulation, GpuWork, Lanes, PlanKind, RanOn, Solution, Termination,
+    DEFAULT_TOL_F32, F32_STOP_FRACTION,
 };
 use crate::sparse::rules;
 use crate::sparse::settings::SparseOt;
@@ -628,6 +628,13 @@ pub(crate) fn solve_buffers(
         return Err(Error::Unavailable {
             what: "row sparsity on GPU buffers",
             why: "pass the transposed cost and swapped marginals".into(),
+        });
+    }
+    if cfg.plan_kind != PlanKind::Gradient {
+        return Err(Error::Unavailable {
+            what: "relaxed and feasible plans on GPU buffers",
+            why: "they are built on the host from the f64 cost; solve a Problem with SparseOt::solve_on"
+                .into(),
         });
     }
     let k = rules::check_k(cfg, m, n)?;

@@ -1,0 +1,270 @@
+//! The plans a sparse solve can return ([`PlanKind`]), built on the host in f64 from the returned
+//! potentials and what the solve learnt on the way.
+//!
+//! * **Gradient**: T(α, β), column j being the k-sparse projection of column j's scores. It is what the
+//!   (semi-)dual's gradient is made of, so its row marginals are off by the gradient: within the tolerance at
+//!   a smooth optimum, possibly by a whole row's mass at a nonsmooth one.
+//! * **Relaxed**: the optimal plan of the convex relaxation, whose columns are mixtures of k-sparse columns
+//!   (the primal of D_k). At a nonsmooth optimum it mixes the supports that tie in a column, with weights
+//!   given by the exact polish's multipliers (marginals exact up to rounding) or by the smoothing stage
+//!   (marginals within the tolerance). At k = 1 it is the optimal transport plan (the exact solver's).
+//! * **Feasible**: a plan with at most k nonzeros per column that meets both marginals. A support S_j of at
+//!   most k rows is fixed per column (the relaxed plan's largest entries, then the best scores α_i − c_ij,
+//!   ties to the lower row) and quadratic OT restricted to it,
+//!
+//!   ```text
+//!   min ⟨T, C⟩ + (γ/2)‖T‖²  s.t.  T1 = a, Tᵀ1 = b, T ≥ 0, T_ij = 0 off S,
+//!   ```
+//!
+//!   is solved through its semi-dual S_S(α) = α·a − Σ_j max_{t ≥ 0, Σt = b_j, t = 0 off S_j} t·(α − c_j) −
+//!   (γ/2)‖t‖², piecewise quadratic, by the semismooth Newton method of the quadratic solver
+//!   (`sparse::newton`). When no plan on S meets the marginals, S_S is unbounded and Newton does not reach
+//!   the tolerance: the repair then fails and the next kind down is returned.
+//!
+//! Every dual value D_k(α, β) is a lower bound on the relaxed optimum, itself a lower bound on the objective
+//! of any plan with at most k nonzeros per column. So P(T) − D_k(α, β) bounds how far a relaxed or feasible
+//! plan is from its optimum: [`crate::Solution::plan_gap`].
+
+use crate::ops::{simplex_threshold, top_k_into};
+use crate::problem::Problem;
+use crate::solution::{Criterion, PlanKind, Termination, DEFAULT_TOL};
+use crate::sparse::newton::{self, PiecewiseQuadratic};
+use crate::sparse::rules::PlanBuilder;
+
+/// A plan of the convex relaxation, column by column (row, value), with its relaxed objective.
+pub(crate) struct Relaxed {
+    /// Column j's entries (row, value); values ≥ 0.
+    pub columns: Vec<Vec<(usize, f64)>>,
+    /// The relaxed primal objective, ⟨T, C⟩ + (γ/2) Σ_j Σ_i z_ij g_ij² for T = z ∘ g: an upper bound on D_k*.
+    pub primal: f64,
+}
+
+impl Relaxed {
+    /// A plan given as (row, column, value) triplets with its relaxed objective.
+    pub(crate) fn from_triplets(
+        n: usize,
+        triplets: impl Iterator<Item = (usize, usize, f64)>,
+        primal: f64,
+    ) -> Self {
+        let mut columns = vec![Vec::new(); n];
+        for (i, j, v) in triplets {
+            columns[j].push((i, v));
+        }
+        Self { columns, primal }
+    }
+}
+
+/// What the solve hands over to build the plan asked for.
+pub(crate) struct Ingredients<'a> {
+    /// The column problem.
+    pub problem: &'a Problem,
+    /// Nonzeros per column allowed.
+    pub k: usize,
+    pub gamma: f64,
+    /// The returned α (the semi-dual's and the dual's).
+    pub alpha: &'a [f64],
+    /// The objective at the returned potentials (a lower bound on every plan's objective).
+    pub value: f64,
+    pub termination: Termination,
+    /// The tolerance of the solve (the repair's too; 0, a fixed budget, repairs to [`DEFAULT_TOL`]).
+    pub tol: f64,
+    /// The relaxed plan, when the solve found one.
+    pub relaxed: Option<Relaxed>,
+}
+
+/// The plan of kind `kind` (or the next one down that can be built), its kind and its gap to the dual value
+/// (`None` for the gradient plan). `gradient` is T(α, β).
+pub(crate) fn build(
+    kind: PlanKind,
+    gradient: PlanBuilder,
+    ing: Ingredients<'_>,
+) -> (PlanBuilder, PlanKind, Option<f64>) {
+    if kind == PlanKind::Gradient {
+        return (gradient, PlanKind::Gradient, None);
+    }
+    let p = ing.problem;
+    let gap = |primal: f64| primal - ing.value;
+    // At a point that meets the marginal criterion, T(α, β) has at most k nonzeros per column and meets the
+    // marginals within the tolerance: it is a feasible plan of both problems.
+    if matches!(
+        ing.termination,
+        Termination::Converged(Criterion::MarginalError { .. })
+    ) {
+        let primal = quadratic_objective(p, ing.gamma, gradient.triplets());
+        return (gradient, kind, Some(gap(primal)));
+    }
+    let relaxed = ing.relaxed.as_ref().map(|r| {
+        let mut plan = PlanBuilder::new(p.m(), p.n());
+        for col in &r.columns {
+            plan.push_column(col.iter().copied());
+        }
+        (plan, r.primal)
+    });
+    if kind == PlanKind::Feasible {
+        let source: Vec<Vec<(usize, f64)>> = match &ing.relaxed {
+            Some(r) => r.columns.clone(),
+            None => (0..p.n()).map(|j| gradient.column(j).collect()).collect(),
+        };
+        if let Some(plan) = repair(&ing, &source) {
+            let primal = quadratic_objective(p, ing.gamma, plan.triplets());
+            return (plan, PlanKind::Feasible, Some(gap(primal)));
+        }
+    }
+    match relaxed {
+        Some((plan, primal)) => (plan, PlanKind::Relaxed, Some(gap(primal))),
+        None => (gradient, PlanKind::Gradient, None),
+    }
+}
+
+/// ⟨T, C⟩ + (γ/2)‖T‖² of a plan given as triplets.
+fn quadratic_objective(
+    p: &Problem,
+    gamma: f64,
+    triplets: impl Iterator<Item = (usize, usize, f64)>,
+) -> f64 {
+    let c = p.cost();
+    triplets
+        .map(|(i, j, t)| t * c[[i, j]] + 0.5 * gamma * t * t)
+        .sum()
+}
+
+/// The support of the repair: per column the (at most k) largest entries of `source` (ties to the lower
+/// row), then the best scores α_i − c_ij (tie rule) up to k rows.
+fn support(ing: &Ingredients<'_>, source: &[Vec<(usize, f64)>]) -> Vec<Vec<usize>> {
+    let p = ing.problem;
+    let (m, k) = (p.m(), ing.k.min(p.m()));
+    let cost = p.cost();
+    let mut scores = vec![0.0; m];
+    let mut top = Vec::with_capacity(m);
+    (0..p.n())
+        .map(|j| {
+            let mut kept: Vec<(usize, f64)> =
+                source[j].iter().copied().filter(|e| e.1 > 0.0).collect();
+            kept.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+            kept.truncate(k);
+            let mut rows: Vec<usize> = kept.into_iter().map(|e| e.0).collect();
+            if rows.len() < k {
+                for (i, s) in scores.iter_mut().enumerate() {
+                    *s = ing.alpha[i] - cost[[i, j]];
+                }
+                top_k_into(&scores, k, &mut top);
+                for &i in &top {
+                    if rows.len() == k {
+                        break;
+                    }
+                    if !rows.contains(&i) {
+                        rows.push(i);
+                    }
+                }
+            }
+            rows.sort_unstable();
+            rows
+        })
+        .collect()
+}
+
+/// Quadratic OT restricted to the repair's support, from the returned α; `None` when Newton does not meet
+/// the tolerance (no plan on the support meets the marginals, or the budget ran out).
+fn repair(ing: &Ingredients<'_>, source: &[Vec<(usize, f64)>]) -> Option<PlanBuilder> {
+    let p = ing.problem;
+    let cost = p.cost();
+    let support = support(ing, source);
+    let columns = support
+        .iter()
+        .enumerate()
+        .map(|(j, rows)| rows.iter().map(|&i| (i, cost[[i, j]])).collect())
+        .collect();
+    let mut restricted = Restricted {
+        a: p.a_slice(),
+        b: p.b_slice(),
+        gamma: ing.gamma,
+        columns,
+    };
+    let tol = if ing.tol > 0.0 { ing.tol } else { DEFAULT_TOL };
+    let out = newton::run(&mut restricted, ing.alpha.to_vec(), tol, usize::MAX);
+    // A NaN error (a blown-up iterate) fails the test as well.
+    let met = out.error <= tol && out.x.iter().all(|x| x.is_finite());
+    if !met {
+        return None;
+    }
+    let mut plan = PlanBuilder::new(p.m(), p.n());
+    let mut u = Vec::new();
+    for j in 0..p.n() {
+        plan.push_column(
+            restricted
+                .column(j, &out.x, &mut u)
+                .into_iter()
+                .map(|e| (e.0, e.1)),
+        );
+    }
+    Some(plan)
+}
+
+/// Quadratic OT's semi-dual restricted to a support: column j may use the rows of `columns[j]` only.
+struct Restricted<'a> {
+    a: &'a [f64],
+    b: &'a [f64],
+    gamma: f64,
+    /// Column j's allowed rows with their costs.
+    columns: Vec<Vec<(usize, f64)>>,
+}
+
+impl Restricted<'_> {
+    /// Column j's plan at α as (row, t_i, c_ij): t_i = [(α_i − c_ij)/γ − θ_j]_+ on the column's rows, θ_j
+    /// such that Σt = b_j. `u` is scratch.
+    fn column(
+        &self,
+        j: usize,
+        alpha: &[f64],
+        u: &mut Vec<(f64, usize, f64)>,
+    ) -> Vec<(usize, f64, f64)> {
+        u.clear();
+        u.extend(
+            self.columns[j]
+                .iter()
+                .map(|&(i, c)| ((alpha[i] - c) / self.gamma, i, c)),
+        );
+        u.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+        let (theta, _) = simplex_threshold(u.iter().map(|e| e.0), self.b[j]);
+        u.iter()
+            .map(|&(v, i, c)| (i, (v - theta).max(0.0), c))
+            .collect()
+    }
+}
+
+impl PiecewiseQuadratic for Restricted<'_> {
+    fn m(&self) -> usize {
+        self.a.len()
+    }
+
+    fn gamma(&self) -> f64 {
+        self.gamma
+    }
+
+    fn value_and_gradient(&mut self, alpha: &[f64], grad: &mut [f64]) -> f64 {
+        grad.copy_from_slice(self.a);
+        let mut value: f64 = alpha.iter().zip(self.a).map(|(x, y)| x * y).sum();
+        let mut u = Vec::new();
+        for j in 0..self.columns.len() {
+            for (i, t, c) in self.column(j, alpha, &mut u) {
+                // The column's term t·(α − c_j) − (γ/2)‖t‖².
+                value -= t * (alpha[i] - c) - 0.5 * self.gamma * t * t;
+                grad[i] -= t;
+            }
+        }
+        value
+    }
+
+    fn supports(&mut self, alpha: &[f64]) -> Vec<Vec<usize>> {
+        let mut u = Vec::new();
+        (0..self.columns.len())
+            .map(|j| {
+                self.column(j, alpha, &mut u)
+                    .into_iter()
+                    .filter(|e| e.1 > 0.0)
+                    .map(|e| e.0)
+                    .collect()
+            })
+            .collect()
+    }
+}
