@@ -265,6 +265,7 @@ fn nonsmooth_stage(
     let settings = NonsmoothSettings {
         tol: cfg.tol,
         max_steps: cfg.max_iter.saturating_sub(iterations),
+        semi_dual: cfg.formulation == Formulation::SemiDual,
     };
     let (cost_t, a, b, k, gamma) = (&dual.cost_t, dual.a, dual.b, dual.k, dual.gamma);
     let mut sm = Smoothed::new(cost_t, a, b, k, gamma);
