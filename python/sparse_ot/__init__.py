@@ -162,6 +162,10 @@ class OTResult:
         termination_kind: ``"converged"``, ``"max_iterations"``, ``"stalled"``, ``"cancelled"`` or
             ``"unverified"``.
         device: where it ran (``"cpu"`` or the GPU adapter's name).
+        plan_kind: which plan a sparse or quadratic solve returned (``"gradient"``, ``"relaxed"`` or
+            ``"feasible"``; None for sinkhorn and exact).
+        plan_gap: for a relaxed or feasible plan, its objective minus the dual value (how far from optimal
+            it can be); None otherwise.
     """
 
     plan: Any
@@ -176,6 +180,8 @@ class OTResult:
     termination: str
     termination_kind: str
     device: str
+    plan_kind: Optional[str] = None
+    plan_gap: Optional[float] = None
 
     @property
     def status(self) -> str:
@@ -216,6 +222,8 @@ def _result(d: Dict[str, Any], plan: str) -> OTResult:
         termination=d["termination"],
         termination_kind=d["termination_kind"],
         device=d["device"],
+        plan_kind=d["plan_kind"],
+        plan_gap=d["plan_gap"],
     )
 
 
@@ -423,7 +431,7 @@ bregman = SimpleNamespace(sinkhorn=sinkhorn, sinkhorn_log=sinkhorn_log, sinkhorn
 
 def solve(M: ArrayLike, a: Optional[ArrayLike] = None, b: Optional[ArrayLike] = None, *, solver: str = "sparse", k: Optional[int] = None, reg: Optional[float] = None,
           formulation: str = "semi-dual", device: str = "auto", plan: str = "dense", tol: Optional[float] = None,
-          max_iter: Optional[int] = None) -> Union[OTResult, List[OTResult]]:
+          max_iter: Optional[int] = None, plan_kind: str = "gradient") -> Union[OTResult, List[OTResult]]:
     """Solves one problem (M of shape (m, n)) or a batch (M of shape (B, m, n)).
 
     Args:
@@ -439,6 +447,11 @@ def solve(M: ArrayLike, a: Optional[ArrayLike] = None, b: Optional[ArrayLike] = 
         plan: ``"dense"`` (an (m, n) array) or ``"sparse"`` (a ``scipy.sparse.coo_array``).
         tol: the marginal tolerance (default: the solver's, which depends on the device's precision).
         max_iter: the iteration limit (default: the solver's).
+        plan_kind: sparse and quadratic solvers: ``"gradient"`` (the k-sparse plan read off the potentials;
+            at a nonsmooth optimum it can miss a row marginal), ``"relaxed"`` (the relaxation's optimal plan:
+            both marginals met, possibly more than k entries where supports tie) or ``"feasible"`` (at most k
+            per column and both marginals met, else the relaxed plan); ``result.plan_kind`` says which came
+            back and ``result.plan_gap`` its objective minus the dual value.
 
     Returns an :class:`OTResult`, or for a batch a list of them. Not converging warns
     (``ConvergenceWarning``) and is in ``result.converged`` / ``result.termination``. In a batch, a
@@ -450,7 +463,7 @@ def solve(M: ArrayLike, a: Optional[ArrayLike] = None, b: Optional[ArrayLike] = 
         raise ValueError(f'solver must be "exact", "sinkhorn", "quadratic" or "sparse", not {solver!r}')
     kw = dict(reg=None if reg is None else float(reg), k=None if k is None else int(k),
               formulation=formulation, max_iter=None if max_iter is None else int(max_iter),
-              tol=None if tol is None else float(tol), device=device)
+              tol=None if tol is None else float(tol), device=device, plan_kind=plan_kind)
     a, b, M = _marginals(a, b, M)
     if M.ndim == 2:
         d = _solve_one(a, b, M, solver, **kw)

@@ -10,7 +10,8 @@ __version__: str
 # A solution dict: "shape" (m, n); "plan" (dense float64 m x n) or "plan_rows", "plan_cols" (int64) and
 # "plan_values" (float64) for a sparse plan; "alpha", "beta" (float64); "value", "transport_cost",
 # "marginal_error_rows", "marginal_error_cols" (float); "iterations" (int); "converged" (bool);
-# "termination", "termination_kind", "device" (str).
+# "termination", "termination_kind", "device" (str); "plan_kind" (str: "gradient", "relaxed" or "feasible"; None
+# for sinkhorn and exact) and "plan_gap" (float or None: the plan's objective minus the dual value).
 Solution = Dict[str, Any]
 
 def solve(
@@ -24,6 +25,7 @@ def solve(
     max_iter: Optional[int] = None,
     tol: Optional[float] = None,
     device: str = "auto",
+    plan_kind: str = "gradient",
 ) -> Solution: ...
 def solve_batch(
     a: npt.NDArray[Union[np.float64, np.float32]],
@@ -36,6 +38,7 @@ def solve_batch(
     max_iter: Optional[int] = None,
     tol: Optional[float] = None,
     device: str = "auto",
+    plan_kind: str = "gradient",
 ) -> List[Union[Solution, Exception]]: ...
 def route(
     logits: npt.NDArray[Union[np.float64, np.float32]],

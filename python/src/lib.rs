@@ -27,8 +27,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use sparse_ot::{
-    pairwise, Batch, Device, Error, ExactOt, Formulation, GroundCost, Plan, Problem, Router,
-    RouterSolver, Routing, Scalar, Sinkhorn, Solution, SparseOt, Termination,
+    pairwise, Batch, Device, Error, ExactOt, Formulation, GroundCost, Plan, PlanKind, Problem,
+    Router, RouterSolver, Routing, Scalar, Sinkhorn, Solution, SparseOt, Termination,
 };
 
 /// The crate's error as the Python exception it stands for.
@@ -81,7 +81,23 @@ impl Config {
         formulation: &str,
         max_iter: Option<usize>,
         tol: Option<f64>,
+        plan_kind: &str,
     ) -> PyResult<Self> {
+        let plan_kind = match plan_kind {
+            "gradient" => PlanKind::Gradient,
+            "relaxed" => PlanKind::Relaxed,
+            "feasible" => PlanKind::Feasible,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "plan_kind must be \"gradient\", \"relaxed\" or \"feasible\", not {other:?}"
+                )))
+            }
+        };
+        if plan_kind != PlanKind::Gradient && !matches!(solver, "quadratic" | "sparse") {
+            return Err(PyValueError::new_err(format!(
+                "plan_kind applies to the sparse and quadratic solvers, not {solver:?}"
+            )));
+        }
         let reg = |what: &str| {
             reg.ok_or_else(|| {
                 PyValueError::new_err(format!("{what} needs reg (the regularisation)"))
@@ -125,7 +141,8 @@ impl Config {
                     SparseOt::quadratic(gamma)
                 }
                 .map_err(to_py)?
-                .formulation(formulation);
+                .formulation(formulation)
+                .plan_kind(plan_kind);
                 if let Some(t) = tol {
                     s = s.tol(t).map_err(to_py)?;
                 }
@@ -204,6 +221,8 @@ fn solution_dict<'py>(py: Python<'py>, s: Solution) -> PyResult<Bound<'py, PyDic
     d.set_item("termination", s.termination.to_string())?;
     d.set_item("termination_kind", kind(&s.termination))?;
     d.set_item("device", s.device.to_string())?;
+    d.set_item("plan_kind", s.plan_kind.map(|k| k.to_string()))?;
+    d.set_item("plan_gap", s.plan_gap)?;
     Ok(d)
 }
 
@@ -225,10 +244,10 @@ fn solve_typed<'py, T: Scalar + Element>(
 }
 
 /// `solve(a, b, cost, solver, reg=None, k=None, formulation="semi-dual", max_iter=None, tol=None,
-/// device="auto")`: one problem; `a` (m), `b` (n), `cost` (m × n), all float64 or all float32.
+/// device="auto", plan_kind="gradient")`: one problem; `a` (m), `b` (n), `cost` (m × n), all float64 or all float32.
 /// Returns a dict (see the module docs).
 #[pyfunction]
-#[pyo3(signature = (a, b, cost, solver, reg=None, k=None, formulation="semi-dual", max_iter=None, tol=None, device="auto"))]
+#[pyo3(signature = (a, b, cost, solver, reg=None, k=None, formulation="semi-dual", max_iter=None, tol=None, device="auto", plan_kind="gradient"))]
 fn solve<'py>(
     py: Python<'py>,
     a: &Bound<'py, PyAny>,
@@ -241,8 +260,9 @@ fn solve<'py>(
     max_iter: Option<usize>,
     tol: Option<f64>,
     device: &str,
+    plan_kind: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let cfg = Config::new(solver, reg, k, formulation, max_iter, tol)?;
+    let cfg = Config::new(solver, reg, k, formulation, max_iter, tol, plan_kind)?;
     let dev = self::device(device)?;
     if let (Ok(a), Ok(b), Ok(c)) = (a.extract(), b.extract(), cost.extract()) {
         return solve_typed::<f64>(py, a, b, c, &cfg, &dev);
@@ -259,7 +279,7 @@ fn solve<'py>(
 /// (B × m × n), float64 or float32; on a GPU they run as one batch. Returns a list of B entries, each a
 /// solution dict or, for an invalid problem, the `ValueError`/`RuntimeError` it raises (not raised).
 #[pyfunction]
-#[pyo3(signature = (a, b, cost, solver, reg=None, k=None, formulation="semi-dual", max_iter=None, tol=None, device="auto"))]
+#[pyo3(signature = (a, b, cost, solver, reg=None, k=None, formulation="semi-dual", max_iter=None, tol=None, device="auto", plan_kind="gradient"))]
 fn solve_batch<'py>(
     py: Python<'py>,
     a: &Bound<'py, PyAny>,
@@ -272,8 +292,9 @@ fn solve_batch<'py>(
     max_iter: Option<usize>,
     tol: Option<f64>,
     device: &str,
+    plan_kind: &str,
 ) -> PyResult<Vec<Py<PyAny>>> {
-    let cfg = Config::new(solver, reg, k, formulation, max_iter, tol)?;
+    let cfg = Config::new(solver, reg, k, formulation, max_iter, tol, plan_kind)?;
     let dev = self::device(device)?;
     let results = if let (Ok(a), Ok(b), Ok(c)) = (
         a.extract::<PyReadonlyArray2<f64>>(),

@@ -365,3 +365,31 @@ def test_dist_matches_pot():
         ot_fast.dist(np.where(x > 2, np.nan, x), y)
     with pytest.raises(ValueError, match="metric"):
         ot_fast.dist(x, y, metric="cosine")
+
+
+def test_plan_kinds():
+    # 60 uniform points against 45, k = 2: a nonsmooth optimum, where the plan read off the potentials
+    # misses a row marginal while the relaxed plan meets both.
+    rng = np.random.default_rng(3)
+    x, y = rng.random((60, 2)), rng.random((45, 2))
+    M = ot_fast.dist(x, y)
+    M /= M.max()
+    a, b = np.full(60, 1 / 60), np.full(45, 1 / 45)
+    grad = ot_fast.solve(M, a, b, solver="sparse", k=2, reg=0.1, device="cpu")
+    assert grad.plan_kind == "gradient" and grad.plan_gap is None
+    rel = ot_fast.solve(M, a, b, solver="sparse", k=2, reg=0.1, device="cpu", plan_kind="relaxed")
+    assert rel.converged and rel.plan_kind == "relaxed"
+    np.testing.assert_allclose(rel.plan.sum(axis=1), a, atol=1e-9)
+    np.testing.assert_allclose(rel.plan.sum(axis=0), b, atol=1e-9)
+    assert rel.plan_gap is not None and rel.plan_gap <= 1e-8
+    np.testing.assert_array_equal(rel.alpha, grad.alpha)
+    fea = ot_fast.solve(M, a, b, solver="sparse", k=3, reg=0.1, device="cpu", plan_kind="feasible")
+    assert fea.plan_kind in ("feasible", "relaxed")
+    if fea.plan_kind == "feasible":
+        assert ((fea.plan > 0).sum(axis=0) <= 3).all()
+    np.testing.assert_allclose(fea.plan.sum(axis=1), a, atol=1e-9)
+    assert ot_fast.solve(M, a, b, solver="sinkhorn", reg=0.1, device="cpu").plan_kind is None
+    with pytest.raises(ValueError, match="plan_kind"):
+        ot_fast.solve(M, a, b, solver="sinkhorn", reg=0.1, device="cpu", plan_kind="relaxed")
+    with pytest.raises(ValueError, match="plan_kind"):
+        ot_fast.solve(M, a, b, solver="sparse", k=2, reg=0.1, device="cpu", plan_kind="best")
