@@ -10,7 +10,7 @@ use crate::gpu::buffers;
 use crate::gpu::context::GpuContext;
 use crate::monitor::Monitor;
 use crate::problem::Problem;
-use crate::solution::{RanOn, Solution, Termination};
+use crate::solution::{PlanKind, RanOn, Solution, Termination};
 use crate::sparse::gpu::{read, SparseWorkspace};
 use crate::sparse::rules::{self, Outcome, PlanBuilder, Resolved};
 use crate::sparse::settings::SparseOt;
@@ -178,6 +178,15 @@ fn build_solution(
         values,
         rows,
     } = data;
+    // A run continued on the host gets the plan asked for there; this one only carries its potentials.
+    let gradient;
+    let cfg = if super::continues_on_host(cfg, r.termination) && cfg.plan_kind != PlanKind::Gradient
+    {
+        gradient = cfg.clone().plan_kind(PlanKind::Gradient);
+        &gradient
+    } else {
+        cfg
+    };
     let mut plan = PlanBuilder::new(m, n);
     for j in 0..n {
         let lane = j * k..(j + 1) * k;

@@ -518,7 +518,7 @@ fn solve_all<'p>(
     let tick = || prep.results.tick();
     // A driver that stalled with a tolerance set is continued on the CPU below; the others are done here.
     let mut lbfgs_done = |_: usize, t: Termination| {
-        if t != Termination::Stalled || cfg.tol == 0.0 {
+        if !continues_on_host(&cfg, t) {
             tick();
         }
     };
@@ -567,6 +567,12 @@ fn run_on_device(
     out
 }
 
+/// Whether a device run that ended with `t` is continued in f64 on the host ([`continue_stalled`]): a
+/// stalled run with a tolerance to reach.
+pub(super) fn continues_on_host(cfg: &SparseOt, t: Termination) -> bool {
+    t == Termination::Stalled && cfg.tol > 0.0
+}
+
 /// A solution whose f32 L-BFGS stalled is continued in f64 on the CPU from its potentials (the nonsmooth
 /// stage of the CPU pipeline), then `tick` reports it; others are returned as they are.
 fn continue_stalled(
@@ -577,7 +583,7 @@ fn continue_stalled(
     sol: Solution,
     tick: &(dyn Fn() + Sync),
 ) -> Solution {
-    if sol.termination != Termination::Stalled || cfg.tol == 0.0 {
+    if !continues_on_host(cfg, sol.termination) {
         return sol;
     }
     let mut x: Vec<f64> = sol.alpha.to_vec();
