@@ -234,7 +234,10 @@ fn k1_exact(
     } else {
         Termination::Stalled
     };
-    let relaxed = Relaxed::from_triplets(p.n(), exact.plan.triplets(), bound);
+    let relaxed = Relaxed {
+        plan: PlanBuilder::from_triplets(p.m(), p.n(), exact.plan.triplets()),
+        primal: bound,
+    };
     Ok((x, termination, exact.iterations, relaxed))
 }
 

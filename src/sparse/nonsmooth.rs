@@ -48,6 +48,7 @@ use rayon::prelude::*;
 
 use crate::ops::{delta_on, simplex_threshold, top_k_buffered, top_k_into};
 use crate::sparse::plans::Relaxed;
+use crate::sparse::rules::PlanBuilder;
 use crate::sparse::working_set::{ColumnSet, WorkingSet, WIDTH};
 
 /// Largest number of unknowns (m + n + tie equations) for which the dense exact polish is attempted.
@@ -464,22 +465,14 @@ impl<'a> Smoothed<'a> {
     pub(crate) fn mixed_plan(&self) -> Option<Relaxed> {
         self.structure()?;
         let mut primal = 0.0;
-        let columns = self
-            .cols
-            .iter()
-            .enumerate()
-            .map(|(j, col)| {
-                col.entries
-                    .iter()
-                    .map(|e| {
-                        primal +=
-                            e.z * e.g * self.cost_t[[j, e.i]] + 0.5 * self.gamma * e.z * e.g * e.g;
-                        (e.i, e.z * e.g)
-                    })
-                    .collect()
-            })
-            .collect();
-        Some(Relaxed { columns, primal })
+        let mut plan = PlanBuilder::new(self.m(), self.b.len());
+        for (j, col) in self.cols.iter().enumerate() {
+            plan.push_column(col.entries.iter().map(|e| {
+                primal += e.z * e.g * self.cost_t[[j, e.i]] + 0.5 * self.gamma * e.z * e.g * e.g;
+                (e.i, e.z * e.g)
+            }));
+        }
+        Some(Relaxed { plan, primal })
     }
 }
 
@@ -707,11 +700,10 @@ impl Smoothed<'_> {
         let mut s = vec![0.0; m];
         let mut idx = Vec::with_capacity(self.k + 1);
         for (j, c) in self.cost_t.rows().into_iter().enumerate() {
-            for ((si, &ai), &ci) in s.iter_mut().zip(&x[..m]).zip(c) {
-                *si = (ai - ci) / self.gamma;
-            }
+            let c = c.as_slice().expect("standard layout");
+            fill_scores(&mut s, &x[..m], c, 0.0, None);
             top_k_into(&s, self.k.min(m), &mut idx);
-            let (theta, _) = simplex_threshold(idx.iter().map(|&i| s[i]), self.b[j]);
+            let (theta, _) = simplex_threshold(idx.iter().map(|&i| s[i] / self.gamma), self.b[j]);
             y[m + j] = -self.gamma * theta;
         }
         y
@@ -728,13 +720,8 @@ impl Smoothed<'_> {
         let mut s = vec![0.0; m];
         let mut idx = Vec::with_capacity(self.k + 1);
         for (j, c) in self.cost_t.rows().into_iter().enumerate() {
-            fill_scores(
-                &mut s,
-                alpha,
-                c.as_slice().expect("standard layout"),
-                beta[j],
-                None,
-            );
+            let c = c.as_slice().expect("standard layout");
+            fill_scores(&mut s, alpha, c, beta[j], None);
             top_k_into(&s, self.k.min(m), &mut idx);
             value -= delta_on(&s, &idx, self.gamma);
         }
@@ -765,14 +752,15 @@ pub(crate) fn run(
 ) -> NonsmoothOutcome {
     let mut x = x0.to_vec();
     // The objective the caller maximises: D_k(α, β), or for the semi-dual S_k(α) = D_k(α, β*(α)).
-    let judge = |sm: &mut Smoothed<'_>, x: &[f64]| {
+    let judge = |sm: &Smoothed<'_>, x: &[f64]| {
         if settings.semi_dual {
             sm.exact_value(&sm.with_best_beta(x))
         } else {
             sm.exact_value(x)
         }
     };
-    let start_value = judge(sm, &x);
+    // The start's value, computed when a polish first needs it.
+    let mut start_value = None;
     let q_scale = sm.q_scale(&x);
     let mass_scale = sm.a.iter().chain(sm.b).fold(0.0f64, |x, &y| x.max(y));
     let mut steps = 0;
@@ -857,7 +845,8 @@ pub(crate) fn run(
                 if c.plan_error <= 1e-3 * settings.tol {
                     // As the caller will judge it: the least bound seen against the best point (the
                     // polished one, the stage's, or the start), by the objective solved.
-                    let value = judge(sm, &c.x).max(judge(sm, &x)).max(start_value);
+                    let start = *start_value.get_or_insert_with(|| judge(sm, x0));
+                    let value = judge(sm, &c.x).max(judge(sm, &x)).max(start);
                     let bound = relaxed
                         .as_ref()
                         .map_or(c.plan.primal, |r| r.primal.min(c.plan.primal));
@@ -1013,7 +1002,7 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
     let mut rows = vec![0.0; m];
     let mut primal = 0.0;
     let mut col_err = 0.0f64;
-    let mut columns = Vec::with_capacity(n);
+    let mut mixed = PlanBuilder::new(m, n);
     for (j, col) in plan.iter().enumerate() {
         let mut colsum = 0.0;
         for &(i, t, g) in col {
@@ -1026,7 +1015,7 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
             primal += t * sm.cost_t[[j, i]] + if g > 0.0 { 0.5 * gamma * t * g } else { 0.0 };
         }
         col_err = col_err.max((colsum - sm.b[j]).abs());
-        columns.push(col.iter().map(|&(i, t, _)| (i, t.max(0.0))).collect());
+        mixed.push_column(col.iter().map(|&(i, t, _)| (i, t)));
     }
     let row_err = rows
         .iter()
@@ -1034,7 +1023,10 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
         .fold(0.0f64, |e, (r, a)| e.max((r - a).abs()));
     Some(Certified {
         x: xk,
-        plan: Relaxed { columns, primal },
+        plan: Relaxed {
+            plan: mixed,
+            primal,
+        },
         plan_error: row_err.max(col_err),
     })
 }

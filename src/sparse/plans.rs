@@ -31,27 +31,12 @@ use crate::solution::{Criterion, PlanKind, Termination, DEFAULT_TOL};
 use crate::sparse::newton::{self, PiecewiseQuadratic};
 use crate::sparse::rules::PlanBuilder;
 
-/// A plan of the convex relaxation, column by column (row, value), with its relaxed objective.
+/// A plan of the convex relaxation with its relaxed objective.
 pub(crate) struct Relaxed {
-    /// Column j's entries (row, value); values ≥ 0.
-    pub columns: Vec<Vec<(usize, f64)>>,
+    /// The plan, column by column (strictly positive entries).
+    pub plan: PlanBuilder,
     /// The relaxed primal objective, ⟨T, C⟩ + (γ/2) Σ_j Σ_i z_ij g_ij² for T = z ∘ g: an upper bound on D_k*.
     pub primal: f64,
-}
-
-impl Relaxed {
-    /// A plan given as (row, column, value) triplets with its relaxed objective.
-    pub(crate) fn from_triplets(
-        n: usize,
-        triplets: impl Iterator<Item = (usize, usize, f64)>,
-        primal: f64,
-    ) -> Self {
-        let mut columns = vec![Vec::new(); n];
-        for (i, j, v) in triplets {
-            columns[j].push((i, v));
-        }
-        Self { columns, primal }
-    }
 }
 
 /// What the solve hands over to build the plan asked for.
@@ -93,25 +78,15 @@ pub(crate) fn build(
         let primal = quadratic_objective(p, ing.gamma, gradient.triplets());
         return (gradient, kind, Some(gap(primal)));
     }
-    let relaxed = ing.relaxed.as_ref().map(|r| {
-        let mut plan = PlanBuilder::new(p.m(), p.n());
-        for col in &r.columns {
-            plan.push_column(col.iter().copied());
-        }
-        (plan, r.primal)
-    });
     if kind == PlanKind::Feasible {
-        let source: Vec<Vec<(usize, f64)>> = match &ing.relaxed {
-            Some(r) => r.columns.clone(),
-            None => (0..p.n()).map(|j| gradient.column(j).collect()).collect(),
-        };
-        if let Some(plan) = repair(&ing, &source) {
+        let source = ing.relaxed.as_ref().map_or(&gradient, |r| &r.plan);
+        if let Some(plan) = repair(&ing, source) {
             let primal = quadratic_objective(p, ing.gamma, plan.triplets());
             return (plan, PlanKind::Feasible, Some(gap(primal)));
         }
     }
-    match relaxed {
-        Some((plan, primal)) => (plan, PlanKind::Relaxed, Some(gap(primal))),
+    match ing.relaxed {
+        Some(r) => (r.plan, PlanKind::Relaxed, Some(gap(r.primal))),
         None => (gradient, PlanKind::Gradient, None),
     }
 }
@@ -130,7 +105,7 @@ fn quadratic_objective(
 
 /// The support of the repair: per column the (at most k) largest entries of `source` (ties to the lower
 /// row), then the best scores α_i − c_ij (tie rule) up to k rows.
-fn support(ing: &Ingredients<'_>, source: &[Vec<(usize, f64)>]) -> Vec<Vec<usize>> {
+fn support(ing: &Ingredients<'_>, source: &PlanBuilder) -> Vec<Vec<usize>> {
     let p = ing.problem;
     let (m, k) = (p.m(), ing.k.min(p.m()));
     let cost = p.cost();
@@ -138,8 +113,7 @@ fn support(ing: &Ingredients<'_>, source: &[Vec<(usize, f64)>]) -> Vec<Vec<usize
     let mut top = Vec::with_capacity(m);
     (0..p.n())
         .map(|j| {
-            let mut kept: Vec<(usize, f64)> =
-                source[j].iter().copied().filter(|e| e.1 > 0.0).collect();
+            let mut kept: Vec<(usize, f64)> = source.column(j).collect();
             kept.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
             kept.truncate(k);
             let mut rows: Vec<usize> = kept.into_iter().map(|e| e.0).collect();
@@ -165,7 +139,7 @@ fn support(ing: &Ingredients<'_>, source: &[Vec<(usize, f64)>]) -> Vec<Vec<usize
 
 /// Quadratic OT restricted to the repair's support, from the returned α; `None` when Newton does not meet
 /// the tolerance (no plan on the support meets the marginals, or the budget ran out).
-fn repair(ing: &Ingredients<'_>, source: &[Vec<(usize, f64)>]) -> Option<PlanBuilder> {
+fn repair(ing: &Ingredients<'_>, source: &PlanBuilder) -> Option<PlanBuilder> {
     let p = ing.problem;
     let cost = p.cost();
     let support = support(ing, source);

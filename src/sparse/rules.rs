@@ -189,6 +189,23 @@ impl PlanBuilder {
         }
     }
 
+    /// An m × n column problem's plan from (row, column, value) triplets in any order.
+    pub(crate) fn from_triplets(
+        m: usize,
+        n: usize,
+        triplets: impl Iterator<Item = (usize, usize, f64)>,
+    ) -> Self {
+        let mut columns = vec![Vec::new(); n];
+        for (i, j, v) in triplets {
+            columns[j].push((i, v));
+        }
+        let mut plan = Self::new(m, n);
+        for col in columns {
+            plan.push_column(col);
+        }
+        plan
+    }
+
     /// Column j's entries (row, value).
     pub(crate) fn column(&self, j: usize) -> impl Iterator<Item = (usize, f64)> + '_ {
         let r = self.ptr[j]..self.ptr[j + 1];
