@@ -1380,20 +1380,7 @@ fn a_certified_plan_that_misses_a_marginal_says_why() {
 /// row error of 4e-4: the semismooth Newton stage reaches the tolerance, and the status says so truthfully.
 #[test]
 fn quadratic_with_dirichlet_masses_converges() {
-    use ndarray_npy::NpzReader;
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/dirichlet_300x200.npz"
-    );
-    let mut npz = NpzReader::new(std::fs::File::open(path).unwrap()).unwrap();
-    let x: ndarray::Array2<f64> = npz.by_name("x").unwrap();
-    let y: ndarray::Array2<f64> = npz.by_name("y").unwrap();
-    let a: ndarray::Array1<f64> = npz.by_name("a").unwrap();
-    let b: ndarray::Array1<f64> = npz.by_name("b").unwrap();
-    let mut cost = sparse_ot::pairwise(&x, &y, sparse_ot::GroundCost::SqEuclidean).unwrap();
-    let max = cost.fold(0.0f64, |m, &c| m.max(c));
-    cost /= max;
-    let p = sparse_ot::Problem::new(&a, &b, &cost).unwrap();
+    let p = data::dirichlet_problem();
     let sol = sparse_ot::SparseOt::quadratic(0.1)
         .unwrap()
         .solve(&p)

@@ -247,20 +247,7 @@ fn a_feasible_plan_at_k1_is_an_assignment() {
 /// kinds are one plan, and its gap to the dual value is within the tolerance's worth.
 #[test]
 fn quadratic_plans_coincide() {
-    use ndarray_npy::NpzReader;
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/dirichlet_300x200.npz"
-    );
-    let mut npz = NpzReader::new(std::fs::File::open(path).unwrap()).unwrap();
-    let x: ndarray::Array2<f64> = npz.by_name("x").unwrap();
-    let y: ndarray::Array2<f64> = npz.by_name("y").unwrap();
-    let a: Array1<f64> = npz.by_name("a").unwrap();
-    let b: Array1<f64> = npz.by_name("b").unwrap();
-    let mut cost = sparse_ot::pairwise(&x, &y, sparse_ot::GroundCost::SqEuclidean).unwrap();
-    let max = cost.fold(0.0f64, |m, &c| m.max(c));
-    cost /= max;
-    let p = Problem::new(&a, &b, &cost).unwrap();
+    let p = data::dirichlet_problem();
     let plans: Vec<Solution> = [PlanKind::Gradient, PlanKind::Relaxed, PlanKind::Feasible]
         .into_iter()
         .map(|kind| {

@@ -127,6 +127,25 @@ pub fn point_cloud_problem_with(m: usize, n: usize, seed: u64, scale: CostScale)
     Problem::new(a.view(), b.view(), cost.view()).expect("a valid point-cloud problem")
 }
 
+/// The stored 300 × 200 problem with Dirichlet masses (tests/data/dirichlet_300x200.npz: 5-D points uniform
+/// in the unit cube, Dirichlet(1) masses down to ~1e-5), squared distances scaled to max 1.
+pub fn dirichlet_problem() -> Problem {
+    use ndarray_npy::NpzReader;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/dirichlet_300x200.npz"
+    );
+    let mut npz = NpzReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let x: Array2<f64> = npz.by_name("x").unwrap();
+    let y: Array2<f64> = npz.by_name("y").unwrap();
+    let a: Array1<f64> = npz.by_name("a").unwrap();
+    let b: Array1<f64> = npz.by_name("b").unwrap();
+    let mut cost = sparse_ot::pairwise(&x, &y, sparse_ot::GroundCost::SqEuclidean).unwrap();
+    let max = cost.fold(0.0f64, |m, &c| m.max(c));
+    cost /= max;
+    Problem::new(&a, &b, &cost).expect("the stored Dirichlet problem is valid")
+}
+
 /// Router logits, g groups × s tokens × e experts, uniform in [-2, 2).
 pub fn logits(g: usize, s: usize, e: usize, seed: u64) -> Array3<f64> {
     let mut rng = Rng::new(seed);
