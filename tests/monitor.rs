@@ -20,8 +20,8 @@ fn cancelled() -> Monitor {
     m
 }
 
-/// A single solve reports its steps (the start point, then one per accepted L-BFGS iteration) with
-/// increasing iteration counts up to the total, and no `Finished` event.
+/// A single solve reports its steps (the start point, then one per accepted L-BFGS iteration or Newton
+/// step) with increasing iteration counts up to the total, and no `Finished` event.
 #[test]
 fn single_solves_report_their_steps() {
     let (monitor, steps) = monitor_common::step_recorder();
@@ -33,7 +33,13 @@ fn single_solves_report_their_steps() {
         .solve(&p)
         .unwrap();
     let steps = steps.lock().unwrap();
-    assert!(steps.iter().all(|s| s.stage == "lbfgs"), "{sol}");
+    assert!(
+        steps
+            .iter()
+            .all(|s| s.stage == "lbfgs" || s.stage == "newton"),
+        "{sol}"
+    );
+    assert_eq!(steps[0].stage, "lbfgs");
     assert_eq!(steps.len(), sol.iterations + 1, "{sol}");
     assert!(steps.iter().enumerate().all(|(i, s)| s.iteration == i));
     assert_eq!(

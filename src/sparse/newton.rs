@@ -1,5 +1,6 @@
-//! Semismooth Newton for the quadratic semi-dual (k ≥ m: no sparsity limit is active), where L-BFGS stalls
-//! on badly scaled problems (masses over many orders of magnitude).
+//! Semismooth Newton for piecewise-quadratic semi-duals: the quadratic one (k ≥ m), where L-BFGS stalls on
+//! badly scaled problems (masses over many orders of magnitude), and the sparse one (k < m) near an optimum
+//! that lies inside one piece, where it replaces the last hundreds of L-BFGS iterations by a few steps.
 //!
 //! S(α) = α·a − Σ_j max_{t ≥ 0, Σt = b_j} t·(α − c_j) − (γ/2)‖t‖² is concave and piecewise quadratic: on the
 //! region where every column's support S_j is fixed, column j's plan is t = (α − c_j)/γ − θ_j on S_j with θ_j
@@ -8,11 +9,14 @@
 //!
 //! H = (1/γ) Σ_j (D_{S_j} − 1_{S_j} 1_{S_j}ᵀ / |S_j|),
 //!
-//! positive semidefinite, a sum over the plan's nonzeros (cheap to apply). Each step solves (H + R) d = ∇S by
-//! conjugate gradients, R = 1/γ on rows no column supports (the scale at which such a row enters a support)
-//! and μ/γ on the others (Levenberg–Marquardt: H is flat along the constants of each group of rows and
-//! columns its supports connect), then backtracks (Armijo) on S itself. Once the supports are right and μ
-//! has shrunk, a step lands on the maximiser of that piece, so the marginals go to rounding in a few steps.
+//! positive semidefinite, a sum over the plan's nonzeros (cheap to apply). The same formula holds for k < m
+//! on each piece where the top-k selections do not change: there the selection only restricts which rows
+//! S_j may hold. Each step solves (H + R) d = ∇S by conjugate gradients preconditioned with the diagonal,
+//! R = 1/γ on rows no column supports (the scale at which such a row enters a support) and μ/γ on the others
+//! (Levenberg–Marquardt: H is flat along the constants of each group of rows and columns its supports
+//! connect), to a relative residual of 1e-6 (an inexact step: the line search and the next step absorb the
+//! rest), then backtracks (Armijo) on S itself. Once the supports are right and μ has shrunk, a step lands
+//! on the maximiser of that piece, so the marginals go to rounding in a few steps.
 
 use crate::sparse::objective::SparseDual;
 
@@ -39,10 +43,13 @@ impl PiecewiseQuadratic for SparseDual<'_> {
     }
 
     fn value_and_gradient(&mut self, alpha: &[f64], grad: &mut [f64]) -> f64 {
-        SparseDual::value_and_gradient(self, alpha, grad)
+        self.value_gradient_supports(alpha, grad)
     }
 
     fn supports(&mut self, alpha: &[f64]) -> Vec<Vec<usize>> {
+        if let Some(out) = self.recorded_supports(alpha) {
+            return out;
+        }
         let mut out = vec![Vec::new(); self.n()];
         self.for_each_column(alpha, None, |j, rows, values, _| {
             out[j] = rows
@@ -60,7 +67,7 @@ impl PiecewiseQuadratic for SparseDual<'_> {
 const MAX_STEPS: usize = 100;
 /// Conjugate-gradient iterations per step at most, and their relative residual.
 const CG_ITERATIONS: usize = 500;
-const CG_TOL: f64 = 1e-12;
+const CG_TOL: f64 = 1e-6;
 /// Armijo constant and halvings of the line search.
 const ARMIJO: f64 = 1e-4;
 const HALVINGS: usize = 40;
@@ -75,13 +82,15 @@ pub(crate) struct NewtonOutcome {
     pub steps: usize,
 }
 
-/// Runs the Newton stage from α = `x` until max |∇S| ≤ `tol`, `budget` steps (capped at 100) or no ascent.
-/// A [`SparseDual`] must be the semi-dual with k ≥ m.
+/// Runs the Newton stage from α = `x` until max |∇S| ≤ `tol`, `budget` steps (capped at 100) or no ascent;
+/// `observe(step, value, error)` sees each accepted step (numbered from 1). A [`SparseDual`] must be the
+/// semi-dual.
 pub(crate) fn run(
     dual: &mut impl PiecewiseQuadratic,
     x: Vec<f64>,
     tol: f64,
     budget: usize,
+    mut observe: impl FnMut(usize, f64, f64),
 ) -> NewtonOutcome {
     let m = dual.m();
     let gamma = dual.gamma();
@@ -89,8 +98,9 @@ pub(crate) fn run(
     let mut grad = vec![0.0; m];
     let mut value = dual.value_and_gradient(&alpha, &mut grad);
     let mut steps = 0;
-    // Levenberg–Marquardt damping of H's flat directions (relative to 1/γ): shrunk after a full step,
-    // grown after a cut one, so that a component whose rows and columns carry different masses moves by a
+    // Levenberg–Marquardt damping of H's flat directions (relative to 1/γ): shrunk after a full step, kept
+    // after one cut at most twice, grown after one cut more (growing it after every cut step made it cycle
+    // between two values, each step half as long as the model asked), so that a component whose rows and columns carry different masses moves by a
     // step its supports can follow rather than along H's null space.
     let mut mu = 1e-4;
     let max_abs = |g: &[f64]| g.iter().fold(0.0f64, |x, &y| x.max(y.abs()));
@@ -113,7 +123,18 @@ pub(crate) fn run(
                 }
             }
         };
-        let d = conjugate_gradients(&apply, &grad);
+        // Jacobi preconditioner: the diagonal of H + R.
+        let mut diag: Vec<f64> = covered
+            .iter()
+            .map(|&c| if c { mu / gamma } else { 1.0 / gamma })
+            .collect();
+        for s in &supports {
+            let w = (1.0 - 1.0 / s.len() as f64) / gamma;
+            for &i in s {
+                diag[i] += w;
+            }
+        }
+        let d = conjugate_gradients(&apply, &diag, &grad);
         let slope: f64 = d.iter().zip(&grad).map(|(x, y)| x * y).sum();
         if slope.is_nan() || slope <= 0.0 {
             break;
@@ -139,12 +160,15 @@ pub(crate) fn run(
         }
         mu = if tau == 1.0 {
             (mu * 0.1).max(1e-12)
+        } else if tau >= 0.25 {
+            mu
         } else {
             (mu * 10.0).min(1.0)
         };
         std::mem::swap(&mut alpha, &mut trial);
         std::mem::swap(&mut grad, &mut trial_grad);
         steps += 1;
+        observe(steps, value, max_abs(&grad));
     }
     NewtonOutcome {
         error: max_abs(&grad),
@@ -153,18 +177,21 @@ pub(crate) fn run(
     }
 }
 
-/// Solves A d = g for the symmetric positive definite A given by `apply`, from d = 0.
-fn conjugate_gradients(apply: &dyn Fn(&[f64], &mut [f64]), g: &[f64]) -> Vec<f64> {
+/// Solves A d = g for the symmetric positive definite A given by `apply`, from d = 0, by conjugate gradients
+/// preconditioned with A's diagonal `diag` (positive), until ‖r‖ ≤ CG_TOL ‖g‖.
+fn conjugate_gradients(apply: &dyn Fn(&[f64], &mut [f64]), diag: &[f64], g: &[f64]) -> Vec<f64> {
     let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
     let n = g.len();
     let mut d = vec![0.0; n];
     let mut r = g.to_vec();
-    let mut p = r.clone();
+    let mut z: Vec<f64> = r.iter().zip(diag).map(|(ri, di)| ri / di).collect();
+    let mut p = z.clone();
     let mut ap = vec![0.0; n];
+    let mut rz = dot(&r, &z);
     let mut rr = dot(&r, &r);
     let stop = CG_TOL * CG_TOL * rr;
     for _ in 0..CG_ITERATIONS {
-        if rr <= stop || rr == 0.0 {
+        if rr <= stop || rz == 0.0 {
             break;
         }
         apply(&p, &mut ap);
@@ -172,17 +199,21 @@ fn conjugate_gradients(apply: &dyn Fn(&[f64], &mut [f64]), g: &[f64]) -> Vec<f64
         if pap.is_nan() || pap <= 0.0 {
             break;
         }
-        let step = rr / pap;
+        let step = rz / pap;
         for ((di, ri), (&pi, &api)) in d.iter_mut().zip(r.iter_mut()).zip(p.iter().zip(&ap)) {
             *di += step * pi;
             *ri -= step * api;
         }
-        let rr_new = dot(&r, &r);
-        let beta = rr_new / rr;
-        for (pi, &ri) in p.iter_mut().zip(&r) {
-            *pi = ri + beta * *pi;
+        for ((zi, &ri), &di) in z.iter_mut().zip(&r).zip(diag) {
+            *zi = ri / di;
         }
-        rr = rr_new;
+        let rz_new = dot(&r, &z);
+        let beta = rz_new / rz;
+        for (pi, &zi) in p.iter_mut().zip(&z) {
+            *pi = zi + beta * *pi;
+        }
+        rz = rz_new;
+        rr = dot(&r, &r);
     }
     d
 }

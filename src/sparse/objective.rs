@@ -43,6 +43,8 @@ pub(crate) struct SparseDual<'p> {
     chunks: Vec<Chunk>,
     /// Candidate rows per column for evaluations near the last ones (small k on long columns).
     working: Option<WorkingSet>,
+    /// The x at which the chunks' `support` lists were recorded ([`Self::value_gradient_supports`]).
+    recorded_at: Option<Vec<f64>>,
 }
 
 /// Per-chunk scratch and partial results.
@@ -55,6 +57,10 @@ struct Chunk {
     term: f64,
     /// Columns of the last evaluation scanned in full although a working set was there.
     fallbacks: usize,
+    /// Rows with t_ij > 0 of the chunk's columns, one after another (recorded on request only), and the end of
+    /// each column's list in it.
+    support: Vec<usize>,
+    support_end: Vec<usize>,
 }
 
 /// The read-only data of the column kernel.
@@ -184,6 +190,8 @@ impl<'p> SparseDual<'p> {
                 rowsum: vec![0.0; m],
                 term: 0.0,
                 fallbacks: 0,
+                support: Vec::new(),
+                support_end: Vec::new(),
             })
             .collect();
         let working =
@@ -197,6 +205,7 @@ impl<'p> SparseDual<'p> {
             formulation,
             chunks,
             working,
+            recorded_at: None,
         }
     }
 
@@ -241,6 +250,37 @@ impl<'p> SparseDual<'p> {
 
     /// Evaluates the objective (to maximise) at x = α (semi-dual) or x = (α, β) (dual); writes its gradient.
     pub(crate) fn value_and_gradient(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
+        self.recorded_at = None;
+        self.evaluate(x, grad, false)
+    }
+
+    /// [`Self::value_and_gradient`], recording on the way each column's support {i : t_ij > 0} at x, which
+    /// [`Self::recorded_supports`] then returns without another pass over the cost.
+    pub(crate) fn value_gradient_supports(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
+        let v = self.evaluate(x, grad, true);
+        self.recorded_at = Some(x.to_vec());
+        v
+    }
+
+    /// Each column's support as recorded by the last evaluation, if that was
+    /// [`Self::value_gradient_supports`] at exactly x.
+    pub(crate) fn recorded_supports(&self, x: &[f64]) -> Option<Vec<Vec<usize>>> {
+        let at = self.recorded_at.as_deref()?;
+        let same = at.len() == x.len() && at.iter().zip(x).all(|(p, q)| p.to_bits() == q.to_bits());
+        same.then(|| {
+            let mut out = Vec::with_capacity(self.n());
+            for ch in &self.chunks {
+                let mut start = 0;
+                for &end in &ch.support_end {
+                    out.push(ch.support[start..end].to_vec());
+                    start = end;
+                }
+            }
+            out
+        })
+    }
+
+    fn evaluate(&mut self, x: &[f64], grad: &mut [f64], record: bool) -> f64 {
         let m = self.m();
         let (alpha, beta) = x.split_at(m);
         let (ga, gb) = grad.split_at_mut(m);
@@ -271,6 +311,8 @@ impl<'p> SparseDual<'p> {
         let work = |((ch, gbc), part): ((&mut Chunk, &mut Option<&mut [f64]>), &mut Part<'_>)| {
             ch.rowsum.iter_mut().for_each(|r| *r = 0.0);
             ch.fallbacks = 0;
+            ch.support.clear();
+            ch.support_end.clear();
             let mut term = 0.0;
             for (off, j) in (ch.first..ch.first + ch.len).enumerate() {
                 let beta_j = if f == Formulation::Dual { beta[j] } else { 0.0 };
@@ -291,6 +333,9 @@ impl<'p> SparseDual<'p> {
                     let d = col.s[i] - col.shift;
                     let t = (d / gamma - col.theta).max(0.0);
                     ch.rowsum[i] += t;
+                    if record && t > 0.0 {
+                        ch.support.push(i);
+                    }
                     colsum += t;
                     sq += t * t;
                     lin += t * d;
@@ -302,6 +347,9 @@ impl<'p> SparseDual<'p> {
                 };
                 if let Some(g) = gbc.as_mut() {
                     g[off] = b[j] - colsum;
+                }
+                if record {
+                    ch.support_end.push(ch.support.len());
                 }
             }
             ch.term = term;

@@ -155,7 +155,13 @@ fn repair(ing: &Ingredients<'_>, source: &PlanBuilder) -> Option<PlanBuilder> {
         columns,
     };
     let tol = if ing.tol > 0.0 { ing.tol } else { DEFAULT_TOL };
-    let out = newton::run(&mut restricted, ing.alpha.to_vec(), tol, usize::MAX);
+    let out = newton::run(
+        &mut restricted,
+        ing.alpha.to_vec(),
+        tol,
+        usize::MAX,
+        |_, _, _| {},
+    );
     // A NaN error (a blown-up iterate) fails the test as well.
     let met = out.error <= tol && out.x.iter().all(|x| x.is_finite());
     if !met {
