@@ -4,12 +4,13 @@
 //! At potentials α the rows selected in column j are the top k of the scores s_i = α_i − c_ij (β_j shifts a
 //! column's scores alike and leaves the order). A working set keeps for every column the rows of its
 //! [`WIDTH`] largest scores at a reference point α⁰, and a bound r_j on the score α⁰_i − c_ij of every other
-//! row. At any α with drift δ = maxᵢ |αᵢ − α⁰ᵢ| a row outside the set scores at most r_j + δ. So when the
-//! k-th largest score inside the set exceeds r_j + δ, the column's top k lie in the set; as both scans visit
-//! rows by increasing index, the tie rule keeps the same rows in the same order and the column's terms are
-//! bit for bit those of a full scan. A column that fails the test is scanned in full, and its set is rebuilt
-//! from that scan (its bound then adds the drift of the point it was built at). When many columns fail, the
-//! whole set is rebuilt at the next evaluation.
+//! row. At any α with rise δ⁺ = maxᵢ (αᵢ − α⁰ᵢ)₊ a row outside the set scores at most r_j + δ⁺ (a row whose
+//! potential fell cannot score more than it did). So when the k-th largest score inside the set exceeds
+//! r_j + δ⁺, the column's top k lie in the set; as both scans visit rows by increasing index, the tie rule
+//! keeps the same rows in the same order and the column's terms are bit for bit those of a full scan. A
+//! column that fails the test is scanned in full, and its set is rebuilt from that scan: the rows outside
+//! score at most its (WIDTH + 1)-th score at α, so at α⁰ at most that plus the fall δ⁻ = maxᵢ (α⁰ᵢ − αᵢ)₊.
+//! When many columns fail, the whole set is rebuilt at the next evaluation.
 //!
 //! The test leaves a margin for rounding: scores are computed in floating point, so "at most r_j + δ" holds
 //! up to a few units in the last place of the scores.
@@ -42,15 +43,24 @@ pub(crate) struct ColumnSet<'a> {
     pub rows: &'a mut [usize],
     /// r_j.
     pub outside: &'a mut f64,
-    /// δ of this evaluation, or `None` when every column is being rebuilt (scan in full).
-    pub drift: Option<f64>,
+    /// The drift of this evaluation from α⁰, or `None` when every column is being rebuilt (scan in full).
+    pub drift: Option<Drift>,
+}
+
+/// How far an evaluation point α is from the reference α⁰, one way and the other.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Drift {
+    /// δ⁺ = maxᵢ (αᵢ − α⁰ᵢ)₊: what any row's score can have gained.
+    pub rise: f64,
+    /// δ⁻ = maxᵢ (α⁰ᵢ − αᵢ)₊: what any row's score can have lost.
+    pub fall: f64,
 }
 
 impl ColumnSet<'_> {
     /// Whether `level` (a score computed like the column's scores) is above every row outside the set:
-    /// r_j + δ + `shift` (β_j, for scores that include it) plus a rounding margin.
+    /// r_j + δ⁺ + `shift` (β_j, for scores that include it) plus a rounding margin.
     pub(crate) fn clears(&self, level: f64, shift: f64) -> bool {
-        let Some(drift) = self.drift else {
+        let Some(Drift { rise: drift, .. }) = self.drift else {
             return false;
         };
         let bound = *self.outside + drift + shift;
@@ -61,7 +71,7 @@ impl ColumnSet<'_> {
     /// Rebuilds the set from the scores `s` of the whole column at the current point; `scratch` is reused.
     pub(crate) fn rebuild(&mut self, s: &[f64], scratch: &mut Vec<usize>) {
         top_k_buffered(s, 0..s.len(), WIDTH + 1, scratch);
-        *self.outside = s[scratch[WIDTH]] + self.drift.unwrap_or(0.0);
+        *self.outside = s[scratch[WIDTH]] + self.drift.map_or(0.0, |d| d.fall);
         self.rows.copy_from_slice(&scratch[..WIDTH]);
         self.rows.sort_unstable();
     }
@@ -86,20 +96,21 @@ impl WorkingSet {
         }
     }
 
-    /// Starts an evaluation at `alpha`: δ, or `None` when the whole set is rebuilt now (α becomes α⁰).
-    pub(crate) fn begin(&mut self, alpha: &[f64]) -> Option<f64> {
+    /// Starts an evaluation at `alpha`: its drift, or `None` when the whole set is rebuilt now (α becomes α⁰).
+    pub(crate) fn begin(&mut self, alpha: &[f64]) -> Option<Drift> {
         self.rebuilding = self.stale;
         if self.stale {
             self.reference.copy_from_slice(alpha);
             self.stale = false;
             return None;
         }
-        Some(
-            alpha
-                .iter()
-                .zip(&self.reference)
-                .fold(0.0f64, |d, (x, y)| d.max((x - y).abs())),
-        )
+        let (rise, fall) = alpha
+            .iter()
+            .zip(&self.reference)
+            .fold((0.0f64, 0.0f64), |(r, f), (x, y)| {
+                (r.max(x - y), f.max(y - x))
+            });
+        Some(Drift { rise, fall })
     }
 
     /// Ends an evaluation in which `fallbacks` of the n columns were scanned in full: when more than an
@@ -138,7 +149,10 @@ mod tests {
         let mut set = ColumnSet {
             rows: &mut rows,
             outside: &mut outside,
-            drift: Some(0.25),
+            drift: Some(Drift {
+                rise: 0.25,
+                fall: 0.25,
+            }),
         };
         set.rebuild(&s, &mut Vec::new());
         let r = *set.outside;
