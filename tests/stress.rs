@@ -11,8 +11,9 @@
 //!
 //! Every sparse, quadratic and exact solve converges (a certificate or the marginal criterion at the
 //! default tolerance). Sinkhorn converges wherever ε ≥ 0.1 × the cost's scale; at ε = 1e-3 × the scale,
-//! 10 000 iterations are not always enough (its linear rate degrades as ε shrinks) and the status says
-//! so. The counts are printed.
+//! 10 000 iterations are not always enough even over-relaxed (its rate degrades as ε shrinks, and with very
+//! uneven masses the error first decays sublinearly) and the status says so: 99 of 108 converged on
+//! 2026-12-04 (91 before over-relaxation). The counts are printed.
 
 #[path = "common/data.rs"]
 mod data;

@@ -15,6 +15,8 @@
 //!   column-major copy is read only by the first g-update of each stage and by the column fallback.
 //! * **SIMD exponentials** ([`crate::sinkhorn::expsum`]): a polynomial exp that LLVM vectorises, compiled for
 //!   AVX2 + FMA when the CPU has them, in f64 or, with [`Precision::F32`], in f32 over an f32 cost copy.
+//! * **Over-relaxation** of slow last stages ([`crate::sinkhorn::overrelax`]): the updates move ω ∈ [1, 2)
+//!   times Sinkhorn's step, folded into the same sweep (ω = 1 is plain Sinkhorn).
 //! * rayon over fixed row chunks with a fixed-order reduction (results independent of the thread count);
 //!   nothing is allocated inside the iteration loop.
 
@@ -27,6 +29,7 @@ use crate::error::Result;
 use crate::points::PointLanes;
 use crate::problem::Problem;
 use crate::sinkhorn::expsum::{Kernels, Real};
+use crate::sinkhorn::overrelax::Overrelaxation;
 use crate::sinkhorn::rules::{assemble, check, epsilon_schedule, row_error, validate, Check};
 use crate::sinkhorn::settings::{Precision, Sinkhorn};
 use crate::solution::{RanOn, Solution, Termination};
@@ -245,9 +248,11 @@ impl<F: Real> Sweep<F> {
 /// The f-update over the row-major cost, fused with the column sums of the next g-update: one exponential
 /// per entry and one pass over the cost per iteration.
 ///
-/// Row i gives e_ij = exp((f_i + g_j − C_ij)/ε − shift_i) and f_i' = f_i + ε(log a_i − ln Σ_j e_ij − shift_i).
-/// The next g-update needs S_j = Σ_i exp((f_i' + g_j − C_ij)/ε) = Σ_i r_i e_ij with r_i = a_i / Σ_j e_ij, so the
-/// row's terms, still in cache, are added to the chunk's column sums. `f` holds f on entry and f' on exit.
+/// Row i gives e_ij = exp((f_i + g_j − C_ij)/ε − shift_i) and Sinkhorn's update f_i + ε u_i with
+/// u_i = log a_i − ln Σ_j e_ij − shift_i; the new f_i is f_i + ω ε u_i (ω = 1: plain Sinkhorn; see
+/// `sinkhorn::overrelax`). The next g-update needs S_j = Σ_i exp((f_i' + g_j − C_ij)/ε) = Σ_i r_i e_ij with
+/// r_i = exp(shift_i + ω u_i) (= a_i / Σ_j e_ij for ω = 1), so the row's terms, still in cache, are added to
+/// the chunk's column sums. `f` holds f on entry and the new f on exit.
 #[allow(clippy::too_many_arguments)]
 fn fused_sweep<F: Real, L: CostLanes<F>>(
     kernels: &Kernels<F>,
@@ -257,6 +262,7 @@ fn fused_sweep<F: Real, L: CostLanes<F>>(
     lanes: &L,
     log_a: &[f64],
     eps: f64,
+    omega: f64,
     sweep: &mut Sweep<F>,
 ) {
     let n = g.len();
@@ -281,8 +287,9 @@ fn fused_sweep<F: Real, L: CostLanes<F>>(
                     let w = (*fi + gs - offset) * inv;
                     let row = lanes.row(i, buf);
                     let (lse, shift) = kernels.log_sum_exp_store(g_work, row, inv, w, terms);
-                    *fi += eps * (log_a[i] - lse);
-                    *ri = (shift + log_a[i] - lse).exp();
+                    let u = log_a[i] - lse;
+                    *fi += omega * eps * u;
+                    *ri = (shift + omega * u).exp();
                     kernels.axpy(partial, *ri, terms);
                 }
             },
@@ -299,7 +306,7 @@ fn fused_sweep<F: Real, L: CostLanes<F>>(
         });
 }
 
-/// The g-update from the column sums of [`fused_sweep`]: g_j' = g_j + ε(log b_j − ln S_j). A column whose sum
+/// The g-update from the column sums of [`fused_sweep`]: g_j' = g_j + ω ε(log b_j − ln S_j). A column whose sum
 /// may have lost terms to underflow (S_j below 10¹² × the flush threshold × Σ_i r_i, which bounds the lost part)
 /// is recomputed directly from the column-major cost.
 #[allow(clippy::too_many_arguments)]
@@ -313,6 +320,7 @@ fn next_columns<F: Real, L: CostLanes<F>>(
     lanes: &L,
     log_b: &[f64],
     eps: f64,
+    omega: f64,
 ) {
     let lost = 1e12 * F::FLUSH * sweep.row_factor.iter().sum::<f64>();
     let trusted = |s: f64| s >= lost && s <= F::SAFE_HI && s > 0.0;
@@ -324,7 +332,7 @@ fn next_columns<F: Real, L: CostLanes<F>>(
     {
         *gn = gj;
         if trusted(s) {
-            *gn += eps * (lb - s.ln());
+            *gn += omega * eps * (lb - s.ln());
         } else {
             all_trusted = false;
         }
@@ -343,7 +351,7 @@ fn next_columns<F: Real, L: CostLanes<F>>(
         if !trusted(sweep.col_sums[j]) {
             let w = (*gn + fs - offset) * inv;
             let col = lanes.col(j, &mut buf);
-            *gn += eps * (log_b[j] - kernels.log_sum_exp(f_work, col, inv, w));
+            *gn += omega * eps * (log_b[j] - kernels.log_sum_exp(f_work, col, inv, w));
         }
     }
 }
@@ -371,6 +379,8 @@ pub(crate) fn iterate<F: Real, L: CostLanes<F>>(
     let mut sweep = Sweep::<F>::new(m, n);
     let mut iterations = 0;
     let mut termination = Termination::MaxIterations;
+    let every = cfg.check_every;
+    let mut relax = Overrelaxation::new();
 
     'stages: for (s, &eps) in stages.iter().enumerate() {
         let last = s + 1 == stages.len();
@@ -389,6 +399,17 @@ pub(crate) fn iterate<F: Real, L: CostLanes<F>>(
             } else {
                 half_step(&kernels, &mut g, &f, &mut f_work, cost, &log_b, eps);
             }
+            // Over-relaxation in the last stage of a solve to a tolerance; plain updates into and at a check.
+            let t = iterations + 1;
+            let relaxing = last && cfg.tol > 0.0;
+            let omega_at = |t: usize| {
+                if relaxing && !t.is_multiple_of(every) {
+                    relax.omega()
+                } else {
+                    1.0
+                }
+            };
+            let (omega_f, omega_g) = (omega_at(t), omega_at(t + 1));
             f_new.copy_from_slice(&f);
             fused_sweep(
                 &kernels,
@@ -398,6 +419,7 @@ pub(crate) fn iterate<F: Real, L: CostLanes<F>>(
                 cost,
                 &log_a,
                 eps,
+                omega_f,
                 &mut sweep,
             );
             next_columns(
@@ -410,6 +432,7 @@ pub(crate) fn iterate<F: Real, L: CostLanes<F>>(
                 cost,
                 &log_b,
                 eps,
+                omega_g,
             );
             g_next_valid = true;
             iterations += 1;
@@ -419,6 +442,9 @@ pub(crate) fn iterate<F: Real, L: CostLanes<F>>(
                     .zip(f.iter().zip(&f_new))
                     .map(|(&ai, (&fo, &fn_))| ai * (((fo - fn_) / eps).exp() - 1.0).abs())
                     .fold(0.0, f64::max);
+                if relaxing {
+                    relax.observe(err, every);
+                }
                 let decision = match check(cfg, iterations, err, last, stage_tol) {
                     // A convergence claimed by the estimate holds only if the plan's true row sums agree.
                     Check::Stop(Termination::Converged(_))
@@ -475,6 +501,7 @@ mod tests {
             &cost,
             &log_a,
             eps,
+            1.0,
             &mut sweep,
         );
         let mut expected = g.clone();
@@ -498,6 +525,7 @@ mod tests {
             &cost,
             &log_b,
             eps,
+            1.0,
         );
         check(&fused, "trusted sums");
         sweep.col_sums[1] = 0.0;
@@ -513,7 +541,77 @@ mod tests {
             &cost,
             &log_b,
             eps,
+            1.0,
         );
         check(&recomputed, "recomputed columns");
+
+        // Over-relaxed: f moves ω times Sinkhorn's step, the column sums are those of the relaxed f, and
+        // the g-update moves ω times its own step.
+        let omega = 1.5;
+        let f0 = f.clone();
+        let mut plain = f0.clone();
+        let mut relaxed = f0.clone();
+        let mut sweep = Sweep::<f64>::new(m, n);
+        fused_sweep(
+            &kernels,
+            &mut plain,
+            &g,
+            &mut g_work,
+            &cost,
+            &log_a,
+            eps,
+            1.0,
+            &mut sweep,
+        );
+        fused_sweep(
+            &kernels,
+            &mut relaxed,
+            &g,
+            &mut g_work,
+            &cost,
+            &log_a,
+            eps,
+            omega,
+            &mut sweep,
+        );
+        for i in 0..m {
+            let want = f0[i] + omega * (plain[i] - f0[i]);
+            assert!(
+                (relaxed[i] - want).abs() <= 1e-14,
+                "f[{i}] = {}, want {want}",
+                relaxed[i]
+            );
+        }
+        let mut direct = g.clone();
+        half_step(
+            &kernels,
+            &mut direct,
+            &relaxed,
+            &mut f_work,
+            &cost,
+            &log_b,
+            eps,
+        );
+        let mut got = vec![0.0; n];
+        next_columns(
+            &kernels,
+            &mut got,
+            &g,
+            &sweep,
+            &relaxed,
+            &mut f_work,
+            &cost,
+            &log_b,
+            eps,
+            omega,
+        );
+        for j in 0..n {
+            let want = g[j] + omega * (direct[j] - g[j]);
+            assert!(
+                (got[j] - want).abs() <= 1e-13,
+                "g[{j}] = {}, want {want}",
+                got[j]
+            );
+        }
     }
 }
