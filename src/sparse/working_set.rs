@@ -15,7 +15,7 @@
 //! The test leaves a margin for rounding: scores are computed in floating point, so "at most r_j + δ" holds
 //! up to a few units in the last place of the scores.
 
-use crate::ops::top_k_buffered;
+use crate::ops::{top_k_among, top_k_buffered};
 
 /// Candidate rows kept per column.
 pub(crate) const WIDTH: usize = 32;
@@ -35,6 +35,8 @@ pub(crate) struct WorkingSet {
     rebuilding: bool,
     /// Columns of the last evaluation answered from their sets.
     pub(crate) served: usize,
+    /// Columns scanned in full since the set was last rebuilt as a whole.
+    spent: usize,
 }
 
 /// What a column kernel gets for one column: its candidates and bound, and how the evaluation goes.
@@ -69,8 +71,27 @@ impl ColumnSet<'_> {
     }
 
     /// Rebuilds the set from the scores `s` of the whole column at the current point; `scratch` is reused.
+    ///
+    /// The new set is the column's top WIDTH + 1 by the tie rule. Its old rows usually still score near
+    /// the top, so the rows scoring at least a level a little below the old rows' lowest score are gathered
+    /// first (at least the WIDTH old rows pass), and the top WIDTH + 1 is selected among them when there are
+    /// enough: every row tying with the (WIDTH + 1)-th is then among them, so the selection is the one of a
+    /// scan of the whole column. Otherwise the whole column is scanned.
     pub(crate) fn rebuild(&mut self, s: &[f64], scratch: &mut Vec<usize>) {
-        top_k_buffered(s, 0..s.len(), WIDTH + 1, scratch);
+        let (lo, hi) = self
+            .rows
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &i| {
+                (lo.min(s[i]), hi.max(s[i]))
+            });
+        let level = lo - (hi - lo) / 8.0;
+        scratch.clear();
+        scratch.extend((0..s.len()).filter(|&i| s[i] >= level));
+        if scratch.len() > WIDTH {
+            top_k_among(s, WIDTH + 1, scratch);
+        } else {
+            top_k_buffered(s, 0..s.len(), WIDTH + 1, scratch);
+        }
         *self.outside = s[scratch[WIDTH]] + self.drift.map_or(0.0, |d| d.fall);
         self.rows.copy_from_slice(&scratch[..WIDTH]);
         self.rows.sort_unstable();
@@ -93,6 +114,7 @@ impl WorkingSet {
             stale: true,
             rebuilding: false,
             served: 0,
+            spent: 0,
         }
     }
 
@@ -114,11 +136,18 @@ impl WorkingSet {
     }
 
     /// Ends an evaluation in which `fallbacks` of the n columns were scanned in full: when more than an
-    /// eighth were, the next evaluation rebuilds the whole set.
+    /// eighth were, or the columns scanned in full since the last rebuild add up to half the matrix (a few
+    /// columns whose margin the drift has used up fail at every evaluation, and a rebuild at the current
+    /// point restores it for all), the next evaluation rebuilds the whole set.
     pub(crate) fn end(&mut self, fallbacks: usize) {
         let n = self.outside.len();
         self.served = if self.rebuilding { 0 } else { n - fallbacks };
-        if fallbacks * 8 > n {
+        self.spent = if self.rebuilding {
+            0
+        } else {
+            self.spent + fallbacks
+        };
+        if fallbacks * 8 > n || self.spent * 2 > n {
             self.stale = true;
         }
     }
@@ -141,6 +170,50 @@ impl WorkingSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gathered selection equals the insertion scan over the whole column, ties included, whether the
+    /// old rows are still near the top, far from it, or unset.
+    #[test]
+    fn a_rebuild_selects_what_a_whole_scan_selects() {
+        let mut state = 5u64;
+        let mut rnd = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        for trial in 0..200 {
+            let m = 40 + rnd() % 300;
+            // Coarse values: many exact ties.
+            let s: Vec<f64> = (0..m).map(|_| (rnd() % 25) as f64 * 0.5).collect();
+            let mut rows: Vec<usize> = match trial % 3 {
+                0 => vec![0; WIDTH],
+                1 => (0..WIDTH).collect(),
+                _ => {
+                    let mut r: Vec<usize> = (0..m).collect();
+                    r.sort_by(|&x, &y| s[y].total_cmp(&s[x]).then(x.cmp(&y)));
+                    let mut r: Vec<usize> = r[..WIDTH].to_vec();
+                    r.sort_unstable();
+                    r
+                }
+            };
+            let mut outside = 0.0;
+            let mut set = ColumnSet {
+                rows: &mut rows,
+                outside: &mut outside,
+                drift: None,
+            };
+            let mut got = Vec::new();
+            set.rebuild(&s, &mut got);
+            let mut want = Vec::new();
+            top_k_buffered(&s, 0..m, WIDTH + 1, &mut want);
+            assert_eq!(got, want, "trial {trial}");
+            let mut sorted = want[..WIDTH].to_vec();
+            sorted.sort_unstable();
+            assert_eq!(rows, sorted);
+            assert_eq!(outside, s[want[WIDTH]]);
+        }
+    }
 
     #[test]
     fn a_rebuilt_column_bounds_every_other_row() {
