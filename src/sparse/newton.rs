@@ -100,39 +100,46 @@ pub(crate) fn run(
     let mut steps = 0;
     // Levenberg–Marquardt damping of H's flat directions (relative to 1/γ): shrunk after a full step, kept
     // after one cut at most twice, grown after one cut more (growing it after every cut step made it cycle
-    // between two values, each step half as long as the model asked), so that a component whose rows and columns carry different masses moves by a
-    // step its supports can follow rather than along H's null space.
+    // between two values, each step half as long as the model asked), so that a component whose rows and
+    // columns carry different masses moves by a step its supports can follow rather than along H's null
+    // space.
     let mut mu = 1e-4;
     let max_abs = |g: &[f64]| g.iter().fold(0.0f64, |x, &y| x.max(y.abs()));
     while steps < budget.min(MAX_STEPS) && max_abs(&grad) > tol {
-        let supports = dual.supports(&alpha);
-        let mut covered = vec![false; m];
-        for s in &supports {
-            for &i in s {
-                covered[i] = true;
-            }
+        // The nonempty supports, one after another (CG applies H hundreds of times per step).
+        let mut rows = Vec::new();
+        let mut ends = Vec::new();
+        for s in dual.supports(&alpha).iter().filter(|s| !s.is_empty()) {
+            rows.extend_from_slice(s);
+            ends.push(rows.len());
+        }
+        let mut base = vec![1.0 / gamma; m];
+        for &i in &rows {
+            base[i] = mu / gamma;
         }
         let apply = |v: &[f64], out: &mut [f64]| {
-            for ((o, &vi), &c) in out.iter_mut().zip(v).zip(&covered) {
-                *o = vi * if c { mu / gamma } else { 1.0 / gamma };
+            for ((o, &vi), &r) in out.iter_mut().zip(v).zip(&base) {
+                *o = vi * r;
             }
-            for s in &supports {
+            let mut start = 0;
+            for &end in &ends {
+                let s = &rows[start..end];
                 let mean = s.iter().map(|&i| v[i]).sum::<f64>() / s.len() as f64;
                 for &i in s {
                     out[i] += (v[i] - mean) / gamma;
                 }
+                start = end;
             }
         };
         // Jacobi preconditioner: the diagonal of H + R.
-        let mut diag: Vec<f64> = covered
-            .iter()
-            .map(|&c| if c { mu / gamma } else { 1.0 / gamma })
-            .collect();
-        for s in &supports {
-            let w = (1.0 - 1.0 / s.len() as f64) / gamma;
-            for &i in s {
+        let mut diag = base.clone();
+        let mut start = 0;
+        for &end in &ends {
+            let w = (1.0 - 1.0 / (end - start) as f64) / gamma;
+            for &i in &rows[start..end] {
                 diag[i] += w;
             }
+            start = end;
         }
         let d = conjugate_gradients(&apply, &diag, &grad);
         let slope: f64 = d.iter().zip(&grad).map(|(x, y)| x * y).sum();
