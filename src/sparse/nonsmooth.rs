@@ -781,6 +781,7 @@ pub(crate) fn run(
     const RETREATS: usize = 3;
     const FINEST_STRIDE: f64 = 0.125;
     const WANDERED: f64 = 100.0;
+    const MET_BEFORE_DOUBLING: usize = 3;
     let pow10 = |e: f64| {
         if e.fract() == 0.0 {
             10f64.powi(e as i32)
@@ -793,6 +794,8 @@ pub(crate) fn run(
     let mut stride = 1.0f64;
     let mut anchor: (Vec<f64>, f64) = (x.clone(), level);
     let mut retreats = 0;
+    // Stages met in a row at the current stride.
+    let mut met = 0;
     loop {
         let mu = q_scale * pow10(-level);
         let budget = settings.max_steps.saturating_sub(steps);
@@ -817,6 +820,7 @@ pub(crate) fn run(
         let missed = level >= 0.0 && r > stage_tol;
         if missed && r > WANDERED * stage_tol && stride > FINEST_STRIDE {
             stride *= 0.5;
+            met = 0;
             x.clone_from(&anchor.0);
             level = anchor.1 + stride;
             continue;
@@ -868,7 +872,11 @@ pub(crate) fn run(
         }
         if !missed {
             anchor = (x.clone(), level);
-            stride = (2.0 * stride).min(1.0);
+            met += 1;
+            if met >= MET_BEFORE_DOUBLING {
+                stride = (2.0 * stride).min(1.0);
+                met = 0;
+            }
         }
         level = (level + stride).min(LAST);
     }
