@@ -89,6 +89,9 @@ on_both_devices!(sparse_dirichlet_beats_pot, |device: &Device, _tol: Tol| {
             .solve_on(&p, device)
             .unwrap();
         promise::assert_promise(&format!("{formulation:?} on {device:?}"), &p, &sol);
+        if matches!(device, Device::Cpu) {
+            assert!(sol.converged(), "{formulation:?} on the CPU\n{sol}");
+        }
         assert!(
             sol.value >= POT_DIRICHLET_K2_G1,
             "{formulation:?}: {} below POT's {POT_DIRICHLET_K2_G1}\n{sol}",
