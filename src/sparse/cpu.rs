@@ -1,6 +1,7 @@
 //! The CPU pipeline of sparsity-constrained and quadratic OT (f64): validate, maximise the (semi-)dual with
-//! L-BFGS, hand a stalled run to the nonsmooth stage, then build the sparse plan and its report at the
-//! returned potentials. k = 1 goes to the network simplex.
+//! L-BFGS (the semi-dual finished by semismooth Newton once near, [`ascend`]), hand a stalled run to the
+//! nonsmooth stage, then build the sparse plan and its report at the returned potentials. k = 1 goes to the
+//! network simplex.
 
 use ndarray::Array1;
 

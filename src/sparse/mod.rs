@@ -10,7 +10,10 @@
 //! * `rules` — what every backend shares: k and warm-start checks, the row-sparsity adaptor, the k = 1
 //!   hand-over, plan → [`Solution`];
 //! * `objective` — the CPU (semi-)dual value and gradient; `nonsmooth` — the smoothing-continuation and
-//!   exact-polish stage that certifies optima where L-BFGS stalls; `adam` — the router recipe;
+//!   exact-polish stage that certifies optima where L-BFGS stalls; `newton` — semismooth Newton on the
+//!   piecewise-quadratic semi-dual (the finish of smooth optima, the quadratic solver's stalls, the feasible
+//!   plan's restricted problem); `working_set` — the candidate rows that spare most column scans; `plans` —
+//!   the three plan kinds; `adam` — the router recipe;
 //! * `cpu` — the f64 pipeline; `gpu` — the device objective, the lockstep pipeline and batches (f32).
 
 pub(crate) mod adam;
