@@ -69,7 +69,12 @@ pub enum Event<'a> {
 type Observer = dyn Fn(&Event<'_>) + Send + Sync;
 
 /// Observes and cancels solves; cheap to clone (clones share the observer and the cancellation flag).
-/// See the [module docs](self).
+///
+/// Set once on a solver configuration, it sees every entry point of that configuration: an [`Event::Step`]
+/// after every iteration of a single solve (every marginal-error check for Sinkhorn), an
+/// [`Event::Finished`] each time one more problem of a batch (or group of a routing) has its result.
+/// [`Monitor::cancel`] stops every solve it watches at the next iteration; a stopped solve is not an error
+/// but returns its current state with [`crate::Termination::Cancelled`].
 #[derive(Clone, Default)]
 pub struct Monitor {
     observer: Option<Arc<Observer>>,

@@ -265,7 +265,7 @@ impl Router {
 
     /// Routes f32 logits that already live in a GPU buffer, without any host round trip: softmax gates, the G
     /// OT problems, the recipe's Adam steps and the routing run on the device in one submission, and the
-    /// result stays in new GPU buffers ([`GpuRouting`](GpuRouting): per group and expert, the
+    /// result stays in new GPU buffers ([`GpuRouting`]: per group and expert, the
     /// tokens it takes and their combine weights). This is the path for training loops whose router logits
     /// are on the GPU; it gives the routing of [`Router::route_on`] with the same GPU (up to f32 rounding
     /// of the gates, computed here from f32 logits).
