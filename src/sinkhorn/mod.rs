@@ -40,10 +40,10 @@ impl Sinkhorn {
 
     /// [`Self::solve_on`] without the GPU work counted (zero-mass entries call it again on the rest).
     fn run_on(&self, problem: &Problem, device: &Device) -> Result<Solution> {
-        if let Some(sol) = self.solve_without_zero_mass(problem, device) {
-            return sol;
-        }
         let target = device.target();
+        // Shift first, then remove zero masses: the plan of the full problem is assembled from potentials
+        // of the shifted problem's size (unshifted ones as large as a shift of 1e6 would lose ~1e-10 of each
+        // exponent's absolute value, far more than the tolerance once divided by a small ε).
         problem.solve_conditioned(|p, shift| {
             let mut shifted = None;
             if shift != 0.0 {
@@ -54,6 +54,9 @@ impl Sinkhorn {
                 shifted = Some(cfg);
             }
             let cfg = shifted.as_ref().unwrap_or(self);
+            if let Some(sol) = cfg.solve_without_zero_mass(p, device) {
+                return sol;
+            }
             match &target {
                 Target::Cpu => cpu::solve(cfg, p),
                 #[cfg(feature = "gpu")]
