@@ -20,6 +20,28 @@
 
 use crate::sparse::objective::SparseDual;
 
+/// Every column's support {i : t_ij > 0}, one after another: column j's rows are
+/// `rows[ends[j − 1]..ends[j]]` (from 0 for j = 0).
+#[derive(Debug, Default)]
+pub(crate) struct Supports {
+    pub rows: Vec<usize>,
+    pub ends: Vec<usize>,
+}
+
+impl Supports {
+    /// Appends the next column's support.
+    pub(crate) fn push(&mut self, rows: impl IntoIterator<Item = usize>) {
+        self.rows.extend(rows);
+        self.ends.push(self.rows.len());
+    }
+
+    /// The columns' supports in order.
+    fn columns(&self) -> impl Iterator<Item = &[usize]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(a, &b)| &self.rows[a..b])
+    }
+}
+
 /// A concave piecewise-quadratic semi-dual of quadratic OT over α (column marginals exact by construction):
 /// the quadratic solver's (k ≥ m), or one restricted to a support (`sparse::plans`).
 pub(crate) trait PiecewiseQuadratic {
@@ -30,7 +52,7 @@ pub(crate) trait PiecewiseQuadratic {
     /// S(α), and its gradient a − T1 into `grad`.
     fn value_and_gradient(&mut self, alpha: &[f64], grad: &mut [f64]) -> f64;
     /// Each column's support {i : t_ij > 0} at α.
-    fn supports(&mut self, alpha: &[f64]) -> Vec<Vec<usize>>;
+    fn supports(&mut self, alpha: &[f64]) -> Supports;
 }
 
 impl PiecewiseQuadratic for SparseDual<'_> {
@@ -46,18 +68,18 @@ impl PiecewiseQuadratic for SparseDual<'_> {
         self.value_gradient_supports(alpha, grad)
     }
 
-    fn supports(&mut self, alpha: &[f64]) -> Vec<Vec<usize>> {
+    fn supports(&mut self, alpha: &[f64]) -> Supports {
         if let Some(out) = self.recorded_supports(alpha) {
             return out;
         }
-        let mut out = vec![Vec::new(); self.n()];
-        self.for_each_column(alpha, None, |j, rows, values, _| {
-            out[j] = rows
-                .iter()
-                .zip(values)
-                .filter(|(_, v)| *v > 0.0)
-                .map(|(&i, _)| i)
-                .collect();
+        let mut out = Supports::default();
+        self.for_each_column(alpha, None, |_, rows, values, _| {
+            out.push(
+                rows.iter()
+                    .zip(values)
+                    .filter(|(_, v)| *v > 0.0)
+                    .map(|(&i, _)| i),
+            );
         });
         out
     }
@@ -106,40 +128,30 @@ pub(crate) fn run(
     let mut mu = 1e-4;
     let max_abs = |g: &[f64]| g.iter().fold(0.0f64, |x, &y| x.max(y.abs()));
     while steps < budget.min(MAX_STEPS) && max_abs(&grad) > tol {
-        // The nonempty supports, one after another (CG applies H hundreds of times per step).
-        let mut rows = Vec::new();
-        let mut ends = Vec::new();
-        for s in dual.supports(&alpha).iter().filter(|s| !s.is_empty()) {
-            rows.extend_from_slice(s);
-            ends.push(rows.len());
-        }
+        let supports = dual.supports(&alpha);
+        let columns = || supports.columns().filter(|s| !s.is_empty());
         let mut base = vec![1.0 / gamma; m];
-        for &i in &rows {
+        for &i in &supports.rows {
             base[i] = mu / gamma;
         }
         let apply = |v: &[f64], out: &mut [f64]| {
             for ((o, &vi), &r) in out.iter_mut().zip(v).zip(&base) {
                 *o = vi * r;
             }
-            let mut start = 0;
-            for &end in &ends {
-                let s = &rows[start..end];
+            for s in columns() {
                 let mean = s.iter().map(|&i| v[i]).sum::<f64>() / s.len() as f64;
                 for &i in s {
                     out[i] += (v[i] - mean) / gamma;
                 }
-                start = end;
             }
         };
         // Jacobi preconditioner: the diagonal of H + R.
         let mut diag = base.clone();
-        let mut start = 0;
-        for &end in &ends {
-            let w = (1.0 - 1.0 / (end - start) as f64) / gamma;
-            for &i in &rows[start..end] {
+        for s in columns() {
+            let w = (1.0 - 1.0 / s.len() as f64) / gamma;
+            for &i in s {
                 diag[i] += w;
             }
-            start = end;
         }
         let d = conjugate_gradients(&apply, &diag, &grad);
         let slope: f64 = d.iter().zip(&grad).map(|(x, y)| x * y).sum();

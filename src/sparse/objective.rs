@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use crate::ops::{simplex_threshold, top_k_among, top_k_buffered, top_k_into};
 use crate::problem::Problem;
 use crate::solution::Formulation;
+use crate::sparse::newton::Supports;
 use crate::sparse::settings::SparseOt;
 use crate::sparse::working_set::{ColumnSet, WorkingSet, WIDTH};
 
@@ -264,17 +265,15 @@ impl<'p> SparseDual<'p> {
 
     /// Each column's support as recorded by the last evaluation, if that was
     /// [`Self::value_gradient_supports`] at exactly x.
-    pub(crate) fn recorded_supports(&self, x: &[f64]) -> Option<Vec<Vec<usize>>> {
+    pub(crate) fn recorded_supports(&self, x: &[f64]) -> Option<Supports> {
         let at = self.recorded_at.as_deref()?;
         let same = at.len() == x.len() && at.iter().zip(x).all(|(p, q)| p.to_bits() == q.to_bits());
         same.then(|| {
-            let mut out = Vec::with_capacity(self.n());
+            let mut out = Supports::default();
             for ch in &self.chunks {
-                let mut start = 0;
-                for &end in &ch.support_end {
-                    out.push(ch.support[start..end].to_vec());
-                    start = end;
-                }
+                let offset = out.rows.len();
+                out.rows.extend_from_slice(&ch.support);
+                out.ends.extend(ch.support_end.iter().map(|e| e + offset));
             }
             out
         })

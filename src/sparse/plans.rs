@@ -28,7 +28,7 @@
 use crate::ops::{simplex_threshold, top_k_into};
 use crate::problem::Problem;
 use crate::solution::{Criterion, PlanKind, Termination, DEFAULT_TOL};
-use crate::sparse::newton::{self, PiecewiseQuadratic};
+use crate::sparse::newton::{self, PiecewiseQuadratic, Supports};
 use crate::sparse::rules::PlanBuilder;
 
 /// A plan of the convex relaxation with its relaxed objective.
@@ -235,16 +235,17 @@ impl PiecewiseQuadratic for Restricted<'_> {
         value
     }
 
-    fn supports(&mut self, alpha: &[f64]) -> Vec<Vec<usize>> {
+    fn supports(&mut self, alpha: &[f64]) -> Supports {
         let mut u = Vec::new();
-        (0..self.columns.len())
-            .map(|j| {
+        let mut out = Supports::default();
+        for j in 0..self.columns.len() {
+            out.push(
                 self.column(j, alpha, &mut u)
                     .into_iter()
                     .filter(|e| e.1 > 0.0)
-                    .map(|e| e.0)
-                    .collect()
-            })
-            .collect()
+                    .map(|e| e.0),
+            );
+        }
+        out
     }
 }
