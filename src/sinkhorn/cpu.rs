@@ -549,31 +549,25 @@ mod tests {
         // the g-update moves ω times its own step.
         let omega = 1.5;
         let f0 = f.clone();
-        let mut plain = f0.clone();
-        let mut relaxed = f0.clone();
         let mut sweep = Sweep::<f64>::new(m, n);
-        fused_sweep(
-            &kernels,
-            &mut plain,
-            &g,
-            &mut g_work,
-            &cost,
-            &log_a,
-            eps,
-            1.0,
-            &mut sweep,
-        );
-        fused_sweep(
-            &kernels,
-            &mut relaxed,
-            &g,
-            &mut g_work,
-            &cost,
-            &log_a,
-            eps,
-            omega,
-            &mut sweep,
-        );
+        let mut sweep_from_f0 = |w: f64| {
+            let mut out = f0.clone();
+            fused_sweep(
+                &kernels,
+                &mut out,
+                &g,
+                &mut g_work,
+                &cost,
+                &log_a,
+                eps,
+                w,
+                &mut sweep,
+            );
+            out
+        };
+        let plain = sweep_from_f0(1.0);
+        // Last, so that `sweep` holds the column sums of the relaxed f.
+        let relaxed = sweep_from_f0(omega);
         for i in 0..m {
             let want = f0[i] + omega * (plain[i] - f0[i]);
             assert!(

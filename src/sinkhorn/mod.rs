@@ -4,8 +4,9 @@
 //! T_ij = exp((f_i + g_j − C_ij)/ε) for the potentials (f, g) that Sinkhorn's alternating updates find.
 //! Layout of the family: `settings` (the configuration and its builders; this file holds the entry
 //! points), `rules` (the stopping check, the ε schedule, validation and the assembly of a
-//! [`Solution`] from potentials, shared by both backends), `cpu` (f64 or f32 exponentials, fused sweeps), `overrelax` (the CPU loop's acceleration of slow stages),
-//! `expsum` (the vectorised exponential sums), `gpu` (batched kernels, f32).
+//! [`Solution`] from potentials, shared by both backends), `cpu` (f64 or f32 exponentials, fused sweeps),
+//! `overrelax` (the CPU loop's acceleration of slow stages), `expsum` (the vectorised exponential sums),
+//! `gpu` (batched kernels, f32).
 
 mod cpu;
 pub(crate) mod expsum;

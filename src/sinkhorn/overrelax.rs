@@ -67,14 +67,11 @@ impl Overrelaxation {
             } else if rate.is_some_and(|r| r >= SLOW_RATE) {
                 self.omega = (self.omega + RAISE * (2.0 - self.omega)).min(OMEGA_CAP);
             }
-        }
-        if !self.decided {
-            if let (Some(r), Some(q)) = (rate, prev_rate) {
-                let steady = (r - q).abs() <= 0.1 * (1.0 - r);
-                if (SLOW_RATE..1.0).contains(&r) && steady {
-                    self.omega = (2.0 / (1.0 + (1.0 - r).sqrt())).min(OMEGA_MAX);
-                    self.decided = true;
-                }
+        } else if let (Some(r), Some(q)) = (rate, prev_rate) {
+            let steady = (r - q).abs() <= 0.1 * (1.0 - r);
+            if (SLOW_RATE..1.0).contains(&r) && steady {
+                self.omega = (2.0 / (1.0 + (1.0 - r).sqrt())).min(OMEGA_MAX);
+                self.decided = true;
             }
         }
         self.last = Some((err, rate));
