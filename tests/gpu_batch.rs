@@ -781,6 +781,37 @@ fn router_on_gpu_buffers_matches_route_on() {
         r.route_buffers(&ctx, &buf, (0, s, e)),
         Err(sparse_ot::Error::Empty { .. })
     ));
+    // Logits inside a larger buffer, at an offset of one storage alignment: the same routing as from
+    // offset 0, bit for bit; an offset off the alignment is a typed error, as is a shape that runs past
+    // the buffer's end after the offset.
+    let align = ctx.limits().min_storage_buffer_offset_alignment as usize;
+    let shifted: Vec<f32> = std::iter::repeat_n(-7.0f32, align / 4)
+        .chain(l32.iter().copied())
+        .collect();
+    let shifted_buf = gpu_common::storage_f32(&ctx, "logits at an offset", &shifted);
+    let at = r
+        .route_buffer_at(&ctx, &shifted_buf, align as u64, (g, s, e))
+        .unwrap();
+    let plain = r.route_buffers(&ctx, &buf, (g, s, e)).unwrap();
+    let n = g * e * plain.capacity;
+    assert_eq!(
+        gpu_common::read_u32(&ctx, &at.tokens, n),
+        gpu_common::read_u32(&ctx, &plain.tokens, n)
+    );
+    assert_eq!(
+        gpu_common::read_f32(&ctx, &at.combine, n),
+        gpu_common::read_f32(&ctx, &plain.combine, n)
+    );
+    if align > 4 {
+        assert!(matches!(
+            r.route_buffer_at(&ctx, &shifted_buf, 4, (g, s, e)),
+            Err(sparse_ot::Error::InvalidParameter { .. })
+        ));
+    }
+    assert!(matches!(
+        r.route_buffer_at(&ctx, &buf, align as u64, (g, s, e)),
+        Err(sparse_ot::Error::ShapeMismatch { .. })
+    ));
 }
 
 /// A device an application opened with 8 storage buffers per stage (WebGPU's default limit), below the 11

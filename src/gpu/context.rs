@@ -28,6 +28,9 @@ pub struct GpuStats {
 /// `Arc`: pipelines and workspaces are cached inside, so repeated solves of one shape neither recompile nor
 /// reallocate.
 pub struct GpuContext {
+    /// The instance and adapter the device came from, when known (created here, or adopted with
+    /// [`GpuContext::from_parts`]); another wgpu library that is handed this device may need them.
+    origin: Option<(wgpu::Instance, wgpu::Adapter)>,
     device: wgpu::Device,
     queue: wgpu::Queue,
     name: String,
@@ -102,7 +105,7 @@ impl GpuContext {
 
     /// Async version of [`GpuContext::new`].
     pub async fn new_async() -> Result<Self> {
-        let adapter = match wgpu::Backends::from_env() {
+        let (instance, adapter) = match wgpu::Backends::from_env() {
             Some(asked) => Self::request_adapter(asked).await?,
             None => match Self::request_adapter(wgpu::Backends::PRIMARY).await {
                 Ok(adapter) => adapter,
@@ -129,13 +132,7 @@ impl GpuContext {
             .map_err(|e| Error::NoAdapter {
                 why: format!("adapter {} could not open a device: {e}", info.name),
             })?;
-        let ctx = Self::build(
-            device,
-            queue,
-            info.name.clone(),
-            format!("{:?}", info.backend),
-            info.device_type == wgpu::DeviceType::Cpu,
-        );
+        let ctx = Self::from_parts(instance, adapter, device, queue);
         let errors = ctx.errors.clone();
         ctx.device
             .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -148,17 +145,19 @@ impl GpuContext {
     }
 
     /// The best adapter of `backends` (the other instance options from the `WGPU_*` variables).
-    async fn request_adapter(backends: wgpu::Backends) -> Result<wgpu::Adapter> {
+    async fn request_adapter(backends: wgpu::Backends) -> Result<(wgpu::Instance, wgpu::Adapter)> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
-        wgpu::Instance::new(desc)
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::from_env()
                     .unwrap_or(wgpu::PowerPreference::HighPerformance),
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::NoAdapter { why: e.to_string() })
+            .map_err(|e| Error::NoAdapter { why: e.to_string() })?;
+        Ok((instance, adapter))
     }
 
     /// Adopts an application's device and queue (e.g. a renderer's). `name` is reported as
@@ -166,6 +165,35 @@ impl GpuContext {
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, name: impl Into<String>) -> Self {
         // The application chose this device; it is used as it is.
         Self::build(device, queue, name.into(), "adopted".into(), false)
+    }
+
+    /// Adopts an application's whole wgpu setup: the instance and adapter as well as the device and
+    /// queue opened from them. The adapter names the context and says its backend and whether it is a
+    /// software rasteriser; [`GpuContext::origin`] hands the instance and adapter on (e.g. to Burn).
+    /// The device's own limits apply; its uncaptured-error handler is left alone.
+    pub fn from_parts(
+        instance: wgpu::Instance,
+        adapter: wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Self {
+        let info = adapter.get_info();
+        let mut ctx = Self::build(
+            device,
+            queue,
+            info.name.clone(),
+            format!("{:?}", info.backend),
+            info.device_type == wgpu::DeviceType::Cpu,
+        );
+        ctx.origin = Some((instance, adapter));
+        ctx
+    }
+
+    /// The instance and adapter the device was opened from: known for a context created by
+    /// [`GpuContext::new`] or adopted with [`GpuContext::from_parts`], `None` after
+    /// [`GpuContext::from_device`].
+    pub fn origin(&self) -> Option<(&wgpu::Instance, &wgpu::Adapter)> {
+        self.origin.as_ref().map(|(i, a)| (i, a))
     }
 
     fn build(
@@ -177,6 +205,7 @@ impl GpuContext {
     ) -> Self {
         let limits = device.limits();
         Self {
+            origin: None,
             device,
             queue,
             name,

@@ -47,7 +47,7 @@ pub(crate) fn route(
     ctx: &GpuContext,
     cfg: &SparseOt,
     adam: Adam,
-    logits: &wgpu::Buffer,
+    (logits, offset): (&wgpu::Buffer, u64),
     (g, s, e): (usize, usize, usize),
     capacity: usize,
 ) -> Result<GpuRouting> {
@@ -58,11 +58,20 @@ pub(crate) fn route(
         .iter()
         .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64))
         .unwrap_or(u64::MAX);
-    if logits.size() < needed {
+    let align = u64::from(ctx.limits().min_storage_buffer_offset_alignment);
+    if !offset.is_multiple_of(align) {
+        return Err(Error::InvalidParameter {
+            name: "logits offset",
+            value: offset as f64,
+            requirement: "a multiple of the device's min_storage_buffer_offset_alignment",
+        });
+    }
+    let available = logits.size().saturating_sub(offset);
+    if available < needed {
         return Err(Error::ShapeMismatch {
-            what: "logits buffer bytes (4 · groups · tokens · experts)",
+            what: "logits buffer bytes after the offset (4 · groups · tokens · experts)",
             expected: needed as usize,
-            found: logits.size() as usize,
+            found: available as usize,
         });
     }
     ctx.check_binding("max_storage_buffer_binding_size (logits, f32)", needed)?;
@@ -79,7 +88,7 @@ pub(crate) fn route(
     ws.dual.set_gamma(ctx, cfg.gamma);
     let out = ws
         .configure(ctx, adam, g)
-        .and_then(|()| route_in(ctx, &ws, cfg, adam, logits, (g, s, e)));
+        .and_then(|()| route_in(ctx, &ws, cfg, adam, (logits, offset), (g, s, e)));
     ctx.put_workspace(key, ws);
     out
 }
@@ -89,7 +98,7 @@ fn route_in(
     ws: &AdamWorkspace,
     cfg: &SparseOt,
     adam: Adam,
-    logits: &wgpu::Buffer,
+    (logits, offset): (&wgpu::Buffer, u64),
     (g, s, e): (usize, usize, usize),
 ) -> Result<GpuRouting> {
     let d = &ws.dual;
@@ -108,7 +117,7 @@ fn route_in(
     // The application's buffer may be larger than one binding allows: bind only the G × S × E logits.
     let logits_range = wgpu::BufferBinding {
         buffer: logits,
-        offset: 0,
+        offset,
         size: std::num::NonZeroU64::new(4 * (g * s * e) as u64),
     };
     let group = buffers::bind_ranges(

@@ -291,6 +291,22 @@ impl Router {
         logits: &wgpu::Buffer,
         shape: (usize, usize, usize),
     ) -> Result<GpuRouting> {
+        self.route_buffer_at(ctx, logits, 0, shape)
+    }
+
+    /// [`Router::route_buffers`] for logits that start `offset` bytes into `logits` (e.g. a tensor that
+    /// is a slice of a framework's pooled allocation). The offset must be a multiple of the device's
+    /// `min_storage_buffer_offset_alignment`, and the buffer must hold G × S × E f32 after it.
+    ///
+    /// Errors: as [`Router::route_buffers`], and a misaligned offset ([`Error::InvalidParameter`]).
+    #[cfg(feature = "gpu")]
+    pub fn route_buffer_at(
+        &self,
+        ctx: &crate::gpu::context::GpuContext,
+        logits: &wgpu::Buffer,
+        offset: u64,
+        shape: (usize, usize, usize),
+    ) -> Result<GpuRouting> {
         let (_, s, e) = shape;
         if self.mode != RoutingMode::ExpertsChooseTokens {
             return Err(Error::Unavailable {
@@ -315,7 +331,7 @@ impl Router {
         let cfg = self.sparse_config(s, e)?;
         let adam = crate::sparse::adam::Adam::new(learning_rate, steps)?;
         let capacity = self.capacity(s, e).min(s);
-        gpu::route(ctx, &cfg, adam, logits, shape, capacity)
+        gpu::route(ctx, &cfg, adam, (logits, offset), shape, capacity)
     }
 
     /// The column- or row-sparse solver configuration for S tokens.
