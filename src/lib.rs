@@ -53,6 +53,11 @@
 //!   Router logits already in a GPU buffer are routed without any host round trip by
 //!   [`Router::route_buffers`].
 //!
+//! * **Burn** (feature `burn`). `burn` routes Burn tensors (`burn::TensorRouter`: on a wgpu device
+//!   shared with Burn, from the logits tensor's buffer to the result's with no host round trip) and offers
+//!   a sparse mixture-of-experts layer as a Burn module (`burn::MoeLayer`), trained end to end through
+//!   its combine weights.
+//!
 //! * **Progress and cancellation.** A [`Monitor`] set once on a configuration (`.monitor(m)`) hears every
 //!   step of a single solve and every finished problem of a batch or routing, and can cancel from any
 //!   thread: the solve then returns its current state with [`Termination::Cancelled`].
@@ -74,10 +79,11 @@
 //! | `problem`, `solution`, `error`, `monitor`, `batch`, `device`, [`ops`] | what every family shares |
 //! | `cost` | [`GroundCost`] and [`pairwise`]: cost matrices from point clouds (POT's `ot.dist`) |
 //! | [`quick`] | one-call functions next to their POT equivalents (`emd`, `sinkhorn`, `quadratic`, `sparse`) |
+//! | `burn` (feature `burn`) | the router on Burn tensors, device sharing with Burn, the MoE layer module |
 //!
 //! The import rule: solver families import the shared layer, `lbfgs` and `gpu`; `lbfgs` imports `gpu`;
-//! `gpu` and the shared layer import no solver family; `moe` builds on `sparse`. Nothing imports through
-//! the crate root's re-exports.
+//! `gpu` and the shared layer import no solver family; `moe` builds on `sparse`; `burn` builds on `moe`
+//! and `gpu`. Nothing imports through the crate root's re-exports.
 //!
 //! ## Quick start
 //!
@@ -121,6 +127,8 @@
 #![deny(missing_docs)]
 
 mod batch;
+#[cfg(feature = "burn")]
+pub mod burn;
 mod cost;
 mod device;
 mod error;
