@@ -209,12 +209,12 @@ fn run(args: Args) -> Result<(), String> {
         ("ot", LayerRouting::Ot(Box::new(ot)), 0.0),
         (
             "topk",
-            LayerRouting::top_k(args.capacity_factor).map_err(err)?,
+            LayerRouting::top_k(1, args.capacity_factor).map_err(err)?,
             0.0,
         ),
         (
             "topk+aux",
-            LayerRouting::top_k(args.capacity_factor).map_err(err)?,
+            LayerRouting::top_k(1, args.capacity_factor).map_err(err)?,
             args.aux_weight,
         ),
     ];

@@ -229,7 +229,8 @@ fn bad_input_is_a_typed_error() {
         ..config
     };
     assert!(zero.init(LayerRouting::ot(1.0).unwrap(), &device).is_err());
-    assert!(LayerRouting::top_k(0.0).is_err());
+    assert!(LayerRouting::top_k(1, 0.0).is_err());
+    assert!(LayerRouting::top_k(0, 1.0).is_err());
 }
 
 /// A small layer for the gradient and capacity checks: 2 groups of 16 tokens, 4 experts.
@@ -263,7 +264,7 @@ fn the_layer_respects_capacity_and_drops_only_unrouted_tokens() {
     let device = Device::flex();
     for routing in [
         LayerRouting::ot(1.0).unwrap(),
-        LayerRouting::top_k(1.0).unwrap(),
+        LayerRouting::top_k(1, 1.0).unwrap(),
     ] {
         let (layer, x, _) = layer_and_input(routing, &device);
         let out = layer.forward(x).unwrap();

@@ -38,9 +38,11 @@ impl Expert {
 pub enum LayerRouting {
     /// The OT router (its configuration and path: see [`TensorRouter`]).
     Ot(Box<TensorRouter>),
-    /// Greedy top-1 under a capacity of ⌈S · `capacity_factor` / E⌉ tokens per expert (on the host;
+    /// Greedy top-k under a capacity of ⌈k · S · `capacity_factor` / E⌉ tokens per expert (on the host;
     /// see [`greedy_top_k`]). The load-balancing loss is computed either way; use it or not.
     TopK {
+        /// Experts per token k (1 ≤ k ≤ E).
+        experts_per_token: usize,
         /// Capacity factor (> 0).
         capacity_factor: f64,
     },
@@ -55,9 +57,11 @@ impl LayerRouting {
         ))))
     }
 
-    /// Greedy top-1 with `capacity_factor`. Errors: a factor that is not finite and > 0.
-    pub fn top_k(capacity_factor: f64) -> Result<Self> {
+    /// Greedy top-k with `capacity_factor`. Errors: k = 0, a factor that is not finite and > 0 (a k
+    /// above E is reported when routing).
+    pub fn top_k(experts_per_token: usize, capacity_factor: f64) -> Result<Self> {
         Ok(Self::TopK {
+            experts_per_token: at_least_one("experts_per_token", experts_per_token)?,
             capacity_factor: positive("capacity_factor", capacity_factor)?,
         })
     }
@@ -200,12 +204,17 @@ impl MoeLayer {
     fn route(&self, logits: Tensor<3>) -> Result<TensorRouting> {
         match &self.routing {
             LayerRouting::Ot(router) => router.route(logits),
-            LayerRouting::TopK { capacity_factor } => {
+            LayerRouting::TopK {
+                experts_per_token: k,
+                capacity_factor,
+            } => {
                 let [_, s, e] = logits.dims();
                 let device = logits.device().without_autodiff();
                 let logits = host_logits(logits)?;
-                let capacity = Router::experts_choose(*capacity_factor)?.capacity(s, e);
-                let routing = greedy_top_k(logits.view(), 1, capacity)?;
+                let capacity = Router::tokens_choose(*k)?
+                    .capacity_factor(*capacity_factor)?
+                    .capacity(s, e);
+                let routing = greedy_top_k(logits.view(), *k, capacity)?;
                 Ok(upload(&routing, &device))
             }
         }
