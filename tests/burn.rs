@@ -202,8 +202,8 @@ fn a_crate_context_can_be_handed_to_burn() {
     ));
 }
 
-/// Bad input is a typed error: non-finite logits (host path), a token count that is not a multiple of the
-/// group size, zero sizes.
+/// Bad input is a typed error: non-finite logits (host path), a token count that is not a positive
+/// multiple of the group size, a token width other than d_model, zero sizes.
 #[test]
 fn bad_input_is_a_typed_error() {
     let device = Device::flex();
@@ -222,8 +222,13 @@ fn bad_input_is_a_typed_error() {
     let layer = config
         .init(LayerRouting::ot(1.0).unwrap(), &device)
         .unwrap();
-    let x = Tensor::<2>::zeros([12, 4], &device);
-    assert!(matches!(layer.forward(x), Err(Error::ShapeMismatch { .. })));
+    for shape in [[12, 4], [0, 4], [16, 3]] {
+        let x = Tensor::<2>::zeros(shape, &device);
+        assert!(
+            matches!(layer.forward(x), Err(Error::ShapeMismatch { .. })),
+            "{shape:?}"
+        );
+    }
     let zero = MoeLayerConfig {
         experts: 0,
         ..config

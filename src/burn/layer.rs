@@ -96,6 +96,7 @@ impl MoeLayerConfig {
                 .collect(),
             routing,
             group_size: self.group_size,
+            d_model: self.d_model,
         })
     }
 }
@@ -139,14 +140,24 @@ pub struct MoeLayer {
     routing: LayerRouting,
     #[module(skip)]
     group_size: usize,
+    #[module(skip)]
+    d_model: usize,
 }
 
 impl MoeLayer {
     /// The router's logits (G, S, E) for tokens `x` (N, d_model), N = G · S.
     ///
-    /// Errors: N not a multiple of the group size ([`Error::ShapeMismatch`]).
+    /// Errors: a token width other than d_model, or N not a positive multiple of the group size
+    /// ([`Error::ShapeMismatch`]).
     pub fn logits(&self, x: Tensor<2>) -> Result<Tensor<3>> {
-        let [n, _] = x.dims();
+        let [n, d] = x.dims();
+        if d != self.d_model {
+            return Err(Error::ShapeMismatch {
+                what: "token width (d_model)",
+                expected: self.d_model,
+                found: d,
+            });
+        }
         let s = self.group_size;
         if n == 0 || !n.is_multiple_of(s) {
             return Err(Error::ShapeMismatch {
