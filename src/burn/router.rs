@@ -217,7 +217,9 @@ pub(crate) fn host_logits(logits: Tensor<3>) -> Result<Array3<f64>> {
 /// The expert-slot tensors of a host [`Routing`] on `device`.
 pub(crate) fn upload(routing: &Routing, device: &Device) -> TensorRouting {
     let (g, s, e) = routing.dispatch.dim();
-    let c = max_load(&routing.dispatch).max(1);
+    // The slot count: the largest number of tokens one expert of one group takes (an exact integer
+    // held as f64 by the load metrics).
+    let c = (routing.load.tokens_per_expert.max as usize).max(1);
     let mut slots = vec![-1i32; g * e * c];
     let mut combine = vec![0f32; g * e * c];
     for grp in 0..g {
@@ -242,21 +244,6 @@ pub(crate) fn upload(routing: &Routing, device: &Device) -> TensorRouting {
         tokens: s,
         path: RoutePath::Host,
     }
-}
-
-/// The largest number of tokens one expert of one group takes.
-fn max_load(dispatch: &Array3<bool>) -> usize {
-    dispatch
-        .outer_iter()
-        .flat_map(|group| {
-            group
-                .columns()
-                .into_iter()
-                .map(|expert| expert.iter().filter(|&&d| d).count())
-                .collect::<Vec<_>>()
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 /// Where a tensor's bytes are: its buffer and the offset of its first element.
