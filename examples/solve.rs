@@ -6,7 +6,8 @@
 //!
 //! Input `P.npz`: `a` (m), `b` (n), `cost` (m, n), float64 or float32 (float32 is widened to float64); or,
 //! instead of `cost`, two point clouds `x` (m, d) and `y` (n, d) whose cost is computed on the fly
-//! (`--cost`, `--cost-divisor`; `a` and `b` may then be left out for uniform masses; Sinkhorn).
+//! (`--cost`, `--cost-divisor`; `a` and `b` may then be left out for uniform masses; Sinkhorn on the CPU
+//! or a GPU, the sparse and quadratic solvers on the CPU).
 //! Output `S.npz`: `plan` (m, n) float64 dense (as `--plan` says: for points only when it fits), `alpha`
 //! (m), `beta` (n; not for the column semi-dual), and
 //! 0-d arrays `value`, `transport_cost`, `marginal_error_rows`, `marginal_error_cols` (float64),
@@ -74,7 +75,8 @@ enum CostArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum PlanArg {
-    /// Dense when m x n <= 10^7 (and always for a cost matrix); none for larger point clouds.
+    /// Dense for a cost matrix; for point clouds sparse from the sparse and quadratic solvers, dense from
+    /// Sinkhorn when m x n <= 10^7, else none.
     Auto,
     /// The dense m x n plan, `plan`.
     Dense,
@@ -116,7 +118,7 @@ enum DeviceArg {
 /// Solve an optimal-transport problem stored in a .npz file.
 ///
 /// Input: arrays `a` (m), `b` (n) and `cost` (m, n), float64 or float32, or point clouds `x` (m, d) and `y`
-/// (n, d) instead of `cost` (Sinkhorn; `a`, `b` optional, uniform if absent). Output: `plan` (m, n), `alpha` (m),
+/// (n, d) instead of `cost` (not for the exact solver; `a`, `b` optional, uniform if absent). Output: `plan` (m, n), `alpha` (m),
 /// `beta` (n; written for --formulation dual, sinkhorn and exact, and for the semi-dual with --row-sparsity,
 /// whose variable it is) and 0-d arrays `value`, `transport_cost`, `iterations`, `converged` (0/1),
 /// `marginal_error_rows`, `marginal_error_cols`. The last line of stdout is a JSON object with those
@@ -698,18 +700,23 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Solves point clouds (Sinkhorn, on the CPU or a GPU) and writes the report.
+/// Solves point clouds (Sinkhorn on the CPU or a GPU, the sparse and quadratic solvers on the CPU) and
+/// writes the report.
 fn run_points(
     cli: &Cli,
     cfg: Configured,
     problem: &PointProblem,
     out: AtomicFile,
 ) -> Result<(), Failure> {
-    let Configured::Sinkhorn(cfg) = cfg else {
-        return Err(Failure(
-            "point-cloud input (x, y) is solved by --solver sinkhorn only; give a cost matrix for the others"
-                .into(),
-        ));
+    let cfg = match cfg {
+        Configured::Sinkhorn(cfg) => cfg,
+        Configured::Sparse(cfg) => return run_sparse_points(cli, cfg, problem, out),
+        Configured::Exact(_) => {
+            return Err(Failure(
+                "point-cloud input (x, y) is not solved by --solver exact; give a cost matrix"
+                    .into(),
+            ))
+        }
     };
     let device = resolve_device(cli.device)?;
     if cli.device == DeviceArg::Auto && cli.progress.notes() {
@@ -750,6 +757,54 @@ fn run_points(
         PlanOut::None
     };
     let report = Report::of_points(&sol, plan);
+    report.write(out, &cli.output)?;
+    println!("{sol}");
+    println!("  wrote           {}", cli.output.display());
+    println!("{}", report.json((m, n), seconds));
+    Ok(())
+}
+
+/// Solves point clouds with a sparse or quadratic solver (CPU) and writes the report; the plan has at most
+/// k nonzeros per column, so `--plan auto` writes it sparse.
+fn run_sparse_points(
+    cli: &Cli,
+    cfg: SparseOt,
+    problem: &PointProblem,
+    out: AtomicFile,
+) -> Result<(), Failure> {
+    match cli.device {
+        DeviceArg::Gpu => {
+            return Err(Failure(
+                "--device gpu: the sparse and quadratic solvers run on point clouds on the CPU only; use --device cpu"
+                    .into(),
+            ))
+        }
+        DeviceArg::Auto if cli.progress.notes() => {
+            eprintln!("device: CPU: the sparse and quadratic solvers on point clouds run on the CPU")
+        }
+        DeviceArg::Auto | DeviceArg::Cpu => {}
+    }
+    let (m, n) = (problem.m(), problem.n());
+    let plan = match cli.plan {
+        PlanArg::Dense => {
+            let bytes = (m as u64).saturating_mul(n as u64).saturating_mul(8);
+            if bytes > DENSE_PLAN_LIMIT {
+                return Err(Failure(format!(
+                    "--plan dense: the {m} x {n} plan would take {bytes} bytes, above {DENSE_PLAN_LIMIT}; use --plan sparse"
+                )));
+            }
+            PlanArg::Dense
+        }
+        PlanArg::Auto | PlanArg::Sparse => PlanArg::Sparse,
+        PlanArg::None => PlanArg::None,
+    };
+    let progress = cli.progress.reporter();
+    let watch = progress.solve("solve");
+    let start = Instant::now();
+    let sol = cfg.monitor(watch.monitor()).solve_points(problem)?;
+    let seconds = start.elapsed().as_secs_f64();
+    drop(watch);
+    let report = Report::of_solution(&sol, writes_beta(cli), plan);
     report.write(out, &cli.output)?;
     println!("{sol}");
     println!("  wrote           {}", cli.output.display());

@@ -134,6 +134,30 @@ impl PointProblem {
         Ok(self)
     }
 
+    /// The transposed problem: y and b as the sources, x and a as the targets (C becomes Cᵀ). Row
+    /// sparsity of this problem is column sparsity of that one.
+    pub fn transposed(&self) -> PointProblem {
+        PointProblem {
+            a: self.b.clone(),
+            b: self.a.clone(),
+            x: self.y.clone(),
+            y: self.x.clone(),
+            ..*self
+        }
+    }
+
+    /// The problem on the targets `cols` only (increasing), for removing zero-mass targets: the kept
+    /// masses are those of this problem, whose total the removed ones did not change.
+    pub(crate) fn with_columns(&self, cols: &[usize]) -> PointProblem {
+        PointProblem {
+            a: self.a.clone(),
+            b: cols.iter().map(|&j| self.b[j]).collect(),
+            x: self.x.clone(),
+            y: self.y.select(ndarray::Axis(0), cols),
+            ..*self
+        }
+    }
+
     /// Refuses clouds whose largest cost overflows f64 (the bound of [`PointProblem::cost_bounds`]).
     fn check_cost_finite(&self) -> Result<()> {
         let hi = self.box_bound();

@@ -805,8 +805,14 @@ fn point_clouds_solve_without_a_cost_matrix() {
     fails(
         &dir,
         &input,
-        &["--solver", "sparse", "--k", "2"],
-        "--solver sinkhorn only",
+        &["--solver", "exact"],
+        "not solved by --solver exact",
+    );
+    fails(
+        &dir,
+        &input,
+        &["--solver", "sparse", "--k", "2", "--device", "gpu"],
+        "on the CPU only",
     );
     fails(
         &dir,
@@ -862,6 +868,52 @@ fn point_clouds_solve_without_a_cost_matrix() {
         ],
     );
     fails(&dir, &one_mass, &["--solver", "sinkhorn"], "both masses");
+}
+
+/// The sparse solvers on point clouds: the plan comes out sparse (at most k per column) under --plan auto,
+/// with the numbers of the library's solve on points (which equal the dense solve, tests/points_sparse.rs).
+#[test]
+fn sparse_solvers_on_point_clouds() {
+    let dir = temp_dir("points-sparse");
+    let x = Array2::from_shape_fn((30, 2), |(i, k)| ((i * 7 + k * 3) % 11) as f64 / 11.0);
+    let y = Array2::from_shape_fn((20, 2), |(j, k)| ((j * 5 + k) % 13) as f64 / 13.0);
+    let input = dir.join("points.npz");
+    write_npz(
+        &input,
+        &[
+            ("x", &|w, n| w.add_array(n, &x).unwrap()),
+            ("y", &|w, n| w.add_array(n, &y).unwrap()),
+        ],
+    );
+    let p = sparse_ot::PointProblem::uniform(&x, &y, sparse_ot::GroundCost::SqEuclidean).unwrap();
+    let mut s = solve_ok(&dir, &input, &["--k", "3", "--gamma", "0.05"]);
+    let lib = SparseOt::new(3, 0.05).unwrap().solve_points(&p).unwrap();
+    assert!(s.json["converged"].as_bool().unwrap(), "{}", s.json);
+    assert_eq!(s.json["plan"], "sparse");
+    assert_eq!(s.scalar("value"), lib.value);
+    assert_eq!(s.scalar("transport_cost"), lib.transport_cost);
+    assert_eq!(
+        s.array("alpha").as_slice().unwrap(),
+        lib.alpha.as_slice().unwrap()
+    );
+    let cols = s.int_array("plan_cols");
+    assert_eq!(cols.len(), lib.plan.nnz());
+    assert!((0..20).all(|j| cols.iter().filter(|&&c| c == j).count() <= 3));
+    // Quadratic OT, a dense plan on request, and the dual's β.
+    let s = solve_ok(
+        &dir,
+        &input,
+        &[
+            "--solver",
+            "quadratic",
+            "--plan",
+            "dense",
+            "--formulation",
+            "dual",
+        ],
+    );
+    assert_eq!(s.json["plan"], "dense");
+    assert!(s.json["converged"].as_bool().unwrap(), "{}", s.json);
 }
 
 /// A sparse plan written as triplets: the nonzeros of the dense plan, no more.

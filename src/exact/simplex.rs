@@ -56,7 +56,8 @@ pub(crate) fn solve(problem: &Problem, max_iter: usize, monitor: &Monitor) -> Re
     net.recompute_flows();
     let (alpha, beta) = net.reported_potentials();
     let plan = net.plan();
-    let (transport_cost, err_rows, err_cols) = plan_metrics(plan.triplets(), problem.cost(), a, b);
+    let (transport_cost, err_rows, err_cols) =
+        plan_metrics(plan.triplets(), |i, j| problem.cost()[[i, j]], a, b);
     let value = dot(&alpha, a) + dot(&beta, b);
     Ok(Solution {
         method: Method::Exact,

@@ -148,7 +148,7 @@ pub(crate) fn assemble(
     let value = f.dot(&p.a()) + g.dot(&p.b()) - eps * mass;
     let (transport_cost, marginal_error_rows, marginal_error_cols) = plan_metrics(
         plan.indexed_iter().map(|((i, j), &v)| (i, j, v)),
-        cost,
+        |i, j| cost[[i, j]],
         p.a_slice(),
         p.b_slice(),
     );

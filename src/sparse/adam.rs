@@ -73,15 +73,7 @@ fn solve_columns(cfg: &SparseOt, adam: Adam, p: &Problem, k: usize, mut x: Vec<f
         }
         steps = t;
     }
-    let mut sol = solution_at(
-        cfg,
-        p,
-        &mut dual,
-        &x,
-        Termination::MaxIterations,
-        steps,
-        None,
-    );
+    let mut sol = solution_at(cfg, &mut dual, &x, Termination::MaxIterations, steps, None);
     set_termination(cfg, cfg.tol, &mut sol);
     if cfg.monitor.is_cancelled() && !sol.converged() {
         sol.termination = Termination::Cancelled;

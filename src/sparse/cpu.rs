@@ -16,7 +16,7 @@ use crate::sparse::newton;
 use crate::sparse::nonsmooth::{self, NonsmoothSettings, Smoothed};
 use crate::sparse::objective::SparseDual;
 use crate::sparse::plans::Relaxed;
-use crate::sparse::rules::{self, Outcome, PlanBuilder};
+use crate::sparse::rules::{self, ColumnData, Outcome, PlanBuilder};
 use crate::sparse::settings::SparseOt;
 
 /// Minimisation view of the (semi-)dual: f = −objective.
@@ -43,8 +43,8 @@ impl Objective for Negated<'_, '_> {
 /// duality gap and a plan that misses a row marginal by ~1e-5 (the optimal plan mixes tied supports), in
 /// similar time (3000²: 10.7 s against 6.8 s). Large problems stall either way, and each idle L-BFGS
 /// iteration costs a full pass over the cost: 6000² took 39 s with 100 and 27–32 s with 30.
-fn progress_window(p: &Problem) -> usize {
-    if p.m().saturating_mul(p.n()) <= LARGE_PROBLEM {
+fn progress_window(dual: &SparseDual<'_>) -> usize {
+    if dual.m().saturating_mul(dual.n()) <= LARGE_PROBLEM {
         SMALL_PROGRESS_WINDOW
     } else {
         LARGE_PROGRESS_WINDOW
@@ -70,19 +70,15 @@ pub(crate) fn solve_columns(
     k: usize,
     x0: Vec<f64>,
 ) -> Result<Solution> {
-    if eliminates_beta(cfg, p) {
-        let mut semi = cfg.clone();
-        semi.formulation = Formulation::SemiDual;
-        let m = p.m();
-        let sol = solve_columns(&semi, p, k, x0[..m].to_vec())?;
-        return Ok(as_dual(cfg, p, k, sol));
+    if eliminates_beta(cfg, p.b_slice()) {
+        let sol = solve_columns(&semi_dual(cfg), p, k, x0[..p.m()].to_vec())?;
+        return Ok(as_dual(cfg, SparseDual::for_problem(p, k, cfg), sol));
     }
     let mut dual = SparseDual::for_problem(p, k, cfg);
     if rules::k1_is_exact(cfg, p, k) {
         let (x, termination, iterations, relaxed) = k1_exact(cfg, p, &mut dual)?;
         return Ok(solution_at(
             cfg,
-            p,
             &mut dual,
             &x,
             termination,
@@ -90,17 +86,25 @@ pub(crate) fn solve_columns(
             Some(relaxed),
         ));
     }
-    let (termination, iterations, x) = ascend(cfg, p, &mut dual, x0);
+    Ok(maximise(cfg, &mut dual, x0))
+}
+
+/// Maximises the (semi-)dual `dual` of a validated column problem from `x0` (every stage after the k = 1
+/// route: [`ascend`], the quadratic Newton finish, the nonsmooth stage) and builds the solution there. The
+/// cost may be stored or computed from points.
+pub(crate) fn maximise(cfg: &SparseOt, dual: &mut SparseDual<'_>, x0: Vec<f64>) -> Solution {
+    let k = dual.k;
+    let (termination, iterations, x) = ascend(cfg, dual, x0);
     // Without an active sparsity limit the semi-dual is piecewise quadratic: where L-BFGS stalls (badly
     // scaled masses), semismooth Newton on the supports finishes it.
     let (x, termination, iterations) = if termination == Termination::Stalled
         && cfg.tol > 0.0
-        && k >= p.m()
+        && k >= dual.m()
         && cfg.formulation == Formulation::SemiDual
     {
         let budget = cfg.max_iter.saturating_sub(iterations);
         // A try: its steps count (and are reported) only if it reaches the tolerance.
-        let out = newton::run(&mut dual, x.clone(), cfg.tol, budget, |_, _, _| {});
+        let out = newton::run(dual, x.clone(), cfg.tol, budget, |_, _, _| {});
         if out.error <= cfg.tol {
             let tol = cfg.tol;
             (
@@ -118,19 +122,11 @@ pub(crate) fn solve_columns(
     // L-BFGS stalls on the kinks of k < m (and on rounding for tiny γ): hand over to the nonsmooth stage.
     let (x, termination, iterations, relaxed) =
         if termination == Termination::Stalled && cfg.tol > 0.0 {
-            nonsmooth_stage(cfg, &mut dual, x, iterations)
+            nonsmooth_stage(cfg, dual, x, iterations)
         } else {
             (x, termination, iterations, None)
         };
-    Ok(solution_at(
-        cfg,
-        p,
-        &mut dual,
-        &x,
-        termination,
-        iterations,
-        relaxed,
-    ))
+    solution_at(cfg, dual, &x, termination, iterations, relaxed)
 }
 
 /// Maximises the (semi-)dual from `x0` to the tolerance: L-BFGS, and for the semi-dual a semismooth Newton
@@ -146,18 +142,17 @@ pub(crate) fn solve_columns(
 /// solve goes on as without the try: a stall hands over to the quadratic Newton or the nonsmooth stage.
 fn ascend(
     cfg: &SparseOt,
-    p: &Problem,
     dual: &mut SparseDual<'_>,
     x0: Vec<f64>,
 ) -> (Termination, usize, Vec<f64>) {
-    let max_a = p.a_slice().iter().fold(0.0f64, |x, &y| x.max(y));
+    let max_a = dual.a.iter().fold(0.0f64, |x, &y| x.max(y));
     let switch = NEWTON_SWITCH * max_a;
     let newton_first =
         cfg.formulation == Formulation::SemiDual && cfg.tol > 0.0 && switch > cfg.tol;
     if !newton_first {
-        return lbfgs_phase(cfg, p, dual, x0, cfg.tol, cfg.max_iter, 0);
+        return lbfgs_phase(cfg, dual, x0, cfg.tol, cfg.max_iter, 0);
     }
-    let (termination, iterations, x) = lbfgs_phase(cfg, p, dual, x0, switch, cfg.max_iter, 0);
+    let (termination, iterations, x) = lbfgs_phase(cfg, dual, x0, switch, cfg.max_iter, 0);
     if !matches!(termination, Termination::Converged(_)) {
         // Stalled, out of budget or cancelled above the switch: exactly what L-BFGS alone would have done.
         return (termination, iterations, x);
@@ -182,7 +177,7 @@ fn ascend(
         );
     }
     let rest = cfg.max_iter.saturating_sub(iterations);
-    lbfgs_phase(cfg, p, dual, out.x, tol, rest, iterations)
+    lbfgs_phase(cfg, dual, out.x, tol, rest, iterations)
 }
 
 /// Where L-BFGS hands over to Newton: a max-norm marginal error of this times the largest row mass. Measured
@@ -199,7 +194,6 @@ const NEWTON_TRY: usize = 30;
 /// this phase plus `before`, and the last iterate.
 fn lbfgs_phase(
     cfg: &SparseOt,
-    p: &Problem,
     dual: &mut SparseDual<'_>,
     x0: Vec<f64>,
     tol: f64,
@@ -207,7 +201,7 @@ fn lbfgs_phase(
     before: usize,
 ) -> (Termination, usize, Vec<f64>) {
     let settings = Settings {
-        progress_window: progress_window(p),
+        progress_window: progress_window(dual),
         ..Settings::new(tol, max_iter)
     };
     let monitor = &cfg.monitor;
@@ -239,18 +233,24 @@ fn lbfgs_phase(
 /// iteration. At (α, β*(α)) the β-part of the dual gradient (b − Tᵀ1) vanishes, so the stopping rule is the
 /// dual's own. The joint iteration is kept where its semantics matter: a fixed budget (tol 0), evaluation of a
 /// start point (max_iter 0), a warm start that carries β, and zero entries in b (the semi-dual divides by b_j).
-fn eliminates_beta(cfg: &SparseOt, p: &Problem) -> bool {
+pub(crate) fn eliminates_beta(cfg: &SparseOt, b: &[f64]) -> bool {
     cfg.formulation == Formulation::Dual
         && cfg.tol > 0.0
         && cfg.max_iter > 0
         && cfg.warm_beta.is_none()
-        && p.b().iter().all(|&b| b > 0.0)
+        && b.iter().all(|&b| b > 0.0)
 }
 
-/// Reports a solution of the β-eliminated dual as a solution of the dual: same plan and potentials (β is
-/// already β*(α)), value D_k(α, β) evaluated at them.
-fn as_dual(cfg: &SparseOt, p: &Problem, k: usize, sol: Solution) -> Solution {
-    let mut dual = SparseDual::for_problem(p, k, cfg);
+/// `cfg` with the semi-dual as its formulation (the β-eliminated dual, [`eliminates_beta`]).
+pub(crate) fn semi_dual(cfg: &SparseOt) -> SparseOt {
+    let mut semi = cfg.clone();
+    semi.formulation = Formulation::SemiDual;
+    semi
+}
+
+/// Reports a solution of the β-eliminated dual as a solution of the dual `dual`: same plan and potentials
+/// (β is already β*(α)), value D_k(α, β) evaluated at them.
+pub(crate) fn as_dual(cfg: &SparseOt, mut dual: SparseDual<'_>, sol: Solution) -> Solution {
     let x: Vec<f64> = sol.alpha.iter().chain(sol.beta.iter()).copied().collect();
     let value = objective(&mut dual, &x);
     Solution {
@@ -272,7 +272,7 @@ pub(crate) fn continue_after_stall(
 ) -> Solution {
     let mut dual = SparseDual::for_problem(p, k, cfg);
     let (x, termination, iterations, relaxed) = nonsmooth_stage(cfg, &mut dual, x, iterations);
-    solution_at(cfg, p, &mut dual, &x, termination, iterations, relaxed)
+    solution_at(cfg, &mut dual, &x, termination, iterations, relaxed)
 }
 
 /// k = 1 is unregularised OT in disguise (docs/MATH.md §2.3): S_1(α) = α·a − Σ_j b_j max_i(α_i − c_ij) + (γ/2)‖b‖²
@@ -291,7 +291,9 @@ fn k1_exact(
     let mut x = exact.alpha.to_vec();
     if cfg.formulation == Formulation::Dual {
         let gamma = cfg.gamma;
-        for (j, c) in dual.cost_t.rows().into_iter().enumerate() {
+        let mut buf = Vec::new();
+        for j in 0..p.n() {
+            let c = dual.cost.column(j, &mut buf);
             let top = x[..p.m()]
                 .iter()
                 .zip(c)
@@ -349,8 +351,8 @@ fn nonsmooth_stage(
         max_steps: cfg.max_iter.saturating_sub(iterations),
         semi_dual: cfg.formulation == Formulation::SemiDual,
     };
-    let (cost_t, a, b, k, gamma) = (&dual.cost_t, dual.a, dual.b, dual.k, dual.gamma);
-    let mut sm = Smoothed::new(cost_t, a, b, k, gamma);
+    let (cost, a, b, k, gamma) = (&dual.cost, dual.a, dual.b, dual.k, dual.gamma);
+    let mut sm = Smoothed::new(cost, a, b, k, gamma);
     let monitor: &Monitor = &cfg.monitor;
     let out = nonsmooth::run(&mut sm, &xd, &settings, |step, residual| {
         monitor.step(&Progress {
@@ -404,14 +406,13 @@ fn nonsmooth_stage(
 /// relaxation's plan when the solve built one), value recomputed at `x`, metrics.
 pub(crate) fn solution_at(
     cfg: &SparseOt,
-    p: &Problem,
     dual: &mut SparseDual<'_>,
     x: &[f64],
     termination: Termination,
     iterations: usize,
     relaxed: Option<Relaxed>,
 ) -> Solution {
-    let (m, n) = (p.m(), p.n());
+    let (m, n) = (dual.m(), dual.n());
     let mut grad = vec![0.0; x.len()];
     let value = dual.value_and_gradient(x, &mut grad);
     let alpha = &x[..m];
@@ -431,5 +432,10 @@ pub(crate) fn solution_at(
         device: RanOn::Cpu,
         relaxed,
     };
-    rules::solution(cfg, p, plan, out)
+    let data = ColumnData {
+        cost: &dual.cost,
+        a: dual.a,
+        b: dual.b,
+    };
+    rules::solution_of(cfg, data, plan, out)
 }

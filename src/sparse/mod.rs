@@ -9,14 +9,17 @@
 //! * `settings` — the configuration and its builders (this file holds the entry points);
 //! * `rules` — what every backend shares: k and warm-start checks, the row-sparsity adaptor, the k = 1
 //!   hand-over, plan → [`Solution`];
+//! * `columns` — where the CPU kernels read the cost: a stored matrix or point clouds;
 //! * `objective` — the CPU (semi-)dual value and gradient; `nonsmooth` — the smoothing-continuation and
 //!   exact-polish stage that certifies optima where L-BFGS stalls; `newton` — semismooth Newton on the
 //!   piecewise-quadratic semi-dual (the finish of smooth optima, the quadratic solver's stalls, the feasible
 //!   plan's restricted problem); `working_set` — the candidate rows that spare most column scans; `plans` —
 //!   the three plan kinds; `adam` — the router recipe;
-//! * `cpu` — the f64 pipeline; `gpu` — the device objective, the lockstep pipeline and batches (f32).
+//! * `cpu` — the f64 pipeline; `points` — that pipeline on point clouds; `gpu` — the device objective, the
+//!   lockstep pipeline and batches (f32).
 
 pub(crate) mod adam;
+mod columns;
 pub(crate) mod cpu;
 #[cfg(feature = "gpu")]
 pub(crate) mod gpu;
@@ -24,6 +27,7 @@ mod newton;
 mod nonsmooth;
 mod objective;
 mod plans;
+mod points;
 pub(crate) mod rules;
 pub(crate) mod settings;
 mod working_set;
@@ -31,6 +35,7 @@ mod working_set;
 use crate::batch::Batch;
 use crate::device::{counting, counting_batch, off_thread, Device, Target};
 use crate::error::Result;
+use crate::points::PointProblem;
 use crate::problem::Problem;
 use crate::solution::{plan_metrics, Formulation, Lanes, Plan, Solution};
 
@@ -75,9 +80,10 @@ impl SparseOt {
                 Plan::Sparse(p) => Plan::Sparse(p.spread_lanes(&reduced.cols, problem.n())),
                 Plan::Dense(_) => unreachable!("sparse solvers return sparse plans"),
             };
+            let cost = problem.cost();
             let (transport_cost, marginal_error_rows, marginal_error_cols) = plan_metrics(
                 plan.triplets(),
-                problem.cost(),
+                |i, j| cost[[i, j]],
                 problem.a_slice(),
                 problem.b_slice(),
             );
@@ -140,6 +146,38 @@ impl SparseOt {
                 Target::Gpu(ctx) => gpu::solve(ctx, cfg, p),
             }
         })
+    }
+
+    /// Solves between two point clouds on the CPU (f64), reading the cost column by column from the points
+    /// as the solver needs it: no m × n matrix is formed, so memory is O((m + n) d) for the clouds plus
+    /// O(m + nk) for the solver and the plan, which has at most k nonzeros per column (per row for row
+    /// sparsity) whatever the number of pairs. Every setting applies as for [`SparseOt::solve`] (the
+    /// formulation, plan kind, warm start, monitor), and on the same entries (the problem's
+    /// [`PointProblem::to_problem`]) the solution is that of [`SparseOt::solve`] bit for bit, except for
+    /// k = 1: that is unregularised OT, which the dense solve hands to the exact network simplex; here it
+    /// takes the general path (L-BFGS, then the nonsmooth stage).
+    ///
+    /// Each evaluation of the objective reads every column once at first; near the optimum most columns
+    /// are served from a few candidate rows, so later evaluations compute far fewer costs.
+    ///
+    /// ```
+    /// use sparse_ot::ndarray::Array2;
+    /// use sparse_ot::{GroundCost, Plan, PointProblem, SparseOt};
+    ///
+    /// let x = Array2::from_shape_fn((40, 2), |(i, k)| ((i * 7 + k * 3) % 11) as f64 / 11.0);
+    /// let y = Array2::from_shape_fn((30, 2), |(j, k)| ((j * 5 + k) % 13) as f64 / 13.0);
+    /// let p = PointProblem::uniform(&x, &y, GroundCost::SqEuclidean)?;
+    /// let sol = SparseOt::new(3, 0.1)?.solve_points(&p)?;
+    /// assert!(sol.converged());
+    /// let Plan::Sparse(plan) = &sol.plan else { unreachable!("sparse solvers return sparse plans") };
+    /// assert!(plan.max_lane_nnz() <= 3);
+    /// # Ok::<(), sparse_ot::Error>(())
+    /// ```
+    ///
+    /// Errors: those of [`SparseOt::solve`] that do not concern the matrix (k = 0 or k larger than a lane,
+    /// a warm start of the wrong length or with non-finite values).
+    pub fn solve_points(&self, problem: &PointProblem) -> Result<Solution> {
+        points::solve(self, problem)
     }
 
     /// Async [`SparseOt::solve_on`]: the solve runs on a thread of its own (with copies of the

@@ -65,7 +65,7 @@ impl PiecewiseQuadratic for SparseDual<'_> {
     }
 
     fn value_and_gradient(&mut self, alpha: &[f64], grad: &mut [f64]) -> f64 {
-        self.value_gradient_supports(alpha, grad)
+        SparseDual::value_and_gradient(self, alpha, grad)
     }
 
     fn supports(&mut self, alpha: &[f64]) -> Supports {

@@ -43,10 +43,10 @@
 //! Newton steps of a stage move the potentials little, so most evaluations read 32 rows per column instead
 //! of m, with results bit for bit those of full scans.
 
-use ndarray::Array2;
 use rayon::prelude::*;
 
 use crate::ops::{delta_on, simplex_threshold, top_k_buffered, top_k_into};
+use crate::sparse::columns::CostColumns;
 use crate::sparse::plans::Relaxed;
 use crate::sparse::rules::PlanBuilder;
 use crate::sparse::working_set::{ColumnSet, WorkingSet, WIDTH};
@@ -90,7 +90,7 @@ struct ColumnStructure {
 
 /// The data of the dual and the per-column state at the last evaluation.
 pub(crate) struct Smoothed<'a> {
-    cost_t: &'a Array2<f64>,
+    cost: &'a CostColumns<'a>,
     a: &'a [f64],
     b: &'a [f64],
     k: usize,
@@ -100,19 +100,23 @@ pub(crate) struct Smoothed<'a> {
     working: Option<WorkingSet>,
 }
 
-/// The scores s_i = α_i − c_ij + β_j of one column: computed into `s` over `rows` (ascending) or all rows.
-fn fill_scores(s: &mut [f64], alpha: &[f64], c: &[f64], beta_j: f64, rows: Option<&[usize]>) {
-    match rows {
-        Some(rows) => {
-            for &i in rows {
-                s[i] = alpha[i] - c[i] + beta_j;
-            }
-        }
-        None => {
-            for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
-                *si = ai - ci + beta_j;
-            }
-        }
+/// The scores s_i = α_i − c_ij + β_j of one column c (all of its rows), computed into `s`.
+fn fill_scores(s: &mut [f64], alpha: &[f64], c: &[f64], beta_j: f64) {
+    for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
+        *si = ai - ci + beta_j;
+    }
+}
+
+/// The scores of column j over `rows` only (ascending), reading just their entries of the cost.
+fn fill_scores_at(
+    s: &mut [f64],
+    alpha: &[f64],
+    (cost, j): (&CostColumns<'_>, usize),
+    beta_j: f64,
+    rows: &[usize],
+) {
+    for &i in rows {
+        s[i] = alpha[i] - cost.entry(i, j) + beta_j;
     }
 }
 
@@ -173,17 +177,15 @@ fn candidates(
     true
 }
 
-/// Smoothed top-k weights of one column j from α, its cost column `c` and β_j: fills `col`. With a working
+/// Smoothed top-k weights of one column j from α, the cost (column j read as needed) and β_j: fills `col`. With a working
 /// set the column's candidate rows are tried first, else (or when they do not suffice) all rows are scanned
 /// and the set rebuilt; returns whether the whole column was scanned. The result is that of a full scan.
-#[allow(clippy::too_many_arguments)]
 fn smooth_column(
-    (alpha, c, beta_j): (&[f64], &[f64], f64),
+    (alpha, (cost, j), beta_j): (&[f64], (&CostColumns<'_>, usize), f64),
     k: usize,
     gamma: f64,
     mu: f64,
-    s: &mut [f64],
-    idx: &mut Vec<usize>,
+    (s, idx, buf): (&mut [f64], &mut Vec<usize>, &mut Vec<f64>),
     col: &mut Column,
     set: Option<&mut ColumnSet<'_>>,
 ) -> bool {
@@ -195,17 +197,18 @@ fn smooth_column(
     if let Some(set) = set {
         if set.drift.is_some() {
             let rows: &[usize] = set.rows;
-            fill_scores(s, alpha, c, beta_j, Some(rows));
+            fill_scores_at(s, alpha, (cost, j), beta_j, rows);
             scanned = !candidates(s, k, gamma, mu, idx, col, Some((rows, set, beta_j)));
         }
         if scanned {
             // The set's bound is on α − c: rebuild from the scores without β_j.
-            fill_scores(s, alpha, c, 0.0, None);
+            let c = cost.column(j, buf);
+            fill_scores(s, alpha, c, 0.0);
             set.rebuild(s, idx);
-            fill_scores(s, alpha, c, beta_j, None);
+            fill_scores(s, alpha, c, beta_j);
         }
     } else {
-        fill_scores(s, alpha, c, beta_j, None);
+        fill_scores(s, alpha, cost.column(j, buf), beta_j);
     }
     if scanned {
         candidates(s, k, gamma, mu, idx, col, None);
@@ -278,14 +281,14 @@ fn weights(s: &[f64], k: usize, gamma: f64, mu: f64, idx: &mut Vec<usize>, col: 
 
 impl<'a> Smoothed<'a> {
     pub(crate) fn new(
-        cost_t: &'a Array2<f64>,
+        cost: &'a CostColumns<'a>,
         a: &'a [f64],
         b: &'a [f64],
         k: usize,
         gamma: f64,
     ) -> Self {
         Self {
-            cost_t,
+            cost,
             a,
             b,
             k,
@@ -303,7 +306,7 @@ impl<'a> Smoothed<'a> {
     pub(crate) fn eval(&mut self, x: &[f64], mu: f64, grad: &mut [f64]) -> f64 {
         let m = self.m();
         let (alpha, beta) = x.split_at(m);
-        let (cost_t, k, gamma) = (self.cost_t, self.k, self.gamma);
+        let (cost, k, gamma) = (self.cost, self.k, self.gamma);
         let drift = self.working.as_mut().map(|w| w.begin(alpha));
         let mut parts: Vec<Option<(&mut [usize], &mut [f64])>> = match self.working.as_mut() {
             Some(w) => {
@@ -317,17 +320,22 @@ impl<'a> Smoothed<'a> {
             .zip(parts.par_iter_mut())
             .enumerate()
             .for_each_init(
-                || (vec![0.0; m], Vec::with_capacity(m)),
-                |(s, idx), (j, (col, part))| {
-                    let c = cost_t.row(j);
-                    let c = c.as_slice().expect("standard layout");
+                || (vec![0.0; m], Vec::with_capacity(m), Vec::new()),
+                |(s, idx, buf), (j, (col, part))| {
                     let mut set = part.as_mut().map(|(rows, outside)| ColumnSet {
                         rows: &mut rows[..WIDTH],
                         outside: &mut outside[0],
                         drift: drift.flatten(),
                     });
-                    let scanned =
-                        smooth_column((alpha, c, beta[j]), k, gamma, mu, s, idx, col, set.as_mut());
+                    let scanned = smooth_column(
+                        (alpha, (cost, j), beta[j]),
+                        k,
+                        gamma,
+                        mu,
+                        (s, idx, buf),
+                        col,
+                        set.as_mut(),
+                    );
                     col.fallback = scanned && set.is_some_and(|s| s.drift.is_some());
                 },
             );
@@ -422,7 +430,7 @@ impl<'a> Smoothed<'a> {
                 .cols
                 .iter()
                 .enumerate()
-                .map(|(j, c)| c.kth - (alpha[i] - self.cost_t[[j, i]] + beta[j]))
+                .map(|(j, c)| c.kth - (alpha[i] - self.cost.entry(i, j) + beta[j]))
                 .fold(f64::INFINITY, f64::min);
             if gap.is_finite() && gap > 0.0 {
                 reg[i] = -grad[i] / (1.01 * gap);
@@ -468,7 +476,7 @@ impl<'a> Smoothed<'a> {
         let mut plan = PlanBuilder::new(self.m(), self.b.len());
         for (j, col) in self.cols.iter().enumerate() {
             plan.push_column(col.entries.iter().map(|e| {
-                primal += e.z * e.g * self.cost_t[[j, e.i]] + 0.5 * self.gamma * e.z * e.g * e.g;
+                primal += e.z * e.g * self.cost.entry(e.i, j) + 0.5 * self.gamma * e.z * e.g * e.g;
                 (e.i, e.z * e.g)
             }));
         }
@@ -699,9 +707,9 @@ impl Smoothed<'_> {
         let mut y = x.to_vec();
         let mut s = vec![0.0; m];
         let mut idx = Vec::with_capacity(self.k + 1);
-        for (j, c) in self.cost_t.rows().into_iter().enumerate() {
-            let c = c.as_slice().expect("standard layout");
-            fill_scores(&mut s, &x[..m], c, 0.0, None);
+        let mut buf = Vec::new();
+        for j in 0..self.b.len() {
+            fill_scores(&mut s, &x[..m], self.cost.column(j, &mut buf), 0.0);
             top_k_into(&s, self.k.min(m), &mut idx);
             let (theta, _) = simplex_threshold(idx.iter().map(|&i| s[i] / self.gamma), self.b[j]);
             y[m + j] = -self.gamma * theta;
@@ -719,9 +727,9 @@ impl Smoothed<'_> {
             + beta.iter().zip(self.b).map(|(x, y)| x * y).sum::<f64>();
         let mut s = vec![0.0; m];
         let mut idx = Vec::with_capacity(self.k + 1);
-        for (j, c) in self.cost_t.rows().into_iter().enumerate() {
-            let c = c.as_slice().expect("standard layout");
-            fill_scores(&mut s, alpha, c, beta[j], None);
+        let mut buf = Vec::new();
+        for (j, &beta_j) in beta.iter().enumerate() {
+            fill_scores(&mut s, alpha, self.cost.column(j, &mut buf), beta_j);
             top_k_into(&s, self.k.min(m), &mut idx);
             value -= delta_on(&s, &idx, self.gamma);
         }
@@ -945,7 +953,7 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
         let mut now = Vec::with_capacity(pattern.len());
         for j in 0..n {
             for (i, w) in entries(j) {
-                let s = xk[i] - sm.cost_t[[j, i]] + xk[m + j];
+                let s = xk[i] - sm.cost.entry(i, j) + xk[m + j];
                 now.push(s > 0.0);
                 if s <= 0.0 {
                     continue;
@@ -969,7 +977,7 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
             kkt.add(row, l, -1.0);
             kkt.add(i, row, 1.0);
             kkt.add(l, row, -1.0);
-            rhs[row] = -((xk[i] - sm.cost_t[[j, i]]) - (xk[l] - sm.cost_t[[j, l]]));
+            rhs[row] = -((xk[i] - sm.cost.entry(i, j)) - (xk[l] - sm.cost.entry(l, j)));
         }
         // The shift (α + c, β − c) leaves everything unchanged: pin it with a tiny diagonal term.
         let dmax = (0..m + n).map(|i| kkt.get(i, i).abs()).fold(0.0, f64::max);
@@ -990,7 +998,7 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
             entries(j)
                 .into_iter()
                 .map(|(i, w)| {
-                    let g = (xk[i] - sm.cost_t[[j, i]] + xk[m + j]).max(0.0) / gamma;
+                    let g = (xk[i] - sm.cost.entry(i, j) + xk[m + j]).max(0.0) / gamma;
                     (i, w * g, g)
                 })
                 .collect()
@@ -1020,7 +1028,7 @@ pub(crate) fn polish(sm: &mut Smoothed<'_>, x: &[f64], mu: f64) -> Option<Certif
             }
             rows[i] += t;
             colsum += t;
-            primal += t * sm.cost_t[[j, i]] + if g > 0.0 { 0.5 * gamma * t * g } else { 0.0 };
+            primal += t * sm.cost.entry(i, j) + if g > 0.0 { 0.5 * gamma * t * g } else { 0.0 };
         }
         col_err = col_err.max((colsum - sm.b[j]).abs());
         mixed.push_column(col.iter().map(|&(i, t, _)| (i, t)));
@@ -1133,6 +1141,7 @@ impl Dense {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::Array2;
 
     /// From the potentials of an L-BFGS run cut short (here 60 iterations on 300 uniform points against
     /// 200, k = 2, γ = 0.01: the situation of a hand-over from a stalled f32 GPU run), the first smoothing
@@ -1202,7 +1211,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
-        let cost = Array2::from_shape_fn((n, m), |_| rnd());
+        let cost = CostColumns::Transposed(Array2::from_shape_fn((n, m), |_| rnd()));
         let a = vec![1.0 / m as f64; m];
         let b = vec![1.0 / n as f64; n];
         for (k, mu) in [(1, 1e-3), (3, 1e-4), (5, 1e-2), (8, 1e-6)] {
@@ -1243,7 +1252,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
-        let cost = Array2::from_shape_fn((n, m), |_| rnd());
+        let cost = CostColumns::Transposed(Array2::from_shape_fn((n, m), |_| rnd()));
         let a = vec![1.0 / m as f64; m];
         let b = vec![1.0 / n as f64; n];
         for (k, mu) in [(2, 1e-2), (3, 1e-3), (9, 1e-2), (1, 5e-2)] {
@@ -1291,7 +1300,7 @@ mod tests {
     fn best_beta_value_is_the_semi_dual() {
         let p = crate::golden_problem();
         let cost = p.cost().to_owned();
-        let cost_t = cost.t().as_standard_layout().to_owned();
+        let columns = CostColumns::transposed(cost.view());
         let (a, b) = (p.a().to_vec(), p.b().to_vec());
         let mut semi = crate::sparse::objective::SparseDual::new(
             cost.view(),
@@ -1301,7 +1310,7 @@ mod tests {
             0.1,
             crate::solution::Formulation::SemiDual,
         );
-        let sm = Smoothed::new(&cost_t, &a, &b, 2, 0.1);
+        let sm = Smoothed::new(&columns, &a, &b, 2, 0.1);
         let alpha: Vec<f64> = (0..8).map(|i| 0.1 * (i as f64).sin()).collect();
         let mut g = vec![0.0; 8];
         let s = semi.value_and_gradient(&alpha, &mut g);

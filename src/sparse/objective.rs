@@ -7,19 +7,22 @@
 //!   θ_j chosen so that Σ t = b_j; the column's term is t·(α − c_j) − (γ/2)‖t‖² (= b_j val_j);
 //! * dual: t = [α + β_j − c_j]_+/γ on the top-k; the column's term is (γ/2)‖t‖² (= δ_k).
 //!
-//! Columns are processed in parallel in fixed chunks; each chunk accumulates its own partial row sums and
-//! the partials are added in chunk order, so results do not depend on the thread count or scheduling.
+//! Columns are processed in parallel in fixed chunks; each chunk records its columns' nonzero plan entries,
+//! sums them into partial row sums and the partials are added in chunk order, so results do not depend on
+//! the thread count or scheduling. Scratch is per worker, not per chunk, and the recorded entries are at
+//! most k per column, so memory beyond the cost's own is O(m + nk) (the cost may be computed from points:
+//! [`CostColumns`]).
 //!
 //! For small k on long columns, evaluations go through a [`WorkingSet`]: a column's top k is looked for
 //! among the 32 rows that scored best near the last evaluations, and the whole column is read only when a
 //! bound cannot rule the other rows out. Results are bit for bit those of full scans.
 
-use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
 use crate::ops::{simplex_threshold, top_k_among, top_k_buffered, top_k_into};
 use crate::problem::Problem;
 use crate::solution::Formulation;
+use crate::sparse::columns::CostColumns;
 use crate::sparse::newton::Supports;
 use crate::sparse::settings::SparseOt;
 use crate::sparse::working_set::{ColumnSet, WorkingSet, WIDTH};
@@ -32,10 +35,9 @@ const CHUNK: usize = 32;
 /// top k would get zero mass, and sorting them cost O(m log m) per column.
 const FILTER_ABOVE_K: usize = 16;
 
-/// The data of a sparse (semi-)dual: cost stored column by column, marginals, k, γ.
+/// The data of a sparse (semi-)dual: the cost read column by column, marginals, k, γ.
 pub(crate) struct SparseDual<'p> {
-    /// Cᵀ, n × m contiguous: row j is column c_j of the cost.
-    pub(crate) cost_t: Array2<f64>,
+    pub(crate) cost: CostColumns<'p>,
     pub(crate) a: &'p [f64],
     pub(crate) b: &'p [f64],
     pub(crate) k: usize,
@@ -46,28 +48,46 @@ pub(crate) struct SparseDual<'p> {
     working: Option<WorkingSet>,
     /// The x at which the chunks' `support` lists were recorded ([`Self::value_gradient_supports`]).
     recorded_at: Option<Vec<f64>>,
+    /// Zeros between evaluations: the partial row sums of one chunk at a time.
+    partial: Vec<f64>,
 }
 
-/// Per-chunk scratch and partial results.
+/// One chunk's columns and its results of the last evaluation.
 struct Chunk {
     first: usize,
     len: usize,
-    s: Vec<f64>,
-    idx: Vec<usize>,
-    rowsum: Vec<f64>,
     term: f64,
     /// Columns of the last evaluation scanned in full although a working set was there.
     fallbacks: usize,
-    /// Rows with t_ij > 0 of the chunk's columns, one after another (recorded on request only), and the end of
-    /// each column's list in it.
+    /// Rows with t_ij > 0 of the chunk's columns, one column after another, their masses t_ij, and the end of
+    /// each column's list in them.
     support: Vec<usize>,
+    mass: Vec<f64>,
     support_end: Vec<usize>,
+}
+
+/// A worker's scratch: the scores s of a column, its selected rows, and the column itself where the cost
+/// source computes it.
+struct Scratch {
+    s: Vec<f64>,
+    idx: Vec<usize>,
+    column: Vec<f64>,
+}
+
+impl Scratch {
+    fn new(m: usize) -> Self {
+        Self {
+            s: vec![0.0; m],
+            idx: Vec::with_capacity(m),
+            column: Vec::new(),
+        }
+    }
 }
 
 /// The read-only data of the column kernel.
 #[derive(Clone, Copy)]
 struct ColumnKernel<'a> {
-    cost_t: &'a Array2<f64>,
+    cost: &'a CostColumns<'a>,
     b: &'a [f64],
     k: usize,
     gamma: f64,
@@ -76,29 +96,29 @@ struct ColumnKernel<'a> {
 
 impl ColumnKernel<'_> {
     /// Computes column j's support and threshold into the scratch `s`, `idx`. `beta_j` is used by the dual.
-    /// With a working set the column's candidates are tried first; the returned flag says whether the whole
-    /// column was scanned (always so without a set). Either way the plan is that of a full scan.
+    /// With a working set the column's candidates are tried first (reading only their entries of the
+    /// cost); the returned flag says whether the whole column was scanned (always so without a set). Either
+    /// way the plan is that of a full scan.
     fn column<'s>(
         &self,
         alpha: &[f64],
         beta_j: f64,
         j: usize,
-        s: &'s mut [f64],
-        idx: &'s mut Vec<usize>,
+        scratch: &'s mut Scratch,
         set: Option<&mut ColumnSet<'_>>,
     ) -> (ColumnPlan<'s>, bool) {
-        let c = self.cost_t.row(j);
-        let c = c.as_slice().expect("standard layout");
+        let Scratch { s, idx, column } = scratch;
         let mut scanned = true;
         if let Some(set) = set {
             if set.drift.is_some() {
                 for &i in set.rows.iter() {
-                    s[i] = alpha[i] - c[i];
+                    s[i] = alpha[i] - self.cost.entry(i, j);
                 }
                 top_k_buffered(s, set.rows.iter().copied(), self.k, idx);
                 scanned = !(idx.len() == self.k && set.clears(s[idx[self.k - 1]], 0.0));
             }
             if scanned {
+                let c = self.cost.column(j, column);
                 for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
                     *si = ai - ci;
                 }
@@ -108,6 +128,7 @@ impl ColumnKernel<'_> {
             }
             return (self.plan_of(beta_j, j, s, idx), scanned);
         }
+        let c = self.cost.column(j, column);
         for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
             *si = ai - ci;
         }
@@ -171,34 +192,45 @@ pub(crate) struct ColumnPlan<'a> {
 }
 
 impl<'p> SparseDual<'p> {
+    /// The (semi-)dual of a dense m × n cost (copied, transposed, for the kernels).
+    #[cfg(test)]
     pub(crate) fn new(
-        cost: ArrayView2<f64>,
+        cost: ndarray::ArrayView2<f64>,
         a: &'p [f64],
         b: &'p [f64],
         k: usize,
         gamma: f64,
         formulation: Formulation,
     ) -> Self {
-        let (m, n) = cost.dim();
-        let cost_t = cost.t().as_standard_layout().into_owned();
+        Self::on(CostColumns::transposed(cost), a, b, k, gamma, formulation)
+    }
+
+    /// The (semi-)dual of the cost `cost` (m × n) with marginals a (m) and b (n).
+    pub(crate) fn on(
+        cost: CostColumns<'p>,
+        a: &'p [f64],
+        b: &'p [f64],
+        k: usize,
+        gamma: f64,
+        formulation: Formulation,
+    ) -> Self {
+        let (m, n) = (cost.m(), cost.n());
         let chunks = (0..n)
             .step_by(CHUNK)
             .map(|first| Chunk {
                 first,
                 len: CHUNK.min(n - first),
-                s: vec![0.0; m],
-                idx: Vec::with_capacity(m),
-                rowsum: vec![0.0; m],
                 term: 0.0,
                 fallbacks: 0,
                 support: Vec::new(),
+                mass: Vec::new(),
                 support_end: Vec::new(),
             })
             .collect();
         let working =
             (k <= FILTER_ABOVE_K && WorkingSet::applies(m, k)).then(|| WorkingSet::new(m, n));
         Self {
-            cost_t,
+            cost,
             a,
             b,
             k,
@@ -207,13 +239,14 @@ impl<'p> SparseDual<'p> {
             chunks,
             working,
             recorded_at: None,
+            partial: vec![0.0; m],
         }
     }
 
     /// The (semi-)dual of `p` with the settings of `cfg` and the resolved k.
     pub(crate) fn for_problem(p: &'p Problem, k: usize, cfg: &SparseOt) -> Self {
-        Self::new(
-            p.cost(),
+        Self::on(
+            CostColumns::transposed(p.cost()),
             p.a_slice(),
             p.b_slice(),
             k,
@@ -241,7 +274,7 @@ impl<'p> SparseDual<'p> {
     /// The read-only data the column kernel needs.
     fn kernel(&self) -> ColumnKernel<'_> {
         ColumnKernel {
-            cost_t: &self.cost_t,
+            cost: &self.cost,
             b: self.b,
             k: self.k,
             gamma: self.gamma,
@@ -250,21 +283,16 @@ impl<'p> SparseDual<'p> {
     }
 
     /// Evaluates the objective (to maximise) at x = α (semi-dual) or x = (α, β) (dual); writes its gradient.
+    /// Each column's support {i : t_ij > 0} at x is kept on the way, for [`Self::recorded_supports`].
     pub(crate) fn value_and_gradient(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
-        self.recorded_at = None;
-        self.evaluate(x, grad, false)
-    }
-
-    /// [`Self::value_and_gradient`], recording on the way each column's support {i : t_ij > 0} at x, which
-    /// [`Self::recorded_supports`] then returns without another pass over the cost.
-    pub(crate) fn value_gradient_supports(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
-        let v = self.evaluate(x, grad, true);
-        self.recorded_at = Some(x.to_vec());
+        let v = self.evaluate(x, grad);
+        let at = self.recorded_at.get_or_insert_with(Vec::new);
+        at.clear();
+        at.extend_from_slice(x);
         v
     }
 
-    /// Each column's support as recorded by the last evaluation, if that was
-    /// [`Self::value_gradient_supports`] at exactly x.
+    /// Each column's support as recorded by the last evaluation, if that was at exactly x.
     pub(crate) fn recorded_supports(&self, x: &[f64]) -> Option<Supports> {
         let at = self.recorded_at.as_deref()?;
         let same = at.len() == x.len() && at.iter().zip(x).all(|(p, q)| p.to_bits() == q.to_bits());
@@ -279,12 +307,12 @@ impl<'p> SparseDual<'p> {
         })
     }
 
-    fn evaluate(&mut self, x: &[f64], grad: &mut [f64], record: bool) -> f64 {
+    fn evaluate(&mut self, x: &[f64], grad: &mut [f64]) -> f64 {
         let m = self.m();
         let (alpha, beta) = x.split_at(m);
         let (ga, gb) = grad.split_at_mut(m);
         let kernel = ColumnKernel {
-            cost_t: &self.cost_t,
+            cost: &self.cost,
             b: self.b,
             k: self.k,
             gamma: self.gamma,
@@ -307,10 +335,11 @@ impl<'p> SparseDual<'p> {
             }
             None => (0..nchunks).map(|_| None).collect(),
         };
-        let work = |((ch, gbc), part): ((&mut Chunk, &mut Option<&mut [f64]>), &mut Part<'_>)| {
-            ch.rowsum.iter_mut().for_each(|r| *r = 0.0);
+        let work = |scratch: &mut Scratch,
+                    ((ch, gbc), part): ((&mut Chunk, &mut Option<&mut [f64]>), &mut Part<'_>)| {
             ch.fallbacks = 0;
             ch.support.clear();
+            ch.mass.clear();
             ch.support_end.clear();
             let mut term = 0.0;
             for (off, j) in (ch.first..ch.first + ch.len).enumerate() {
@@ -320,8 +349,7 @@ impl<'p> SparseDual<'p> {
                     outside: &mut outside[off],
                     drift: drift.flatten(),
                 });
-                let (col, scanned) =
-                    kernel.column(alpha, beta_j, j, &mut ch.s, &mut ch.idx, set.as_mut());
+                let (col, scanned) = kernel.column(alpha, beta_j, j, scratch, set.as_mut());
                 if scanned && set.is_some_and(|s| s.drift.is_some()) {
                     ch.fallbacks += 1;
                 }
@@ -331,9 +359,10 @@ impl<'p> SparseDual<'p> {
                 for &i in col.rows {
                     let d = col.s[i] - col.shift;
                     let t = (d / gamma - col.theta).max(0.0);
-                    ch.rowsum[i] += t;
-                    if record && t > 0.0 {
+                    // Zero masses add nothing to a row sum (x + 0 = x): only nonzeros are kept.
+                    if t > 0.0 {
                         ch.support.push(i);
+                        ch.mass.push(t);
                     }
                     colsum += t;
                     sq += t * t;
@@ -347,9 +376,7 @@ impl<'p> SparseDual<'p> {
                 if let Some(g) = gbc.as_mut() {
                     g[off] = b[j] - colsum;
                 }
-                if record {
-                    ch.support_end.push(ch.support.len());
-                }
+                ch.support_end.push(ch.support.len());
             }
             ch.term = term;
         };
@@ -357,17 +384,24 @@ impl<'p> SparseDual<'p> {
             .par_iter_mut()
             .zip(gb_chunks.par_iter_mut())
             .zip(parts.par_iter_mut())
-            .for_each(work);
+            .for_each_init(|| Scratch::new(m), work);
         drop(parts);
         if let Some(w) = self.working.as_mut() {
             w.end(self.chunks.iter().map(|c| c.fallbacks).sum());
         }
-        // Deterministic reduction in chunk order.
+        // Deterministic reduction in chunk order: a chunk's partial row sums (its columns in order), then
+        // a_i minus the partials of chunk after chunk. Rows a chunk gives no mass have a zero partial, which
+        // changes nothing, so only the chunk's support is visited.
         ga.copy_from_slice(self.a);
+        let partial = &mut self.partial;
         let mut total = 0.0;
         for ch in &self.chunks {
-            for (g, r) in ga.iter_mut().zip(&ch.rowsum) {
-                *g -= r;
+            for (&i, &t) in ch.support.iter().zip(&ch.mass) {
+                partial[i] += t;
+            }
+            for &i in &ch.support {
+                ga[i] -= partial[i];
+                partial[i] = 0.0;
             }
             total += ch.term;
         }
@@ -388,14 +422,10 @@ impl<'p> SparseDual<'p> {
         beta: Option<&[f64]>,
         mut emit: impl FnMut(usize, &[usize], &mut dyn Iterator<Item = f64>, f64),
     ) {
-        let m = self.m();
-        let mut s = vec![0.0; m];
-        let mut idx = Vec::with_capacity(m);
+        let mut scratch = Scratch::new(self.m());
         for j in 0..self.n() {
             let beta_j = beta.map_or(0.0, |b| b[j]);
-            let (col, _) = self
-                .kernel()
-                .column(alpha, beta_j, j, &mut s, &mut idx, None);
+            let (col, _) = self.kernel().column(alpha, beta_j, j, &mut scratch, None);
             let gamma = self.gamma;
             let (theta, shift) = (col.theta, col.shift);
             let sv = col.s;
@@ -416,6 +446,7 @@ impl<'p> SparseDual<'p> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::Array2;
 
     /// A path of points: small steps (the working set serves them), then jumps (columns fall back and the
     /// set is rebuilt), for both formulations and several k; value and gradient equal those of full scans

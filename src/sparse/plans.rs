@@ -26,10 +26,9 @@
 //! plan is from its optimum: [`crate::Solution::plan_gap`].
 
 use crate::ops::{simplex_threshold, top_k_into};
-use crate::problem::Problem;
 use crate::solution::{Criterion, PlanKind, Termination, DEFAULT_TOL};
 use crate::sparse::newton::{self, PiecewiseQuadratic, Supports};
-use crate::sparse::rules::PlanBuilder;
+use crate::sparse::rules::{ColumnData, PlanBuilder};
 
 /// A plan of the convex relaxation with its relaxed objective.
 pub(crate) struct Relaxed {
@@ -42,7 +41,7 @@ pub(crate) struct Relaxed {
 /// What the solve hands over to build the plan asked for.
 pub(crate) struct Ingredients<'a> {
     /// The column problem.
-    pub problem: &'a Problem,
+    pub data: ColumnData<'a>,
     /// Nonzeros per column allowed.
     pub k: usize,
     pub gamma: f64,
@@ -67,7 +66,7 @@ pub(crate) fn build(
     if kind == PlanKind::Gradient {
         return (gradient, PlanKind::Gradient, None);
     }
-    let p = ing.problem;
+    let p = ing.data;
     let gap = |primal: f64| primal - ing.value;
     // At a point that meets the marginal criterion, T(α, β) has at most k nonzeros per column and meets the
     // marginals within the tolerance: it is a feasible plan of both problems.
@@ -93,33 +92,34 @@ pub(crate) fn build(
 
 /// ⟨T, C⟩ + (γ/2)‖T‖² of a plan given as triplets.
 fn quadratic_objective(
-    p: &Problem,
+    p: ColumnData<'_>,
     gamma: f64,
     triplets: impl Iterator<Item = (usize, usize, f64)>,
 ) -> f64 {
-    let c = p.cost();
     triplets
-        .map(|(i, j, t)| t * c[[i, j]] + 0.5 * gamma * t * t)
+        .map(|(i, j, t)| t * p.cost.entry(i, j) + 0.5 * gamma * t * t)
         .sum()
 }
 
 /// The support of the repair: per column the (at most k) largest entries of `source` (ties to the lower
 /// row), then the best scores α_i − c_ij (tie rule) up to k rows.
 fn support(ing: &Ingredients<'_>, source: &PlanBuilder) -> Vec<Vec<usize>> {
-    let p = ing.problem;
-    let (m, k) = (p.m(), ing.k.min(p.m()));
-    let cost = p.cost();
+    let p = ing.data;
+    let (m, n) = (p.a.len(), p.b.len());
+    let k = ing.k.min(m);
     let mut scores = vec![0.0; m];
     let mut top = Vec::with_capacity(m);
-    (0..p.n())
+    let mut buf = Vec::new();
+    (0..n)
         .map(|j| {
             let mut kept: Vec<(usize, f64)> = source.column(j).collect();
             kept.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
             kept.truncate(k);
             let mut rows: Vec<usize> = kept.into_iter().map(|e| e.0).collect();
             if rows.len() < k {
-                for (i, s) in scores.iter_mut().enumerate() {
-                    *s = ing.alpha[i] - cost[[i, j]];
+                let c = p.cost.column(j, &mut buf);
+                for ((s, &a), &c) in scores.iter_mut().zip(ing.alpha).zip(c) {
+                    *s = a - c;
                 }
                 top_k_into(&scores, k, &mut top);
                 for &i in &top {
@@ -140,17 +140,16 @@ fn support(ing: &Ingredients<'_>, source: &PlanBuilder) -> Vec<Vec<usize>> {
 /// Quadratic OT restricted to the repair's support, from the returned α; `None` when Newton does not meet
 /// the tolerance (no plan on the support meets the marginals, or the budget ran out).
 fn repair(ing: &Ingredients<'_>, source: &PlanBuilder) -> Option<PlanBuilder> {
-    let p = ing.problem;
-    let cost = p.cost();
+    let p = ing.data;
     let support = support(ing, source);
     let columns = support
         .iter()
         .enumerate()
-        .map(|(j, rows)| rows.iter().map(|&i| (i, cost[[i, j]])).collect())
+        .map(|(j, rows)| rows.iter().map(|&i| (i, p.cost.entry(i, j))).collect())
         .collect();
     let mut restricted = Restricted {
-        a: p.a_slice(),
-        b: p.b_slice(),
+        a: p.a,
+        b: p.b,
         gamma: ing.gamma,
         columns,
     };
@@ -167,9 +166,10 @@ fn repair(ing: &Ingredients<'_>, source: &PlanBuilder) -> Option<PlanBuilder> {
     if !met {
         return None;
     }
-    let mut plan = PlanBuilder::new(p.m(), p.n());
+    let (m, n) = (p.a.len(), p.b.len());
+    let mut plan = PlanBuilder::new(m, n);
     let mut u = Vec::new();
-    for j in 0..p.n() {
+    for j in 0..n {
         plan.push_column(
             restricted
                 .column(j, &out.x, &mut u)

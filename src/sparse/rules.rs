@@ -16,6 +16,7 @@ use crate::problem::{check_vector_finite, Problem};
 use crate::solution::{
     plan_metrics, Formulation, Lanes, Method, Plan, RanOn, Solution, SparsePlan, Termination,
 };
+use crate::sparse::columns::CostColumns;
 use crate::sparse::plans::{self, Relaxed};
 use crate::sparse::settings::SparseOt;
 
@@ -254,9 +255,34 @@ pub(crate) struct Outcome {
 /// gradient plan `plan`, see [`plans`]) compressed by column, its transport cost and marginal errors
 /// measured in f64 against the f64 problem `p`.
 pub(crate) fn solution(cfg: &SparseOt, p: &Problem, plan: PlanBuilder, out: Outcome) -> Solution {
+    let data = ColumnData {
+        cost: &CostColumns::matrix(p),
+        a: p.a_slice(),
+        b: p.b_slice(),
+    };
+    solution_of(cfg, data, plan, out)
+}
+
+/// A column problem's cost and marginals as the host reads them in f64.
+#[derive(Clone, Copy)]
+pub(crate) struct ColumnData<'a> {
+    pub cost: &'a CostColumns<'a>,
+    /// Row masses (length m).
+    pub a: &'a [f64],
+    /// Column masses (length n).
+    pub b: &'a [f64],
+}
+
+/// [`solution`] for a column problem given by its cost source and marginals (dense or on points).
+pub(crate) fn solution_of(
+    cfg: &SparseOt,
+    data: ColumnData<'_>,
+    plan: PlanBuilder,
+    out: Outcome,
+) -> Solution {
     let ingredients = plans::Ingredients {
-        problem: p,
-        k: cfg.k.unwrap_or(p.m()),
+        data,
+        k: cfg.k.unwrap_or(data.a.len()),
         gamma: cfg.gamma,
         alpha: out.alpha.as_slice().expect("a standard vector"),
         value: out.value,
@@ -272,8 +298,12 @@ pub(crate) fn solution(cfg: &SparseOt, p: &Problem, plan: PlanBuilder, out: Outc
         values,
     } = plan;
     let plan = SparsePlan::from_parts(shape, Lanes::Columns, ptr, indices, values);
-    let (transport_cost, marginal_error_rows, marginal_error_cols) =
-        plan_metrics(plan.triplets(), p.cost(), p.a_slice(), p.b_slice());
+    let (transport_cost, marginal_error_rows, marginal_error_cols) = plan_metrics(
+        plan.triplets(),
+        |i, j| data.cost.entry(i, j),
+        data.a,
+        data.b,
+    );
     Solution {
         method: method(cfg, Lanes::Columns),
         device: out.device,

@@ -1,0 +1,124 @@
+//! Sparsity-constrained and quadratic OT between two point clouds on the CPU: the f64 pipeline of `cpu` on
+//! a cost computed column by column from the points ([`CostColumns::points`]), so memory is O((m + n) d)
+//! for the points plus O(m + nk) for the solver and the plan (at most k nonzeros per column), never m × n.
+//!
+//! What differs from a dense problem is only where the cost comes from: with the same entries (the points'
+//! [`PointProblem::to_problem`]) the potentials, plan and report are those of the dense solve, except that
+//! k = 1 takes the general path (the exact network simplex needs the matrix).
+
+use std::borrow::Cow;
+
+use crate::error::Result;
+use crate::points::PointProblem;
+use crate::problem::SHIFT_ABOVE;
+use crate::solution::{plan_metrics, Formulation, Lanes, Plan, Solution};
+use crate::sparse::columns::CostColumns;
+use crate::sparse::cpu;
+use crate::sparse::objective::SparseDual;
+use crate::sparse::rules;
+use crate::sparse::settings::SparseOt;
+
+/// Solves `p` with `cfg` on the CPU: checks k and the warm start (in the caller's orientation), solves the
+/// column problem (the transposed clouds for row sparsity) and returns the solution in the caller's
+/// orientation.
+pub(crate) fn solve(cfg: &SparseOt, p: &PointProblem) -> Result<Solution> {
+    let k = rules::check_k(cfg, p.m(), p.n())?;
+    let x0 = rules::start_point(cfg, p.m(), p.n())?;
+    let columns = match cfg.lanes {
+        Lanes::Columns => Cow::Borrowed(p),
+        Lanes::Rows => Cow::Owned(p.transposed()),
+    };
+    let sol = solve_columns(&rules::columns_config(cfg), &columns, k, x0)?;
+    let sol = rules::to_user(cfg, sol);
+    sol.checked(p.largest_marginal(), p.m().max(p.n()))
+}
+
+/// Solves a column problem on points. The semi-dual divides by b_j, so zero-mass targets are removed first
+/// and given back empty columns; a cost whose minimum dwarfs its range is shifted to start at 0 (as for
+/// dense problems), with the potentials, value and transport cost restored.
+fn solve_columns(cfg: &SparseOt, p: &PointProblem, k: usize, x0: Vec<f64>) -> Result<Solution> {
+    if cfg.formulation == Formulation::SemiDual {
+        let kept: Vec<usize> = (0..p.n()).filter(|&j| p.b()[j] > 0.0).collect();
+        if kept.len() < p.n() {
+            return solve_reduced(cfg, p, k, x0, &kept);
+        }
+    }
+    let (lo, hi) = p.cost_bounds();
+    let shift = if hi > lo && lo.abs() > SHIFT_ABOVE * (hi - lo) {
+        lo
+    } else {
+        0.0
+    };
+    let cfg = cfg.with_warm_shift(shift);
+    let (a, b) = (
+        p.a().to_slice().expect("contiguous masses"),
+        p.b().to_slice().expect("contiguous masses"),
+    );
+    let dual_of =
+        |f: Formulation| SparseDual::on(CostColumns::points(p, shift), a, b, k, cfg.gamma, f);
+    let mut sol = if cpu::eliminates_beta(&cfg, b) {
+        let semi = cpu::semi_dual(&cfg);
+        let sol = cpu::maximise(
+            &semi,
+            &mut dual_of(Formulation::SemiDual),
+            x0[..p.m()].to_vec(),
+        );
+        cpu::as_dual(&cfg, dual_of(Formulation::Dual), sol)
+    } else {
+        cpu::maximise(&cfg, &mut dual_of(cfg.formulation), x0)
+    };
+    if shift != 0.0 {
+        // Scores α_i + β_j − C_ij are unchanged when α carries the shift back; every plan's cost and the
+        // objective move by the shift times the mass.
+        sol.alpha.mapv_inplace(|x| x + shift);
+        sol.value += shift * p.mass();
+        sol.transport_cost = sol.plan.triplets().map(|(i, j, v)| v * p.cost(i, j)).sum();
+    }
+    Ok(sol)
+}
+
+/// The semi-dual on the targets `kept` (those with mass), spread back to all n: removed columns are empty,
+/// with β_j = min_i (C_ij − α_i) so that no score of theirs is positive.
+fn solve_reduced(
+    cfg: &SparseOt,
+    p: &PointProblem,
+    k: usize,
+    x0: Vec<f64>,
+    kept: &[usize],
+) -> Result<Solution> {
+    let mut cfg = cfg.clone();
+    if let Some(beta) = &cfg.warm_beta {
+        cfg.warm_beta = Some(kept.iter().map(|&j| beta[j]).collect());
+    }
+    let reduced = p.with_columns(kept);
+    let sol = solve_columns(&cfg, &reduced, k, x0)?;
+    let mut beta = vec![f64::NAN; p.n()];
+    for (l, &j) in kept.iter().enumerate() {
+        beta[j] = sol.beta[l];
+    }
+    for (j, b) in beta.iter_mut().enumerate() {
+        if b.is_nan() {
+            *b = (0..p.m())
+                .map(|i| p.cost(i, j) - sol.alpha[i])
+                .fold(f64::INFINITY, f64::min);
+        }
+    }
+    let plan = match &sol.plan {
+        Plan::Sparse(plan) => Plan::Sparse(plan.spread_lanes(kept, p.n())),
+        Plan::Dense(_) => unreachable!("sparse solvers return sparse plans"),
+    };
+    let (a, b) = (
+        p.a().to_slice().expect("contiguous masses"),
+        p.b().to_slice().expect("contiguous masses"),
+    );
+    let (transport_cost, marginal_error_rows, marginal_error_cols) =
+        plan_metrics(plan.triplets(), |i, j| p.cost(i, j), a, b);
+    Ok(Solution {
+        plan,
+        beta: beta.into(),
+        transport_cost,
+        marginal_error_rows,
+        marginal_error_cols,
+        ..sol
+    })
+}

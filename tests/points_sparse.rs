@@ -1,0 +1,243 @@
+//! Sparsity-constrained and quadratic OT on point clouds: the cost is computed from the points column by
+//! column, never stored. On small clouds every solve equals the dense solve of `PointProblem::to_problem`
+//! (the same entries bit for bit) bit for bit, in every formulation, orientation and plan kind; k = 1
+//! (which the dense solve hands to the network simplex) reaches the same optimum within the tolerance.
+
+use ndarray::{Array1, Array2};
+use sparse_ot::{
+    Error, Formulation, GroundCost, Plan, PlanKind, PointProblem, Solution, SparseOt, Termination,
+};
+
+fn cloud(n: usize, d: usize, seed: u64) -> Array2<f64> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    Array2::from_shape_fn((n, d), |_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+fn masses(n: usize, seed: u64) -> Array1<f64> {
+    let w = cloud(n, 1, seed).column(0).mapv(|v| 0.2 + v);
+    let total = w.sum();
+    w / total
+}
+
+const PLENTY: u64 = 1 << 30;
+
+fn triplets(sol: &Solution) -> Vec<(usize, usize, u64)> {
+    sol.plan
+        .triplets()
+        .map(|(i, j, v)| (i, j, v.to_bits()))
+        .collect()
+}
+
+/// Everything a solve reports, compared bit for bit (the status's Debug form includes its numbers).
+fn assert_same(on_points: &Solution, dense: &Solution, what: &str) {
+    assert_eq!(
+        format!("{:?}", on_points.termination),
+        format!("{:?}", dense.termination),
+        "{what}"
+    );
+    assert_eq!(on_points.iterations, dense.iterations, "{what}");
+    assert_eq!(on_points.alpha, dense.alpha, "{what}");
+    assert_eq!(on_points.beta, dense.beta, "{what}");
+    assert_eq!(on_points.value.to_bits(), dense.value.to_bits(), "{what}");
+    assert_eq!(
+        on_points.transport_cost.to_bits(),
+        dense.transport_cost.to_bits(),
+        "{what}"
+    );
+    assert_eq!(on_points.plan_kind, dense.plan_kind, "{what}");
+    assert_eq!(triplets(on_points), triplets(dense), "{what}");
+}
+
+#[test]
+fn sparse_on_points_equals_the_dense_solve_bit_for_bit() {
+    let configs: Vec<(&str, SparseOt)> = vec![
+        ("semi-dual k 2", SparseOt::new(2, 0.1).unwrap()),
+        ("semi-dual k 5", SparseOt::new(5, 0.05).unwrap()),
+        (
+            "dual k 3",
+            SparseOt::new(3, 0.1)
+                .unwrap()
+                .formulation(Formulation::Dual),
+        ),
+        (
+            "dual k 2, fixed budget (joint α, β)",
+            SparseOt::new(2, 0.1)
+                .unwrap()
+                .formulation(Formulation::Dual)
+                .tol(0.0)
+                .unwrap()
+                .max_iter(40),
+        ),
+        ("quadratic", SparseOt::quadratic(0.5).unwrap()),
+        ("rows k 2", SparseOt::new(2, 0.1).unwrap().row_sparsity()),
+        (
+            "feasible plan k 2",
+            SparseOt::new(2, 0.1).unwrap().plan_kind(PlanKind::Feasible),
+        ),
+        (
+            "relaxed plan k 3",
+            SparseOt::new(3, 0.02).unwrap().plan_kind(PlanKind::Relaxed),
+        ),
+    ];
+    for (ground, d) in [
+        (GroundCost::SqEuclidean, 2),
+        (GroundCost::Euclidean, 5),
+        (GroundCost::Minkowski { p: 1.0, q: 1.0 }, 3),
+    ] {
+        let (x, y) = (cloud(60, d, 1), cloud(45, d, 2));
+        let p = PointProblem::new(&masses(60, 3), &masses(45, 4), &x, &y, ground).unwrap();
+        let dense = p.to_problem(PLENTY).unwrap();
+        for (name, cfg) in &configs {
+            let what = format!("{ground}, {name}");
+            let on_points = cfg.solve_points(&p).unwrap();
+            let reference = cfg.solve(&dense).unwrap();
+            assert_same(&on_points, &reference, &what);
+            assert!(
+                on_points.converged() || name.contains("budget"),
+                "{what}: {on_points}"
+            );
+        }
+    }
+}
+
+/// Long columns (m = 600 rows, k = 3) go through the working sets, which read single entries of the cost
+/// instead of whole columns: still the dense solve bit for bit.
+#[test]
+fn working_sets_on_points_equal_the_dense_solve() {
+    let (x, y) = (cloud(600, 2, 5), cloud(80, 2, 6));
+    let p = PointProblem::new(
+        &masses(600, 7),
+        &masses(80, 8),
+        &x,
+        &y,
+        GroundCost::SqEuclidean,
+    )
+    .unwrap()
+    .scaled(2.0)
+    .unwrap();
+    let dense = p.to_problem(PLENTY).unwrap();
+    for f in [Formulation::SemiDual, Formulation::Dual] {
+        let cfg = SparseOt::new(3, 0.05).unwrap().formulation(f);
+        let on_points = cfg.solve_points(&p).unwrap();
+        assert!(on_points.converged(), "{f:?}: {on_points}");
+        assert_same(&on_points, &cfg.solve(&dense).unwrap(), &format!("{f:?}"));
+    }
+}
+
+/// Zero-mass targets are removed and given back as empty columns; clouds far apart (costs from ~19 600 to
+/// ~20 400: the minimum is over 16 times the spread) are shifted as dense costs are. Both as the dense
+/// solve.
+#[test]
+fn zero_masses_and_far_clouds_as_the_dense_solve() {
+    let (x, mut y) = (cloud(50, 2, 11), cloud(40, 2, 12));
+    let mut b = masses(40, 13);
+    b[7] = 0.0;
+    b[30] = 0.0;
+    let b = &b / b.sum();
+    let cfg = SparseOt::new(2, 0.1).unwrap();
+    let p = PointProblem::new(&masses(50, 14), &b, &x, &y, GroundCost::SqEuclidean).unwrap();
+    let on_points = cfg.solve_points(&p).unwrap();
+    assert!(on_points.converged(), "{on_points}");
+    assert_same(
+        &on_points,
+        &cfg.solve(&p.to_problem(PLENTY).unwrap()).unwrap(),
+        "zero masses",
+    );
+    let Plan::Sparse(plan) = &on_points.plan else {
+        panic!("sparse solvers return sparse plans")
+    };
+    assert!(plan.lane(7).0.is_empty() && plan.lane(30).0.is_empty());
+
+    y.mapv_inplace(|v| v + 100.0);
+    let far = PointProblem::uniform(&x, &y, GroundCost::SqEuclidean).unwrap();
+    let on_points = cfg.solve_points(&far).unwrap();
+    assert!(on_points.converged(), "{on_points}");
+    assert!(on_points.transport_cost > 1e4, "{on_points}");
+    assert_same(
+        &on_points,
+        &cfg.solve(&far.to_problem(PLENTY).unwrap()).unwrap(),
+        "far clouds",
+    );
+}
+
+/// k = 1 is unregularised OT plus (γ/2)‖b‖²: on points it takes the general path and must reach the value
+/// the dense solve's exact route certifies, within the tolerance.
+#[test]
+fn k1_on_points_reaches_the_exact_optimum() {
+    let (x, y) = (cloud(40, 2, 21), cloud(30, 2, 22));
+    let p = PointProblem::new(
+        &masses(40, 23),
+        &masses(30, 24),
+        &x,
+        &y,
+        GroundCost::SqEuclidean,
+    )
+    .unwrap();
+    let cfg = SparseOt::new(1, 0.1).unwrap();
+    let on_points = cfg.solve_points(&p).unwrap();
+    let exact = cfg.solve(&p.to_problem(PLENTY).unwrap()).unwrap();
+    assert!(on_points.converged(), "{on_points}");
+    assert!(exact.converged(), "{exact}");
+    // The dual value is a lower bound of the optimum, which the exact route reaches.
+    assert!(
+        on_points.value <= exact.value + 1e-9,
+        "{on_points} vs {exact}"
+    );
+    assert!(
+        exact.value - on_points.value <= 1e-6 * exact.value.abs().max(1.0),
+        "{on_points} vs {exact}"
+    );
+}
+
+#[test]
+fn bad_settings_on_points_give_typed_errors() {
+    let (x, y) = (cloud(5, 2, 31), cloud(4, 2, 32));
+    let p = PointProblem::uniform(&x, &y, GroundCost::SqEuclidean).unwrap();
+    let too_large = SparseOt::new(6, 0.1).unwrap().solve_points(&p);
+    assert!(
+        matches!(too_large, Err(Error::InvalidK { k: 6, max: 5, .. })),
+        "{too_large:?}"
+    );
+    let rows = SparseOt::new(5, 0.1)
+        .unwrap()
+        .row_sparsity()
+        .solve_points(&p);
+    assert!(
+        matches!(rows, Err(Error::InvalidK { k: 5, max: 4, .. })),
+        "{rows:?}"
+    );
+    let warm = SparseOt::new(2, 0.1)
+        .unwrap()
+        .warm_start(Array1::zeros(3), None)
+        .solve_points(&p);
+    assert!(
+        matches!(
+            warm,
+            Err(Error::WarmStartMismatch {
+                expected: 5,
+                found: 3,
+                ..
+            })
+        ),
+        "{warm:?}"
+    );
+    let mut nan = Array1::zeros(5);
+    nan[2] = f64::NAN;
+    let warm = SparseOt::new(2, 0.1)
+        .unwrap()
+        .warm_start(nan, None)
+        .solve_points(&p);
+    assert!(matches!(warm, Err(Error::NonFinite { .. })), "{warm:?}");
+    // A fixed budget that runs out is a status, not an error.
+    let short = SparseOt::new(2, 0.001)
+        .unwrap()
+        .max_iter(1)
+        .solve_points(&p)
+        .unwrap();
+    assert_eq!(short.termination, Termination::MaxIterations);
+}
