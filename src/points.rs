@@ -456,8 +456,9 @@ impl<F: Real> PointLanes<F> {
     }
 }
 
-/// The result of a solve on a [`PointProblem`]: the potentials and every reported number, without an m × n
-/// plan (which at 10⁵ points would not fit anywhere). Plan entries, the plan's marginals and the dense plan
+/// The result of a Sinkhorn solve on a [`PointProblem`]: the potentials and every reported number, without
+/// an m × n plan (which at 10⁵ points would not fit anywhere; the sparse solvers' plans have at most k
+/// nonzeros per column and come in their [`crate::Solution`]). Plan entries, the plan's marginals and the dense plan
 /// (when it fits) are computed from the potentials on request.
 ///
 /// For entropic OT the plan is T_ij = exp((α_i + β_j − C_ij)/ε).

@@ -76,8 +76,15 @@ impl ColumnSet<'_> {
     /// the top, so the rows scoring at least a level a little below the old rows' lowest score are gathered
     /// first (at least the WIDTH old rows pass), and the top WIDTH + 1 is selected among them when there are
     /// enough: every row tying with the (WIDTH + 1)-th is then among them, so the selection is the one of a
-    /// scan of the whole column. Otherwise the whole column is scanned.
+    /// scan of the whole column. Otherwise, and for a set never built (whose placeholder rows say nothing,
+    /// so that the level would keep about half the column), the whole column is scanned.
     pub(crate) fn rebuild(&mut self, s: &[f64], scratch: &mut Vec<usize>) {
+        if self.outside.is_infinite() {
+            // Never built: r_j is +∞ until the first build (a built bound is a finite score).
+            top_k_buffered(s, 0..s.len(), WIDTH + 1, scratch);
+            self.keep(s, scratch);
+            return;
+        }
         let (lo, hi) = self
             .rows
             .iter()
@@ -92,8 +99,14 @@ impl ColumnSet<'_> {
         } else {
             top_k_buffered(s, 0..s.len(), WIDTH + 1, scratch);
         }
-        *self.outside = s[scratch[WIDTH]] + self.drift.map_or(0.0, |d| d.fall);
-        self.rows.copy_from_slice(&scratch[..WIDTH]);
+        self.keep(s, scratch);
+    }
+
+    /// Keeps the column's top WIDTH + 1 `top` (by the tie rule): the first WIDTH as the set, the last as
+    /// the bound on the others.
+    fn keep(&mut self, s: &[f64], top: &[usize]) {
+        *self.outside = s[top[WIDTH]] + self.drift.map_or(0.0, |d| d.fall);
+        self.rows.copy_from_slice(&top[..WIDTH]);
         self.rows.sort_unstable();
     }
 }
