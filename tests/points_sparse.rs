@@ -152,6 +152,14 @@ fn zero_masses_and_far_clouds_as_the_dense_solve() {
         panic!("sparse solvers return sparse plans")
     };
     assert!(plan.lane(7).0.is_empty() && plan.lane(30).0.is_empty());
+    // The semi-dual starts from α alone: a β given with it (of any length) is not read.
+    let warm = cfg
+        .clone()
+        .warm_start(on_points.alpha.clone(), Some(Array1::zeros(3)))
+        .solve_points(&p)
+        .unwrap();
+    assert!(warm.converged(), "{warm}");
+    assert!(warm.iterations <= on_points.iterations, "{warm}");
 
     y.mapv_inplace(|v| v + 100.0);
     let far = PointProblem::uniform(&x, &y, GroundCost::SqEuclidean).unwrap();

@@ -46,7 +46,7 @@ pub(crate) struct SparseDual<'p> {
     chunks: Vec<Chunk>,
     /// Candidate rows per column for evaluations near the last ones (small k on long columns).
     working: Option<WorkingSet>,
-    /// The x at which the chunks' `support` lists were recorded ([`Self::value_gradient_supports`]).
+    /// The x of the last evaluation, at which the chunks' `support` lists were recorded.
     recorded_at: Option<Vec<f64>>,
     /// Zeros between evaluations: the partial row sums of one chunk at a time.
     partial: Vec<f64>,

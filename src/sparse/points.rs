@@ -78,7 +78,8 @@ fn solve_columns(cfg: &SparseOt, p: &PointProblem, k: usize, x0: Vec<f64>) -> Re
 }
 
 /// The semi-dual on the targets `kept` (those with mass), spread back to all n: removed columns are empty,
-/// with β_j = min_i (C_ij − α_i) so that no score of theirs is positive.
+/// with β_j = min_i (C_ij − α_i) so that no score of theirs is positive. The start point `x0` is α, which
+/// the removal leaves as it is (the semi-dual has no β to start from).
 fn solve_reduced(
     cfg: &SparseOt,
     p: &PointProblem,
@@ -86,12 +87,8 @@ fn solve_reduced(
     x0: Vec<f64>,
     kept: &[usize],
 ) -> Result<Solution> {
-    let mut cfg = cfg.clone();
-    if let Some(beta) = &cfg.warm_beta {
-        cfg.warm_beta = Some(kept.iter().map(|&j| beta[j]).collect());
-    }
     let reduced = p.with_columns(kept);
-    let sol = solve_columns(&cfg, &reduced, k, x0)?;
+    let sol = solve_columns(cfg, &reduced, k, x0)?;
     let mut beta = vec![f64::NAN; p.n()];
     for (l, &j) in kept.iter().enumerate() {
         beta[j] = sol.beta[l];
