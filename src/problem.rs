@@ -321,10 +321,7 @@ impl Problem {
     /// cost changes by the shift times its mass), so solvers solve the shifted problem and
     /// [`Problem::unshift`] restores the potentials and values.
     pub(crate) fn conditioned(&self) -> Option<(Problem, f64)> {
-        let (lo, hi) = self.cost_bounds();
-        if !(hi > lo && lo.abs() > SHIFT_ABOVE * (hi - lo)) {
-            return None;
-        }
+        let lo = conditioning_shift(self.cost_bounds())?;
         let shifted = Problem {
             a: self.a.clone(),
             b: self.b.clone(),
@@ -336,15 +333,8 @@ impl Problem {
     /// A solution of [`Problem::conditioned`]'s shifted problem as a solution of this one: α gains the
     /// shift (so α_i + β_j − C_ij is unchanged), the objective gains shift × Σa, and the transport cost is
     /// measured again on this problem's cost.
-    pub(crate) fn unshift(&self, mut sol: Solution, shift: f64) -> Solution {
-        sol.alpha.mapv_inplace(|x| x + shift);
-        sol.value += shift * self.mass();
-        sol.transport_cost = sol
-            .plan
-            .triplets()
-            .map(|(i, j, v)| v * self.cost[[i, j]])
-            .sum();
-        sol
+    pub(crate) fn unshift(&self, sol: Solution, shift: f64) -> Solution {
+        unshift(sol, shift, self.mass(), |i, j| self.cost[[i, j]])
     }
 
     /// Solves this problem with `solve`, on the [conditioned](Problem::conditioned) problem when it has one
@@ -475,9 +465,7 @@ pub(crate) struct Reduced {
 }
 
 impl Reduced {
-    /// Potentials of the reduced problem spread over the full problem's (m, n): a removed row gets
-    /// min_j (C_ij − β_j) − `margin`, a removed column min_i (C_ij − α_i) − `margin`, so that every score
-    /// α_i + β_j − C_ij of a removed line is at most −`margin`: no mass there, whatever the solver's plan rule.
+    /// Potentials of the reduced problem spread over the full problem ([`spread_potentials`]).
     pub fn spread(
         &self,
         full: &Problem,
@@ -485,30 +473,66 @@ impl Reduced {
         beta: &Array1<f64>,
         margin: f64,
     ) -> (Array1<f64>, Array1<f64>) {
-        let (m, n) = (full.m(), full.n());
-        let mut fa = Array1::from_elem(m, f64::NAN);
-        let mut fb = Array1::from_elem(n, f64::NAN);
-        for (r, &i) in self.rows.iter().enumerate() {
-            fa[i] = alpha[r];
-        }
-        for (c, &j) in self.cols.iter().enumerate() {
-            fb[j] = beta[c];
-        }
-        let kept_min = |vals: &mut dyn Iterator<Item = f64>| vals.fold(f64::INFINITY, f64::min);
-        for j in 0..n {
-            if fb[j].is_nan() {
-                let low = kept_min(&mut self.rows.iter().map(|&i| full.cost[[i, j]] - fa[i]));
-                fb[j] = low - margin;
-            }
-        }
-        for i in 0..m {
-            if fa[i].is_nan() {
-                let low = kept_min(&mut (0..n).map(|j| full.cost[[i, j]] - fb[j]));
-                fa[i] = low - margin;
-            }
-        }
-        (fa, fb)
+        let kept = (self.rows.as_slice(), self.cols.as_slice());
+        let cost = |i: usize, j: usize| full.cost[[i, j]];
+        spread_potentials(kept, (full.m(), full.n()), cost, (alpha, beta), margin)
     }
+}
+
+/// Potentials of a problem reduced to the rows and columns `kept`, spread over the full (m, n) problem of
+/// cost `cost`: a removed row gets min_j (C_ij − β_j) − `margin`, a removed column min_i (C_ij − α_i) −
+/// `margin` (over the kept rows), so that every score α_i + β_j − C_ij of a removed line is at most
+/// −`margin`: no mass there, whatever the solver's plan rule.
+pub(crate) fn spread_potentials(
+    (rows, cols): (&[usize], &[usize]),
+    (m, n): (usize, usize),
+    cost: impl Fn(usize, usize) -> f64,
+    (alpha, beta): (&Array1<f64>, &Array1<f64>),
+    margin: f64,
+) -> (Array1<f64>, Array1<f64>) {
+    let mut fa = Array1::from_elem(m, f64::NAN);
+    let mut fb = Array1::from_elem(n, f64::NAN);
+    for (r, &i) in rows.iter().enumerate() {
+        fa[i] = alpha[r];
+    }
+    for (c, &j) in cols.iter().enumerate() {
+        fb[j] = beta[c];
+    }
+    let kept_min = |vals: &mut dyn Iterator<Item = f64>| vals.fold(f64::INFINITY, f64::min);
+    for j in 0..n {
+        if fb[j].is_nan() {
+            let low = kept_min(&mut rows.iter().map(|&i| cost(i, j) - fa[i]));
+            fb[j] = low - margin;
+        }
+    }
+    for i in 0..m {
+        if fa[i].is_nan() {
+            let low = kept_min(&mut (0..n).map(|j| cost(i, j) - fb[j]));
+            fa[i] = low - margin;
+        }
+    }
+    (fa, fb)
+}
+
+/// The shift that conditions a cost with bounds (lo, hi): lo when |lo| > [`SHIFT_ABOVE`] × (hi − lo) > 0
+/// (the minimum dwarfs the range), else none ([`Problem::conditioned`]).
+pub(crate) fn conditioning_shift((lo, hi): (f64, f64)) -> Option<f64> {
+    (hi > lo && lo.abs() > SHIFT_ABOVE * (hi - lo)).then_some(lo)
+}
+
+/// A solution of a problem whose cost was shifted by −`shift` as a solution of the unshifted problem of
+/// total mass `mass` and cost `cost`: α gains the shift (so α_i + β_j − C_ij is unchanged), the objective
+/// gains shift × mass, and the transport cost is measured again on `cost`.
+pub(crate) fn unshift(
+    mut sol: Solution,
+    shift: f64,
+    mass: f64,
+    cost: impl Fn(usize, usize) -> f64,
+) -> Solution {
+    sol.alpha.mapv_inplace(|x| x + shift);
+    sol.value += shift * mass;
+    sol.transport_cost = sol.plan.triplets().map(|(i, j, v)| v * cost(i, j)).sum();
+    sol
 }
 
 /// The uniform marginal of `len` entries, each 1/len.

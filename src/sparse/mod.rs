@@ -37,7 +37,8 @@ use crate::device::{counting, counting_batch, off_thread, Device, Target};
 use crate::error::Result;
 use crate::points::PointProblem;
 use crate::problem::Problem;
-use crate::solution::{plan_metrics, Formulation, Lanes, Plan, Solution};
+use crate::solution::{Formulation, Lanes, Solution};
+use crate::sparse::columns::CostColumns;
 
 pub(crate) use adam::Adam;
 #[cfg(feature = "gpu")]
@@ -74,28 +75,14 @@ impl SparseOt {
         }
         Some((|| {
             let sol = cfg.run_on(&reduced.problem, device)?;
-            let (alpha, beta) = reduced.spread(problem, &sol.alpha, &sol.beta, 0.0);
-            let plan = match &sol.plan {
-                Plan::Sparse(p) if rows => Plan::Sparse(p.spread_lanes(&reduced.rows, problem.m())),
-                Plan::Sparse(p) => Plan::Sparse(p.spread_lanes(&reduced.cols, problem.n())),
-                Plan::Dense(_) => unreachable!("sparse solvers return sparse plans"),
+            let potentials = reduced.spread(problem, &sol.alpha, &sol.beta, 0.0);
+            let kept = if rows { &reduced.rows } else { &reduced.cols };
+            let full = rules::ColumnData {
+                cost: &CostColumns::matrix(problem),
+                a: problem.a_slice(),
+                b: problem.b_slice(),
             };
-            let cost = problem.cost();
-            let (transport_cost, marginal_error_rows, marginal_error_cols) = plan_metrics(
-                plan.triplets(),
-                |i, j| cost[[i, j]],
-                problem.a_slice(),
-                problem.b_slice(),
-            );
-            problem.check(Solution {
-                plan,
-                alpha,
-                beta,
-                transport_cost,
-                marginal_error_rows,
-                marginal_error_cols,
-                ..sol
-            })
+            problem.check(rules::spread_back(sol, potentials, kept, full))
         })())
     }
 

@@ -10,12 +10,12 @@ use std::borrow::Cow;
 
 use crate::error::Result;
 use crate::points::PointProblem;
-use crate::problem::SHIFT_ABOVE;
-use crate::solution::{plan_metrics, Formulation, Lanes, Plan, Solution};
+use crate::problem::{conditioning_shift, spread_potentials, unshift};
+use crate::solution::{Formulation, Lanes, Solution};
 use crate::sparse::columns::CostColumns;
 use crate::sparse::cpu;
 use crate::sparse::objective::SparseDual;
-use crate::sparse::rules;
+use crate::sparse::rules::{self, ColumnData};
 use crate::sparse::settings::SparseOt;
 
 /// Solves `p` with `cfg` on the CPU: checks k and the warm start (in the caller's orientation), solves the
@@ -43,20 +43,12 @@ fn solve_columns(cfg: &SparseOt, p: &PointProblem, k: usize, x0: Vec<f64>) -> Re
             return solve_reduced(cfg, p, k, x0, &kept);
         }
     }
-    let (lo, hi) = p.cost_bounds();
-    let shift = if hi > lo && lo.abs() > SHIFT_ABOVE * (hi - lo) {
-        lo
-    } else {
-        0.0
-    };
+    let shift = conditioning_shift(p.cost_bounds()).unwrap_or(0.0);
     let cfg = cfg.with_warm_shift(shift);
-    let (a, b) = (
-        p.a().to_slice().expect("contiguous masses"),
-        p.b().to_slice().expect("contiguous masses"),
-    );
+    let (a, b) = masses(p);
     let dual_of =
         |f: Formulation| SparseDual::on(CostColumns::points(p, shift), a, b, k, cfg.gamma, f);
-    let mut sol = if cpu::eliminates_beta(&cfg, b) {
+    let sol = if cpu::eliminates_beta(&cfg, b) {
         let semi = cpu::semi_dual(&cfg);
         let sol = cpu::maximise(
             &semi,
@@ -67,14 +59,18 @@ fn solve_columns(cfg: &SparseOt, p: &PointProblem, k: usize, x0: Vec<f64>) -> Re
     } else {
         cpu::maximise(&cfg, &mut dual_of(cfg.formulation), x0)
     };
-    if shift != 0.0 {
-        // Scores α_i + β_j − C_ij are unchanged when α carries the shift back; every plan's cost and the
-        // objective move by the shift times the mass.
-        sol.alpha.mapv_inplace(|x| x + shift);
-        sol.value += shift * p.mass();
-        sol.transport_cost = sol.plan.triplets().map(|(i, j, v)| v * p.cost(i, j)).sum();
+    if shift == 0.0 {
+        return Ok(sol);
     }
-    Ok(sol)
+    Ok(unshift(sol, shift, p.mass(), |i, j| p.cost(i, j)))
+}
+
+/// The masses (a, b) of `p` as slices.
+fn masses(p: &PointProblem) -> (&[f64], &[f64]) {
+    (
+        p.a().to_slice().expect("contiguous masses"),
+        p.b().to_slice().expect("contiguous masses"),
+    )
 }
 
 /// The semi-dual on the targets `kept` (those with mass), spread back to all n: removed columns are empty,
@@ -89,33 +85,19 @@ fn solve_reduced(
 ) -> Result<Solution> {
     let reduced = p.with_columns(kept);
     let sol = solve_columns(cfg, &reduced, k, x0)?;
-    let mut beta = vec![f64::NAN; p.n()];
-    for (l, &j) in kept.iter().enumerate() {
-        beta[j] = sol.beta[l];
-    }
-    for (j, b) in beta.iter_mut().enumerate() {
-        if b.is_nan() {
-            *b = (0..p.m())
-                .map(|i| p.cost(i, j) - sol.alpha[i])
-                .fold(f64::INFINITY, f64::min);
-        }
-    }
-    let plan = match &sol.plan {
-        Plan::Sparse(plan) => Plan::Sparse(plan.spread_lanes(kept, p.n())),
-        Plan::Dense(_) => unreachable!("sparse solvers return sparse plans"),
-    };
-    let (a, b) = (
-        p.a().to_slice().expect("contiguous masses"),
-        p.b().to_slice().expect("contiguous masses"),
+    let rows: Vec<usize> = (0..p.m()).collect();
+    let potentials = spread_potentials(
+        (&rows, kept),
+        (p.m(), p.n()),
+        |i, j| p.cost(i, j),
+        (&sol.alpha, &sol.beta),
+        0.0,
     );
-    let (transport_cost, marginal_error_rows, marginal_error_cols) =
-        plan_metrics(plan.triplets(), |i, j| p.cost(i, j), a, b);
-    Ok(Solution {
-        plan,
-        beta: beta.into(),
-        transport_cost,
-        marginal_error_rows,
-        marginal_error_cols,
-        ..sol
-    })
+    let (a, b) = masses(p);
+    let full = ColumnData {
+        cost: &CostColumns::points(p, 0.0),
+        a,
+        b,
+    };
+    Ok(rules::spread_back(sol, potentials, kept, full))
 }

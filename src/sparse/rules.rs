@@ -273,6 +273,43 @@ pub(crate) struct ColumnData<'a> {
     pub b: &'a [f64],
 }
 
+/// A solution of a problem whose zero-mass lanes were removed, on the full problem `full` (cost and
+/// marginals in the solution's orientation): the potentials `alpha`, `beta` already spread over it, the
+/// plan's lanes put back at `kept` among all of the full problem's lanes (the others empty), and the
+/// transport cost and marginal errors measured on `full`.
+pub(crate) fn spread_back(
+    sol: Solution,
+    (alpha, beta): (Array1<f64>, Array1<f64>),
+    kept: &[usize],
+    full: ColumnData<'_>,
+) -> Solution {
+    let plan = match &sol.plan {
+        Plan::Sparse(p) => {
+            let total = match p.lanes() {
+                Lanes::Rows => full.a.len(),
+                Lanes::Columns => full.b.len(),
+            };
+            Plan::Sparse(p.spread_lanes(kept, total))
+        }
+        Plan::Dense(_) => unreachable!("sparse solvers return sparse plans"),
+    };
+    let (transport_cost, marginal_error_rows, marginal_error_cols) = plan_metrics(
+        plan.triplets(),
+        |i, j| full.cost.entry(i, j),
+        full.a,
+        full.b,
+    );
+    Solution {
+        plan,
+        alpha,
+        beta,
+        transport_cost,
+        marginal_error_rows,
+        marginal_error_cols,
+        ..sol
+    }
+}
+
 /// [`solution`] for a column problem given by its cost source and marginals (dense or on points).
 pub(crate) fn solution_of(
     cfg: &SparseOt,
