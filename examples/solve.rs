@@ -613,6 +613,23 @@ impl<'a> Report<'a> {
         })
     }
 
+    /// Writes the report to `cli.output` through `out`, then prints the solution's report `sol`, where it
+    /// went, and the JSON line for an m × n problem solved in `seconds`.
+    fn publish(
+        &self,
+        out: AtomicFile,
+        cli: &Cli,
+        sol: &dyn std::fmt::Display,
+        shape: (usize, usize),
+        seconds: f64,
+    ) -> Result<(), Failure> {
+        self.write(out, &cli.output)?;
+        println!("{sol}");
+        println!("  wrote           {}", cli.output.display());
+        println!("{}", self.json(shape, seconds));
+        Ok(())
+    }
+
     /// Writes the report through `out` (a temporary file renamed over `path` once complete).
     fn write(&self, out: AtomicFile, path: &Path) -> Result<(), Failure> {
         let fail = |e: &dyn std::fmt::Display| {
@@ -693,11 +710,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let sol = solve(cfg, &problem, &device, &cli.progress.reporter())?;
     let seconds = start.elapsed().as_secs_f64();
     let report = Report::of_solution(&sol, writes_beta(cli), cli.plan);
-    report.write(out, &cli.output)?;
-    println!("{sol}");
-    println!("  wrote           {}", cli.output.display());
-    println!("{}", report.json((problem.m(), problem.n()), seconds));
-    Ok(())
+    report.publish(out, cli, &sol, (problem.m(), problem.n()), seconds)
 }
 
 /// Solves point clouds (Sinkhorn on the CPU or a GPU, the sparse and quadratic solvers on the CPU) and
@@ -724,25 +737,19 @@ fn run_points(
     }
     let (m, n) = (problem.m(), problem.n());
     let pairs = (m as u64).saturating_mul(n as u64);
-    let dense = match cli.plan {
-        PlanArg::Auto => pairs <= AUTO_DENSE_PAIRS,
-        PlanArg::Dense => {
-            if pairs.saturating_mul(8) > DENSE_PLAN_LIMIT {
-                return Err(Failure(format!(
-                    "--plan dense: the {m} x {n} plan would take {} bytes, above {DENSE_PLAN_LIMIT}; use --plan none",
-                    pairs.saturating_mul(8)
-                )));
+    let dense =
+        match cli.plan {
+            PlanArg::Auto => pairs <= AUTO_DENSE_PAIRS,
+            PlanArg::Dense => {
+                dense_plan_fits((m, n), "--plan none")?;
+                true
             }
-            true
-        }
-        PlanArg::Sparse => {
-            return Err(Failure(
+            PlanArg::Sparse => return Err(Failure(
                 "--plan sparse: the entropic plan has no zeros; use --plan dense or --plan none"
                     .into(),
-            ))
-        }
-        PlanArg::None => false,
-    };
+            )),
+            PlanArg::None => false,
+        };
     let progress = cli.progress.reporter();
     let watch = progress.solve("solve");
     let start = Instant::now();
@@ -756,12 +763,7 @@ fn run_points(
     } else {
         PlanOut::None
     };
-    let report = Report::of_points(&sol, plan);
-    report.write(out, &cli.output)?;
-    println!("{sol}");
-    println!("  wrote           {}", cli.output.display());
-    println!("{}", report.json((m, n), seconds));
-    Ok(())
+    Report::of_points(&sol, plan).publish(out, cli, &sol, (m, n), seconds)
 }
 
 /// Solves point clouds with a sparse or quadratic solver (CPU) and writes the report; the plan has at most
@@ -787,12 +789,7 @@ fn run_sparse_points(
     let (m, n) = (problem.m(), problem.n());
     let plan = match cli.plan {
         PlanArg::Dense => {
-            let bytes = (m as u64).saturating_mul(n as u64).saturating_mul(8);
-            if bytes > DENSE_PLAN_LIMIT {
-                return Err(Failure(format!(
-                    "--plan dense: the {m} x {n} plan would take {bytes} bytes, above {DENSE_PLAN_LIMIT}; use --plan sparse"
-                )));
-            }
+            dense_plan_fits((m, n), "--plan sparse")?;
             PlanArg::Dense
         }
         PlanArg::Auto | PlanArg::Sparse => PlanArg::Sparse,
@@ -804,11 +801,17 @@ fn run_sparse_points(
     let sol = cfg.monitor(watch.monitor()).solve_points(problem)?;
     let seconds = start.elapsed().as_secs_f64();
     drop(watch);
-    let report = Report::of_solution(&sol, writes_beta(cli), plan);
-    report.write(out, &cli.output)?;
-    println!("{sol}");
-    println!("  wrote           {}", cli.output.display());
-    println!("{}", report.json((m, n), seconds));
+    Report::of_solution(&sol, writes_beta(cli), plan).publish(out, cli, &sol, (m, n), seconds)
+}
+
+/// Refuses a dense m × n plan of point clouds above [`DENSE_PLAN_LIMIT`] bytes, naming `instead`.
+fn dense_plan_fits((m, n): (usize, usize), instead: &str) -> Result<(), Failure> {
+    let bytes = (m as u64).saturating_mul(n as u64).saturating_mul(8);
+    if bytes > DENSE_PLAN_LIMIT {
+        return Err(Failure(format!(
+            "--plan dense: the {m} x {n} plan would take {bytes} bytes, above {DENSE_PLAN_LIMIT}; use {instead}"
+        )));
+    }
     Ok(())
 }
 

@@ -747,11 +747,9 @@ fn output_is_written_atomically() {
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
-/// Point clouds instead of a cost: x and y in the input, the cost computed on the fly (Sinkhorn on the
-/// CPU); the same numbers as the library's solve on points, which equal the dense solve (tests/points.rs).
-#[test]
-fn point_clouds_solve_without_a_cost_matrix() {
-    let dir = temp_dir("points");
+/// 30 and 20 points in the unit square (x, y) written to `dir`/points.npz without masses (uniform), and
+/// that file's path.
+fn write_points(dir: &Path) -> (Array2<f64>, Array2<f64>, PathBuf) {
     let x = Array2::from_shape_fn((30, 2), |(i, k)| ((i * 7 + k * 3) % 11) as f64 / 11.0);
     let y = Array2::from_shape_fn((20, 2), |(j, k)| ((j * 5 + k) % 13) as f64 / 13.0);
     let input = dir.join("points.npz");
@@ -762,6 +760,15 @@ fn point_clouds_solve_without_a_cost_matrix() {
             ("y", &|w, n| w.add_array(n, &y).unwrap()),
         ],
     );
+    (x, y, input)
+}
+
+/// Point clouds instead of a cost: x and y in the input, the cost computed on the fly (Sinkhorn on the
+/// CPU); the same numbers as the library's solve on points, which equal the dense solve (tests/points.rs).
+#[test]
+fn point_clouds_solve_without_a_cost_matrix() {
+    let dir = temp_dir("points");
+    let (x, y, input) = write_points(&dir);
     let args = [
         "--solver",
         "sinkhorn",
@@ -875,16 +882,7 @@ fn point_clouds_solve_without_a_cost_matrix() {
 #[test]
 fn sparse_solvers_on_point_clouds() {
     let dir = temp_dir("points-sparse");
-    let x = Array2::from_shape_fn((30, 2), |(i, k)| ((i * 7 + k * 3) % 11) as f64 / 11.0);
-    let y = Array2::from_shape_fn((20, 2), |(j, k)| ((j * 5 + k) % 13) as f64 / 13.0);
-    let input = dir.join("points.npz");
-    write_npz(
-        &input,
-        &[
-            ("x", &|w, n| w.add_array(n, &x).unwrap()),
-            ("y", &|w, n| w.add_array(n, &y).unwrap()),
-        ],
-    );
+    let (x, y, input) = write_points(&dir);
     let p = sparse_ot::PointProblem::uniform(&x, &y, sparse_ot::GroundCost::SqEuclidean).unwrap();
     let mut s = solve_ok(&dir, &input, &["--k", "3", "--gamma", "0.05"]);
     let lib = SparseOt::new(3, 0.05).unwrap().solve_points(&p).unwrap();

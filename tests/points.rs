@@ -2,24 +2,12 @@
 //! small clouds every result equals the dense path on `PointProblem::to_problem` (the same entries bit for
 //! bit); bad points and masses give typed errors.
 
-use ndarray::{Array1, Array2};
+use ndarray::Array2;
 use sparse_ot::{Error, GroundCost, PointProblem, Precision, Sinkhorn, Termination};
 
-fn cloud(n: usize, d: usize, seed: u64) -> Array2<f64> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    Array2::from_shape_fn((n, d), |_| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 53) as f64
-    })
-}
-
-fn masses(n: usize, seed: u64) -> Array1<f64> {
-    let w = cloud(n, 1, seed).column(0).mapv(|v| 0.2 + v);
-    let total = w.sum();
-    w / total
-}
+#[path = "common/data.rs"]
+mod data;
+use data::{cloud, cloud_masses};
 
 const PLENTY: u64 = 1 << 30;
 
@@ -32,7 +20,8 @@ fn sinkhorn_on_points_equals_the_dense_solve_bit_for_bit_in_f64() {
         (GroundCost::Minkowski { p: 3.0, q: 2.0 }, 2),
     ] {
         let (x, y) = (cloud(40, d, 1), cloud(30, d, 2));
-        let p = PointProblem::new(&masses(40, 3), &masses(30, 4), &x, &y, ground).unwrap();
+        let p =
+            PointProblem::new(&cloud_masses(40, 3), &cloud_masses(30, 4), &x, &y, ground).unwrap();
         let dense = p.to_problem(PLENTY).unwrap();
         let cfg = Sinkhorn::new(0.05).unwrap().tol(1e-10).unwrap();
         let on_points = cfg.solve_points(&p).unwrap();
@@ -148,17 +137,17 @@ fn bad_points_and_masses_give_typed_errors() {
         Err(Error::NonFinite { what: "x", .. })
     ));
     assert!(matches!(
-        PointProblem::new(&masses(4, 1), &masses(4, 2), &x, &y, sq),
+        PointProblem::new(&cloud_masses(4, 1), &cloud_masses(4, 2), &x, &y, sq),
         Err(Error::ShapeMismatch { .. })
     ));
-    let mut negative = masses(5, 1);
+    let mut negative = cloud_masses(5, 1);
     negative[0] = -0.1;
     assert!(matches!(
-        PointProblem::new(&negative, &masses(4, 2), &x, &y, sq),
+        PointProblem::new(&negative, &cloud_masses(4, 2), &x, &y, sq),
         Err(Error::NegativeMass { .. })
     ));
     assert!(matches!(
-        PointProblem::new(&(masses(5, 1) * 2.0), &masses(4, 2), &x, &y, sq),
+        PointProblem::new(&(cloud_masses(5, 1) * 2.0), &cloud_masses(4, 2), &x, &y, sq),
         Err(Error::MassMismatch { .. })
     ));
     assert!(matches!(
@@ -170,10 +159,10 @@ fn bad_points_and_masses_give_typed_errors() {
         PointProblem::uniform(&huge, &y, sq),
         Err(Error::CostOverflow { .. })
     ));
-    let mut zero = masses(5, 1);
+    let mut zero = cloud_masses(5, 1);
     zero[2] = 0.0;
     let zero = zero.clone() / zero.sum();
-    let p = PointProblem::new(&zero, &masses(4, 2), &x, &y, sq).unwrap();
+    let p = PointProblem::new(&zero, &cloud_masses(4, 2), &x, &y, sq).unwrap();
     assert!(matches!(
         Sinkhorn::new(0.1).unwrap().solve_points(&p),
         Err(Error::ZeroMass { .. })

@@ -3,26 +3,14 @@
 //! (the same entries bit for bit) bit for bit, in every formulation, orientation and plan kind; k = 1
 //! (which the dense solve hands to the network simplex) reaches the same optimum within the tolerance.
 
-use ndarray::{Array1, Array2};
+use ndarray::Array1;
 use sparse_ot::{
     Error, Formulation, GroundCost, Plan, PlanKind, PointProblem, Solution, SparseOt, Termination,
 };
 
-fn cloud(n: usize, d: usize, seed: u64) -> Array2<f64> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    Array2::from_shape_fn((n, d), |_| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 53) as f64
-    })
-}
-
-fn masses(n: usize, seed: u64) -> Array1<f64> {
-    let w = cloud(n, 1, seed).column(0).mapv(|v| 0.2 + v);
-    let total = w.sum();
-    w / total
-}
+#[path = "common/data.rs"]
+mod data;
+use data::{cloud, cloud_masses};
 
 const PLENTY: u64 = 1 << 30;
 
@@ -90,7 +78,8 @@ fn sparse_on_points_equals_the_dense_solve_bit_for_bit() {
         (GroundCost::Minkowski { p: 1.0, q: 1.0 }, 3),
     ] {
         let (x, y) = (cloud(60, d, 1), cloud(45, d, 2));
-        let p = PointProblem::new(&masses(60, 3), &masses(45, 4), &x, &y, ground).unwrap();
+        let p =
+            PointProblem::new(&cloud_masses(60, 3), &cloud_masses(45, 4), &x, &y, ground).unwrap();
         let dense = p.to_problem(PLENTY).unwrap();
         for (name, cfg) in &configs {
             let what = format!("{ground}, {name}");
@@ -111,8 +100,8 @@ fn sparse_on_points_equals_the_dense_solve_bit_for_bit() {
 fn working_sets_on_points_equal_the_dense_solve() {
     let (x, y) = (cloud(600, 2, 5), cloud(80, 2, 6));
     let p = PointProblem::new(
-        &masses(600, 7),
-        &masses(80, 8),
+        &cloud_masses(600, 7),
+        &cloud_masses(80, 8),
         &x,
         &y,
         GroundCost::SqEuclidean,
@@ -135,12 +124,12 @@ fn working_sets_on_points_equal_the_dense_solve() {
 #[test]
 fn zero_masses_and_far_clouds_as_the_dense_solve() {
     let (x, mut y) = (cloud(50, 2, 11), cloud(40, 2, 12));
-    let mut b = masses(40, 13);
+    let mut b = cloud_masses(40, 13);
     b[7] = 0.0;
     b[30] = 0.0;
     let b = &b / b.sum();
     let cfg = SparseOt::new(2, 0.1).unwrap();
-    let p = PointProblem::new(&masses(50, 14), &b, &x, &y, GroundCost::SqEuclidean).unwrap();
+    let p = PointProblem::new(&cloud_masses(50, 14), &b, &x, &y, GroundCost::SqEuclidean).unwrap();
     let on_points = cfg.solve_points(&p).unwrap();
     assert!(on_points.converged(), "{on_points}");
     assert_same(
@@ -179,8 +168,8 @@ fn zero_masses_and_far_clouds_as_the_dense_solve() {
 fn k1_on_points_reaches_the_exact_optimum() {
     let (x, y) = (cloud(40, 2, 21), cloud(30, 2, 22));
     let p = PointProblem::new(
-        &masses(40, 23),
-        &masses(30, 24),
+        &cloud_masses(40, 23),
+        &cloud_masses(30, 24),
         &x,
         &y,
         GroundCost::SqEuclidean,

@@ -127,6 +127,20 @@ pub fn point_cloud_problem_with(m: usize, n: usize, seed: u64, scale: CostScale)
     Problem::new(a.view(), b.view(), cost.view()).expect("a valid point-cloud problem")
 }
 
+/// n points uniform in the unit cube of dimension d, drawn from seed `seed` point by point.
+pub fn cloud(n: usize, d: usize, seed: u64) -> Array2<f64> {
+    let mut rng = Rng::new(seed);
+    Array2::from_shape_fn((n, d), |_| rng.next_f64())
+}
+
+/// n masses 0.2 + U[0, 1) drawn from seed `seed`, scaled to total 1.
+pub fn cloud_masses(n: usize, seed: u64) -> Array1<f64> {
+    let mut rng = Rng::new(seed);
+    let w = Array1::from_shape_fn(n, |_| 0.2 + rng.next_f64());
+    let total = w.sum();
+    w / total
+}
+
 /// The stored 300 × 200 problem with Dirichlet masses (tests/data/dirichlet_300x200.npz: 5-D points uniform
 /// in the unit cube, Dirichlet(1) masses down to ~1e-5), squared distances scaled to max 1.
 pub fn dirichlet_problem() -> Problem {
