@@ -353,48 +353,86 @@ impl<F: Real> PointLanes<F> {
 
     /// Row i: C_ij − offset for j < n, written into `buf` (at least n long) and returned.
     pub(crate) fn row<'b>(&self, i: usize, buf: &'b mut [F]) -> &'b [F] {
-        self.lane(&self.xt, self.m, i, &self.yt, self.n, buf)
+        self.row_tile(i, 0, self.n, buf)
+    }
+
+    /// C_ij − offset for j in start..start + len, written into `buf` (at least len long) and returned.
+    pub(crate) fn row_tile<'b>(
+        &self,
+        i: usize,
+        start: usize,
+        len: usize,
+        buf: &'b mut [F],
+    ) -> &'b [F] {
+        self.lane(
+            &self.xt,
+            self.m,
+            i,
+            &self.yt,
+            self.n,
+            start,
+            &mut buf[..len],
+        )
     }
 
     /// Column j: C_ij − offset for i < m.
     pub(crate) fn col<'b>(&self, j: usize, buf: &'b mut [F]) -> &'b [F] {
-        self.lane(&self.yt, self.n, j, &self.xt, self.m, buf)
+        self.lane(&self.yt, self.n, j, &self.xt, self.m, 0, &mut buf[..self.m])
     }
 
-    /// c(p, q_l) − offset for the point p = `own`[·, at] and every point q_l of `other` (len of them). The
-    /// ground cost is symmetric, so rows and columns share this. Compiled for AVX2 where the CPU has it.
+    /// c(p, q_l) − offset for the point p = `own`[·, at] and the points q_l, l in start..start + out.len(),
+    /// of `other` (other_len of them), written to `out`. The ground cost is symmetric, so rows and columns
+    /// share this. Compiled for AVX2 where the CPU has it.
+    #[allow(clippy::too_many_arguments)]
     fn lane<'b>(
         &self,
         own: &[F],
         own_len: usize,
         at: usize,
         other: &[F],
-        len: usize,
-        buf: &'b mut [F],
+        other_len: usize,
+        start: usize,
+        out: &'b mut [F],
     ) -> &'b [F] {
-        let out = &mut buf[..len];
-        let point: Vec<F> = (0..self.d).map(|k| own[k * own_len + at]).collect();
+        // The point's coordinates, on the stack for the usual dimensions.
+        const ON_STACK: usize = 16;
+        let mut stack = [F::ZERO; ON_STACK];
+        let heap: Vec<F>;
+        let point: &[F] = if self.d <= ON_STACK {
+            for (k, v) in stack.iter_mut().take(self.d).enumerate() {
+                *v = own[k * own_len + at];
+            }
+            &stack[..self.d]
+        } else {
+            heap = (0..self.d).map(|k| own[k * own_len + at]).collect();
+            &heap
+        };
+        let other = Strided {
+            data: other,
+            stride: other_len,
+            start,
+        };
         #[cfg(target_arch = "x86_64")]
         {
             if self.avx2 {
                 // SAFETY: AVX2 and FMA were detected when these lanes were made.
-                unsafe { self.lane_avx2(&point, other, out) };
+                unsafe { self.lane_avx2(point, &other, out) };
                 return out;
             }
         }
-        self.lane_into(&point, other, out);
+        self.lane_into(point, &other, out);
         out
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn lane_avx2(&self, point: &[F], other: &[F], out: &mut [F]) {
+    unsafe fn lane_avx2(&self, point: &[F], other: &Strided<'_, F>, out: &mut [F]) {
         self.lane_into(point, other, out)
     }
 
     /// out_l = c(point, q_l) · scale − offset, dimension by dimension (vectorisable loops).
     #[inline(always)]
-    fn lane_into(&self, point: &[F], other: &[F], out: &mut [F]) {
+    fn lane_into(&self, point: &[F], other: &Strided<'_, F>, out: &mut [F]) {
         let len = out.len();
         let (pow, root) = match self.ground {
             GroundCost::SqEuclidean => (2.0, 1.0),
@@ -411,7 +449,7 @@ impl<F: Real> PointLanes<F> {
             }
         };
         for (k, &pk) in point.iter().enumerate() {
-            let qk = &other[k * len..(k + 1) * len];
+            let qk = other.coordinate(k, len);
             if k == 0 {
                 if pow == 2.0 {
                     for (o, &q) in out.iter_mut().zip(qk) {
@@ -453,6 +491,23 @@ impl<F: Real> PointLanes<F> {
                 *o = *o - self.offset;
             }
         }
+    }
+}
+
+/// A run of points of a cloud stored one dimension after another: coordinate k of point `start` + l is
+/// `data`[k · stride + start + l].
+struct Strided<'a, F> {
+    data: &'a [F],
+    stride: usize,
+    start: usize,
+}
+
+impl<F> Strided<'_, F> {
+    /// Coordinate k of the `len` points of the run.
+    #[inline(always)]
+    fn coordinate(&self, k: usize, len: usize) -> &[F] {
+        let at = k * self.stride + self.start;
+        &self.data[at..at + len]
     }
 }
 

@@ -63,6 +63,28 @@ fn sinkhorn_on_points_equals_the_dense_solve_bit_for_bit_in_f64() {
     }
 }
 
+/// Rows wider than one column tile of the sweep (the cost computed tile by tile from an offset into the
+/// target cloud) give the dense solve's potentials bit for bit.
+#[test]
+fn wide_rows_on_points_equal_the_dense_solve_bit_for_bit() {
+    let (x, y) = (cloud(12, 3, 7), cloud(5000, 3, 8));
+    let p = PointProblem::new(
+        &cloud_masses(12, 9),
+        &cloud_masses(5000, 10),
+        &x,
+        &y,
+        GroundCost::Euclidean,
+    )
+    .unwrap();
+    let cfg = Sinkhorn::new(0.02).unwrap().tol(1e-10).unwrap();
+    let on_points = cfg.solve_points(&p).unwrap();
+    let reference = cfg.solve(&p.to_problem(PLENTY).unwrap()).unwrap();
+    assert!(on_points.converged(), "{on_points}");
+    assert_eq!(on_points.iterations, reference.iterations);
+    assert_eq!(on_points.alpha, reference.alpha);
+    assert_eq!(on_points.beta, reference.beta);
+}
+
 #[test]
 fn sinkhorn_on_points_in_f32_agrees_with_the_dense_f32_solve() {
     let (x, y) = (cloud(200, 2, 5), cloud(150, 2, 6));

@@ -11,8 +11,12 @@
 //!   log(max marginal) and one pass suffices. A lane whose sum leaves a safe range (first iterations, a new ε
 //!   stage, a bad warm start) is recomputed with a max shift ([`Kernels::log_sum_exp`]).
 //! * **One exponential per entry, one pass over the cost.** The f-update runs over the row-major cost and keeps
-//!   each row's terms in cache to accumulate the next g-update's column sums ([`fused_sweep`]); the
-//!   column-major copy is read only by the first g-update of each stage and by the column fallback.
+//!   each row's terms to accumulate the next g-update's column sums ([`fused_sweep`]); the column-major copy
+//!   is read only by the first g-update of each stage and by the column fallback.
+//! * **Column tiles.** Rows are swept in blocks of up to 8, tile of columns by tile ([`sweep_rows`]): a tile
+//!   of g, of the cost (computed there from points) and of the column sums is read once per block and stays
+//!   in cache, however wide the rows. The exponential sums carry their accumulators from tile to tile, so
+//!   the bits are those of a whole-row sum.
 //! * **SIMD exponentials** ([`crate::sinkhorn::expsum`]): a polynomial exp that LLVM vectorises, compiled for
 //!   AVX2 + FMA when the CPU has them, in f64 or, with [`Precision::F32`], in f32 over an f32 cost copy.
 //! * **Over-relaxation** of slow last stages ([`crate::sinkhorn::overrelax`]): the updates move ω ∈ [1, 2)
@@ -21,6 +25,7 @@
 //!   nothing is allocated inside the iteration loop.
 
 use std::borrow::Cow;
+use std::sync::Mutex;
 
 use ndarray::Array1;
 use rayon::prelude::*;
@@ -28,7 +33,7 @@ use rayon::prelude::*;
 use crate::error::Result;
 use crate::points::PointLanes;
 use crate::problem::Problem;
-use crate::sinkhorn::expsum::{Kernels, Real};
+use crate::sinkhorn::expsum::{Acc, Kernels, Real, LANE_BLOCK, WIDTH};
 use crate::sinkhorn::overrelax::Overrelaxation;
 use crate::sinkhorn::rules::{assemble, check, epsilon_schedule, row_error, validate, Check};
 use crate::sinkhorn::settings::{Precision, Sinkhorn};
@@ -77,6 +82,8 @@ pub(crate) trait CostLanes<F: Real>: Sync {
     const COMPUTED: bool;
     /// Row i (n entries).
     fn row<'s>(&'s self, i: usize, buf: &'s mut [F]) -> &'s [F];
+    /// Entries start..start + len of row i (`buf` at least len long when computed).
+    fn row_tile<'s>(&'s self, i: usize, start: usize, len: usize, buf: &'s mut [F]) -> &'s [F];
     /// Column j (m entries).
     fn col<'s>(&'s self, j: usize, buf: &'s mut [F]) -> &'s [F];
     /// What was subtracted from every entry.
@@ -132,6 +139,10 @@ impl<F: Real> CostLanes<F> for CostLayouts<'_, F> {
         &self.rows[i * self.n..(i + 1) * self.n]
     }
 
+    fn row_tile<'s>(&'s self, i: usize, start: usize, len: usize, _: &'s mut [F]) -> &'s [F] {
+        &self.rows[i * self.n + start..][..len]
+    }
+
     fn col<'s>(&'s self, j: usize, _: &'s mut [F]) -> &'s [F] {
         &self.cols[j * self.m..(j + 1) * self.m]
     }
@@ -146,6 +157,10 @@ impl<F: Real> CostLanes<F> for PointLanes<F> {
 
     fn row<'s>(&'s self, i: usize, buf: &'s mut [F]) -> &'s [F] {
         PointLanes::row(self, i, buf)
+    }
+
+    fn row_tile<'s>(&'s self, i: usize, start: usize, len: usize, buf: &'s mut [F]) -> &'s [F] {
+        PointLanes::row_tile(self, i, start, len, buf)
     }
 
     fn col<'s>(&'s self, j: usize, buf: &'s mut [F]) -> &'s [F] {
@@ -216,43 +231,80 @@ fn half_step<F: Real, L: CostLanes<F>>(
 }
 
 /// Scratch of [`fused_sweep`], allocated once per solve. Rows are cut into fixed chunks (their size depends on
-/// m and n only, so results do not depend on the thread count); each chunk keeps one row of terms and its
-/// partial column sums.
+/// m and n only, so results do not depend on the thread count); each chunk keeps its partial column sums.
+/// Each worker thread has its own [`RowBlock`] scratch.
 struct Sweep<F> {
     rows_per_chunk: usize,
-    terms: Vec<F>,
     partial: Vec<f64>,
     row_factor: Vec<f64>,
     col_sums: Vec<f64>,
+    workers: Vec<Mutex<RowBlock<F>>>,
+}
+
+/// Columns per tile of the row sweep: a multiple of [`LANE_BLOCK`], so that summing a row tile by tile gives
+/// the bits of summing it whole, and small enough that a tile of the potentials, of the cost (computed from
+/// points) and of the column partial sums stay in the core's cache while a block of rows passes over them.
+const TILE: usize = 8 * LANE_BLOCK;
+
+/// Largest bytes of one worker's terms ([`RowBlock::terms`]): rows are swept in blocks of up to
+/// [`MAX_BLOCK_ROWS`] rows, fewer on very wide problems.
+const TERMS_BYTES: usize = 8 << 20;
+
+/// See [`TERMS_BYTES`].
+const MAX_BLOCK_ROWS: usize = 8;
+
+/// One worker's scratch for a block of rows: their terms (block rows × n), the carried accumulators and
+/// sums of their exponentials, a cost tile and (for computed costs) a whole row for the rare max-shifted
+/// recomputation.
+struct RowBlock<F> {
+    terms: Vec<F>,
+    acc: Vec<Acc>,
+    sums: Vec<f64>,
+    tile: Vec<F>,
+    row: Vec<F>,
 }
 
 impl<F: Real> Sweep<F> {
-    fn new(m: usize, n: usize) -> Self {
-        // Up to 64 chunks for parallelism, fewer for very wide problems so that the two chunks × n buffers
-        // stay near 2^22 entries each (at least 4 chunks).
+    fn new<L: CostLanes<F>>(m: usize, n: usize) -> Self {
+        // Up to 64 chunks for parallelism, fewer for very wide problems so that the chunks × n column
+        // partials stay near 2^22 entries (at least 4 chunks).
         const MAX_CHUNKS: usize = 64;
         const SCRATCH_ENTRIES: usize = 1 << 22;
         let target = (SCRATCH_ENTRIES / n.max(1)).clamp(4, MAX_CHUNKS);
         let rows_per_chunk = m.div_ceil(target).max(1);
         let chunks = m.div_ceil(rows_per_chunk);
+        let block_rows = (TERMS_BYTES / (n.max(1) * std::mem::size_of::<F>()))
+            .clamp(1, MAX_BLOCK_ROWS)
+            .min(rows_per_chunk);
+        let workers = (0..rayon::current_num_threads())
+            .map(|_| {
+                Mutex::new(RowBlock {
+                    terms: vec![F::ZERO; block_rows * n],
+                    acc: vec![[0.0; WIDTH]; block_rows],
+                    sums: vec![0.0; block_rows],
+                    tile: scratch::<F, L>(TILE.min(n)),
+                    row: scratch::<F, L>(n),
+                })
+            })
+            .collect();
         Self {
             rows_per_chunk,
-            terms: vec![F::ZERO; chunks * n],
             partial: vec![0.0; chunks * n],
             row_factor: vec![0.0; m],
             col_sums: vec![0.0; n],
+            workers,
         }
     }
 }
 
-/// The f-update over the row-major cost, fused with the column sums of the next g-update: one exponential
+/// The f-update over the cost's rows, fused with the column sums of the next g-update: one exponential
 /// per entry and one pass over the cost per iteration.
 ///
 /// Row i gives e_ij = exp((f_i + g_j − C_ij)/ε − shift_i) and Sinkhorn's update f_i + ε u_i with
 /// u_i = log a_i − ln Σ_j e_ij − shift_i; the new f_i is f_i + ω ε u_i (ω = 1: plain Sinkhorn; see
 /// `sinkhorn::overrelax`). The next g-update needs S_j = Σ_i exp((f_i' + g_j − C_ij)/ε) = Σ_i r_i e_ij with
-/// r_i = exp(shift_i + ω u_i) (= a_i / Σ_j e_ij for ω = 1), so the row's terms, still in cache, are added to
-/// the chunk's column sums. `f` holds f on entry and the new f on exit.
+/// r_i = exp(shift_i + ω u_i) (= a_i / Σ_j e_ij for ω = 1), so the row's terms are kept and added to the
+/// chunk's column sums once r_i is known ([`sweep_rows`]). `f` holds f on entry and the new f on exit.
 #[allow(clippy::too_many_arguments)]
 fn fused_sweep<F: Real, L: CostLanes<F>>(
     kernels: &Kernels<F>,
@@ -270,30 +322,33 @@ fn fused_sweep<F: Real, L: CostLanes<F>>(
     for (w, &v) in g_work.iter_mut().zip(g) {
         *w = F::from_f64(v - gs);
     }
-    let g_work = &*g_work;
-    let (inv, offset) = (1.0 / eps, lanes.offset());
+    let rows = Rows {
+        kernels,
+        g_work,
+        lanes,
+        log_a,
+        inv: 1.0 / eps,
+        g_max: gs,
+        offset: lanes.offset(),
+        eps,
+        omega,
+    };
     let ch = sweep.rows_per_chunk;
+    let workers = &sweep.workers;
     f.par_chunks_mut(ch)
         .zip(sweep.row_factor.par_chunks_mut(ch))
-        .zip(sweep.terms.par_chunks_mut(n))
         .zip(sweep.partial.par_chunks_mut(n))
         .enumerate()
-        .for_each_init(
-            || scratch::<F, L>(n),
-            |buf, (c, (((fc, rc), terms), partial))| {
-                partial.fill(0.0);
-                for (l, (fi, ri)) in fc.iter_mut().zip(rc).enumerate() {
-                    let i = c * ch + l;
-                    let w = (*fi + gs - offset) * inv;
-                    let row = lanes.row(i, buf);
-                    let (lse, shift) = kernels.log_sum_exp_store(g_work, row, inv, w, terms);
-                    let u = log_a[i] - lse;
-                    *fi += omega * eps * u;
-                    *ri = (shift + omega * u).exp();
-                    kernels.axpy(partial, *ri, terms);
-                }
-            },
-        );
+        .for_each(|(c, ((fc, rc), partial))| {
+            // A worker's own scratch (any free one outside a pool): the results do not depend on which.
+            let slot = rayon::current_thread_index().unwrap_or(0) % workers.len();
+            let mut block = workers[slot].lock().unwrap_or_else(|e| e.into_inner());
+            partial.fill(0.0);
+            let per = block.sums.len();
+            for (b, (fb, rb)) in fc.chunks_mut(per).zip(rc.chunks_mut(per)).enumerate() {
+                sweep_rows(&rows, c * ch + b * per, fb, rb, partial, &mut block);
+            }
+        });
     let chunks = sweep.partial.len() / n;
     let partial = &sweep.partial;
     sweep
@@ -304,6 +359,90 @@ fn fused_sweep<F: Real, L: CostLanes<F>>(
         .for_each(|(j, s)| {
             *s = (0..chunks).map(|c| partial[c * n + j]).sum();
         });
+}
+
+/// What every row of one [`fused_sweep`] reads: e_ij = exp((g_work_j − C'_ij)·inv + w_i), with
+/// g_work = g − max g, C' the cost less its offset and w_i = (f_i + max g − offset)·inv ([`Rows::w`]).
+struct Rows<'a, F: Real, L> {
+    kernels: &'a Kernels<F>,
+    g_work: &'a [F],
+    lanes: &'a L,
+    log_a: &'a [f64],
+    inv: f64,
+    g_max: f64,
+    offset: f64,
+    eps: f64,
+    omega: f64,
+}
+
+impl<F: Real, L> Rows<'_, F, L> {
+    /// The exponent's row term w_i for f_i.
+    fn w(&self, fi: f64) -> f64 {
+        (fi + self.g_max - self.offset) * self.inv
+    }
+}
+
+/// The rows i0.. of one block (f and r_i in `f`, `r`): their exponential sums tile by tile (each tile of g
+/// and of the cost read once for the whole block), their updates, then their terms added to the chunk's
+/// column sums tile by tile, row after row as a row-at-a-time sweep would (same bits).
+fn sweep_rows<F: Real, L: CostLanes<F>>(
+    rows: &Rows<'_, F, L>,
+    i0: usize,
+    f: &mut [f64],
+    r: &mut [f64],
+    partial: &mut [f64],
+    block: &mut RowBlock<F>,
+) {
+    let Rows {
+        kernels,
+        g_work,
+        lanes,
+        inv,
+        ..
+    } = *rows;
+    let n = g_work.len();
+    let RowBlock {
+        terms,
+        acc,
+        sums,
+        tile,
+        row,
+    } = block;
+    let k = f.len();
+    acc[..k].fill([0.0; WIDTH]);
+    for start in (0..n).step_by(TILE) {
+        let len = TILE.min(n - start);
+        let g_tile = &g_work[start..start + len];
+        for (l, &fi) in f.iter().enumerate() {
+            let c = lanes.row_tile(i0 + l, start, len, tile);
+            let out = &mut terms[l * n + start..][..len];
+            let w = rows.w(fi);
+            sums[l] = kernels.sum_exp_store(g_tile, c, inv, w, out, &mut acc[l]);
+        }
+    }
+    for (l, (fi, ri)) in f.iter_mut().zip(r.iter_mut()).enumerate() {
+        let w = rows.w(*fi);
+        let out = &mut terms[l * n..(l + 1) * n];
+        let (lse, shift) = if Kernels::<F>::safe(sums[l]) {
+            (sums[l].ln(), 0.0)
+        } else {
+            let c = lanes.row(i0 + l, row);
+            kernels.settle_store(sums[l], g_work, c, inv, w, out)
+        };
+        let u = rows.log_a[i0 + l] - lse;
+        *fi += rows.omega * rows.eps * u;
+        *ri = (shift + rows.omega * u).exp();
+    }
+    for start in (0..n).step_by(TILE) {
+        let len = TILE.min(n - start);
+        for (l, &ri) in r.iter().enumerate() {
+            kernels.axpy(
+                &mut partial[start..start + len],
+                ri,
+                &terms[l * n + start..][..len],
+            );
+        }
+    }
 }
 
 /// The g-update from the column sums of [`fused_sweep`]: g_j' = g_j + ω ε(log b_j − ln S_j). A column whose sum
@@ -376,7 +515,7 @@ pub(crate) fn iterate<F: Real, L: CostLanes<F>>(
     let mut g_work = vec![F::from_f64(0.0); n];
     let mut g_next = vec![0.0; n];
     let mut g_next_valid = false;
-    let mut sweep = Sweep::<F>::new(m, n);
+    let mut sweep = Sweep::<F>::new::<L>(m, n);
     let mut iterations = 0;
     let mut termination = Termination::MaxIterations;
     let every = cfg.check_every;
@@ -483,16 +622,50 @@ mod tests {
     #[test]
     fn fused_columns_match_direct_half_step() {
         let p = crate::golden_problem();
+        fused_case(&p, vec![0.0; p.m()], 0.05);
+    }
+
+    /// On rows wider than a tile, and from potentials that push some rows' sums out of the safe range (so
+    /// that they are recomputed shifted), the row sweep's f equals a direct row half-step and its column
+    /// sums give the direct g-update.
+    #[test]
+    fn tiled_rows_match_direct_half_steps() {
+        let (m, n) = (11, 2 * TILE + 37);
+        let cost = ndarray::Array2::from_shape_fn((m, n), |(i, j)| {
+            ((i * 7 + j * 13) % 101) as f64 / 101.0 + (j as f64 / n as f64).powi(2)
+        });
+        let p = Problem::uniform(&cost).unwrap();
+        let eps = 0.01;
+        let f0 = (0..m)
+            .map(|i| if i % 3 == 0 { 800.0 * eps } else { 0.0 })
+            .collect();
+        fused_case(&p, f0, eps);
+    }
+
+    fn fused_case(p: &Problem, f0: Vec<f64>, eps: f64) {
         let (m, n) = (p.m(), p.n());
         let kernels = Kernels::<f64>::detect();
-        let cost = CostLayouts::<f64>::new(&p);
+        let cost = CostLayouts::<f64>::new(p);
         let log_a: Vec<f64> = p.a_slice().iter().map(|x| x.ln()).collect();
         let log_b: Vec<f64> = p.b_slice().iter().map(|x| x.ln()).collect();
-        let eps = 0.05;
-        let (mut f, mut g) = (vec![0.0; m], vec![0.0; n]);
+        let mut f = f0;
+        let mut g = vec![0.0; n];
         let (mut f_work, mut g_work) = (vec![0.0; m], vec![0.0; n]);
         half_step(&kernels, &mut g, &f, &mut f_work, &cost, &log_b, eps);
-        let mut sweep = Sweep::<f64>::new(m, n);
+        // The row half-step read directly, column by column of the transposed problem.
+        let t = p.transposed();
+        let by_columns = CostLayouts::<f64>::new(&t);
+        let mut f_direct = f.clone();
+        half_step(
+            &kernels,
+            &mut f_direct,
+            &g,
+            &mut g_work,
+            &by_columns,
+            &log_a,
+            eps,
+        );
+        let mut sweep = Sweep::<f64>::new::<CostLayouts<f64>>(m, n);
         fused_sweep(
             &kernels,
             &mut f,
@@ -504,6 +677,9 @@ mod tests {
             1.0,
             &mut sweep,
         );
+        for (i, (x, e)) in f.iter().zip(&f_direct).enumerate() {
+            assert!((x - e).abs() <= 1e-13, "f[{i}] = {x:e}, direct {e:e}");
+        }
         let mut expected = g.clone();
         half_step(&kernels, &mut expected, &f, &mut f_work, &cost, &log_b, eps);
         let check = |got: &[f64], what: &str| {
@@ -549,7 +725,7 @@ mod tests {
         // the g-update moves ω times its own step.
         let omega = 1.5;
         let f0 = f.clone();
-        let mut sweep = Sweep::<f64>::new(m, n);
+        let mut sweep = Sweep::<f64>::new::<CostLayouts<f64>>(m, n);
         let mut sweep_from_f0 = |w: f64| {
             let mut out = f0.clone();
             fused_sweep(

@@ -260,14 +260,24 @@ impl Real for f32 {
 }
 
 /// Accumulator width: 16 lanes (two AVX2 registers of f32, four of f64).
-const WIDTH: usize = 16;
+pub(crate) const WIDTH: usize = 16;
 
 /// Chunks per block: each accumulator sums BLOCK terms in the working precision before they are added to its
 /// f64 total (in f32 this keeps the loop at full SIMD width instead of widening every term).
 const BLOCK: usize = 16;
 
+/// Entries of one complete block of the sums: a lane cut into pieces of multiples of this many entries
+/// (the last piece excepted) and summed piece by piece, the accumulators carried from one piece to the
+/// next ([`Acc`]), gives the same bits as the whole lane summed at once.
+pub(crate) const LANE_BLOCK: usize = WIDTH * BLOCK;
+
+/// The f64 totals of the 16 accumulators over the complete blocks summed so far (zeros for a new lane).
+pub(crate) type Acc = [f64; WIDTH];
+
 /// Σ_k exp((y_k − c_k)·inv + w), accumulated in f64 per block; with `STORE` the terms are also written to
-/// `out` (same length as `y`), otherwise `out` is not touched.
+/// `out` (same length as `y`), otherwise `out` is not touched. `acc` holds the accumulators' totals over
+/// the blocks summed before this piece of the lane and receives them after its last complete block; the
+/// result is the whole lane's sum so far (those totals, the unfinished block and the tail).
 #[inline(always)]
 fn sum_exp_impl<F: Real, const FMA: bool, const STORE: bool>(
     y: &[F],
@@ -275,6 +285,7 @@ fn sum_exp_impl<F: Real, const FMA: bool, const STORE: bool>(
     inv: F,
     w: F,
     out: &mut [F],
+    acc: &mut Acc,
 ) -> f64 {
     debug_assert_eq!(y.len(), c.len());
     debug_assert!(!STORE || out.len() == y.len());
@@ -287,7 +298,6 @@ fn sum_exp_impl<F: Real, const FMA: bool, const STORE: bool>(
     } else {
         (&mut [], &mut [])
     };
-    let mut acc = [0.0f64; WIDTH];
     let mut part = [F::ZERO; WIDTH];
     for (k, (yk, ck)) in yh
         .chunks_exact(WIDTH)
@@ -373,8 +383,8 @@ mod avx2 {
     }
 }
 
-/// Σ exp over a lane, writing the terms.
-type SumExpStore<F> = fn(&[F], &[F], F, F, &mut [F]) -> f64;
+/// Σ exp over a piece of a lane, writing the terms and carrying the accumulators ([`sum_exp_impl`]).
+type SumExpStore<F> = fn(&[F], &[F], F, F, &mut [F], &mut Acc) -> f64;
 
 /// The lane kernels chosen for this CPU.
 #[derive(Clone, Copy)]
@@ -408,9 +418,11 @@ impl<F: Real> Kernels<F> {
         }
         // SAFETY (all four): both features were detected just above.
         Some(Self {
-            sum_exp: |y, c, inv, w| unsafe { F::sum_exp_avx2::<false>(y, c, inv, w, &mut []) },
-            sum_exp_store: |y, c, inv, w, out| unsafe {
-                F::sum_exp_avx2::<true>(y, c, inv, w, out)
+            sum_exp: |y, c, inv, w| unsafe {
+                F::sum_exp_avx2::<false>(y, c, inv, w, &mut [], &mut [0.0; WIDTH])
+            },
+            sum_exp_store: |y, c, inv, w, out, acc| unsafe {
+                F::sum_exp_avx2::<true>(y, c, inv, w, out, acc)
             },
             max_diff: |y, c| unsafe { avx2::max_diff(y, c) },
             axpy: |acc, r, e| unsafe { avx2::axpy(acc, r, e) },
@@ -427,9 +439,11 @@ impl<F: Real> Kernels<F> {
         let base = Self::avx2()?;
         // SAFETY: AVX-512F was detected just above (AVX2 and FMA by `avx2`).
         Some(Self {
-            sum_exp: |y, c, inv, w| unsafe { F::sum_exp_avx512::<false>(y, c, inv, w, &mut []) },
-            sum_exp_store: |y, c, inv, w, out| unsafe {
-                F::sum_exp_avx512::<true>(y, c, inv, w, out)
+            sum_exp: |y, c, inv, w| unsafe {
+                F::sum_exp_avx512::<false>(y, c, inv, w, &mut [], &mut [0.0; WIDTH])
+            },
+            sum_exp_store: |y, c, inv, w, out, acc| unsafe {
+                F::sum_exp_avx512::<true>(y, c, inv, w, out, acc)
             },
             name: "avx512",
             ..base
@@ -440,7 +454,9 @@ impl<F: Real> Kernels<F> {
     pub(crate) fn portable() -> Self {
         const FMA: bool = cfg!(target_arch = "aarch64");
         Self {
-            sum_exp: |y, c, inv, w| sum_exp_impl::<F, FMA, false>(y, c, inv, w, &mut []),
+            sum_exp: |y, c, inv, w| {
+                sum_exp_impl::<F, FMA, false>(y, c, inv, w, &mut [], &mut [0.0; WIDTH])
+            },
             sum_exp_store: sum_exp_impl::<F, FMA, true>,
             max_diff: max_diff_impl::<F>,
             axpy: axpy_impl::<F, FMA>,
@@ -470,16 +486,55 @@ impl<F: Real> Kernels<F> {
         w: f64,
         out: &mut [F],
     ) -> (f64, f64) {
-        let s = (self.sum_exp_store)(y, c, F::from_f64(inv), F::from_f64(w), out);
-        if s >= F::SAFE_LO && s <= F::SAFE_HI {
+        let s = self.sum_exp_store(y, c, inv, w, out, &mut [0.0; WIDTH]);
+        self.settle_store(s, y, c, inv, w, out)
+    }
+
+    /// Σ_k exp((y_k − c_k)·inv + w) over one piece of a lane, writing the terms to `out`: the one-pass sum
+    /// of [`Kernels::log_sum_exp_store`] computed piece by piece. Pieces are consecutive, each but the last a
+    /// multiple of [`LANE_BLOCK`] long, `acc` carried from one to the next (zeros before the first); the
+    /// last piece returns the same bits as the whole lane would.
+    #[inline]
+    pub(crate) fn sum_exp_store(
+        &self,
+        y: &[F],
+        c: &[F],
+        inv: f64,
+        w: f64,
+        out: &mut [F],
+        acc: &mut Acc,
+    ) -> f64 {
+        (self.sum_exp_store)(y, c, F::from_f64(inv), F::from_f64(w), out, acc)
+    }
+
+    /// [`Kernels::log_sum_exp_store`] given its one-pass sum `s` over the whole lane (y, c): (ln s, 0) when
+    /// `s` is in the safe range (`out` already holds the terms), otherwise the lane is summed again shifted
+    /// by its maximum.
+    #[inline]
+    pub(crate) fn settle_store(
+        &self,
+        s: f64,
+        y: &[F],
+        c: &[F],
+        inv: f64,
+        w: f64,
+        out: &mut [F],
+    ) -> (f64, f64) {
+        if Self::safe(s) {
             return (s.ln(), 0.0);
         }
         let zmax = (self.max_diff)(y, c).to_f64() * inv + w;
         if !zmax.is_finite() {
             return (zmax, 0.0);
         }
-        let s = (self.sum_exp_store)(y, c, F::from_f64(inv), F::from_f64(w - zmax), out);
+        let s = self.sum_exp_store(y, c, inv, w - zmax, out, &mut [0.0; WIDTH]);
         (zmax + s.ln(), zmax)
+    }
+
+    /// Whether a one-pass sum is trusted as it is ([`Real::SAFE_LO`]).
+    #[inline]
+    pub(crate) fn safe(s: f64) -> bool {
+        (F::SAFE_LO..=F::SAFE_HI).contains(&s)
     }
 
     /// ln Σ_k exp((y_k − c_k)·inv + w) for `inv` > 0, exact to rounding whatever the range of the exponents:
@@ -487,7 +542,7 @@ impl<F: Real> Kernels<F> {
     #[inline]
     pub(crate) fn log_sum_exp(&self, y: &[F], c: &[F], inv: f64, w: f64) -> f64 {
         let s = (self.sum_exp)(y, c, F::from_f64(inv), F::from_f64(w));
-        if s >= F::SAFE_LO && s <= F::SAFE_HI {
+        if Self::safe(s) {
             return s.ln();
         }
         let zmax = (self.max_diff)(y, c).to_f64() * inv + w;
@@ -544,7 +599,7 @@ mod tests {
     fn vector_builds_equal_the_generic_kernel_bit_for_bit() {
         fn case<F: Real + std::fmt::Debug>(to: fn(f64) -> F, lo: f64) {
             let generic = |y: &[F], c: &[F], inv: F, w: F, out: &mut [F]| {
-                sum_exp_impl::<F, true, true>(y, c, inv, w, out)
+                sum_exp_impl::<F, true, true>(y, c, inv, w, out, &mut [0.0; WIDTH])
             };
             for n in [0usize, 5, 16, 37, 256, 600, 4099] {
                 let y: Vec<F> = (0..n).map(|k| to((k as f64 * 0.37).sin() * 3.0)).collect();
@@ -566,7 +621,7 @@ mod tests {
                         .flatten()
                     {
                         let mut got = vec![F::ZERO; n];
-                        let s1 = (k.sum_exp_store)(&y, &c, inv, w, &mut got);
+                        let s1 = (k.sum_exp_store)(&y, &c, inv, w, &mut got, &mut [0.0; WIDTH]);
                         let s2 = (k.sum_exp)(&y, &c, inv, w);
                         // Bit for bit, except that a NaN is any NaN (IEEE leaves the sign and payload of
                         // a NaN result to the implementation, and codegen differs between builds).
@@ -588,6 +643,63 @@ mod tests {
         }
         case::<f64>(|x| x, -708.0);
         case::<f32>(|x| x as f32, -87.0);
+    }
+
+    /// A lane summed in pieces (each but the last a multiple of LANE_BLOCK, accumulators carried) gives the
+    /// bits and the terms of the whole lane summed at once, in every build.
+    #[test]
+    fn a_lane_summed_in_pieces_equals_the_whole_lane_bit_for_bit() {
+        fn case<F: Real + std::fmt::Debug>(to: fn(f64) -> F) {
+            let n = 3 * LANE_BLOCK + 2 * WIDTH + 5;
+            let y: Vec<F> = (0..n).map(|k| to((k as f64 * 0.37).sin() * 3.0)).collect();
+            let c: Vec<F> = (0..n).map(|k| to((k as f64 * 0.11).cos())).collect();
+            let mut builds = vec![Kernels::<F>::portable()];
+            #[cfg(target_arch = "x86_64")]
+            builds.extend(
+                [Kernels::<F>::avx2(), Kernels::<F>::avx512()]
+                    .into_iter()
+                    .flatten(),
+            );
+            for k in builds {
+                let mut whole = vec![F::ZERO; n];
+                let want = k.sum_exp_store(&y, &c, 2.0, -1.0, &mut whole, &mut [0.0; WIDTH]);
+                for cuts in [
+                    vec![LANE_BLOCK],
+                    vec![LANE_BLOCK, 3 * LANE_BLOCK],
+                    vec![0, 2 * LANE_BLOCK],
+                ] {
+                    let mut got = vec![F::ZERO; n];
+                    let mut acc = [0.0; WIDTH];
+                    let mut s = 0.0;
+                    let mut bounds = cuts.clone();
+                    bounds.push(n);
+                    let mut start = 0;
+                    for end in bounds {
+                        s = k.sum_exp_store(
+                            &y[start..end],
+                            &c[start..end],
+                            2.0,
+                            -1.0,
+                            &mut got[start..end],
+                            &mut acc,
+                        );
+                        start = end;
+                    }
+                    assert_eq!(
+                        s.to_bits(),
+                        want.to_bits(),
+                        "{} cuts {cuts:?}: {s:e} vs {want:e}",
+                        k.name()
+                    );
+                    assert!(got
+                        .iter()
+                        .zip(&whole)
+                        .all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits()));
+                }
+            }
+        }
+        case::<f64>(|x| x);
+        case::<f32>(|x| x as f32);
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //!
 //! Bit-identical to the generic kernel with FMA: every lane runs the same IEEE operations in the same
 //! order (clamp, range reduction, Horner polynomial, exponent bits, select below the underflow bound), and
-//! the 16 accumulators, their blocks and the final reduction are those of [`super::sum_exp_impl`]. Lanes
-//! of fewer than 16 entries at the end use the scalar [`Real::exp_poly`].
+//! the 16 accumulators (carried in and out), their blocks and the final reduction are those of
+//! [`super::sum_exp_impl`]. Lanes of fewer than 16 entries at the end use the scalar [`Real::exp_poly`].
 
 use std::arch::x86_64::*;
 
-use super::{exp_f32, exp_f64, Real, BLOCK, WIDTH};
+use super::{exp_f32, exp_f64, Acc, Real, BLOCK, WIDTH};
 
 /// A SIMD register of `LANES` values of `Elem` and the operations the sum needs.
 trait Vector: Copy {
@@ -43,6 +43,7 @@ unsafe fn sum_exp<V: Vector, const STORE: bool>(
     inv: V::Elem,
     w: V::Elem,
     out: &mut [V::Elem],
+    acc: &mut Acc,
 ) -> f64 {
     debug_assert_eq!(y.len(), c.len());
     debug_assert!(!STORE || out.len() == y.len());
@@ -50,7 +51,6 @@ unsafe fn sum_exp<V: Vector, const STORE: bool>(
     let full = y.len() / WIDTH * WIDTH;
     let (vinv, vw) = (V::splat(inv), V::splat(w));
     let zero = V::splat(V::Elem::ZERO);
-    let mut acc = [0.0f64; WIDTH];
     let mut part = [zero; 4];
     let mut spill = [V::Elem::ZERO; WIDTH];
     let (yp, cp, op) = (y.as_ptr(), c.as_ptr(), out.as_mut_ptr());
@@ -67,7 +67,7 @@ unsafe fn sum_exp<V: Vector, const STORE: bool>(
             *pq = pq.add(t);
         }
         if k % BLOCK == BLOCK - 1 {
-            flush::<V>(&mut part[..per], &mut spill, &mut acc, zero);
+            flush::<V>(&mut part[..per], &mut spill, acc, zero);
         }
     }
     for (q, pq) in part.iter().enumerate().take(per) {
@@ -89,12 +89,7 @@ unsafe fn sum_exp<V: Vector, const STORE: bool>(
 
 /// acc_l += part_l in f64, then part = 0 (the end of a block).
 #[inline(always)]
-unsafe fn flush<V: Vector>(
-    part: &mut [V],
-    spill: &mut [V::Elem; WIDTH],
-    acc: &mut [f64; WIDTH],
-    zero: V,
-) {
+unsafe fn flush<V: Vector>(part: &mut [V], spill: &mut [V::Elem; WIDTH], acc: &mut Acc, zero: V) {
     for (q, pq) in part.iter_mut().enumerate() {
         pq.store(spill.as_mut_ptr().add(q * V::LANES));
         *pq = zero;
@@ -354,6 +349,7 @@ pub(crate) trait X86: Sized {
         inv: Self,
         w: Self,
         out: &mut [Self],
+        acc: &mut Acc,
     ) -> f64;
     /// # Safety
     /// The CPU must support AVX-512F (and AVX2 and FMA).
@@ -363,6 +359,7 @@ pub(crate) trait X86: Sized {
         inv: Self,
         w: Self,
         out: &mut [Self],
+        acc: &mut Acc,
     ) -> f64;
 }
 
@@ -376,8 +373,9 @@ macro_rules! x86_kernels {
                 inv: $t,
                 w: $t,
                 out: &mut [$t],
+                acc: &mut Acc,
             ) -> f64 {
-                sum_exp::<$v2, STORE>(y, c, inv, w, out)
+                sum_exp::<$v2, STORE>(y, c, inv, w, out, acc)
             }
 
             #[target_feature(enable = "avx512f,avx2,fma")]
@@ -387,8 +385,9 @@ macro_rules! x86_kernels {
                 inv: $t,
                 w: $t,
                 out: &mut [$t],
+                acc: &mut Acc,
             ) -> f64 {
-                sum_exp::<$v5, STORE>(y, c, inv, w, out)
+                sum_exp::<$v5, STORE>(y, c, inv, w, out, acc)
             }
         }
     };
