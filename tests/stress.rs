@@ -9,12 +9,12 @@
 //! * the cost as it is, shifted (C + 1e6) and scaled (1e-6 C);
 //! * γ (sparse k = 3, quadratic) and ε (Sinkhorn) at 1e-3, 1e-1 and 10 times the cost's scale.
 //!
-//! Every sparse, quadratic and exact solve converges (a certificate or the marginal criterion at the
-//! default tolerance). Sinkhorn converges wherever ε ≥ 0.1 × the cost's scale; at ε = 1e-3 × the scale,
-//! 10 000 iterations are not always enough even over-relaxed (its rate degrades as ε shrinks, and with very
-//! uneven masses the error first decays sublinearly) and the status says so: 102 of 108 converged on
-//! 2026-12-04 (91 before over-relaxation and before zero masses were removed after the cost's shift). The
-//! counts are printed.
+//! Every sparse, quadratic, Sinkhorn and exact solve converges (a certificate or the marginal criterion at
+//! the default tolerance). At ε = 1e-3 × the cost's scale Sinkhorn's own rate tends to 1 (with very uneven
+//! masses the error first decays sublinearly, and where the plan's support falls apart into blocks it
+//! stalls): Newton's method on the dual finishes those solves. Before that finish 102 of 108 Sinkhorn
+//! solves converged (2026-12-04; 91 before over-relaxation and before zero masses were removed after the
+//! cost's shift). The counts are printed.
 
 #[path = "common/data.rs"]
 mod data;
@@ -64,7 +64,6 @@ struct Case {
     name: String,
     problem: Problem,
     reg: f64,
-    relative: f64,
 }
 
 fn corpus() -> Vec<Case> {
@@ -105,7 +104,6 @@ fn corpus() -> Vec<Case> {
                         ),
                         problem: Problem::new(&a, &b, &cost).expect("a valid stress problem"),
                         reg: relative * scale,
-                        relative,
                     });
                 }
             }
@@ -140,16 +138,8 @@ fn the_stress_corpus_converges_with_honest_statuses() {
                     "{what}: {} (marginal errors {:.1e}, {:.1e})",
                     sol.termination, sol.marginal_error_rows, sol.marginal_error_cols
                 ));
-                // Only Sinkhorn at the smallest ε may miss.
-                assert!(
-                    s == 2 && case.relative < 1e-2,
-                    "{what} did not converge\n{sol}"
-                );
             }
         }
-    }
-    for m in &misses {
-        println!("{m}");
     }
     println!(
         "converged of {}: {}",
@@ -160,5 +150,10 @@ fn the_stress_corpus_converges_with_honest_statuses() {
             .map(|(n, c)| format!("{n} {c}"))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    assert!(
+        misses.is_empty(),
+        "did not converge:\n{}",
+        misses.join("\n")
     );
 }

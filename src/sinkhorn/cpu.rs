@@ -34,18 +34,27 @@ use crate::error::Result;
 use crate::points::PointLanes;
 use crate::problem::Problem;
 use crate::sinkhorn::expsum::{Acc, Kernels, Real, LANE_BLOCK, WIDTH};
+use crate::sinkhorn::newton::{self, Handover};
 use crate::sinkhorn::overrelax::Overrelaxation;
 use crate::sinkhorn::rules::{assemble, check, epsilon_schedule, row_error, validate, Check};
 use crate::sinkhorn::settings::{Precision, Sinkhorn};
-use crate::solution::{RanOn, Solution, Termination};
+use crate::solution::{Criterion, RanOn, Solution, Termination};
 
 /// Solves `p` on the CPU; `cfg.monitor` sees every check and can cancel.
 pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem) -> Result<Solution> {
     let (f, g) = validate(cfg, p)?;
-    let (f, g, iterations, termination) = match cfg.precision {
+    let (mut f, mut g, mut iterations, mut termination) = match cfg.precision {
         Precision::F64 => dense::<f64>(cfg, p, f, g),
         Precision::F32 => dense::<f32>(cfg, p, f, g),
     };
+    if finishes(cfg, p) && termination == Termination::MaxIterations {
+        let budget = cfg.max_iter.saturating_sub(iterations);
+        let (steps, converged) = newton::finish(cfg, p, &mut f, &mut g, iterations, budget);
+        iterations += steps;
+        if converged {
+            termination = Termination::Converged(Criterion::MarginalError { tol: cfg.tol });
+        }
+    }
     Ok(assemble(
         cfg,
         p,
@@ -55,6 +64,12 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem) -> Result<Solution> {
         termination,
         RanOn::Cpu,
     ))
+}
+
+/// Whether a solve of `p` to a tolerance ends with Newton's method where Sinkhorn is too slow
+/// ([`newton`]): dense problems whose plan fits [`newton::MAX_ENTRIES`].
+fn finishes(cfg: &Sinkhorn, p: &Problem) -> bool {
+    cfg.tol > 0.0 && p.m() * p.n() <= newton::MAX_ENTRIES
 }
 
 /// The iterations on a dense cost in precision F.
@@ -71,6 +86,7 @@ fn dense<F: Real>(
         lanes: &cost,
         bounds: p.bulk_bounds(),
         row_error: &|f: &[f64], g: &[f64], eps: f64| row_error(p, f, g, eps),
+        finishes: finishes(cfg, p),
     };
     iterate(cfg, &task, f, g)
 }
@@ -103,6 +119,8 @@ pub(crate) struct Task<'a, L> {
     pub(crate) lanes: &'a L,
     pub(crate) bounds: (f64, f64),
     pub(crate) row_error: &'a RowError<'a>,
+    /// Whether the caller finishes a slow last stage with Newton's method ([`Handover`]).
+    pub(crate) finishes: bool,
 }
 
 /// The f64 row error of a state (f, g) at ε.
@@ -520,6 +538,8 @@ pub(crate) fn iterate<F: Real, L: CostLanes<F>>(
     let mut termination = Termination::MaxIterations;
     let every = cfg.check_every;
     let mut relax = Overrelaxation::new();
+    let mut handover = Handover::new(task.finishes);
+    let budget = handover.budget(cfg.max_iter);
 
     'stages: for (s, &eps) in stages.iter().enumerate() {
         let last = s + 1 == stages.len();
@@ -530,7 +550,7 @@ pub(crate) fn iterate<F: Real, L: CostLanes<F>>(
             cfg.tol.max(1e-2 * amax)
         };
         loop {
-            if iterations >= cfg.max_iter {
+            if iterations >= budget {
                 break 'stages;
             }
             if g_next_valid {
@@ -594,6 +614,10 @@ pub(crate) fn iterate<F: Real, L: CostLanes<F>>(
                     other => other,
                 };
                 match decision {
+                    Check::Continue if last && handover.now(iterations, err, stage_tol, budget) => {
+                        // Keep the state before the f-update (columns exact); Newton's method finishes.
+                        break 'stages;
+                    }
                     Check::Continue => {}
                     Check::Stop(t) => {
                         // Keep the state before the f-update: columns exact, row error = err.

@@ -5,13 +5,15 @@
 //! Layout of the family: `settings` (the configuration and its builders; this file holds the entry
 //! points), `rules` (the stopping check, the ε schedule, validation and the assembly of a
 //! [`Solution`] from potentials, shared by both backends), `cpu` (f64 or f32 exponentials, fused sweeps),
-//! `overrelax` (the CPU loop's acceleration of slow stages), `expsum` (the vectorised exponential sums),
+//! `overrelax` (the CPU loop's acceleration of slow stages), `newton` (the CPU finish of stages too slow
+//! for the budget), `expsum` (the vectorised exponential sums),
 //! `gpu` (batched kernels, f32).
 
 mod cpu;
 pub(crate) mod expsum;
 #[cfg(feature = "gpu")]
 mod gpu;
+mod newton;
 mod overrelax;
 mod points;
 pub(crate) mod rules;
@@ -30,6 +32,12 @@ pub use settings::{Precision, Sinkhorn, DEFAULT_SINKHORN_MAX_ITER};
 
 impl Sinkhorn {
     /// Solves on the CPU.
+    ///
+    /// Solved to a tolerance, a dense problem of at most 2²² entries whose last ε stage converges too slowly
+    /// for the iteration budget (its measured rate projects past the limit, as at small ε or with very
+    /// uneven masses) is finished by Newton's method on the dual: at most 50 steps, each a conjugate-gradient
+    /// solve with the plan's Hessian and a line search, counted as iterations; Sinkhorn keeps 50 iterations
+    /// of its budget for them. The solution's monitor stage for those steps is "sinkhorn newton".
     pub fn solve(&self, problem: &Problem) -> Result<Solution> {
         self.solve_on(problem, &Device::Cpu)
     }

@@ -48,6 +48,7 @@ fn run<F: Real>(
         lanes: &lanes,
         bounds,
         row_error: &|f: &[f64], g: &[f64], eps: f64| row_error(&exact, a, f, g, eps),
+        finishes: false,
     };
     iterate(cfg, &task, f, g)
 }

@@ -46,8 +46,10 @@ pub enum Precision {
     /// f32 exponentials over an f32 copy of the cost (shifted to start at 0), summed in f64. About half the
     /// memory traffic and twice the SIMD width of F64, but each exponent (f_i + g_j − C_ij)/ε carries an
     /// absolute error of about 1e-7 · (cost range)/ε, so the reachable marginal error is about that, relative
-    /// to the mass (≈1e-5 at range/ε = 100). Use it for loose tolerances or a fixed iteration budget; a
-    /// tolerance below that floor ends in `MaxIterations`.
+    /// to the mass (≈1e-5 at range/ε = 100). Use it for loose tolerances or a fixed iteration budget. A
+    /// tolerance below that floor stalls the f32 iterations: a dense problem of at most 2²² entries is then
+    /// finished by Newton's method in f64 (as any slow solve to a tolerance is on the CPU; see
+    /// [`Sinkhorn::solve`]), anything larger ends in `MaxIterations`.
     F32,
 }
 
