@@ -166,6 +166,10 @@ struct Cli {
     /// it); for fixed iteration budgets, where every iteration should be at the target epsilon.
     #[arg(long)]
     no_epsilon_scaling: bool,
+    /// Sinkhorn: measure the marginal error (test the tolerance, report progress) every N iterations
+    /// [default: 10].
+    #[arg(long, value_name = "N")]
+    check_every: Option<usize>,
     /// Sinkhorn on the CPU: working precision of the exponentials [default: f64].
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
@@ -243,6 +247,7 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
         .unwrap_or_default();
     if cli.solver != SolverKind::Sinkhorn {
         unused(&cli.precision, "--precision", &name)?;
+        unused(&cli.check_every, "--check-every", &name)?;
         if cli.no_epsilon_scaling {
             return Err(Failure(format!(
                 "--no-epsilon-scaling does not apply to --solver {name}"
@@ -305,6 +310,9 @@ fn configure(cli: &Cli) -> Result<Configured, Failure> {
             }
             if cli.no_epsilon_scaling {
                 cfg = cfg.epsilon_scaling(None)?;
+            }
+            if let Some(every) = cli.check_every {
+                cfg = cfg.check_every(every)?;
             }
             Ok(Configured::Sinkhorn(cfg))
         }

@@ -580,6 +580,18 @@ fn bad_inputs_fail_with_one_line() {
         &["--k", "2", "--epsilon", "0.1"],
         "--epsilon does not apply",
     );
+    fails(
+        &dir,
+        &good,
+        &["--solver", "sinkhorn", "--check-every", "0"],
+        "check_every",
+    );
+    fails(
+        &dir,
+        &good,
+        &["--k", "2", "--check-every", "5"],
+        "--check-every does not apply",
+    );
     fails(&dir, &good, &["--solver", "magic"], "invalid value 'magic'");
     fails(&dir, &good, &["--k", "two"], "invalid value 'two'");
     fails(
@@ -673,6 +685,14 @@ fn progress_and_notes_go_to_stderr_only_when_wanted() {
         !stdout.contains("progress: solve"),
         "progress reached stdout"
     );
+
+    // --check-every sets how often the marginal error is measured, hence reported.
+    let (_, stderr) = run_with(&["--device", "cpu", "--progress", "--check-every", "100"]);
+    let at: Vec<&str> = stderr
+        .lines()
+        .filter_map(|line| line.split("iteration ").nth(1)?.split(',').next())
+        .collect();
+    assert_eq!(at, ["100", "200", "300"], "{stderr}");
 
     // Not a terminal and no --progress: silent.
     let (_, stderr) = run_with(&["--device", "cpu"]);
