@@ -441,6 +441,7 @@ fn sweep_rows<F: Real, L: CostLanes<F>>(
     for (l, (fi, ri)) in f.iter_mut().zip(r.iter_mut()).enumerate() {
         let w = rows.w(*fi);
         let out = &mut terms[l * n..(l + 1) * n];
+        // The whole row is formed only for the rare lane whose sum left the safe range.
         let (lse, shift) = if Kernels::<F>::safe(sums[l]) {
             (sums[l].ln(), 0.0)
         } else {
