@@ -1,5 +1,7 @@
 //! One monitor for every solver: progress events and cancellation (a status, not an error).
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "common/gpu.rs"]
 mod gpu_common;
 #[path = "common/monitor.rs"]
@@ -10,8 +12,8 @@ use std::sync::{mpsc, Arc};
 
 use ndarray::{Array1, Array3};
 use sparse_ot::{
-    golden_problem, Batch, Device, Event, ExactOt, Formulation, Monitor, Router, RouterSolver,
-    Sinkhorn, SparseOt, Termination,
+    golden_problem, Batch, Device, Event, ExactOt, Formulation, Monitor, Precision, Router,
+    RouterSolver, Sinkhorn, SparseOt, Termination,
 };
 
 fn cancelled() -> Monitor {
@@ -49,6 +51,40 @@ fn single_solves_report_their_steps() {
     let sol = Sinkhorn::new(0.1).unwrap().monitor(fin).solve(&p).unwrap();
     assert!(sol.converged());
     assert!(finished.lock().unwrap().is_empty());
+}
+
+/// A Sinkhorn solve whose tolerance f32 cannot reach hands over to Newton's method ("sinkhorn newton" steps,
+/// each one iteration, after the loop's checks) and converges; cancelled at the first of its Newton steps,
+/// it says `Cancelled`.
+#[test]
+fn the_newton_finish_reports_its_steps_and_can_be_cancelled() {
+    let p = data::point_cloud_problem(60, 40, 3);
+    let cfg = Sinkhorn::new(3e-4).unwrap().precision(Precision::F32);
+    let (monitor, steps) = monitor_common::step_recorder();
+    let sol = cfg.clone().monitor(monitor).solve(&p).unwrap();
+    assert!(sol.converged(), "{sol}");
+    let steps = steps.lock().unwrap();
+    let newton: Vec<_> = steps
+        .iter()
+        .filter(|s| s.stage == "sinkhorn newton")
+        .collect();
+    assert!(
+        !newton.is_empty() && newton.len() < 50,
+        "{} Newton steps",
+        newton.len()
+    );
+    assert_eq!(newton.last().unwrap().iteration, sol.iterations, "{sol}");
+    assert!(steps.windows(2).all(|w| w[0].iteration < w[1].iteration));
+
+    let stop = Monitor::new();
+    let on_step = stop.clone();
+    let stop = stop.on_event(move |e| {
+        if matches!(e, Event::Step(s) if s.stage == "sinkhorn newton") {
+            on_step.cancel();
+        }
+    });
+    let sol = cfg.monitor(stop).solve(&p).unwrap();
+    assert_eq!(sol.termination, Termination::Cancelled, "{sol}");
 }
 
 /// A monitor cancelled before the solve starts: every solver returns its starting state, `Cancelled`.

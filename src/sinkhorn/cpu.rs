@@ -53,6 +53,8 @@ pub(crate) fn solve(cfg: &Sinkhorn, p: &Problem) -> Result<Solution> {
         iterations += steps;
         if converged {
             termination = Termination::Converged(Criterion::MarginalError { tol: cfg.tol });
+        } else if cfg.monitor.is_cancelled() {
+            termination = Termination::Cancelled;
         }
     }
     Ok(assemble(
