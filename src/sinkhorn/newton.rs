@@ -197,11 +197,13 @@ pub(crate) fn finish(
 ) -> (usize, bool) {
     let eps = cfg.epsilon;
     let m = p.m();
+    let mass: f64 = p.a_slice().iter().sum();
     let mut at = Point::at(p, f, g, eps);
+    let mut error = marginal_error(p, &at);
     let mut steps = 0;
     while steps < budget.min(MAX_STEPS) && !cfg.monitor.is_cancelled() {
         // A tenth of the tolerance, so that the row error after the exact g-update below meets it.
-        if marginal_error(p, &at) <= 0.1 * cfg.tol {
+        if error <= 0.1 * cfg.tol {
             break;
         }
         let grad = at.gradient(p);
@@ -220,37 +222,37 @@ pub(crate) fn finish(
         if slope.is_nan() || slope <= 0.0 {
             break;
         }
+        // Near the optimum the rise t·slope falls below the rounding of D: a step that keeps D within
+        // that rounding and lowers the marginal error is taken too.
+        let rounding = 64.0 * f64::EPSILON * (at.value.abs() + eps * mass);
         let mut t = 1.0;
         let mut accepted = None;
         for _ in 0..HALVINGS {
             let fs: Vec<f64> = f.iter().zip(&dir[..m]).map(|(x, d)| x + t * d).collect();
             let gs: Vec<f64> = g.iter().zip(&dir[m..]).map(|(x, d)| x + t * d).collect();
             let trial = Point::at(p, &fs, &gs, eps);
-            // Near the optimum the rise t·slope falls below the rounding of D: a step that keeps D within
-            // that rounding and lowers the marginal error is taken too.
-            let rounding =
-                64.0 * f64::EPSILON * (at.value.abs() + eps * p.a_slice().iter().sum::<f64>());
+            let trial_error = marginal_error(p, &trial);
             let rises =
                 trial.value >= at.value + ARMIJO * t * slope && trial.value > at.value + rounding;
-            let refines = trial.value >= at.value - rounding
-                && marginal_error(p, &trial) < marginal_error(p, &at);
+            let refines = trial.value >= at.value - rounding && trial_error < error;
             if trial.value.is_finite() && (rises || refines) {
-                accepted = Some((fs, gs, trial));
+                accepted = Some((fs, gs, trial, trial_error));
                 break;
             }
             t *= 0.5;
         }
-        let Some((fs, gs, trial)) = accepted else {
+        let Some((fs, gs, trial, trial_error)) = accepted else {
             break;
         };
         f.copy_from_slice(&fs);
         g.copy_from_slice(&gs);
         at = trial;
+        error = trial_error;
         steps += 1;
         cfg.monitor.step(&Progress {
             iteration: first_iteration + steps,
             value: at.value,
-            marginal_error: marginal_error(p, &at),
+            marginal_error: error,
             stage: "sinkhorn newton",
         });
     }
