@@ -721,8 +721,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     report.publish(out, cli, &sol, (problem.m(), problem.n()), seconds)
 }
 
-/// Solves point clouds (Sinkhorn on the CPU or a GPU, the sparse and quadratic solvers on the CPU) and
-/// writes the report.
+/// Solves point clouds (Sinkhorn, the sparse and quadratic solvers, on the CPU or a GPU) and writes the
+/// report.
 fn run_points(
     cli: &Cli,
     cfg: Configured,
@@ -774,25 +774,17 @@ fn run_points(
     Report::of_points(&sol, plan).publish(out, cli, &sol, (m, n), seconds)
 }
 
-/// Solves point clouds with a sparse or quadratic solver (CPU) and writes the report; the plan has at most
-/// k nonzeros per column, so `--plan auto` writes it sparse.
+/// Solves point clouds with a sparse or quadratic solver (CPU or GPU) and writes the report; the plan has
+/// at most k nonzeros per column, so `--plan auto` writes it sparse.
 fn run_sparse_points(
     cli: &Cli,
     cfg: SparseOt,
     problem: &PointProblem,
     out: AtomicFile,
 ) -> Result<(), Failure> {
-    match cli.device {
-        DeviceArg::Gpu => {
-            return Err(Failure(
-                "--device gpu: the sparse and quadratic solvers run on point clouds on the CPU only; use --device cpu"
-                    .into(),
-            ))
-        }
-        DeviceArg::Auto if cli.progress.notes() => {
-            eprintln!("device: CPU: the sparse and quadratic solvers on point clouds run on the CPU")
-        }
-        DeviceArg::Auto | DeviceArg::Cpu => {}
+    let device = resolve_device(cli.device)?;
+    if cli.device == DeviceArg::Auto && cli.progress.notes() {
+        eprintln!("device: {}", device.describe());
     }
     let (m, n) = (problem.m(), problem.n());
     let plan = match cli.plan {
@@ -806,7 +798,9 @@ fn run_sparse_points(
     let progress = cli.progress.reporter();
     let watch = progress.solve("solve");
     let start = Instant::now();
-    let sol = cfg.monitor(watch.monitor()).solve_points(problem)?;
+    let sol = cfg
+        .monitor(watch.monitor())
+        .solve_points_on(problem, &device)?;
     let seconds = start.elapsed().as_secs_f64();
     drop(watch);
     Report::of_solution(&sol, writes_beta(cli), plan).publish(out, cli, &sol, (m, n), seconds)

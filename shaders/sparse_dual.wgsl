@@ -2,7 +2,10 @@
 //
 // Bindings (group 0):
 //   0 uniform                 P: SparseParams { m, n, k, mode (0 semi-dual, 1 dual), gamma, dim }
-//   1 storage read            cost_t: n×m row-major Cᵀ (column j of C is contiguous)
+//   cost: cost_entry(p, i, j) from the provider concatenated before this file: cost_columns.wgsl (binding 1,
+//         the transposed matrix) or cost_points.wgsl (bindings 17–19, computed from two point clouds). Every
+//         kernel calls the same function on the same inputs, so row_pass and extract re-apply exactly the
+//         selections column_pass made.
 //   2 storage read_write      x: trial point, α = x[0..m], β = x[m..m+n] (dual); only `recipe` writes it
 //   3 storage read            a: m          (row_pass, finalize)
 //   4 storage read            b: n          (column_pass, finalize)
@@ -31,7 +34,7 @@
 //   the workgroup.
 // Batches: workgroup_id.z is the problem index p of a batch of B problems of one shape (z = 1 for a single
 //   problem). Every buffer holds the B problems back to back and problem p's slice starts at p × its
-//   per-problem length (cost_t m·n, x/grad/d dim, a m, b/cols/beta_out n, out 4 for finalize and n·k for
+//   per-problem length (cost m·n, x/grad/d dim, a m, b/cols/beta_out n, out 4 for finalize and n·k for
 //   extract, rows_out n·k), so the strides follow from the uniform's m, n, k and dim.
 // Overrides: WG.
 // Formula: s = α − c_j. TopK(s) by the tie rule of docs/MATH.md §3.1 (larger value, then lower index) found without
@@ -70,7 +73,6 @@ struct ColState {
 }
 
 @group(0) @binding(0) var<uniform> P: SparseParams;
-@group(0) @binding(1) var<storage, read> cost_t: array<f32>;
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
 @group(0) @binding(3) var<storage, read> a: array<f32>;
 @group(0) @binding(4) var<storage, read> b: array<f32>;
@@ -105,7 +107,7 @@ fn order_key(v: f32) -> u32 {
 
 // Entry i of column j: s = α_i − C_ij.
 fn score(i: u32, j: u32) -> f32 {
-    return x[pb * P.dim + i] - cost_t[(pb * P.n + j) * P.m + i];
+    return x[pb * P.dim + i] - cost_entry(pb, i, j);
 }
 
 // Whether row i is among TopK of a column whose state is c.

@@ -389,8 +389,8 @@ fn shaders_validate_without_a_device() {
     use wgpu::naga;
     let sources = sparse_ot::gpu::shader_sources();
     // Every kernel family in shaders/ (common.wgsl is prepended to each, the cost_*.wgsl providers to
-    // Sinkhorn, which is compiled once with each of its two providers, and adam_rule.wgsl to the sparse and
-    // Adam families).
+    // Sinkhorn and to the sparse family, each compiled once with a matrix and once with the point provider,
+    // and adam_rule.wgsl to the sparse and Adam families).
     let families = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders"))
         .unwrap()
         .filter(|e| {
@@ -402,7 +402,7 @@ fn shaders_validate_without_a_device() {
                 && !name.starts_with("cost_")
         })
         .count();
-    assert_eq!(sources.len(), families + 1);
+    assert_eq!(sources.len(), families + 2);
     for (file, source) in sources {
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&source)));

@@ -5,7 +5,8 @@
 
 use ndarray::Array1;
 use sparse_ot::{
-    Error, Formulation, GroundCost, Plan, PlanKind, PointProblem, Solution, SparseOt, Termination,
+    Error, Formulation, GroundCost, Plan, PlanKind, PointProblem, RanOn, Solution, SparseOt,
+    Termination,
 };
 
 #[path = "common/data.rs"]
@@ -237,4 +238,108 @@ fn bad_settings_on_points_give_typed_errors() {
         .solve_points(&p)
         .unwrap();
     assert_eq!(short.termination, Termination::MaxIterations);
+}
+
+#[path = "common/gpu.rs"]
+mod gpu_common;
+
+/// On a GPU (lavapipe in CI) the sparse kernels compute every cost entry from the points: no cost bytes
+/// read, and results equal to the f64 CPU solve within f32's reach, for the semi-dual and the dual with k < m
+/// (L-BFGS on the device, the nonsmooth stage continued on the CPU where it stalls), quadratic OT (k = m),
+/// row sparsity, each ground cost and zero-mass targets.
+///
+/// Tolerances (f32, unit roundoff u ≈ 6e-8): the solves stop at a marginal error of 1e-6 of the unit mass
+/// (≈ 16 u, the f32 floor; see `tests/gpu.rs`), and the status is verified in f64 on the host. The values
+/// are maxima of a concave objective whose gradient is the marginal error, so two points within 1e-6 of
+/// the marginals lie within ~1e-6 × ‖α‖ (≤ 2 here) of the optimal value: 1e-5 leaves room for f32
+/// rounding of the value's O(m + n) terms.
+#[test]
+fn sparse_on_points_on_the_gpu_reads_no_cost_and_agrees_with_the_cpu() {
+    let Some(ctx) = gpu_common::gpu() else { return };
+    let device = sparse_ot::Device::Gpu(ctx);
+    // (name, configuration, ground cost, dimension, nonzeros per lane at most)
+    let cases: Vec<(&str, SparseOt, GroundCost, usize, usize)> = vec![
+        (
+            "semi-dual k 3",
+            SparseOt::new(3, 0.1).unwrap(),
+            GroundCost::SqEuclidean,
+            2,
+            3,
+        ),
+        (
+            "dual k 2",
+            SparseOt::new(2, 0.1)
+                .unwrap()
+                .formulation(Formulation::Dual),
+            GroundCost::Euclidean,
+            5,
+            2,
+        ),
+        (
+            "quadratic",
+            SparseOt::quadratic(0.5).unwrap(),
+            GroundCost::Minkowski { p: 1.5, q: 1.0 },
+            3,
+            60,
+        ),
+        (
+            "rows k 2",
+            SparseOt::new(2, 0.1).unwrap().row_sparsity(),
+            GroundCost::SqEuclidean,
+            2,
+            2,
+        ),
+    ];
+    for (name, cfg, ground, d, k) in cases {
+        let (x, y) = (cloud(60, d, 41), cloud(45, d, 42));
+        let mut b = cloud_masses(45, 44);
+        if name.starts_with("semi") {
+            b[9] = 0.0;
+        }
+        let b = &b / b.sum();
+        let p = PointProblem::new(&cloud_masses(60, 43), &b, &x, &y, ground).unwrap();
+        let what = format!("{name}, {ground}");
+        let g = cfg
+            .clone()
+            .tol(1e-6)
+            .unwrap()
+            .solve_points_on(&p, &device)
+            .unwrap();
+        let c = cfg.clone().tol(1e-9).unwrap().solve_points(&p).unwrap();
+        assert!(g.converged(), "{what}: {g}");
+        assert!(c.converged(), "{what}: {c}");
+        assert!(
+            matches!(g.device, RanOn::Gpu { .. } | RanOn::GpuThenCpu { .. }),
+            "{what}: {:?}",
+            g.device
+        );
+        let work = g.gpu_work.expect("a GPU solve reports its work");
+        assert_eq!(work.cost_bytes_read, 0, "{what}: {work:?}");
+        assert!(
+            work.dispatches > 0 && work.readbacks > 0,
+            "{what}: {work:?}"
+        );
+        assert!(
+            (g.value - c.value).abs() <= 1e-5,
+            "{what}: value {} vs {}",
+            g.value,
+            c.value
+        );
+        let Plan::Sparse(plan) = &g.plan else {
+            panic!("sparse solvers return sparse plans")
+        };
+        assert!(plan.max_lane_nnz() <= k, "{what}: {}", plan.max_lane_nnz());
+        if name.starts_with("semi") {
+            assert!(
+                plan.lane(9).0.is_empty(),
+                "{what}: a zero-mass target got mass"
+            );
+        }
+        if name == "quadratic" {
+            // Quadratic OT is strongly convex in the plan: plans agree to the marginal tolerance / γ.
+            let diff = (&plan.to_dense() - &c.plan.to_dense()).mapv(f64::abs);
+            let worst = diff.iter().fold(0.0f64, |a, &v| a.max(v));
+            assert!(worst <= 1e-5, "{what}: plans differ by {worst}");
+        }
+    }
 }

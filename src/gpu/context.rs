@@ -75,6 +75,8 @@ pub(crate) enum WorkspaceKey {
         memory: usize,
         /// Problems solved together (1 for a single solve).
         batch: usize,
+        /// The clouds' dimension when the cost is computed from points.
+        points: Option<usize>,
     },
     /// A batch of `batch` sparse problems of one shape run by the Adam recipe (`gpu::adam`).
     AdamBatch {

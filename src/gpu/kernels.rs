@@ -11,7 +11,10 @@ pub(crate) enum Family {
     Sinkhorn,
     /// Sinkhorn over point clouds (the same kernels, the cost computed from the points).
     SinkhornPoints,
+    /// The sparse (semi-)dual over a transposed cost matrix.
     SparseDual,
+    /// The sparse (semi-)dual over point clouds (the same kernels, the cost computed from the points).
+    SparseDualPoints,
     Lbfgs,
     Reduce,
     Adam,
@@ -23,10 +26,11 @@ const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const ADAM_RULE: &str = include_str!("../../shaders/adam_rule.wgsl");
 
 impl Family {
-    pub(crate) const ALL: [Family; 7] = [
+    pub(crate) const ALL: [Family; 8] = [
         Family::Sinkhorn,
         Family::SinkhornPoints,
         Family::SparseDual,
+        Family::SparseDualPoints,
         Family::Lbfgs,
         Family::Reduce,
         Family::Adam,
@@ -38,7 +42,8 @@ impl Family {
         match self {
             Family::Sinkhorn => "sinkhorn.wgsl",
             Family::SinkhornPoints => "sinkhorn.wgsl (cost_points.wgsl)",
-            Family::SparseDual => "sparse_dual.wgsl (adam_rule.wgsl)",
+            Family::SparseDual => "sparse_dual.wgsl (adam_rule.wgsl, cost_columns.wgsl)",
+            Family::SparseDualPoints => "sparse_dual.wgsl (adam_rule.wgsl, cost_points.wgsl)",
             Family::Lbfgs => "lbfgs.wgsl",
             Family::Reduce => "reduce.wgsl",
             Family::Adam => "adam.wgsl (adam_rule.wgsl)",
@@ -46,21 +51,27 @@ impl Family {
         }
     }
 
-    /// The full WGSL source as compiled: common helpers, then the family (Sinkhorn after its cost provider,
-    /// the sparse and Adam families after Adam's step).
+    /// The full WGSL source as compiled: common helpers, then the family (Sinkhorn and the sparse kernels
+    /// after their cost provider, the sparse and Adam families after Adam's step).
     pub(crate) fn source(self) -> String {
         const SINKHORN: &str = include_str!("../../shaders/sinkhorn.wgsl");
+        const SPARSE: &str = include_str!("../../shaders/sparse_dual.wgsl");
+        const POINTS: &str = include_str!("../../shaders/cost_points.wgsl");
         // (what the family is concatenated after, besides the common helpers; the family's own file)
-        let (before, own) = match self {
-            Family::Sinkhorn => (include_str!("../../shaders/cost_matrix.wgsl"), SINKHORN),
-            Family::SinkhornPoints => (include_str!("../../shaders/cost_points.wgsl"), SINKHORN),
-            Family::SparseDual => (ADAM_RULE, include_str!("../../shaders/sparse_dual.wgsl")),
-            Family::Lbfgs => ("", include_str!("../../shaders/lbfgs.wgsl")),
-            Family::Reduce => ("", include_str!("../../shaders/reduce.wgsl")),
-            Family::Adam => (ADAM_RULE, include_str!("../../shaders/adam.wgsl")),
-            Family::Router => ("", include_str!("../../shaders/router.wgsl")),
+        let (before, own): (&[&str], &str) = match self {
+            Family::Sinkhorn => (&[include_str!("../../shaders/cost_matrix.wgsl")], SINKHORN),
+            Family::SinkhornPoints => (&[POINTS], SINKHORN),
+            Family::SparseDual => (
+                &[ADAM_RULE, include_str!("../../shaders/cost_columns.wgsl")],
+                SPARSE,
+            ),
+            Family::SparseDualPoints => (&[ADAM_RULE, POINTS], SPARSE),
+            Family::Lbfgs => (&[], include_str!("../../shaders/lbfgs.wgsl")),
+            Family::Reduce => (&[], include_str!("../../shaders/reduce.wgsl")),
+            Family::Adam => (&[ADAM_RULE], include_str!("../../shaders/adam.wgsl")),
+            Family::Router => (&[], include_str!("../../shaders/router.wgsl")),
         };
-        format!("{COMMON}\n{before}\n{own}")
+        format!("{COMMON}\n{}\n{own}", before.join("\n"))
     }
 }
 
@@ -84,6 +95,9 @@ pub(crate) enum Kernel {
     Finalize,
     Extract,
     Recipe,
+    PointsColumn,
+    PointsRow,
+    PointsExtract,
     Trial,
     Accept,
     Direction,
@@ -107,6 +121,9 @@ impl Kernel {
             Kernel::Column | Kernel::Row | Kernel::Finalize | Kernel::Extract | Kernel::Recipe => {
                 Family::SparseDual
             }
+            Kernel::PointsColumn | Kernel::PointsRow | Kernel::PointsExtract => {
+                Family::SparseDualPoints
+            }
             Kernel::Trial | Kernel::Accept | Kernel::Direction => Family::Lbfgs,
             Kernel::AdamStep => Family::Adam,
             Kernel::RouterGates | Kernel::RouterGather => Family::Router,
@@ -123,10 +140,10 @@ impl Kernel {
             Kernel::Transpose => "transpose",
             Kernel::LogInto => "log_into",
             Kernel::Range => "range",
-            Kernel::Column => "column_pass",
-            Kernel::Row => "row_pass",
+            Kernel::Column | Kernel::PointsColumn => "column_pass",
+            Kernel::Row | Kernel::PointsRow => "row_pass",
             Kernel::Finalize => "finalize",
-            Kernel::Extract => "extract",
+            Kernel::Extract | Kernel::PointsExtract => "extract",
             Kernel::Recipe => "recipe",
             Kernel::Trial => "trial",
             Kernel::Accept => "accept",

@@ -19,6 +19,9 @@
 //!   16 × the largest workgroup (16 384 entries at 1024 threads) are read twice instead (rows, then columns),
 //!   still from the one copy. The sparse kernels read the transposed cost, transposed on the device (a tiled
 //!   kernel); no GPU path transposes on the host.
+//! * Point clouds ([`crate::Sinkhorn::solve_points_on`], [`crate::SparseOt::solve_points_on`]): the same
+//!   kernels take every entry from `shaders/cost_points.wgsl`, which computes it from the coordinates, so
+//!   no cost is stored or read (`cost` holds where a workspace's kernels find theirs).
 //! * Every solve counts the work it asks of the device ([`crate::GpuWork`] on the solution: dispatches,
 //!   blocking readbacks and bytes of cost the kernels read, from each dispatch's geometry).
 //! * Problems that do not fit one storage binding are refused with [`crate::Error::DeviceLimit`].
@@ -40,6 +43,7 @@
 
 pub(crate) mod buffers;
 pub(crate) mod context;
+pub(crate) mod cost;
 pub(crate) mod kernels;
 pub(crate) mod problem;
 pub(crate) mod work;

@@ -407,6 +407,7 @@ impl Step {
     }
 
     /// Whether the round evaluates the objective for this problem.
+    #[cfg(feature = "gpu")]
     pub(crate) fn evaluates(&self) -> bool {
         self.evaluate.is_some() || self.first_trial
     }

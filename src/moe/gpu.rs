@@ -102,6 +102,7 @@ fn route_in(
     (g, s, e): (usize, usize, usize),
 ) -> Result<GpuRouting> {
     let d = &ws.dual;
+    let cost_t = d.cost.matrix()?;
     let k = d.k;
     let expert_mass = s as f64 / e as f64;
     let params = buffers::uniform(
@@ -126,7 +127,7 @@ fn route_in(
         vec![
             (0, params.as_entire_buffer_binding()),
             (1, logits_range),
-            (2, d.cost_t.as_entire_buffer_binding()),
+            (2, cost_t.as_entire_buffer_binding()),
             (3, d.a.as_entire_buffer_binding()),
             (4, d.b.as_entire_buffer_binding()),
         ],
@@ -137,12 +138,7 @@ fn route_in(
     let gather = Pass::per_thread(
         ctx,
         Kernel::RouterGather,
-        &[
-            (0, &params),
-            (2, &d.cost_t),
-            (5, &d.plan_rows),
-            (6, &combine),
-        ],
+        &[(0, &params), (2, cost_t), (5, &d.plan_rows), (6, &combine)],
         e,
     )?
     .batched(g);

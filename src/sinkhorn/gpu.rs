@@ -24,6 +24,7 @@ use crate::batch::{screen, Batch};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
+use crate::gpu::cost::{self, CostBuffers};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::problem::GpuProblem;
 use crate::gpu::work;
@@ -36,7 +37,6 @@ use crate::sinkhorn::settings::Sinkhorn;
 use crate::solution::{
     Criterion, GpuWork, RanOn, Solution, Termination, DEFAULT_TOL_F32, F32_STOP_FRACTION,
 };
-use crate::GroundCost;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -128,72 +128,17 @@ struct Iteration {
     merge: Pass,
 }
 
-/// Where the kernels of a workspace find the cost.
-pub(crate) enum CostBuffers {
-    /// B row-major matrices (`shaders/cost_matrix.wgsl`).
-    Matrix(wgpu::Buffer),
-    /// Point clouds, coordinate-major (`shaders/cost_points.wgsl`): x (d × m), y (d × n) and the ground
-    /// cost's parameters.
-    Points {
-        xt: wgpu::Buffer,
-        yt: wgpu::Buffer,
-        ground: wgpu::Buffer,
-    },
-}
-
-impl CostBuffers {
-    fn new(ctx: &GpuContext, (m, n, nb): (usize, usize, usize), points: Option<usize>) -> Self {
-        match points {
-            None => CostBuffers::Matrix(buffers::storage(ctx, "cost", nb * m * n)),
-            Some(d) => CostBuffers::Points {
-                xt: buffers::storage(ctx, "x (coordinate-major)", nb * d * m),
-                yt: buffers::storage(ctx, "y (coordinate-major)", nb * d * n),
-                ground: buffers::uniform(ctx, "ground cost", &GroundParams::zeroed()),
-            },
-        }
-    }
-
-    /// The kernel of `step` for this source, and its bindings.
-    fn kernel(&self, step: Step) -> Kernel {
-        let points = matches!(self, CostBuffers::Points { .. });
-        match (step, points) {
-            (Step::Sweep, false) => Kernel::SinkhornSweep,
-            (Step::Rows, false) => Kernel::SinkhornRows,
-            (Step::Columns, false) => Kernel::SinkhornColumns,
-            (Step::Merge, false) => Kernel::SinkhornMerge,
-            (Step::Sweep, true) => Kernel::PointsSweep,
-            (Step::Rows, true) => Kernel::PointsRows,
-            (Step::Columns, true) => Kernel::PointsColumns,
-            (Step::Merge, true) => Kernel::PointsMerge,
-        }
-    }
-
-    /// `entries` of a pass that reads the cost, with the cost's own bindings added.
-    fn with<'a>(&'a self, entries: &[(u32, &'a wgpu::Buffer)]) -> Vec<(u32, &'a wgpu::Buffer)> {
-        let mut e = entries.to_vec();
-        match self {
-            CostBuffers::Matrix(c) => e.push((1, c)),
-            CostBuffers::Points { xt, yt, ground } => e.extend([(12, xt), (13, yt), (14, ground)]),
-        }
-        e
-    }
-
-    /// The matrix of a workspace made for cost matrices.
-    fn matrix(&self) -> Result<&wgpu::Buffer> {
-        match self {
-            CostBuffers::Matrix(c) => Ok(c),
-            CostBuffers::Points { .. } => Err(Error::Gpu(
-                "internal: a point-cloud workspace was handed a cost matrix".into(),
-            )),
-        }
-    }
-
-    /// Bytes of cost one pass over every entry reads (0 for points: computed).
-    fn bytes(&self, m: usize, n: usize) -> u64 {
-        match self {
-            CostBuffers::Matrix(_) => 4 * (m * n) as u64,
-            CostBuffers::Points { .. } => 0,
-        }
+/// The Sinkhorn kernel of `step` for a cost given as a matrix or by points.
+fn kernel(cost: &CostBuffers, step: Step) -> Kernel {
+    match (step, cost.is_points()) {
+        (Step::Sweep, false) => Kernel::SinkhornSweep,
+        (Step::Rows, false) => Kernel::SinkhornRows,
+        (Step::Columns, false) => Kernel::SinkhornColumns,
+        (Step::Merge, false) => Kernel::SinkhornMerge,
+        (Step::Sweep, true) => Kernel::PointsSweep,
+        (Step::Rows, true) => Kernel::PointsRows,
+        (Step::Columns, true) => Kernel::PointsColumns,
+        (Step::Merge, true) => Kernel::PointsMerge,
     }
 }
 
@@ -204,24 +149,6 @@ enum Step {
     Rows,
     Columns,
     Merge,
-}
-
-/// `GroundParams` of `shaders/cost_points.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct GroundParams {
-    d: u32,
-    kind: u32,
-    p: f32,
-    q: f32,
-    scale: f32,
-    _pad: [u32; 3],
-}
-
-impl GroundParams {
-    fn zeroed() -> Self {
-        bytemuck::Zeroable::zeroed()
-    }
 }
 
 /// Buffers and prepared passes of B problems of one shape.
@@ -270,7 +197,7 @@ impl SinkhornWorkspace {
             },
         );
         let ctl = buffers::storage(ctx, "sinkhorn control", 2 * nb);
-        let cost = CostBuffers::new(ctx, (m, n, nb), points);
+        let cost = CostBuffers::new(ctx, "cost", (m, n, nb), points);
         let log_a = buffers::storage(ctx, "log a", nb * m);
         let log_b = buffers::storage(ctx, "log b", nb * n);
         let f = [
@@ -289,7 +216,8 @@ impl SinkhornWorkspace {
         let wg = geo.wg;
         let pass = |step, entries: &[(u32, &wgpu::Buffer)], lanes| {
             Ok::<_, Error>(
-                Pass::per_workgroup_sized(ctx, cost.kernel(step), wg, entries, lanes)?.batched(nb),
+                Pass::per_workgroup_sized(ctx, kernel(&cost, step), wg, entries, lanes)?
+                    .batched(nb),
             )
         };
         // The columns of the f in buffer 1 − p (update_f's output).
@@ -743,31 +671,7 @@ pub(crate) fn solve_points(
     };
     let ws = ctx.take_workspace(key, || SinkhornWorkspace::new(ctx, m, n, 1, Some(d)))?;
     let out = (|| {
-        let CostBuffers::Points { xt, yt, ground, .. } = &ws.cost else {
-            return Err(Error::Gpu(
-                "internal: a cost-matrix workspace was handed point clouds".into(),
-            ));
-        };
-        let coordinate_major = |v: ndarray::ArrayView2<'_, f64>| -> Vec<f32> {
-            v.t().iter().map(|&x| x as f32).collect()
-        };
-        buffers::upload(ctx, xt, &coordinate_major(p.x()));
-        buffers::upload(ctx, yt, &coordinate_major(p.y()));
-        let (kind, pw, q) = match p.ground_cost() {
-            GroundCost::SqEuclidean => (0, 2.0, 2.0),
-            GroundCost::Euclidean => (1, 2.0, 1.0),
-            GroundCost::Minkowski { p, q } => (2, p as f32, q as f32),
-        };
-        let params = GroundParams {
-            d: d as u32,
-            kind,
-            p: pw,
-            q,
-            scale: (1.0 / p.divisor()) as f32,
-            _pad: [0; 3],
-        };
-        ctx.queue()
-            .write_buffer(ground, 0, bytemuck::bytes_of(&params));
+        ws.cost.upload_points(ctx, p, 0.0)?;
         let to32 = |v: ndarray::ArrayView1<'_, f64>, log: bool| -> Vec<f32> {
             v.iter()
                 .map(|&x| if log { x.ln() as f32 } else { x as f32 })
@@ -803,10 +707,7 @@ pub(crate) fn solve_points(
 /// Refuses point clouds beyond the device's limits (coordinates and column partials in one binding each,
 /// u32 indexing, the workgroup grid).
 fn check_points(ctx: &GpuContext, m: usize, n: usize, d: usize) -> Result<()> {
-    ctx.check_binding(
-        "max_storage_buffer_binding_size (coordinates of a cloud, f32)",
-        4 * (d * m.max(n)) as u64,
-    )?;
+    cost::check_clouds(ctx, m, n, d)?;
     let geo = Geometry::new(ctx, m, n);
     ctx.check_binding(
         "max_storage_buffer_binding_size (column partials, f32)",

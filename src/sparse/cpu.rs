@@ -270,9 +270,19 @@ pub(crate) fn continue_after_stall(
     x: Vec<f64>,
     iterations: usize,
 ) -> Solution {
-    let mut dual = SparseDual::for_problem(p, k, cfg);
-    let (x, termination, iterations, relaxed) = nonsmooth_stage(cfg, &mut dual, x, iterations);
-    solution_at(cfg, &mut dual, &x, termination, iterations, relaxed)
+    continue_on(cfg, &mut SparseDual::for_problem(p, k, cfg), x, iterations)
+}
+
+/// [`continue_after_stall`] on the (semi-)dual `dual`, whose cost may be stored or computed from points.
+#[cfg(any(feature = "gpu", test))]
+pub(crate) fn continue_on(
+    cfg: &SparseOt,
+    dual: &mut SparseDual<'_>,
+    x: Vec<f64>,
+    iterations: usize,
+) -> Solution {
+    let (x, termination, iterations, relaxed) = nonsmooth_stage(cfg, dual, x, iterations);
+    solution_at(cfg, dual, &x, termination, iterations, relaxed)
 }
 
 /// k = 1 is unregularised OT in disguise (docs/MATH.md §2.3): S_1(α) = α·a − Σ_j b_j max_i(α_i − c_ij) + (γ/2)‖b‖²

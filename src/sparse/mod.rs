@@ -164,7 +164,22 @@ impl SparseOt {
     /// Errors: those of [`SparseOt::solve`] that do not concern the matrix (k = 0 or k larger than a lane,
     /// a warm start of the wrong length or with non-finite values).
     pub fn solve_points(&self, problem: &PointProblem) -> Result<Solution> {
-        points::solve(self, problem)
+        points::solve(self, problem, &Target::Cpu)
+    }
+
+    /// [`SparseOt::solve_points`] on `device`. On a GPU the kernels compute every cost entry from the
+    /// points (f32; no matrix in any buffer, so [`crate::GpuWork::cost_bytes_read`] is 0): f32 L-BFGS on the
+    /// (semi-)dual and the plan extracted on the device, with the nonsmooth stage continued in f64 on the
+    /// CPU where L-BFGS stalls, as [`SparseOt::solve_on`] does for matrices (the tolerance defaults to the
+    /// f32 floor, [`crate::DEFAULT_TOL_F32`] × the largest mass, unless one was set). The reported numbers
+    /// are measured in f64 on the host and the status is verified there. The device computes each entry in
+    /// f32 from centred coordinates, so an entry's rounding is f32's unit roundoff times its size: for
+    /// clouds far apart (costs large against their spread) prefer the CPU, which removes the common part
+    /// of the costs exactly.
+    ///
+    /// Errors: those of [`SparseOt::solve_points`]; device limits ([`crate::Error::DeviceLimit`]).
+    pub fn solve_points_on(&self, problem: &PointProblem, device: &Device) -> Result<Solution> {
+        counting(|| points::solve(self, problem, &device.target()))
     }
 
     /// Async [`SparseOt::solve_on`]: the solve runs on a thread of its own (with copies of the

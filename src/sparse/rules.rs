@@ -251,18 +251,6 @@ pub(crate) struct Outcome {
     pub relaxed: Option<Relaxed>,
 }
 
-/// The column problem's [`Solution`]: the plan of the kind the configuration asks for (from T(α, β), the
-/// gradient plan `plan`, see [`plans`]) compressed by column, its transport cost and marginal errors
-/// measured in f64 against the f64 problem `p`.
-pub(crate) fn solution(cfg: &SparseOt, p: &Problem, plan: PlanBuilder, out: Outcome) -> Solution {
-    let data = ColumnData {
-        cost: &CostColumns::matrix(p),
-        a: p.a_slice(),
-        b: p.b_slice(),
-    };
-    solution_of(cfg, data, plan, out)
-}
-
 /// A column problem's cost and marginals as the host reads them in f64.
 #[derive(Clone, Copy)]
 pub(crate) struct ColumnData<'a> {
@@ -310,7 +298,9 @@ pub(crate) fn spread_back(
     }
 }
 
-/// [`solution`] for a column problem given by its cost source and marginals (dense or on points).
+/// The column problem's [`Solution`]: the plan of the kind the configuration asks for (from T(α, β), the
+/// gradient plan `plan`, see [`plans`]) compressed by column, its transport cost and marginal errors
+/// measured in f64 against `data` (the problem's cost, stored or computed from points, and marginals).
 pub(crate) fn solution_of(
     cfg: &SparseOt,
     data: ColumnData<'_>,

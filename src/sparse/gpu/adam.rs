@@ -102,7 +102,7 @@ impl AdamWorkspace {
         nb: usize,
     ) -> Result<Self> {
         // L-BFGS memory 0: only the trial point and its gradient of the L-BFGS vectors are used.
-        let ws = SparseWorkspace::batched(ctx, shape, dual, 0, nb)?;
+        let ws = SparseWorkspace::batched(ctx, shape, dual, 0, nb, None)?;
         let len = nb * ws.dim();
         let params = buffers::uniform(
             ctx,
@@ -143,7 +143,7 @@ impl AdamWorkspace {
             wg,
             &[
                 (0, &ws.params),
-                (1, &ws.cost_t),
+                (1, ws.cost.matrix()?),
                 (2, &ws.lbfgs.xt),
                 (3, &ws.a),
                 (4, &ws.b),
@@ -317,7 +317,7 @@ fn run_in(
             value: -f64::from(scalars[4 * p]),
         })
         .collect();
-    let mut sols = problems::read_solutions(ctx, d, &d.lbfgs.xt, cfg, valid, runs)?;
+    let mut sols = problems::read_valid(ctx, d, &d.lbfgs.xt, cfg, valid, runs)?;
     for (sol, &tol) in sols.iter_mut().zip(&tols) {
         set_termination(cfg, tol, sol);
     }

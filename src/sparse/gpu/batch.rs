@@ -11,8 +11,9 @@ use crate::gpu::context::GpuContext;
 use crate::monitor::Monitor;
 use crate::problem::Problem;
 use crate::solution::{PlanKind, RanOn, Solution, Termination};
+use crate::sparse::columns::CostColumns;
 use crate::sparse::gpu::{read, SparseWorkspace};
-use crate::sparse::rules::{self, Outcome, PlanBuilder, Resolved};
+use crate::sparse::rules::{self, ColumnData, Outcome, PlanBuilder, Resolved};
 use crate::sparse::settings::SparseOt;
 
 /// A problem of a batch that passed validation: its index in the batch and the column problem the device
@@ -97,7 +98,7 @@ pub(super) fn upload(
     let rows_major = buffers::storage(ctx, "cost (row-major)", nb * m * n);
     buffers::upload(ctx, &rows_major, &cost);
     drop(cost);
-    let transpose = buffers::transpose(ctx, &rows_major, &ws.cost_t, (m, n), nb)?;
+    let transpose = buffers::transpose(ctx, &rows_major, ws.cost.matrix()?, (m, n), nb)?;
     buffers::submit(ctx, buffers::encode(ctx, &[&transpose]));
     buffers::upload(ctx, &ws.a, &a);
     buffers::upload(ctx, &ws.b, &b);
@@ -112,9 +113,8 @@ pub(super) struct Run {
     pub(super) value: f64,
 }
 
-/// Reads the potentials (from `x`, B × dim) and plans of the whole batch back at once and builds every
-/// valid problem's [`Solution`] from its [`Run`].
-pub(super) fn read_solutions(
+/// [`read_solutions`] for the valid problems of a batch, measured on their own matrices.
+pub(super) fn read_valid(
     ctx: &GpuContext,
     ws: &SparseWorkspace,
     x: &wgpu::Buffer,
@@ -122,7 +122,33 @@ pub(super) fn read_solutions(
     valid: &[&Valid<'_>],
     runs: Vec<Run>,
 ) -> Result<Vec<Solution>> {
-    let (nb, m, n, k, dim) = (valid.len(), ws.m, ws.n, ws.k, ws.dim());
+    let costs: Vec<CostColumns<'_>> = valid
+        .iter()
+        .map(|v| CostColumns::matrix(&v.columns))
+        .collect();
+    let data: Vec<ColumnData<'_>> = valid
+        .iter()
+        .zip(&costs)
+        .map(|(v, cost)| ColumnData {
+            cost,
+            a: v.columns.a_slice(),
+            b: v.columns.b_slice(),
+        })
+        .collect();
+    read_solutions(ctx, ws, x, cfg, &data, runs)
+}
+
+/// Reads the potentials (from `x`, B × dim) and plans of the whole batch back at once and builds every
+/// problem's [`Solution`] from its [`Run`], measured in f64 on `data[p]` (problem p's cost and marginals).
+pub(super) fn read_solutions(
+    ctx: &GpuContext,
+    ws: &SparseWorkspace,
+    x: &wgpu::Buffer,
+    cfg: &SparseOt,
+    data: &[ColumnData<'_>],
+    runs: Vec<Run>,
+) -> Result<Vec<Solution>> {
+    let (nb, m, n, k, dim) = (data.len(), ws.m, ws.n, ws.k, ws.dim());
     let x: Vec<f32> = read(ctx, ws, x, 0, nb * dim)?;
     let beta: Vec<f32> = if ws.dual {
         Vec::new()
@@ -131,11 +157,11 @@ pub(super) fn read_solutions(
     };
     let values: Vec<f32> = read(ctx, ws, &ws.plan_values, 0, nb * n * k)?;
     let rows: Vec<u32> = read(ctx, ws, &ws.plan_rows, 0, nb * n * k)?;
-    Ok(valid
+    Ok(data
         .iter()
         .zip(runs)
         .enumerate()
-        .map(|(p, (v, r))| {
+        .map(|(p, (&d, r))| {
             let xp = &x[p * dim..(p + 1) * dim];
             let lane = p * n * k..(p + 1) * n * k;
             let data = Readback {
@@ -148,7 +174,7 @@ pub(super) fn read_solutions(
                 values: &values[lane.clone()],
                 rows: &rows[lane],
             };
-            build_solution(ctx, cfg, &v.columns, k, data, r)
+            build_solution(ctx, cfg, d, k, data, r)
         })
         .collect())
 }
@@ -162,16 +188,17 @@ struct Readback<'a> {
     rows: &'a [u32],
 }
 
-/// Compresses one problem's plan (dropping the padding) and builds its solution with [`rules::solution`].
+/// Compresses one problem's plan (dropping the padding) and builds its solution on `p` with
+/// [`rules::solution_of`].
 fn build_solution(
     ctx: &GpuContext,
     cfg: &SparseOt,
-    p: &Problem,
+    p: ColumnData<'_>,
     k: usize,
     data: Readback<'_>,
     r: Run,
 ) -> Solution {
-    let (m, n) = (p.m(), p.n());
+    let (m, n) = (p.a.len(), p.b.len());
     let Readback {
         alpha,
         beta,
@@ -209,5 +236,5 @@ fn build_solution(
         },
         relaxed: None,
     };
-    rules::solution(cfg, p, plan, out)
+    rules::solution_of(cfg, p, plan, out)
 }

@@ -6,6 +6,7 @@
 
 pub(crate) mod adam;
 mod batch;
+pub(crate) mod points;
 
 use std::borrow::Cow;
 
@@ -15,6 +16,7 @@ use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{self, Pass};
 use crate::gpu::context::{GpuContext, WorkspaceKey};
+use crate::gpu::cost::CostBuffers;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::problem::GpuProblem;
 use crate::gpu::work;
@@ -84,7 +86,8 @@ pub(crate) struct SparseWorkspace {
     pub(crate) k: usize,
     pub(crate) dual: bool,
     params: wgpu::Buffer,
-    pub(crate) cost_t: wgpu::Buffer,
+    /// The transposed costs (n × m row-major each), or the point clouds they are computed from.
+    pub(crate) cost: CostBuffers,
     pub(crate) a: wgpu::Buffer,
     pub(crate) b: wgpu::Buffer,
     /// B × n column states (`ColState`).
@@ -123,12 +126,14 @@ impl DeviceObjective for SparseWorkspace {
 
 impl SparseWorkspace {
     /// Buffers for `nb` problems of one shape (m, n, k); the L-BFGS vectors hold all of them back to back.
+    /// The cost is a transposed matrix per problem, or computed from clouds of dimension d = `points`.
     pub(crate) fn batched(
         ctx: &GpuContext,
         (m, n, k): (usize, usize, usize),
         dual: bool,
         memory: usize,
         nb: usize,
+        points: Option<usize>,
     ) -> Result<Self> {
         let dim = if dual { m + n } else { m };
         let params = buffers::uniform(
@@ -144,8 +149,9 @@ impl SparseWorkspace {
                 _pad: [0; 2],
             },
         );
-        let cost_t = buffers::storage(ctx, "cost_t", nb * m * n);
-        let cost_bytes = 4 * (m * n) as u64;
+        let cost = CostBuffers::new(ctx, "cost_t", (m, n, nb), points);
+        let cost_bytes = cost.bytes(m, n);
+        let kernel = |matrix, on_points| if cost.is_points() { on_points } else { matrix };
         let a = buffers::storage(ctx, "a", nb * m);
         let b = buffers::storage(ctx, "b", nb * n);
         let cols = buffers::storage(ctx, "column states", nb * COL_WORDS * n);
@@ -166,33 +172,31 @@ impl SparseWorkspace {
         let cached = m <= column_wg as usize * COLUMN_REGISTERS;
         let column = Pass::per_workgroup_sized(
             ctx,
-            Kernel::Column,
+            kernel(Kernel::Column, Kernel::PointsColumn),
             column_wg,
-            &[
+            &cost.with(&[
                 (0, &params),
-                (1, &cost_t),
                 (2, x),
                 (4, &b),
                 (5, &cols),
                 (6, g),
                 (11, &active),
-            ],
+            ]),
             n,
         )?
         .batched(nb)
         .reads_cost(column_walks(dual, k, m, cached) * cost_bytes);
         let row = Pass::per_thread(
             ctx,
-            Kernel::Row,
-            &[
+            kernel(Kernel::Row, Kernel::PointsRow),
+            &cost.with(&[
                 (0, &params),
-                (1, &cost_t),
                 (2, x),
                 (3, &a),
                 (5, &cols),
                 (6, g),
                 (11, &active),
-            ],
+            ]),
             m,
         )?
         .batched(nb)
@@ -215,17 +219,16 @@ impl SparseWorkspace {
         .batched(nb);
         let extract = Pass::per_thread(
             ctx,
-            Kernel::Extract,
-            &[
+            kernel(Kernel::Extract, Kernel::PointsExtract),
+            &cost.with(&[
                 (0, &params),
-                (1, &cost_t),
                 (2, x),
                 (5, &cols),
                 (8, &plan_values),
                 (9, &plan_rows),
                 (10, &beta),
                 (11, &active),
-            ],
+            ]),
             n,
         )?
         .batched(nb)
@@ -236,7 +239,7 @@ impl SparseWorkspace {
             k,
             dual,
             params,
-            cost_t,
+            cost,
             a,
             b,
             cols,
@@ -284,11 +287,18 @@ pub(crate) fn check_shape(ctx: &GpuContext, m: usize, n: usize, k: usize) -> Res
         "max_storage_buffer_binding_size (cost matrix, f32)",
         4 * (m as u64) * (n as u64),
     )?;
+    check_plan(ctx, m, n, k)
+}
+
+/// Refuses shapes whose plan (k per column) does not fit one binding or whose columns or rows exceed the
+/// workgroup grid (whatever holds the cost).
+fn check_plan(ctx: &GpuContext, m: usize, n: usize, k: usize) -> Result<()> {
     ctx.check_binding(
         "max_storage_buffer_binding_size (plan, k per column)",
         4 * (n as u64) * (k as u64),
     )?;
-    ctx.check_lanes("max_compute_workgroups_per_dimension² (columns)", n)
+    ctx.check_lanes("max_compute_workgroups_per_dimension² (columns)", n)?;
+    ctx.check_lanes("max_compute_workgroups_per_dimension² (rows)", m)
 }
 
 /// Checks that `nb` problems of shape (m, n) with k per column fit the device as one batch.
@@ -318,7 +328,12 @@ pub(crate) fn check_batch(
     ctx.check_batch(nb)
 }
 
-fn workspace_key(cfg: &SparseOt, (m, n, k): (usize, usize, usize), batch: usize) -> WorkspaceKey {
+fn workspace_key(
+    cfg: &SparseOt,
+    (m, n, k): (usize, usize, usize),
+    batch: usize,
+    points: Option<usize>,
+) -> WorkspaceKey {
     WorkspaceKey::Sparse {
         m,
         n,
@@ -326,6 +341,7 @@ fn workspace_key(cfg: &SparseOt, (m, n, k): (usize, usize, usize), batch: usize)
         dual: cfg.formulation == Formulation::Dual,
         memory: cfg.memory,
         batch,
+        points,
     }
 }
 
@@ -342,10 +358,15 @@ impl DeviceTol {
     /// measured in f64 on the host meets it. (A stalled run is continued on the CPU with the configuration's
     /// f64 tolerance.)
     fn for_problem(cfg: &SparseOt, p: &Problem) -> Self {
+        Self::for_largest(cfg, p.largest_marginal())
+    }
+
+    /// [`DeviceTol::for_problem`] for a problem whose largest marginal entry is `largest`.
+    fn for_largest(cfg: &SparseOt, largest: f64) -> Self {
         if cfg.tol_given {
             Self::given(cfg)
         } else {
-            Self::reported(DEFAULT_TOL_F32 * p.largest_marginal())
+            Self::reported(DEFAULT_TOL_F32 * largest)
         }
     }
 
@@ -549,10 +570,10 @@ fn run_on_device(
     let nb = valid.len();
     let (m, n) = (valid[0].columns.m(), valid[0].columns.n());
     check_batch(ctx, nb, (m, n, k))?;
-    let key = workspace_key(cfg, (m, n, k), nb);
+    let key = workspace_key(cfg, (m, n, k), nb, None);
     let dual = cfg.formulation == Formulation::Dual;
     let ws = ctx.take_workspace(key, || {
-        SparseWorkspace::batched(ctx, (m, n, k), dual, cfg.memory, nb)
+        SparseWorkspace::batched(ctx, (m, n, k), dual, cfg.memory, nb, None)
     })?;
     let out = (|| {
         let x0 = batch::upload(ctx, &ws, valid)?;
@@ -561,7 +582,7 @@ fn run_on_device(
             .map(|v| DeviceTol::for_problem(cfg, &v.columns))
             .collect();
         let runs = run(ctx, &ws, cfg, &x0, &tols, observe, finished)?;
-        batch::read_solutions(ctx, &ws, &ws.lbfgs.x, cfg, valid, runs)
+        batch::read_valid(ctx, &ws, &ws.lbfgs.x, cfg, valid, runs)
     })();
     ctx.put_workspace(key, ws);
     out
@@ -649,10 +670,10 @@ pub(crate) fn solve_buffers(
         .map(|x| x as f32)
         .collect();
     check_shape(ctx, m, n, k)?;
-    let key = workspace_key(cfg, (m, n, k), 1);
+    let key = workspace_key(cfg, (m, n, k), 1, None);
     let dual = cfg.formulation == Formulation::Dual;
     let ws = ctx.take_workspace(key, || {
-        SparseWorkspace::batched(ctx, (m, n, k), dual, cfg.memory, 1)
+        SparseWorkspace::batched(ctx, (m, n, k), dual, cfg.memory, 1, None)
     })?;
     let (out, work) = work::measure(|| solve_in_buffers(ctx, &ws, cfg, input, &x0));
     ctx.put_workspace(key, ws);
@@ -667,7 +688,7 @@ fn solve_in_buffers(
     x0: &[f32],
 ) -> Result<GpuSparseOutput> {
     let (m, n, k) = (ws.m, ws.n, ws.k);
-    let transpose = buffers::transpose(ctx, input.cost, &ws.cost_t, (m, n), 1)?;
+    let transpose = buffers::transpose(ctx, input.cost, ws.cost.matrix()?, (m, n), 1)?;
     let mut enc = buffers::encode(ctx, &[&transpose]);
     enc.copy_buffer_to_buffer(input.a, 0, &ws.a, 0, 4 * m as u64);
     enc.copy_buffer_to_buffer(input.b, 0, &ws.b, 0, 4 * n as u64);
