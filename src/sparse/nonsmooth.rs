@@ -115,9 +115,7 @@ fn fill_scores_at(
     beta_j: f64,
     rows: &[usize],
 ) {
-    for &i in rows {
-        s[i] = alpha[i] - cost.entry(i, j) + beta_j;
-    }
+    cost.gather(j, rows, |i, c| s[i] = alpha[i] - c + beta_j);
 }
 
 /// The rows that can get a nonzero weight in a column, into `idx` (ascending): its top k + 1 scores and

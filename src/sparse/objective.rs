@@ -111,9 +111,7 @@ impl ColumnKernel<'_> {
         let mut scanned = true;
         if let Some(set) = set {
             if set.drift.is_some() {
-                for &i in set.rows.iter() {
-                    s[i] = alpha[i] - self.cost.entry(i, j);
-                }
+                self.cost.gather(j, set.rows, |i, c| s[i] = alpha[i] - c);
                 top_k_buffered(s, set.rows.iter().copied(), self.k, idx);
                 scanned = !(idx.len() == self.k && set.clears(s[idx[self.k - 1]], 0.0));
             }
