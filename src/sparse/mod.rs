@@ -14,13 +14,15 @@
 //!   exact-polish stage that certifies optima where L-BFGS stalls; `newton` — semismooth Newton on the
 //!   piecewise-quadratic semi-dual (the finish of smooth optima, the quadratic solver's stalls, the feasible
 //!   plan's restricted problem); `working_set` — the candidate rows that spare most column scans; `plans` —
-//!   the three plan kinds; `adam` — the router recipe;
+//!   the three plan kinds; `flow` — whether a support can carry the marginals (the feasible plan's
+//!   repair); `adam` — the router recipe;
 //! * `cpu` — the f64 pipeline; `points` — that pipeline on point clouds; `gpu` — the device objective, the
 //!   lockstep pipeline and batches (f32).
 
 pub(crate) mod adam;
 mod columns;
 pub(crate) mod cpu;
+mod flow;
 #[cfg(feature = "gpu")]
 pub(crate) mod gpu;
 mod newton;

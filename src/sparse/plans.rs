@@ -18,8 +18,11 @@
 //!
 //!   is solved through its semi-dual S_S(α) = α·a − Σ_j max_{t ≥ 0, Σt = b_j, t = 0 off S_j} t·(α − c_j) −
 //!   (γ/2)‖t‖², piecewise quadratic, by the semismooth Newton method of the quadratic solver
-//!   (`sparse::newton`). When no plan on S meets the marginals, S_S is unbounded and Newton does not reach
-//!   the tolerance: the repair then fails and the next kind down is returned.
+//!   (`sparse::newton`). When no plan on S meets the marginals, S_S is unbounded, so S is checked first by a
+//!   maximum flow from the rows to the columns through S (`sparse::flow`): while it leaves mass behind, S
+//!   is opened to the rows left short (one more column each, the cheapest at α, in place of the entry that
+//!   carries the least flow there). If no S found that way carries the marginals, or Newton does not meet
+//!   the tolerance, the next kind down is returned.
 //!
 //! Every dual value D_k(α, β) is a lower bound on the relaxed optimum, itself a lower bound on the objective
 //! of any plan with at most k nonzeros per column. So P(T) − D_k(α, β) bounds how far a relaxed or feasible
@@ -27,6 +30,7 @@
 
 use crate::ops::{simplex_threshold, top_k_into};
 use crate::solution::{Criterion, PlanKind, Termination, DEFAULT_TOL};
+use crate::sparse::flow;
 use crate::sparse::newton::{self, PiecewiseQuadratic, Supports};
 use crate::sparse::rules::{ColumnData, PlanBuilder};
 
@@ -137,23 +141,39 @@ fn support(ing: &Ingredients<'_>, source: &PlanBuilder) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// Quadratic OT restricted to the repair's support, from the returned α; `None` when Newton does not meet
-/// the tolerance (no plan on the support meets the marginals, or the budget ran out).
+/// Rounds of [`widen`] at most: each opens the support to every row it leaves short, so a few suffice when
+/// a k-sparse plan is within reach of the first support.
+const WIDENING_ROUNDS: usize = 16;
+
+/// Rounds of [`widen`] without a smaller shortfall after which the repair gives up (the moves then only
+/// pass the missing mass from row to row).
+const PATIENCE: usize = 3;
+
+/// Which columns [`widen`] may open to a row left short.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Columns that can pass more mass on to the sink through the residual flow (more choice, and the
+    /// flow may reroute behind the new entry).
+    Residual,
+    /// Columns that still take mass themselves (the new entry carries it directly).
+    Spare,
+}
+
+/// Quadratic OT restricted to the repair's support, from the returned α; `None` when no support that can
+/// carry the marginals was found, or Newton did not meet the tolerance on it. The first support is
+/// [`support`]'s; while a maximum flow through it ([`flow::max_flow`]) leaves mass behind (no plan on it
+/// meets the marginals), [`widen`] opens it to the rows left short, for up to [`WIDENING_ROUNDS`] rounds
+/// and while the shortfall keeps falling, choosing new columns by [`Reach::Residual`], then (from the
+/// first support again) by [`Reach::Spare`]. These are local moves: a k-sparse plan may exist that they do
+/// not reach, and then the relaxed plan is returned, as the plan kind says.
 fn repair(ing: &Ingredients<'_>, source: &PlanBuilder) -> Option<PlanBuilder> {
     let p = ing.data;
-    let support = support(ing, source);
-    let columns = support
-        .iter()
-        .enumerate()
-        .map(|(j, rows)| rows.iter().map(|&i| (i, p.cost.entry(i, j))).collect())
-        .collect();
-    let mut restricted = Restricted {
-        a: p.a,
-        b: p.b,
-        gamma: ing.gamma,
-        columns,
-    };
+    let first = support(ing, source);
     let tol = if ing.tol > 0.0 { ing.tol } else { DEFAULT_TOL };
+    let support = [Reach::Residual, Reach::Spare]
+        .into_iter()
+        .find_map(|reach| carrying(ing, first.clone(), tol, reach))?;
+    let mut restricted = Restricted::on(p, ing.gamma, &support);
     let out = newton::run(
         &mut restricted,
         ing.alpha.to_vec(),
@@ -163,21 +183,114 @@ fn repair(ing: &Ingredients<'_>, source: &PlanBuilder) -> Option<PlanBuilder> {
     );
     // A NaN error (a blown-up iterate) fails the test as well.
     let met = out.error <= tol && out.x.iter().all(|x| x.is_finite());
-    if !met {
-        return None;
+    met.then(|| restricted.plan(&out.x))
+}
+
+/// `support`, widened ([`widen`], choosing columns by `reach`) until a maximum flow through it leaves at
+/// most `tol` of the mass behind; `None` when the rounds run out or the shortfall stops falling.
+fn carrying(
+    ing: &Ingredients<'_>,
+    mut support: Vec<Vec<usize>>,
+    tol: f64,
+    reach: Reach,
+) -> Option<Vec<Vec<usize>>> {
+    let p = ing.data;
+    // Below the marginals' rounding: what the flow cannot place beyond this is missing mass.
+    let eps = 64.0 * f64::EPSILON * p.a.iter().sum::<f64>();
+    // The least shortfall so far and the rounds since it last fell.
+    let (mut least, mut idle) = (f64::INFINITY, 0);
+    for _ in 0..=WIDENING_ROUNDS {
+        let flow = flow::max_flow(p.a, p.b, &support, eps);
+        if flow.shortfall <= tol {
+            return Some(support);
+        }
+        if flow.shortfall < least - eps {
+            (least, idle) = (flow.shortfall, 0);
+        } else {
+            idle += 1;
+        }
+        if idle > PATIENCE || !widen(ing, &flow, &mut support, reach) {
+            return None;
+        }
     }
+    None
+}
+
+/// Opens `support` to the rows a maximum flow through it leaves short (most mass left first): each gets
+/// one column among those `reach` allows (so the flow can grow by the new entry), the one where its score
+/// α_i − c_ij at the solve's α is nearest the best score among the column's rows (the cheapest to open to
+/// it), one row per column per round. A full column (k rows) gives up the row that carries the least flow
+/// in it. Returns whether any column changed.
+fn widen(
+    ing: &Ingredients<'_>,
+    flow: &flow::SupportFlow,
+    support: &mut [Vec<usize>],
+    reach: Reach,
+) -> bool {
+    let p = ing.data;
     let (m, n) = (p.a.len(), p.b.len());
-    let mut plan = PlanBuilder::new(m, n);
-    let mut u = Vec::new();
-    for j in 0..n {
-        plan.push_column(
-            restricted
-                .column(j, &out.x, &mut u)
-                .into_iter()
-                .map(|e| (e.0, e.1)),
-        );
+    let k = ing.k.min(m);
+    let alpha = ing.alpha;
+    let eps = 64.0 * f64::EPSILON * p.a.iter().sum::<f64>();
+    let mut short: Vec<usize> = (0..m).filter(|&i| flow.row_left[i] > eps).collect();
+    short.sort_by(|&x, &y| {
+        flow.row_left[y]
+            .total_cmp(&flow.row_left[x])
+            .then(x.cmp(&y))
+    });
+    let mut open: Vec<usize> = (0..n)
+        .filter(|&j| match reach {
+            Reach::Residual => flow.col_open[j],
+            Reach::Spare => flow.col_left[j] > eps,
+        })
+        .collect();
+    let top: Vec<f64> = support
+        .iter()
+        .enumerate()
+        .map(|(j, rows)| {
+            rows.iter()
+                .map(|&i| alpha[i] - p.cost.entry(i, j))
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect();
+    // The entry a column gives up to take a new row (None while it has fewer than k), and the flow lost.
+    let displaced = |j: usize, rows: &[usize]| -> (Option<usize>, f64) {
+        if rows.len() < k {
+            return (None, 0.0);
+        }
+        let least = (0..rows.len())
+            .min_by(|&x, &y| {
+                flow.entry_flow[j][x]
+                    .total_cmp(&flow.entry_flow[j][y])
+                    .then(rows[x].cmp(&rows[y]))
+            })
+            .expect("a full column has rows");
+        (Some(least), flow.entry_flow[j][least])
+    };
+    let mut changed = false;
+    for i in short {
+        // Columns that lose no flow first, then the cheapest.
+        let best = open
+            .iter()
+            .enumerate()
+            .filter(|(_, &j)| !support[j].contains(&i))
+            .map(|(at, &j)| {
+                let loses = displaced(j, &support[j]).1 > eps;
+                (loses, top[j] - (alpha[i] - p.cost.entry(i, j)), at)
+            })
+            .min_by(|x, y| x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)).then(x.2.cmp(&y.2)));
+        let Some((_, _, at)) = best else { continue };
+        let j = open.remove(at);
+        let (out, _) = displaced(j, &support[j]);
+        let rows = &mut support[j];
+        if let Some(l) = out {
+            rows.remove(l);
+        }
+        rows.push(i);
+        rows.sort_unstable();
+        changed = true;
     }
-    Some(plan)
+    changed
 }
 
 /// Quadratic OT's semi-dual restricted to a support: column j may use the rows of `columns[j]` only.
@@ -189,7 +302,36 @@ struct Restricted<'a> {
     columns: Vec<Vec<(usize, f64)>>,
 }
 
-impl Restricted<'_> {
+impl<'a> Restricted<'a> {
+    /// The restriction of the problem `p` to `support` (column j's rows `support[j]`).
+    fn on(p: ColumnData<'a>, gamma: f64, support: &[Vec<usize>]) -> Self {
+        let columns = support
+            .iter()
+            .enumerate()
+            .map(|(j, rows)| rows.iter().map(|&i| (i, p.cost.entry(i, j))).collect())
+            .collect();
+        Self {
+            a: p.a,
+            b: p.b,
+            gamma,
+            columns,
+        }
+    }
+
+    /// The restricted plan at α.
+    fn plan(&self, alpha: &[f64]) -> PlanBuilder {
+        let mut plan = PlanBuilder::new(self.a.len(), self.b.len());
+        let mut u = Vec::new();
+        for j in 0..self.columns.len() {
+            plan.push_column(
+                self.column(j, alpha, &mut u)
+                    .into_iter()
+                    .map(|e| (e.0, e.1)),
+            );
+        }
+        plan
+    }
+
     /// Column j's plan at α as (row, t_i, c_ij): t_i = [(α_i − c_ij)/γ − θ_j]_+ on the column's rows, θ_j
     /// such that Σt = b_j. `u` is scratch.
     fn column(
