@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example gpu_bench -- [--sinkhorn 4096,8192,16384] [--sparse 4096,8192] [--router]
-//!                                           [--json PATH]
+//!                                           [--points 2048] [--json PATH]
 //! ```
 //!
 //! * copy: a 256 MiB buffer copied within the device 8 times in one submission; bytes moved (read + write)
@@ -16,6 +16,10 @@
 //!   differencing 10 and 40 iterations, readbacks and cost bytes per iteration.
 //! * Router (1024 groups × 256 tokens × 32 experts, experts choose, capacity factor 1, the Adam recipe on
 //!   logits in a GPU buffer, `Router::route_buffers`): time per route to device completion, best of 5.
+//! * Point clouds (n × n uniform points in the unit square, squared Euclidean cost, `solve_points_on`, the
+//!   cost computed in the kernels): the sparse semi-dual (k = 8, γ = 0.1) and Sinkhorn (ε = 0.05), each to
+//!   a tolerance of 1e-6 on the device and in f64 on the CPU: cost bytes read (0 expected), the
+//!   difference of the objective values (sparse) and transport costs (Sinkhorn), and both solve times.
 //!
 //! Timings are wall-clock on the host, each run ending in a wait for the device. On a software adapter
 //! (lavapipe) they time an emulation on the CPU, not a GPU; the JSON says which adapter ran.
@@ -42,6 +46,9 @@ struct Args {
     /// Router groups (1024 at training scale; 0 skips the router).
     #[arg(long, default_value_t = 1024)]
     router_groups: usize,
+    /// Point-cloud sizes n (n × n points, GPU against CPU), comma-separated; empty to skip.
+    #[arg(long, value_delimiter = ',', default_value = "2048")]
+    points: Vec<usize>,
     /// Append the JSON lines to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -251,6 +258,78 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "seconds_per_route": best, "dispatches": dispatches,
         }));
     }
+    for &n in args.points.iter().filter(|&&n| n > 0) {
+        match points_against_cpu(&ctx, n) {
+            Ok(found) => lines.extend(found),
+            Err(e) => skipped(&mut lines, &adapter, "points", n, &e),
+        }
+    }
     json_lines::emit(&lines, args.json.as_deref())?;
     Ok(())
+}
+
+/// The sparse semi-dual and Sinkhorn on n × n points, on the GPU and on the CPU: one JSON line each.
+fn points_against_cpu(
+    ctx: &std::sync::Arc<GpuContext>,
+    n: usize,
+) -> Result<Vec<serde_json::Value>, sparse_ot::Error> {
+    use sparse_ot::{Device, GroundCost, PointProblem};
+    let cloud = |shift: f64, step: f64| {
+        sparse_ot::ndarray::Array2::from_shape_fn((n, 2), |(i, d)| {
+            ((i as f64 + shift) * step * (d as f64 + 1.0)).fract()
+        })
+    };
+    let p = PointProblem::uniform(
+        &cloud(0.0, 0.618_033_988_7),
+        &cloud(0.5, 0.414_213_562_4),
+        GroundCost::SqEuclidean,
+    )?;
+    let gpu = Device::Gpu(ctx.clone());
+    let adapter = ctx.adapter_name().to_string();
+    // (value or transport cost, marginal error, cost bytes read, status) and the seconds it took.
+    type Measured = (f64, f64, u64, String);
+    let timed = |f: &dyn Fn() -> Result<Measured, sparse_ot::Error>| {
+        let t = Instant::now();
+        f().map(|m| (m, t.elapsed().as_secs_f64()))
+    };
+    let sparse = SparseOt::new(8, 0.1)?.tol(1e-6)?;
+    let solve_sparse = |device: &Device| {
+        let s = sparse.solve_points_on(&p, device)?;
+        let error = s.marginal_error_rows.max(s.marginal_error_cols);
+        let bytes = s.gpu_work.map_or(0, |w| w.cost_bytes_read);
+        Ok((s.value, error, bytes, s.termination.to_string()))
+    };
+    let ((gv, ge, gb, gstatus), gt) = timed(&|| solve_sparse(&gpu))?;
+    let ((cv, ce, _, cstatus), ct) = timed(&|| solve_sparse(&Device::Cpu))?;
+    println!(
+        "sparse semi-dual on {n}^2 points, k = 8: value GPU - CPU {:.1e} ({gstatus} / {cstatus}), marginal errors {ge:.1e} / {ce:.1e}, {gb} cost bytes read, {gt:.2} s GPU, {ct:.2} s CPU",
+        gv - cv
+    );
+    let sinkhorn = Sinkhorn::new(0.05)?.tol(1e-6)?;
+    let solve_sinkhorn = |device: &Device| {
+        let s = sinkhorn.solve_points_on(&p, device)?;
+        let bytes = s.gpu_work.map_or(0, |w| w.cost_bytes_read);
+        let error = s.marginal_error_rows.max(s.marginal_error_cols);
+        Ok((s.transport_cost, error, bytes, s.termination.to_string()))
+    };
+    let ((gs, gse, gsb, gsstatus), gst) = timed(&|| solve_sinkhorn(&gpu))?;
+    let ((cs, cse, _, csstatus), cst) = timed(&|| solve_sinkhorn(&Device::Cpu))?;
+    println!(
+        "sinkhorn on {n}^2 points, eps = 0.05: transport cost GPU - CPU {:.1e} ({gsstatus} / {csstatus}), marginal errors {gse:.1e} / {cse:.1e}, {gsb} cost bytes read, {gst:.2} s GPU, {cst:.2} s CPU",
+        gs - cs
+    );
+    Ok(vec![
+        serde_json::json!({
+            "what": "sparse_semi_dual_points", "adapter": adapter, "n": n, "k": 8, "gamma": 0.1,
+            "value_gpu": gv, "value_cpu": cv, "marginal_error_gpu": ge, "marginal_error_cpu": ce,
+            "cost_bytes_read": gb, "seconds_gpu": gt, "seconds_cpu": ct,
+            "status_gpu": gstatus, "status_cpu": cstatus,
+        }),
+        serde_json::json!({
+            "what": "sinkhorn_points", "adapter": adapter, "n": n, "epsilon": 0.05,
+            "transport_cost_gpu": gs, "transport_cost_cpu": cs, "marginal_error_gpu": gse,
+            "marginal_error_cpu": cse, "cost_bytes_read": gsb, "seconds_gpu": gst, "seconds_cpu": cst,
+            "status_gpu": gsstatus, "status_cpu": csstatus,
+        }),
+    ])
 }
