@@ -4,8 +4,9 @@
 //   0 uniform                 P: SparseParams { m, n, k, mode (0 semi-dual, 1 dual), gamma, dim }
 //   cost: cost_entry(p, i, j) from the provider concatenated before this file: cost_columns.wgsl (binding 1,
 //         the transposed matrix) or cost_points.wgsl (bindings 17–19, computed from two point clouds). Every
-//         kernel calls the same function on the same inputs, so row_pass and extract re-apply exactly the
-//         selections column_pass made.
+//         kernel calls the same function on the same inputs, so row_pass and extract re-apply the selections
+//         column_pass made (for computed entries, up to a driver contracting the arithmetic differently in
+//         different kernels, which can only matter for entries tied with a column's k-th to the last bit).
 //   2 storage read_write      x: trial point, α = x[0..m], β = x[m..m+n] (dual); only `recipe` writes it
 //   3 storage read            a: m          (row_pass, finalize)
 //   4 storage read            b: n          (column_pass, finalize)
