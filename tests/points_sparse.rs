@@ -342,4 +342,27 @@ fn sparse_on_points_on_the_gpu_reads_no_cost_and_agrees_with_the_cpu() {
             assert!(worst <= 1e-5, "{what}: plans differ by {worst}");
         }
     }
+    // Bad settings are refused before the device is touched, with the CPU path's typed errors.
+    let (x, y) = (cloud(5, 2, 31), cloud(4, 2, 32));
+    let p = PointProblem::uniform(&x, &y, GroundCost::SqEuclidean).unwrap();
+    let too_large = SparseOt::new(6, 0.1).unwrap().solve_points_on(&p, &device);
+    assert!(
+        matches!(too_large, Err(Error::InvalidK { k: 6, max: 5, .. })),
+        "{too_large:?}"
+    );
+    let warm = SparseOt::new(2, 0.1)
+        .unwrap()
+        .warm_start(Array1::zeros(3), None)
+        .solve_points_on(&p, &device);
+    assert!(
+        matches!(
+            warm,
+            Err(Error::WarmStartMismatch {
+                expected: 5,
+                found: 3,
+                ..
+            })
+        ),
+        "{warm:?}"
+    );
 }
