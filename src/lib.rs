@@ -70,12 +70,13 @@
 //!
 //! | folder / file | holds |
 //! |---|---|
-//! | `sparse/` | [`SparseOt`]: `rules` (k, warm start, row sparsity, k = 1, plan → solution), `objective`, `nonsmooth`, `adam` (router recipe), `cpu`, `gpu/` (device objective, lockstep pipeline, batches, recipe) |
+//! | `sparse/` | [`SparseOt`]: `rules` (k, warm start, row sparsity, k = 1, plan → solution), `columns` (the cost read as columns, stored or from points), `objective`, `nonsmooth`, `plans` (plan kinds) and `flow` (a support's maximum flow, for the feasible plan), `adam` (router recipe), `cpu`, `points` (the pipeline on point clouds), `gpu/` (device objective, lockstep pipeline, batches, recipe, point clouds) |
 //! | `sinkhorn/` | [`Sinkhorn`]: `rules` (stopping check, ε schedule, validation, assembly), `cpu`, `expsum`, `gpu` |
 //! | `exact/` | [`ExactOt`]: `simplex` (network simplex) |
 //! | [`moe`] | [`Router`], [`Routing`]: `metrics`, `greedy` (top-k baseline), `gpu` (routing on GPU buffers) |
 //! | `lbfgs/` | the L-BFGS driver (a state machine), its host backend and its GPU backend |
-//! | [`gpu`] | GPU machinery: context, kernel registry, buffers, [`gpu::GpuProblem`] |
+//! | [`gpu`] | GPU machinery: context, kernel registry, buffers, where kernels find the cost (a matrix or point clouds), [`gpu::GpuProblem`] |
+//! | `points` | [`PointProblem`], [`PointSolution`]: two clouds, their masses and ground cost; costs computed lane by lane |
 //! | `problem`, `solution`, `error`, `monitor`, `batch`, `device`, [`ops`] | what every family shares |
 //! | `cost` | [`GroundCost`] and [`pairwise`]: cost matrices from point clouds (POT's `ot.dist`) |
 //! | [`quick`] | one-call functions next to their POT equivalents (`emd`, `sinkhorn`, `quadratic`, `sparse`) |
