@@ -11,7 +11,8 @@
 //!   hand-over, plan → [`Solution`];
 //! * `columns` — where the CPU kernels read the cost: a stored matrix or point clouds;
 //! * `objective` — the CPU (semi-)dual value and gradient; `nonsmooth` — the smoothing-continuation and
-//!   exact-polish stage that certifies optima where L-BFGS stalls; `newton` — semismooth Newton on the
+//!   exact-polish stage that certifies optima where L-BFGS stalls; `polish` — the optimum on an identified
+//!   tie structure and its exactly feasible mixed plan; `newton` — semismooth Newton on the
 //!   piecewise-quadratic semi-dual (the finish of smooth optima, the quadratic solver's stalls, the feasible
 //!   plan's restricted problem); `working_set` — the candidate rows that spare most column scans; `plans` —
 //!   the three plan kinds; `flow` — whether a support can carry the marginals (the feasible plan's
@@ -30,6 +31,7 @@ mod nonsmooth;
 mod objective;
 mod plans;
 mod points;
+mod polish;
 pub(crate) mod rules;
 pub(crate) mod settings;
 mod working_set;
