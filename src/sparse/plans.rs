@@ -209,7 +209,7 @@ fn carrying(
         } else {
             idle += 1;
         }
-        if idle > PATIENCE || !widen(ing, &flow, &mut support, reach) {
+        if idle > PATIENCE || !widen(ing, &flow, &mut support, (reach, eps)) {
             return None;
         }
     }
@@ -220,18 +220,17 @@ fn carrying(
 /// one column among those `reach` allows (so the flow can grow by the new entry), the one where its score
 /// α_i − c_ij at the solve's α is nearest the best score among the column's rows (the cheapest to open to
 /// it), one row per column per round. A full column (k rows) gives up the row that carries the least flow
-/// in it. Returns whether any column changed.
+/// in it. Mass below `eps` counts as none. Returns whether any column changed.
 fn widen(
     ing: &Ingredients<'_>,
     flow: &flow::SupportFlow,
     support: &mut [Vec<usize>],
-    reach: Reach,
+    (reach, eps): (Reach, f64),
 ) -> bool {
     let p = ing.data;
     let (m, n) = (p.a.len(), p.b.len());
     let k = ing.k.min(m);
     let alpha = ing.alpha;
-    let eps = 64.0 * f64::EPSILON * p.a.iter().sum::<f64>();
     let mut short: Vec<usize> = (0..m).filter(|&i| flow.row_left[i] > eps).collect();
     short.sort_by(|&x, &y| {
         flow.row_left[y]
@@ -275,13 +274,19 @@ fn widen(
             .enumerate()
             .filter(|(_, &j)| !support[j].contains(&i))
             .map(|(at, &j)| {
-                let loses = displaced(j, &support[j]).1 > eps;
-                (loses, top[j] - (alpha[i] - p.cost.entry(i, j)), at)
+                let (out, lost) = displaced(j, &support[j]);
+                (
+                    lost > eps,
+                    top[j] - (alpha[i] - p.cost.entry(i, j)),
+                    at,
+                    out,
+                )
             })
             .min_by(|x, y| x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)).then(x.2.cmp(&y.2)));
-        let Some((_, _, at)) = best else { continue };
+        let Some((_, _, at, out)) = best else {
+            continue;
+        };
         let j = open.remove(at);
-        let (out, _) = displaced(j, &support[j]);
         let rows = &mut support[j];
         if let Some(l) = out {
             rows.remove(l);
