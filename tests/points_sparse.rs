@@ -192,27 +192,22 @@ fn k1_on_points_reaches_the_exact_optimum() {
     );
 }
 
-#[test]
-fn bad_settings_on_points_give_typed_errors() {
+/// k beyond a lane and a warm start of the wrong length are refused with typed errors by `solve`, the
+/// CPU or GPU entry point on points.
+fn refuses_bad_settings(solve: impl Fn(SparseOt, &PointProblem) -> sparse_ot::Result<Solution>) {
     let (x, y) = (cloud(5, 2, 31), cloud(4, 2, 32));
     let p = PointProblem::uniform(&x, &y, GroundCost::SqEuclidean).unwrap();
-    let too_large = SparseOt::new(6, 0.1).unwrap().solve_points(&p);
+    let too_large = solve(SparseOt::new(6, 0.1).unwrap(), &p);
     assert!(
         matches!(too_large, Err(Error::InvalidK { k: 6, max: 5, .. })),
         "{too_large:?}"
     );
-    let rows = SparseOt::new(5, 0.1)
-        .unwrap()
-        .row_sparsity()
-        .solve_points(&p);
-    assert!(
-        matches!(rows, Err(Error::InvalidK { k: 5, max: 4, .. })),
-        "{rows:?}"
+    let warm = solve(
+        SparseOt::new(2, 0.1)
+            .unwrap()
+            .warm_start(Array1::zeros(3), None),
+        &p,
     );
-    let warm = SparseOt::new(2, 0.1)
-        .unwrap()
-        .warm_start(Array1::zeros(3), None)
-        .solve_points(&p);
     assert!(
         matches!(
             warm,
@@ -223,6 +218,21 @@ fn bad_settings_on_points_give_typed_errors() {
             })
         ),
         "{warm:?}"
+    );
+}
+
+#[test]
+fn bad_settings_on_points_give_typed_errors() {
+    refuses_bad_settings(|cfg, p| cfg.solve_points(p));
+    let (x, y) = (cloud(5, 2, 31), cloud(4, 2, 32));
+    let p = PointProblem::uniform(&x, &y, GroundCost::SqEuclidean).unwrap();
+    let rows = SparseOt::new(5, 0.1)
+        .unwrap()
+        .row_sparsity()
+        .solve_points(&p);
+    assert!(
+        matches!(rows, Err(Error::InvalidK { k: 5, max: 4, .. })),
+        "{rows:?}"
     );
     let mut nan = Array1::zeros(5);
     nan[2] = f64::NAN;
@@ -343,26 +353,5 @@ fn sparse_on_points_on_the_gpu_reads_no_cost_and_agrees_with_the_cpu() {
         }
     }
     // Bad settings are refused before the device is touched, with the CPU path's typed errors.
-    let (x, y) = (cloud(5, 2, 31), cloud(4, 2, 32));
-    let p = PointProblem::uniform(&x, &y, GroundCost::SqEuclidean).unwrap();
-    let too_large = SparseOt::new(6, 0.1).unwrap().solve_points_on(&p, &device);
-    assert!(
-        matches!(too_large, Err(Error::InvalidK { k: 6, max: 5, .. })),
-        "{too_large:?}"
-    );
-    let warm = SparseOt::new(2, 0.1)
-        .unwrap()
-        .warm_start(Array1::zeros(3), None)
-        .solve_points_on(&p, &device);
-    assert!(
-        matches!(
-            warm,
-            Err(Error::WarmStartMismatch {
-                expected: 5,
-                found: 3,
-                ..
-            })
-        ),
-        "{warm:?}"
-    );
+    refuses_bad_settings(|cfg, p| cfg.solve_points_on(p, &device));
 }
