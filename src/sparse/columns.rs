@@ -79,18 +79,6 @@ impl<'p> CostColumns<'p> {
         }
     }
 
-    /// Calls `put(i, C_ij)` for every row i of `rows` in column j, in their order: [`CostColumns::entry`]
-    /// for each, with the column found once (a few rows of a stored column without a lookup per entry).
-    pub(crate) fn gather(&self, j: usize, rows: &[usize], mut put: impl FnMut(usize, f64)) {
-        match self {
-            Self::Transposed(t) => {
-                let c = t.row(j).to_slice().expect("standard layout");
-                rows.iter().for_each(|&i| put(i, c[i]));
-            }
-            _ => rows.iter().for_each(|&i| put(i, self.entry(i, j))),
-        }
-    }
-
     /// C_ij, equal bit for bit to entry i of [`CostColumns::column`]`(j)`.
     pub(crate) fn entry(&self, i: usize, j: usize) -> f64 {
         match self {

@@ -51,7 +51,7 @@ use crate::sparse::columns::CostColumns;
 use crate::sparse::plans::Relaxed;
 use crate::sparse::polish::polish;
 use crate::sparse::rules::PlanBuilder;
-use crate::sparse::working_set::{ColumnSet, WorkingSet, WIDTH};
+use crate::sparse::working_set::{ColumnSet, Part, WorkingSet};
 
 /// One selected or tied entry of a column at the current point.
 #[derive(Debug, Clone, Copy)]
@@ -104,17 +104,6 @@ fn fill_scores(s: &mut [f64], alpha: &[f64], c: &[f64], beta_j: f64) {
     for ((si, &ai), &ci) in s.iter_mut().zip(alpha).zip(c) {
         *si = ai - ci + beta_j;
     }
-}
-
-/// The scores of column j over `rows` only (ascending), reading just their entries of the cost.
-fn fill_scores_at(
-    s: &mut [f64],
-    alpha: &[f64],
-    (cost, j): (&CostColumns<'_>, usize),
-    beta_j: f64,
-    rows: &[usize],
-) {
-    cost.gather(j, rows, |i, c| s[i] = alpha[i] - c + beta_j);
 }
 
 /// The rows that can get a nonzero weight in a column, into `idx` (ascending): its top k + 1 scores and
@@ -193,15 +182,17 @@ fn smooth_column(
     let mut scanned = true;
     if let Some(set) = set {
         if set.drift.is_some() {
+            // The column's scores over the set's rows only, from the cost entries the set keeps.
+            set.entries()
+                .for_each(|(i, c)| s[i] = alpha[i] - c + beta_j);
             let rows: &[usize] = set.rows;
-            fill_scores_at(s, alpha, (cost, j), beta_j, rows);
             scanned = !candidates(s, k, gamma, mu, idx, col, Some((rows, set, beta_j)));
         }
         if scanned {
             // The set's bound is on α − c: rebuild from the scores without β_j.
             let c = cost.column(j, buf);
             fill_scores(s, alpha, c, 0.0);
-            set.rebuild(s, idx);
+            set.rebuild(s, c, idx);
             fill_scores(s, alpha, c, beta_j);
         }
     } else {
@@ -305,11 +296,8 @@ impl<'a> Smoothed<'a> {
         let (alpha, beta) = x.split_at(m);
         let (cost, k, gamma) = (self.cost, self.k, self.gamma);
         let drift = self.working.as_mut().map(|w| w.begin(alpha));
-        let mut parts: Vec<Option<(&mut [usize], &mut [f64])>> = match self.working.as_mut() {
-            Some(w) => {
-                let (rows, outside) = w.chunks_mut(1);
-                rows.zip(outside).map(Some).collect()
-            }
+        let mut parts: Vec<Option<Part<'_>>> = match self.working.as_mut() {
+            Some(w) => w.chunks_mut(1).map(Some).collect(),
             None => (0..self.cols.len()).map(|_| None).collect(),
         };
         self.cols
@@ -319,11 +307,7 @@ impl<'a> Smoothed<'a> {
             .for_each_init(
                 || (vec![0.0; m], Vec::with_capacity(m), Vec::new()),
                 |(s, idx, buf), (j, (col, part))| {
-                    let mut set = part.as_mut().map(|(rows, outside)| ColumnSet {
-                        rows: &mut rows[..WIDTH],
-                        outside: &mut outside[0],
-                        drift: drift.flatten(),
-                    });
+                    let mut set = part.as_mut().map(|p| p.column(0, drift.flatten()));
                     let scanned = smooth_column(
                         (alpha, (cost, j), beta[j]),
                         k,

@@ -25,7 +25,7 @@ use crate::solution::Formulation;
 use crate::sparse::columns::CostColumns;
 use crate::sparse::newton::Supports;
 use crate::sparse::settings::SparseOt;
-use crate::sparse::working_set::{ColumnSet, WorkingSet, WIDTH};
+use crate::sparse::working_set::{ColumnSet, Part, WorkingSet};
 
 /// Columns per parallel chunk (fixed, for deterministic summation).
 const CHUNK: usize = 32;
@@ -96,8 +96,8 @@ struct ColumnKernel<'a> {
 
 impl ColumnKernel<'_> {
     /// Computes column j's support and threshold into the scratch `s`, `idx`. `beta_j` is used by the dual.
-    /// With a working set the column's candidates are tried first (reading only their entries of the
-    /// cost); the returned flag says whether the whole column was scanned (always so without a set). Either
+    /// With a working set the column's candidates are tried first (from the cost entries the set
+    /// keeps); the returned flag says whether the whole column was scanned (always so without a set). Either
     /// way the plan is that of a full scan.
     fn column<'s>(
         &self,
@@ -111,7 +111,7 @@ impl ColumnKernel<'_> {
         let mut scanned = true;
         if let Some(set) = set {
             if set.drift.is_some() {
-                self.cost.gather(j, set.rows, |i, c| s[i] = alpha[i] - c);
+                set.entries().for_each(|(i, c)| s[i] = alpha[i] - c);
                 top_k_buffered(s, set.rows.iter().copied(), self.k, idx);
                 scanned = !(idx.len() == self.k && set.clears(s[idx[self.k - 1]], 0.0));
             }
@@ -121,7 +121,7 @@ impl ColumnKernel<'_> {
                     *si = ai - ci;
                 }
                 // The column's top WIDTH + 1 by the tie rule starts with its top k.
-                set.rebuild(s, idx);
+                set.rebuild(s, c, idx);
                 idx.truncate(self.k);
             }
             return (self.plan_of(beta_j, j, s, idx), scanned);
@@ -325,16 +325,15 @@ impl<'p> SparseDual<'p> {
         };
         // δ of this evaluation (None inside: the working set is rebuilt), and each chunk's part of the set.
         let drift = self.working.as_mut().map(|w| w.begin(alpha));
-        type Part<'w> = Option<(&'w mut [usize], &'w mut [f64])>;
-        let mut parts: Vec<Part<'_>> = match self.working.as_mut() {
-            Some(w) => {
-                let (rows, outside) = w.chunks_mut(CHUNK);
-                rows.zip(outside).map(Some).collect()
-            }
+        let mut parts: Vec<Option<Part<'_>>> = match self.working.as_mut() {
+            Some(w) => w.chunks_mut(CHUNK).map(Some).collect(),
             None => (0..nchunks).map(|_| None).collect(),
         };
         let work = |scratch: &mut Scratch,
-                    ((ch, gbc), part): ((&mut Chunk, &mut Option<&mut [f64]>), &mut Part<'_>)| {
+                    ((ch, gbc), part): (
+            (&mut Chunk, &mut Option<&mut [f64]>),
+            &mut Option<Part<'_>>,
+        )| {
             ch.fallbacks = 0;
             ch.support.clear();
             ch.mass.clear();
@@ -342,11 +341,7 @@ impl<'p> SparseDual<'p> {
             let mut term = 0.0;
             for (off, j) in (ch.first..ch.first + ch.len).enumerate() {
                 let beta_j = if f == Formulation::Dual { beta[j] } else { 0.0 };
-                let mut set = part.as_mut().map(|(rows, outside)| ColumnSet {
-                    rows: &mut rows[off * WIDTH..(off + 1) * WIDTH],
-                    outside: &mut outside[off],
-                    drift: drift.flatten(),
-                });
+                let mut set = part.as_mut().map(|p| p.column(off, drift.flatten()));
                 let (col, scanned) = kernel.column(alpha, beta_j, j, scratch, set.as_mut());
                 if scanned && set.is_some_and(|s| s.drift.is_some()) {
                     ch.fallbacks += 1;

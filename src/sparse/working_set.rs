@@ -27,6 +27,9 @@ pub(crate) struct WorkingSet {
     reference: Vec<f64>,
     /// Column j's candidate rows, ascending: `rows[j·WIDTH..(j+1)·WIDTH]`.
     rows: Vec<usize>,
+    /// Their cost entries C_ij, in the same places: an evaluation served by the set reads them in order
+    /// instead of a scattered entry of the cost per row (or a cost computed from the points).
+    costs: Vec<f64>,
     /// r_j: a bound on α⁰_i − c_ij over the rows outside column j's set.
     outside: Vec<f64>,
     /// Rebuild every column at the next evaluation.
@@ -43,6 +46,8 @@ pub(crate) struct WorkingSet {
 pub(crate) struct ColumnSet<'a> {
     /// The column's candidate rows (ascending).
     pub rows: &'a mut [usize],
+    /// Their entries of the column's cost, C_ij for each row i of `rows`.
+    pub costs: &'a mut [f64],
     /// r_j.
     pub outside: &'a mut f64,
     /// The drift of this evaluation from α⁰, or `None` when every column is being rebuilt (scan in full).
@@ -70,7 +75,13 @@ impl ColumnSet<'_> {
         level > bound + margin
     }
 
-    /// Rebuilds the set from the scores `s` of the whole column at the current point; `scratch` is reused.
+    /// The candidate rows with their cost entries, (i, C_ij) by ascending i.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (usize, f64)> + '_ {
+        self.rows.iter().copied().zip(self.costs.iter().copied())
+    }
+
+    /// Rebuilds the set from the scores `s` of the whole column at the current point, whose cost entries
+    /// are `c` (the whole column); `scratch` is reused.
     ///
     /// The new set is the column's top WIDTH + 1 by the tie rule. Its old rows usually still score near
     /// the top, so the rows scoring at least a level a little below the old rows' lowest score are gathered
@@ -78,11 +89,11 @@ impl ColumnSet<'_> {
     /// enough: every row tying with the (WIDTH + 1)-th is then among them, so the selection is the one of a
     /// scan of the whole column. Otherwise, and for a set never built (whose placeholder rows say nothing,
     /// so that the level would keep about half the column), the whole column is scanned.
-    pub(crate) fn rebuild(&mut self, s: &[f64], scratch: &mut Vec<usize>) {
+    pub(crate) fn rebuild(&mut self, s: &[f64], c: &[f64], scratch: &mut Vec<usize>) {
         if self.outside.is_infinite() {
             // Never built: r_j is +∞ until the first build (a built bound is a finite score).
             top_k_buffered(s, 0..s.len(), WIDTH + 1, scratch);
-            self.keep(s, scratch);
+            self.keep(s, c, scratch);
             return;
         }
         let (lo, hi) = self
@@ -99,15 +110,18 @@ impl ColumnSet<'_> {
         } else {
             top_k_buffered(s, 0..s.len(), WIDTH + 1, scratch);
         }
-        self.keep(s, scratch);
+        self.keep(s, c, scratch);
     }
 
     /// Keeps the column's top WIDTH + 1 `top` (by the tie rule): the first WIDTH as the set, the last as
-    /// the bound on the others.
-    fn keep(&mut self, s: &[f64], top: &[usize]) {
+    /// the bound on the others, with the set's cost entries from `c`.
+    fn keep(&mut self, s: &[f64], c: &[f64], top: &[usize]) {
         *self.outside = s[top[WIDTH]] + self.drift.map_or(0.0, |d| d.fall);
         self.rows.copy_from_slice(&top[..WIDTH]);
         self.rows.sort_unstable();
+        for (cost, &i) in self.costs.iter_mut().zip(self.rows.iter()) {
+            *cost = c[i];
+        }
     }
 }
 
@@ -123,6 +137,7 @@ impl WorkingSet {
         Self {
             reference: vec![0.0; m],
             rows: vec![0; n * WIDTH],
+            costs: vec![0.0; n * WIDTH],
             outside: vec![f64::INFINITY; n],
             stale: true,
             rebuilding: false,
@@ -166,17 +181,37 @@ impl WorkingSet {
     }
 
     /// The per-column parts, in chunks of `chunk` columns (for parallel loops over column chunks).
-    pub(crate) fn chunks_mut(
-        &mut self,
-        chunk: usize,
-    ) -> (
-        std::slice::ChunksMut<'_, usize>,
-        std::slice::ChunksMut<'_, f64>,
-    ) {
-        (
-            self.rows.chunks_mut(chunk * WIDTH),
-            self.outside.chunks_mut(chunk),
-        )
+    pub(crate) fn chunks_mut(&mut self, chunk: usize) -> impl Iterator<Item = Part<'_>> {
+        self.rows
+            .chunks_mut(chunk * WIDTH)
+            .zip(self.costs.chunks_mut(chunk * WIDTH))
+            .zip(self.outside.chunks_mut(chunk))
+            .map(|((rows, costs), outside)| Part {
+                rows,
+                costs,
+                outside,
+            })
+    }
+}
+
+/// A chunk of columns' part of a working set: their candidate rows and cost entries (`WIDTH` per column)
+/// and their bounds.
+pub(crate) struct Part<'a> {
+    rows: &'a mut [usize],
+    costs: &'a mut [f64],
+    outside: &'a mut [f64],
+}
+
+impl Part<'_> {
+    /// Column `off` of the chunk, for an evaluation with this drift.
+    pub(crate) fn column(&mut self, off: usize, drift: Option<Drift>) -> ColumnSet<'_> {
+        let slots = off * WIDTH..(off + 1) * WIDTH;
+        ColumnSet {
+            rows: &mut self.rows[slots.clone()],
+            costs: &mut self.costs[slots],
+            outside: &mut self.outside[off],
+            drift,
+        }
     }
 }
 
@@ -210,20 +245,23 @@ mod tests {
                     r
                 }
             };
-            let mut outside = 0.0;
+            let c: Vec<f64> = (0..m).map(|i| i as f64 * 0.25).collect();
+            let (mut outside, mut costs) = (0.0, vec![0.0; WIDTH]);
             let mut set = ColumnSet {
                 rows: &mut rows,
+                costs: &mut costs,
                 outside: &mut outside,
                 drift: None,
             };
             let mut got = Vec::new();
-            set.rebuild(&s, &mut got);
+            set.rebuild(&s, &c, &mut got);
             let mut want = Vec::new();
             top_k_buffered(&s, 0..m, WIDTH + 1, &mut want);
             assert_eq!(got, want, "trial {trial}");
             let mut sorted = want[..WIDTH].to_vec();
             sorted.sort_unstable();
             assert_eq!(rows, sorted);
+            assert!(rows.iter().zip(&costs).all(|(&i, &ci)| ci == c[i]));
             assert_eq!(outside, s[want[WIDTH]]);
         }
     }
@@ -231,16 +269,17 @@ mod tests {
     #[test]
     fn a_rebuilt_column_bounds_every_other_row() {
         let s: Vec<f64> = (0..200).map(|i| ((i * 37) % 101) as f64 * 0.01).collect();
-        let (mut rows, mut outside) = (vec![0; WIDTH], 0.0);
+        let (mut rows, mut costs, mut outside) = (vec![0; WIDTH], vec![0.0; WIDTH], 0.0);
         let mut set = ColumnSet {
             rows: &mut rows,
+            costs: &mut costs,
             outside: &mut outside,
             drift: Some(Drift {
                 rise: 0.25,
                 fall: 0.25,
             }),
         };
-        set.rebuild(&s, &mut Vec::new());
+        set.rebuild(&s, &vec![0.0; s.len()], &mut Vec::new());
         let r = *set.outside;
         assert!(set.rows.windows(2).all(|w| w[0] < w[1]));
         for (i, &v) in s.iter().enumerate() {
