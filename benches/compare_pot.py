@@ -3,6 +3,7 @@
 
     python3 benches/compare_pot.py            # full run (a few minutes)
     python3 benches/compare_pot.py --quick    # smaller sizes, one round
+    python3 benches/compare_pot.py --only sparse --sizes 1000   # one table, chosen sizes
 
 Problems: n = m uniform points in [0,1]^2 (numpy default_rng, fixed seed), squared-Euclidean cost scaled to
 max 1, uniform marginals. Each is saved as .npz and solved by `examples/bench_cpu.rs` (built in release).
@@ -123,6 +124,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes, one round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["sinkhorn", "sparse"], help="run one of the two tables")
+    ap.add_argument("--sizes", type=int, nargs="+", help="problem sizes n (instead of the defaults)")
     opts = ap.parse_args()
     ensure_pot()
     import numpy as np
@@ -133,6 +136,12 @@ def main():
     rounds = 1 if opts.quick else opts.rounds
     sink_sizes = [500, 1000] if opts.quick else [500, 1000, 2000]
     sparse_sizes = [200, 500] if opts.quick else [200, 500, 1000]
+    if opts.sizes:
+        sink_sizes = sparse_sizes = opts.sizes
+    if opts.only == "sparse":
+        sink_sizes = []
+    elif opts.only == "sinkhorn":
+        sparse_sizes = []
     eps, k, gamma = 0.01, 5, 0.1
     load0 = os.getloadavg()
     print(f"date (UTC): {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}")
