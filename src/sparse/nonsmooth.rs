@@ -1041,6 +1041,16 @@ mod tests {
         }
     }
 
+    /// The Levenberg–Marquardt size factor leaves problems up to 1 000 unknowns alone and falls as
+    /// 1/(m + n) above.
+    #[test]
+    fn lm_size_falls_as_one_over_the_unknowns_above_a_thousand() {
+        assert_eq!(lm_size(2), 1.0);
+        assert_eq!(lm_size(1000), 1.0);
+        assert_eq!(lm_size(4000), 0.25);
+        assert_eq!(lm_size(100_000), 0.01);
+    }
+
     /// D_k at (α, β*(α)) is the semi-dual S_k(α), as the continuation's judgement of a point assumes.
     #[test]
     fn best_beta_value_is_the_semi_dual() {
