@@ -473,9 +473,9 @@ const LM_FULL_SIZE: f64 = 1000.0;
 /// between rows and columns; its slowest modes (potentials that vary smoothly across the whole problem)
 /// have curvatures that fall about as 1/dim below the median one on point clouds. A term of fixed relative
 /// size damps them more the larger the problem: on 20 000 × 20 000 points (k = 8, γ = 0.1), every
-/// smoothing stage used up its 50 steps while the objective kept falling at each one, and the solve had not
-/// converged after 2 000 iterations; with the term 100 times smaller the stages met their tolerances in
-/// 16–30 steps and the solve certified its gap after 343 iterations (benches/REPORT.md).
+/// smoothing stage used up its 50 steps while the objective kept falling at each one, and no stage had met
+/// its tolerance when the solve was stopped by hand after ~850 iterations; with this factor (1/40 there)
+/// the solve certified its gap after 352 iterations (benches/REPORT.md).
 fn lm_size(dim: usize) -> f64 {
     (LM_FULL_SIZE / dim as f64).min(1.0)
 }
