@@ -404,7 +404,7 @@ impl<F: Real, L> Rows<'_, F, L> {
 
 /// The rows i0.. of one block (f and r_i in `f`, `r`): their exponential sums tile by tile (each tile of g
 /// and of the cost read once for the whole block), their updates, then their terms added to the chunk's
-/// column sums tile by tile, row after row as a row-at-a-time sweep would (same bits).
+/// column sums, row after row for each column as a row-at-a-time sweep would (same bits).
 fn sweep_rows<F: Real, L: CostLanes<F>>(
     rows: &Rows<'_, F, L>,
     i0: usize,
@@ -454,16 +454,7 @@ fn sweep_rows<F: Real, L: CostLanes<F>>(
         *fi += rows.omega * rows.eps * u;
         *ri = (shift + rows.omega * u).exp();
     }
-    for start in (0..n).step_by(TILE) {
-        let len = TILE.min(n - start);
-        for (l, &ri) in r.iter().enumerate() {
-            kernels.axpy(
-                &mut partial[start..start + len],
-                ri,
-                &terms[l * n + start..][..len],
-            );
-        }
-    }
+    kernels.axpy_rows(partial, r, terms, n);
 }
 
 /// The g-update from the column sums of [`fused_sweep`]: g_j' = g_j + ω ε(log b_j − ln S_j). A column whose sum
