@@ -192,7 +192,7 @@ fn smooth_column(
             // The set's bound is on α − c: rebuild from the scores without β_j.
             let c = cost.column(j, buf);
             fill_scores(s, alpha, c, 0.0);
-            set.rebuild(s, c, idx);
+            set.rebuild(s, c, k + 1, idx);
             fill_scores(s, alpha, c, beta_j);
         }
     } else {

@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use crate::ops::{simplex_threshold, top_k_among, top_k_buffered, top_k_into};
+use crate::ops::{simplex_threshold, top_k_among, top_k_into};
 use crate::problem::Problem;
 use crate::solution::Formulation;
 use crate::sparse::columns::CostColumns;
@@ -111,8 +111,7 @@ impl ColumnKernel<'_> {
         let mut scanned = true;
         if let Some(set) = set {
             if set.drift.is_some() {
-                set.entries().for_each(|(i, c)| s[i] = alpha[i] - c);
-                top_k_buffered(s, set.rows.iter().copied(), self.k, idx);
+                set.select(alpha, self.k, s, idx);
                 scanned = !(idx.len() == self.k && set.clears(s[idx[self.k - 1]], 0.0));
             }
             if scanned {
@@ -121,7 +120,7 @@ impl ColumnKernel<'_> {
                     *si = ai - ci;
                 }
                 // The column's top WIDTH + 1 by the tie rule starts with its top k.
-                set.rebuild(s, c, idx);
+                set.rebuild(s, c, self.k, idx);
                 idx.truncate(self.k);
             }
             return (self.plan_of(beta_j, j, s, idx), scanned);

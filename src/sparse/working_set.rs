@@ -17,7 +17,7 @@
 
 use crate::ops::{top_k_among, top_k_buffered};
 
-/// Candidate rows kept per column.
+/// Candidate rows kept per column (at most 32: a column's lead is a bit mask of them).
 pub(crate) const WIDTH: usize = 32;
 
 /// A working set for an m × n problem with k selected rows per column.
@@ -32,6 +32,9 @@ pub(crate) struct WorkingSet {
     costs: Vec<f64>,
     /// r_j: a bound on α⁰_i − c_ij over the rows outside column j's set.
     outside: Vec<f64>,
+    /// Column j's lead: the positions in its set of the rows chosen last (by [`ColumnSet::select`] or a
+    /// rebuild), one bit each.
+    lead: Vec<u32>,
     /// Rebuild every column at the next evaluation.
     stale: bool,
     /// The current evaluation rebuilds every column.
@@ -50,6 +53,8 @@ pub(crate) struct ColumnSet<'a> {
     pub costs: &'a mut [f64],
     /// r_j.
     pub outside: &'a mut f64,
+    /// The positions in `rows` of the rows chosen last, one bit each.
+    pub lead: &'a mut u32,
     /// The drift of this evaluation from α⁰, or `None` when every column is being rebuilt (scan in full).
     pub drift: Option<Drift>,
 }
@@ -80,8 +85,48 @@ impl ColumnSet<'_> {
         self.rows.iter().copied().zip(self.costs.iter().copied())
     }
 
+    /// Column j's top k rows at α among the set's rows, by the tie rule, into `idx` (in rank order), each
+    /// set row's score α_i − C_ij written to `s`: what [`top_k_buffered`] over the set's rows gives.
+    ///
+    /// When at least k rows were chosen last time, the lowest of their scores at α is at most the k-th
+    /// largest: only the set's rows scoring at least that level can be chosen, and the insertion pass runs
+    /// over those few (still by increasing row) instead of all [`WIDTH`].
+    pub(crate) fn select(&mut self, alpha: &[f64], k: usize, s: &mut [f64], idx: &mut Vec<usize>) {
+        let mut v = [0.0; WIDTH];
+        for ((vq, &i), &c) in v.iter_mut().zip(self.rows.iter()).zip(self.costs.iter()) {
+            *vq = alpha[i] - c;
+            s[i] = *vq;
+        }
+        let lead = *self.lead;
+        let level = if lead.count_ones() as usize >= k {
+            (0..WIDTH)
+                .filter(|&q| lead >> q & 1 == 1)
+                .fold(f64::INFINITY, |l, q| l.min(v[q]))
+        } else {
+            f64::NEG_INFINITY
+        };
+        // The positions not below the level as a bit mask, built without branches (a NaN score is kept, as
+        // the pass over every row would see it), then walked by increasing position.
+        let passing = v.iter().enumerate().fold(0u32, |mask, (q, &vq)| {
+            let below = vq.partial_cmp(&level) == Some(std::cmp::Ordering::Less);
+            mask | (u32::from(!below) << q)
+        });
+        let positions = std::iter::successors((passing != 0).then_some(passing), |&rest| {
+            let rest = rest & (rest - 1);
+            (rest != 0).then_some(rest)
+        })
+        .map(|rest| rest.trailing_zeros() as usize);
+        top_k_buffered(&v, positions, k, idx);
+        *self.lead = 0;
+        for q in idx.iter_mut() {
+            *self.lead |= 1 << *q;
+            *q = self.rows[*q];
+        }
+    }
+
     /// Rebuilds the set from the scores `s` of the whole column at the current point, whose cost entries
-    /// are `c` (the whole column); `scratch` is reused.
+    /// are `c` (the whole column); `scratch` is reused. The column's `lead` best rows (at most WIDTH) become
+    /// its lead.
     ///
     /// The new set is the column's top WIDTH + 1 by the tie rule. Its old rows usually still score near
     /// the top, so the rows scoring at least a level a little below the old rows' lowest score are gathered
@@ -89,11 +134,11 @@ impl ColumnSet<'_> {
     /// enough: every row tying with the (WIDTH + 1)-th is then among them, so the selection is the one of a
     /// scan of the whole column. Otherwise, and for a set never built (whose placeholder rows say nothing,
     /// so that the level would keep about half the column), the whole column is scanned.
-    pub(crate) fn rebuild(&mut self, s: &[f64], c: &[f64], scratch: &mut Vec<usize>) {
+    pub(crate) fn rebuild(&mut self, s: &[f64], c: &[f64], lead: usize, scratch: &mut Vec<usize>) {
         if self.outside.is_infinite() {
             // Never built: r_j is +∞ until the first build (a built bound is a finite score).
             top_k_buffered(s, 0..s.len(), WIDTH + 1, scratch);
-            self.keep(s, c, scratch);
+            self.keep(s, c, lead, scratch);
             return;
         }
         let (lo, hi) = self
@@ -110,15 +155,19 @@ impl ColumnSet<'_> {
         } else {
             top_k_buffered(s, 0..s.len(), WIDTH + 1, scratch);
         }
-        self.keep(s, c, scratch);
+        self.keep(s, c, lead, scratch);
     }
 
     /// Keeps the column's top WIDTH + 1 `top` (by the tie rule): the first WIDTH as the set, the last as
-    /// the bound on the others, with the set's cost entries from `c`.
-    fn keep(&mut self, s: &[f64], c: &[f64], top: &[usize]) {
+    /// the bound on the others, with the set's cost entries from `c` and the first `lead` as its lead.
+    fn keep(&mut self, s: &[f64], c: &[f64], lead: usize, top: &[usize]) {
         *self.outside = s[top[WIDTH]] + self.drift.map_or(0.0, |d| d.fall);
         self.rows.copy_from_slice(&top[..WIDTH]);
         self.rows.sort_unstable();
+        *self.lead = top[..lead.min(WIDTH)]
+            .iter()
+            .filter_map(|i| self.rows.binary_search(i).ok())
+            .fold(0, |l, q| l | 1 << q);
         for (cost, &i) in self.costs.iter_mut().zip(self.rows.iter()) {
             *cost = c[i];
         }
@@ -139,6 +188,7 @@ impl WorkingSet {
             rows: vec![0; n * WIDTH],
             costs: vec![0.0; n * WIDTH],
             outside: vec![f64::INFINITY; n],
+            lead: vec![0; n],
             stale: true,
             rebuilding: false,
             served: 0,
@@ -186,10 +236,12 @@ impl WorkingSet {
             .chunks_mut(chunk * WIDTH)
             .zip(self.costs.chunks_mut(chunk * WIDTH))
             .zip(self.outside.chunks_mut(chunk))
-            .map(|((rows, costs), outside)| Part {
+            .zip(self.lead.chunks_mut(chunk))
+            .map(|(((rows, costs), outside), lead)| Part {
                 rows,
                 costs,
                 outside,
+                lead,
             })
     }
 }
@@ -200,6 +252,7 @@ pub(crate) struct Part<'a> {
     rows: &'a mut [usize],
     costs: &'a mut [f64],
     outside: &'a mut [f64],
+    lead: &'a mut [u32],
 }
 
 impl Part<'_> {
@@ -210,6 +263,7 @@ impl Part<'_> {
             rows: &mut self.rows[slots.clone()],
             costs: &mut self.costs[slots],
             outside: &mut self.outside[off],
+            lead: &mut self.lead[off],
             drift,
         }
     }
@@ -246,15 +300,16 @@ mod tests {
                 }
             };
             let c: Vec<f64> = (0..m).map(|i| i as f64 * 0.25).collect();
-            let (mut outside, mut costs) = (0.0, vec![0.0; WIDTH]);
+            let (mut outside, mut costs, mut lead) = (0.0, vec![0.0; WIDTH], 0);
             let mut set = ColumnSet {
                 rows: &mut rows,
                 costs: &mut costs,
                 outside: &mut outside,
+                lead: &mut lead,
                 drift: None,
             };
             let mut got = Vec::new();
-            set.rebuild(&s, &c, &mut got);
+            set.rebuild(&s, &c, 5, &mut got);
             let mut want = Vec::new();
             top_k_buffered(&s, 0..m, WIDTH + 1, &mut want);
             assert_eq!(got, want, "trial {trial}");
@@ -263,6 +318,10 @@ mod tests {
             assert_eq!(rows, sorted);
             assert!(rows.iter().zip(&costs).all(|(&i, &ci)| ci == c[i]));
             assert_eq!(outside, s[want[WIDTH]]);
+            let lead: Vec<usize> = (0..WIDTH).filter(|&q| lead >> q & 1 == 1).collect();
+            let mut best = want[..5].to_vec();
+            best.sort_unstable();
+            assert_eq!(lead.iter().map(|&q| rows[q]).collect::<Vec<_>>(), best);
         }
     }
 
@@ -270,16 +329,18 @@ mod tests {
     fn a_rebuilt_column_bounds_every_other_row() {
         let s: Vec<f64> = (0..200).map(|i| ((i * 37) % 101) as f64 * 0.01).collect();
         let (mut rows, mut costs, mut outside) = (vec![0; WIDTH], vec![0.0; WIDTH], 0.0);
+        let mut lead = 0;
         let mut set = ColumnSet {
             rows: &mut rows,
             costs: &mut costs,
             outside: &mut outside,
+            lead: &mut lead,
             drift: Some(Drift {
                 rise: 0.25,
                 fall: 0.25,
             }),
         };
-        set.rebuild(&s, &vec![0.0; s.len()], &mut Vec::new());
+        set.rebuild(&s, &vec![0.0; s.len()], 3, &mut Vec::new());
         let r = *set.outside;
         assert!(set.rows.windows(2).all(|w| w[0] < w[1]));
         for (i, &v) in s.iter().enumerate() {
