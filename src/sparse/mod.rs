@@ -14,7 +14,7 @@
 //!   exact-polish stage that certifies optima where L-BFGS stalls; `polish` — the optimum on an identified
 //!   tie structure and its exactly feasible mixed plan; `newton` — semismooth Newton on the
 //!   piecewise-quadratic semi-dual (the finish of smooth optima, the quadratic solver's stalls, the feasible
-//!   plan's restricted problem); `working_set` — the candidate rows that spare most column scans; `plans` —
+//!   plan's restricted problem), preconditioned by `ichol`; `working_set` — the candidate rows that spare most column scans; `plans` —
 //!   the three plan kinds; `flow` — whether a support can carry the marginals (the feasible plan's
 //!   repair); `adam` — the router recipe;
 //! * `cpu` — the f64 pipeline; `points` — that pipeline on point clouds; `gpu` — the device objective, the
@@ -26,6 +26,7 @@ pub(crate) mod cpu;
 mod flow;
 #[cfg(feature = "gpu")]
 pub(crate) mod gpu;
+mod ichol;
 mod newton;
 mod nonsmooth;
 mod objective;

@@ -18,6 +18,7 @@
 //! rest), then backtracks (Armijo) on S itself. Once the supports are right and μ has shrunk, a step lands
 //! on the maximiser of that piece, so the marginals go to rounding in a few steps.
 
+use crate::sparse::ichol::IncompleteCholesky;
 use crate::sparse::objective::SparseDual;
 
 /// Every column's support {i : t_ij > 0}, one after another: column j's rows are
@@ -159,7 +160,8 @@ pub(crate) fn run(
                 out[i] += (v[i] - sums[c]) * inv_gamma;
             }
         };
-        // Jacobi preconditioner: the diagonal of H + R.
+        // Preconditioner: the incomplete Cholesky factor of H + R (`sparse::ichol`), or its diagonal
+        // (Jacobi) should the factor not exist.
         let mut diag = base.clone();
         for s in columns() {
             let w = (1.0 - 1.0 / s.len() as f64) / gamma;
@@ -167,7 +169,20 @@ pub(crate) fn run(
                 diag[i] += w;
             }
         }
-        let d = conjugate_gradients(&mut apply, &diag, &grad);
+        let factor = IncompleteCholesky::of_groups(
+            &diag,
+            columns().zip(&inv_len).map(|(s, &w)| (s, w * inv_gamma)),
+        );
+        let inv_diag: Vec<f64> = diag.iter().map(|d| 1.0 / d).collect();
+        let precondition = |r: &[f64], z: &mut [f64]| match &factor {
+            Some(f) => f.solve(r, z),
+            None => {
+                for ((zi, &ri), &wi) in z.iter_mut().zip(r).zip(&inv_diag) {
+                    *zi = ri * wi;
+                }
+            }
+        };
+        let d = conjugate_gradients(&mut apply, &precondition, &grad);
         let slope: f64 = d.iter().zip(&grad).map(|(x, y)| x * y).sum();
         if slope.is_nan() || slope <= 0.0 {
             break;
@@ -211,18 +226,18 @@ pub(crate) fn run(
 }
 
 /// Solves A d = g for the symmetric positive definite A given by `apply`, from d = 0, by conjugate gradients
-/// preconditioned with A's diagonal `diag` (positive), until ‖r‖ ≤ CG_TOL ‖g‖.
+/// with the preconditioner z = M⁻¹ r given by `precondition`, until ‖r‖ ≤ CG_TOL ‖g‖.
 fn conjugate_gradients(
     apply: &mut dyn FnMut(&[f64], &mut [f64]),
-    diag: &[f64],
+    precondition: &dyn Fn(&[f64], &mut [f64]),
     g: &[f64],
 ) -> Vec<f64> {
     let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
     let n = g.len();
-    let inv_diag: Vec<f64> = diag.iter().map(|d| 1.0 / d).collect();
     let mut d = vec![0.0; n];
     let mut r = g.to_vec();
-    let mut z: Vec<f64> = r.iter().zip(&inv_diag).map(|(ri, wi)| ri * wi).collect();
+    let mut z = vec![0.0; n];
+    precondition(&r, &mut z);
     let mut p = z.clone();
     let mut ap = vec![0.0; n];
     let mut rz = dot(&r, &z);
@@ -238,20 +253,15 @@ fn conjugate_gradients(
             break;
         }
         let step = rz / pap;
-        // d += step p, r −= step Ap, z = r / diag, with r·z and r·r, in one pass.
-        let (mut rz_new, mut rr_new) = (0.0, 0.0);
-        for (((di, ri), zi), ((&pi, &api), &wi)) in d
-            .iter_mut()
-            .zip(r.iter_mut())
-            .zip(z.iter_mut())
-            .zip(p.iter().zip(&ap).zip(&inv_diag))
-        {
+        // d += step p, r −= step Ap, with r·r, in one pass.
+        let mut rr_new = 0.0;
+        for ((di, ri), (&pi, &api)) in d.iter_mut().zip(r.iter_mut()).zip(p.iter().zip(&ap)) {
             *di += step * pi;
             *ri -= step * api;
-            *zi = *ri * wi;
-            rz_new += *ri * *zi;
             rr_new += *ri * *ri;
         }
+        precondition(&r, &mut z);
+        let rz_new = dot(&r, &z);
         let beta = rz_new / rz;
         for (pi, &zi) in p.iter_mut().zip(&z) {
             *pi = zi + beta * *pi;
