@@ -91,6 +91,9 @@ const MAX_STEPS: usize = 100;
 /// Conjugate-gradient iterations per step at most, and their relative residual.
 const CG_ITERATIONS: usize = 500;
 const CG_TOL: f64 = 1e-6;
+/// The incomplete Cholesky preconditioner is built while the pairs of rows sharing a column number at most
+/// this many times the supports' entries plus the rows (so that it costs a few applications of H).
+const ICHOL_PAIRS: usize = 4;
 /// Armijo constant and halvings of the line search.
 const ARMIJO: f64 = 1e-4;
 const HALVINGS: usize = 40;
@@ -161,7 +164,7 @@ pub(crate) fn run(
             }
         };
         // Preconditioner: the incomplete Cholesky factor of H + R (`sparse::ichol`), or its diagonal
-        // (Jacobi) should the factor not exist.
+        // (Jacobi) where the factor is not built (below) or does not exist.
         let mut diag = base.clone();
         for s in columns() {
             let w = (1.0 - 1.0 / s.len() as f64) / gamma;
@@ -169,10 +172,18 @@ pub(crate) fn run(
                 diag[i] += w;
             }
         }
-        let factor = IncompleteCholesky::of_groups(
-            &diag,
-            columns().zip(&inv_len).map(|(s, &w)| (s, w * inv_gamma)),
-        );
+        // The factor has an entry per pair of rows sharing a column: built only while those pairs are
+        // few next to the supports' entries (k-sparse columns), not for the quadratic solver's dense
+        // supports, where it would take O(Σ|S_j|²) memory and time per step.
+        let pairs: usize = columns().map(|s| s.len() * (s.len() - 1) / 2).sum();
+        let factor = (pairs <= ICHOL_PAIRS * (supports.rows.len() + m))
+            .then(|| {
+                IncompleteCholesky::of_groups(
+                    &diag,
+                    columns().zip(&inv_len).map(|(s, &w)| (s, w * inv_gamma)),
+                )
+            })
+            .flatten();
         let inv_diag: Vec<f64> = diag.iter().map(|d| 1.0 / d).collect();
         let precondition = |r: &[f64], z: &mut [f64]| match &factor {
             Some(f) => f.solve(r, z),

@@ -90,7 +90,8 @@ impl ColumnSet<'_> {
     ///
     /// When at least k rows were chosen last time, the lowest of their scores at α is at most the k-th
     /// largest: only the set's rows scoring at least that level can be chosen, and the insertion pass runs
-    /// over those few (still by increasing row) instead of all [`WIDTH`].
+    /// over those few (still by increasing row) instead of all [`WIDTH`]. With a NaN score (a NaN α) every
+    /// row goes through the pass.
     pub(crate) fn select(&mut self, alpha: &[f64], k: usize, s: &mut [f64], idx: &mut Vec<usize>) {
         let mut v = [0.0; WIDTH];
         for ((vq, &i), &c) in v.iter_mut().zip(self.rows.iter()).zip(self.costs.iter()) {
@@ -98,15 +99,18 @@ impl ColumnSet<'_> {
             s[i] = *vq;
         }
         let lead = *self.lead;
-        let level = if lead.count_ones() as usize >= k {
+        // NaN scores have no rank, and the pass over every row treats them in its own way: with any NaN
+        // the level is not used and every row is passed, as there.
+        let nan = v.iter().fold(false, |any, x| any | x.is_nan());
+        let level = if !nan && lead.count_ones() as usize >= k {
             (0..WIDTH)
                 .filter(|&q| lead >> q & 1 == 1)
                 .fold(f64::INFINITY, |l, q| l.min(v[q]))
         } else {
             f64::NEG_INFINITY
         };
-        // The positions not below the level as a bit mask, built without branches (a NaN score is kept, as
-        // the pass over every row would see it), then walked by increasing position.
+        // The positions not below the level as a bit mask, built without branches, then walked by
+        // increasing position.
         let passing = v.iter().enumerate().fold(0u32, |mask, (q, &vq)| {
             let below = vq.partial_cmp(&level) == Some(std::cmp::Ordering::Less);
             mask | (u32::from(!below) << q)
